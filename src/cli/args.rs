@@ -1,0 +1,227 @@
+//! Command-line arguments (clap). Every flag named in the interface contract lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{FlagValues, HumanDuration};
+use crate::domain::{ClientName, ClientRole, ProviderKind, ProviderName, TokenKind, TokenName};
+
+/// Keeps GitLab and OAuth 2.0 credentials alive.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwarden", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command accepts (the CLI works on the same database as the daemon).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// TOML config file [env: TOKENWARDEN_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// sqlite://PATH (default sqlite://tokenwarden.db) or postgres://… [env: TOKENWARDEN_DATABASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// File holding the master key [env: TOKENWARDEN_MASTER_KEY_FILE]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Log line format: text or json [env: TOKENWARDEN_LOG_FORMAT]
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl GlobalArgs {
+    /// The flag values for configuration loading (`--listen` comes from `serve`).
+    pub fn flag_values(&self, command: &Command) -> FlagValues {
+        let listen = match command {
+            Command::Serve(serve) => serve.listen.clone(),
+            _ => None,
+        };
+        FlagValues {
+            config: self.config.clone(),
+            database_url: self.database_url.clone(),
+            listen,
+            master_key_file: self.master_key_file.clone(),
+            log_format: self.log_format.clone(),
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the scheduler and the API
+    Serve(ServeArgs),
+    /// Manage providers (GitLab instances, OAuth 2.0 servers)
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Manage tracked tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage API clients
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address the API listens on (default 127.0.0.1:8787) [env: TOKENWARDEN_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+/// `--json` for commands that list or show.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `provider …`
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Add a provider (the client secret is read from standard input)
+    Add(ProviderAddArgs),
+    /// List providers
+    List(OutputArgs),
+    /// Remove a provider no token uses
+    Remove {
+        /// Provider name
+        name: ProviderName,
+    },
+}
+
+/// `provider add` options.
+#[derive(Debug, Args)]
+pub struct ProviderAddArgs {
+    /// Unique name (lowercase letters, digits, '-', '_', '.')
+    pub name: ProviderName,
+    /// gitlab or oauth2
+    #[arg(long)]
+    pub kind: ProviderKind,
+    /// GitLab base URL, e.g. https://gitlab.example.com
+    #[arg(long)]
+    pub url: Option<String>,
+    /// OAuth 2.0 token endpoint (oauth2 providers)
+    #[arg(long)]
+    pub token_url: Option<String>,
+    /// OAuth application id
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Read the OAuth application secret from standard input (one line)
+    #[arg(long)]
+    pub client_secret_stdin: bool,
+    /// Redirect URI registered for the OAuth application (sent with refresh requests)
+    #[arg(long)]
+    pub redirect_uri: Option<String>,
+}
+
+/// `token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Start tracking a token (its secret is read from standard input)
+    Add(TokenAddArgs),
+    /// List tokens
+    List(OutputArgs),
+    /// Show one token's metadata (never its secret)
+    Show {
+        /// Token name
+        name: TokenName,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Show a token's versions: when, why, by whom
+    History {
+        /// Token name
+        name: TokenName,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Pause rotation of a token
+    Pause {
+        /// Token name
+        name: TokenName,
+    },
+    /// Resume rotation of a paused token
+    Resume {
+        /// Token name
+        name: TokenName,
+    },
+    /// Stop tracking a token and forget its secrets
+    Remove {
+        /// Token name
+        name: TokenName,
+    },
+}
+
+/// `token add` options.
+#[derive(Debug, Args)]
+pub struct TokenAddArgs {
+    /// Unique name (lowercase letters, digits, '-', '_', '.')
+    pub name: TokenName,
+    /// The provider the token belongs to
+    #[arg(long)]
+    pub provider: ProviderName,
+    /// gitlab-project-access-token, gitlab-group-access-token, gitlab-personal-access-token, gitlab-oauth or oauth2
+    #[arg(long)]
+    pub kind: TokenKind,
+    /// Project id or path (project access tokens)
+    #[arg(long, conflicts_with = "group")]
+    pub project: Option<String>,
+    /// Group id or path (group access tokens)
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Read the access token from standard input (one line)
+    #[arg(long, conflicts_with = "refresh_token_stdin")]
+    pub secret_stdin: bool,
+    /// Read the OAuth refresh token from standard input (one line)
+    #[arg(long)]
+    pub refresh_token_stdin: bool,
+    /// Lifetime requested when a GitLab token is rotated (e.g. 30d; at most 365d)
+    #[arg(long)]
+    pub lifetime: Option<HumanDuration>,
+    /// Minimum margin before expiry (e.g. 7d, 5m)
+    #[arg(long)]
+    pub rotate_before: Option<HumanDuration>,
+    /// Rotate when this fraction of the lifetime has passed (0 < F <= 1)
+    #[arg(long)]
+    pub rotate_at_fraction: Option<f64>,
+}
+
+/// `client …`
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create an API client; prints its key once, as JSON
+    Add(ClientAddArgs),
+    /// List clients
+    List(OutputArgs),
+    /// Remove a client (its key stops working at once)
+    Remove {
+        /// Client name
+        name: ClientName,
+    },
+}
+
+/// `client add` options.
+#[derive(Debug, Args)]
+pub struct ClientAddArgs {
+    /// Unique name (lowercase letters, digits, '-', '_', '.')
+    pub name: ClientName,
+    /// reader or operator
+    #[arg(long)]
+    pub role: ClientRole,
+    /// A token this reader may read (repeat for several)
+    #[arg(long = "grant", value_name = "TOKEN")]
+    pub grants: Vec<TokenName>,
+    /// URL to POST signed change notifications to
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+}

@@ -1,0 +1,55 @@
+//! Opening the store and the master key for a command.
+
+use std::path::Path;
+
+use tracing::warn;
+
+use super::CliError;
+use crate::config::Settings;
+use crate::crypto::{Cipher, CryptoError, KeyLocation, MasterKey, locate_master_key};
+use crate::store::{Store, StoreError, meta};
+
+/// Opens the store named by the settings (running migrations) on the blocking pool.
+pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
+    let url = settings.database_url.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&url))
+        .await
+        .map_err(|err| CliError::Failed(format!("opening the store failed: {err}")))??;
+    Ok(store)
+}
+
+/// Loads the master key and checks it against the database.
+///
+/// With the SQLite default and no key anywhere, a key file is created beside the database
+/// (mode 0600, with a warning) — but only while the database holds no sealed secret; a
+/// database sealed with a key that has gone missing is an error, never a silent new key.
+pub async fn open_cipher(settings: &Settings, store: &Store) -> Result<Cipher, CliError> {
+    let credentials_directory = std::env::var_os("CREDENTIALS_DIRECTORY");
+    let location = locate_master_key(
+        settings.master_key_file.as_deref(),
+        credentials_directory.as_deref().map(Path::new),
+        settings.database_url.default_master_key_file(),
+    )?;
+    let sealed_with = store.run(meta::sealing_key_id).await?;
+    let key = match (&location, sealed_with) {
+        (KeyLocation::BesideDatabase(path), None) if !path.exists() => {
+            let key = MasterKey::create(path)?;
+            warn!(
+                path = %path.display(),
+                "created a new master key file; back it up: without it the stored secrets cannot be read"
+            );
+            key
+        }
+        (KeyLocation::BesideDatabase(path), Some(expected)) if !path.exists() => {
+            return Err(CryptoError::KeyFileMissing { path: path.clone(), expected }.into());
+        }
+        _ => MasterKey::read(location.path())?,
+    };
+    let cipher = Cipher::new(&key);
+    let check = Cipher::new(&key);
+    store.run(move |conn| meta::verify_or_record_key(conn, &check)).await.map_err(|err| match err {
+        StoreError::Crypto(crypto) => CliError::from(crypto),
+        other => CliError::from(other),
+    })?;
+    Ok(cipher)
+}

@@ -1,0 +1,39 @@
+//! `tokenwarden serve`: open the store, then serve the API until SIGINT or SIGTERM.
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+use super::CliError;
+use super::context::{open_cipher, open_store};
+use crate::api::{self, AppState};
+use crate::config::Settings;
+
+/// Runs the daemon until a shutdown signal arrives.
+pub async fn run(settings: Settings) -> Result<(), CliError> {
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|err| CliError::Failed(format!("cannot listen for SIGTERM: {err}")))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|err| CliError::Failed(format!("cannot listen for SIGINT: {err}")))?;
+    let store = open_store(&settings).await?;
+    let _cipher = open_cipher(&settings, &store).await?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", settings.listen)))?;
+    let local =
+        listener.local_addr().map_err(|err| CliError::Failed(format!("cannot read the listening address: {err}")))?;
+    info!(listen = %local, database = %settings.database_url, "tokenwarden is serving");
+    let app = api::router(AppState { store });
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received; shutting down"),
+            _ = interrupt.recv() => info!("SIGINT received; shutting down"),
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|err| CliError::Failed(format!("the API server failed: {err}")))?;
+    info!("stopped");
+    Ok(())
+}

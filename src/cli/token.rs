@@ -1,0 +1,226 @@
+//! `tokenwarden token add|list|show|history|pause|resume|remove`.
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::args::{OutputArgs, TokenAddArgs, TokenCommand};
+use super::context::{open_cipher, open_store};
+use super::output::{print_fields, print_json, print_table, text, time};
+use super::secret_input::read_secret_line;
+use super::{CLI_ACTOR, CliError};
+use crate::config::{Settings, validate_fraction, validate_lifetime};
+use crate::domain::{Policy, PolicyOverrides, TokenKind, TokenName};
+use crate::store::Store;
+use crate::store::models::Token;
+use crate::store::tokens::{self, NewToken};
+
+/// Runs a `token` subcommand.
+pub async fn run(settings: Settings, command: TokenCommand) -> Result<(), CliError> {
+    match command {
+        TokenCommand::Add(args) => add(settings, args).await,
+        TokenCommand::List(output) => list(settings, output).await,
+        TokenCommand::Show { name, output } => show(settings, name, output).await,
+        TokenCommand::History { name, output } => history(settings, name, output).await,
+        TokenCommand::Pause { name } => {
+            change(settings, move |store| async move {
+                store.run(move |conn| tokens::pause(conn, &name, CLI_ACTOR, Utc::now())).await
+            })
+            .await
+        }
+        TokenCommand::Resume { name } => {
+            change(settings, move |store| async move {
+                store.run(move |conn| tokens::resume(conn, &name, CLI_ACTOR, Utc::now())).await
+            })
+            .await
+        }
+        TokenCommand::Remove { name } => {
+            let store = open_store(&settings).await?;
+            let shown = name.clone();
+            store.run(move |conn| tokens::remove(conn, &name, CLI_ACTOR, Utc::now())).await?;
+            eprintln!("removed token '{shown}'");
+            Ok(())
+        }
+    }
+}
+
+/// Applies a state change and reports the token's new state.
+async fn change<F, Fut>(settings: Settings, apply: F) -> Result<(), CliError>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = Result<Token, crate::store::StoreError>>,
+{
+    let store = open_store(&settings).await?;
+    let token = apply(store).await?;
+    eprintln!("token '{}' is {}", token.name, token.state);
+    Ok(())
+}
+
+/// A token with its effective policy, as printed by `show` and `list --json`.
+#[derive(Serialize)]
+struct TokenOutput<'a> {
+    #[serde(flatten)]
+    token: &'a Token,
+    policy: Policy,
+}
+
+impl<'a> TokenOutput<'a> {
+    fn new(token: &'a Token, settings: &Settings) -> Self {
+        let policy = Policy::resolve(token.kind, &token.policy_overrides, &settings.policy);
+        Self { token, policy }
+    }
+}
+
+/// Checks the flags against the token kind and builds the policy overrides.
+fn validate_add(args: &TokenAddArgs, settings: &Settings) -> Result<(Option<String>, PolicyOverrides), CliError> {
+    let usage = |message: String| Err(CliError::Usage(message));
+    let kind = args.kind;
+    let resource = match kind {
+        TokenKind::GitlabProjectAccessToken => match &args.project {
+            Some(project) if !project.trim().is_empty() => Some(project.clone()),
+            _ => return usage(format!("a {kind} needs --project (numeric id or URL-encoded path)")),
+        },
+        TokenKind::GitlabGroupAccessToken => match &args.group {
+            Some(group) if !group.trim().is_empty() => Some(group.clone()),
+            _ => return usage(format!("a {kind} needs --group (numeric id or URL-encoded path)")),
+        },
+        _ if args.project.is_some() || args.group.is_some() => {
+            return usage(format!("--project and --group apply to project and group access tokens, not to {kind}"));
+        }
+        _ => None,
+    };
+    if kind.is_oauth_grant() && !args.refresh_token_stdin {
+        return usage(format!("a {kind} grant needs --refresh-token-stdin (the refresh token on standard input)"));
+    }
+    if kind.is_gitlab_access_token() && !args.secret_stdin {
+        return usage(format!("a {kind} needs --secret-stdin (the token on standard input)"));
+    }
+    if kind.is_oauth_grant() && args.lifetime.is_some() {
+        return usage(
+            "--lifetime applies to GitLab access tokens; an OAuth provider decides its access tokens' lifetime".into(),
+        );
+    }
+    if let Some(lifetime) = args.lifetime {
+        validate_lifetime(lifetime).map_err(|m| CliError::Usage(format!("--lifetime {m}")))?;
+    }
+    if let Some(fraction) = args.rotate_at_fraction {
+        validate_fraction(fraction).map_err(|m| CliError::Usage(format!("--rotate-at-fraction {m}")))?;
+    }
+    let overrides = PolicyOverrides {
+        lifetime: args.lifetime,
+        rotate_before: args.rotate_before,
+        rotate_at_fraction: args.rotate_at_fraction,
+    };
+    let policy = Policy::resolve(kind, &overrides, &settings.policy);
+    if kind.is_gitlab_access_token() && policy.rotate_before >= policy.lifetime {
+        return usage(format!(
+            "--rotate-before {} is not shorter than the lifetime {}",
+            policy.rotate_before, policy.lifetime
+        ));
+    }
+    Ok((resource, overrides))
+}
+
+/// Validates the flags, reads the secret from standard input and stores the token.
+async fn add(settings: Settings, args: TokenAddArgs) -> Result<(), CliError> {
+    let (resource, policy) = validate_add(&args, &settings)?;
+    let (secret, refresh_token) = if args.kind.is_oauth_grant() {
+        (None, Some(read_secret_line("refresh token")?))
+    } else {
+        (Some(read_secret_line("access token")?), None)
+    };
+    let new = NewToken {
+        name: args.name,
+        provider: args.provider,
+        kind: args.kind,
+        resource,
+        secret,
+        refresh_token,
+        policy,
+        external_id: None,
+        issued_at: None,
+        expires_at: None,
+        next_rotation_at: Some(Utc::now()),
+    };
+    let store = open_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store).await?;
+    let token = store.run(move |conn| tokens::insert(conn, &cipher, &new, CLI_ACTOR, Utc::now())).await?;
+    eprintln!("added token '{}' ({}, version {})", token.name, token.kind, token.version);
+    Ok(())
+}
+
+async fn list(settings: Settings, output: OutputArgs) -> Result<(), CliError> {
+    let store = open_store(&settings).await?;
+    let list = store.run(tokens::list).await?;
+    if output.json {
+        let shown: Vec<TokenOutput<'_>> = list.iter().map(|t| TokenOutput::new(t, &settings)).collect();
+        return print_json(&shown);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.to_string(),
+                t.provider.to_string(),
+                t.kind.to_string(),
+                t.state.to_string(),
+                t.version.to_string(),
+                time(t.expires_at),
+                time(t.next_rotation_at),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "PROVIDER", "KIND", "STATE", "VERSION", "EXPIRES", "NEXT ROTATION"], &rows);
+    Ok(())
+}
+
+async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result<(), CliError> {
+    let store = open_store(&settings).await?;
+    let token = store.run(move |conn| tokens::find(conn, &name)).await?;
+    let shown = TokenOutput::new(&token, &settings);
+    if output.json {
+        return print_json(&shown);
+    }
+    let mut fields = vec![
+        ("name", token.name.to_string()),
+        ("provider", token.provider.to_string()),
+        ("kind", token.kind.to_string()),
+    ];
+    if let Some(project) = &token.project {
+        fields.push(("project", project.clone()));
+    }
+    if let Some(group) = &token.group {
+        fields.push(("group", group.clone()));
+    }
+    fields.extend([
+        ("state", token.state.to_string()),
+        ("version", token.version.to_string()),
+        ("expires at", time(token.expires_at)),
+        ("next rotation", time(token.next_rotation_at)),
+        ("lifetime", shown.policy.lifetime.to_string()),
+        ("rotate before", shown.policy.rotate_before.to_string()),
+        ("rotate at fraction", shown.policy.rotate_at_fraction.to_string()),
+        ("last success", time(token.last_success_at)),
+        ("last failure", time(token.last_failure_at)),
+        ("last error", text(token.last_error.as_deref())),
+        ("attention reason", text(token.attention_reason.as_deref())),
+        ("created", time(Some(token.created_at))),
+    ]);
+    print_fields(&fields);
+    Ok(())
+}
+
+async fn history(settings: Settings, name: TokenName, output: OutputArgs) -> Result<(), CliError> {
+    let store = open_store(&settings).await?;
+    let entries = store.run(move |conn| tokens::history(conn, &name)).await?;
+    if output.json {
+        return print_json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![e.version.to_string(), e.event.clone(), e.actor.clone(), time(Some(e.occurred_at)), time(e.expires_at)]
+        })
+        .collect();
+    print_table(&["VERSION", "EVENT", "BY", "WHEN", "EXPIRES"], &rows);
+    Ok(())
+}

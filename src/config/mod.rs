@@ -1,0 +1,298 @@
+//! Settings from flags, environment (`TOKENWARDEN_*`), an optional TOML file and defaults,
+//! in that order of precedence.
+//!
+//! Every value is validated here, before anything starts, and every error names the key
+//! and where the bad value came from (a flag, a variable or a file), so an operator knows
+//! exactly what to fix.
+
+mod database_url;
+mod duration;
+mod file;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use database_url::{DEFAULT_KEY_FILE_NAME, DatabaseUrl, InvalidDatabaseUrl};
+pub use duration::{HumanDuration, InvalidDuration};
+use file::{FileConfig, FilePolicy};
+
+/// Default database when nothing else is configured.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://tokenwarden.db";
+/// Default listen address of the API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// Longest lifetime GitLab accepts for an access token.
+pub const MAX_GITLAB_LIFETIME: HumanDuration = HumanDuration::days(365);
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for journald and log shippers.
+    Json,
+}
+
+/// Rotation policy defaults applied to tokens that do not override them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyDefaults {
+    /// Expiry requested when a GitLab access token is rotated.
+    pub gitlab_lifetime: HumanDuration,
+    /// Minimum margin before expiry for GitLab access tokens.
+    pub gitlab_rotate_before: HumanDuration,
+    /// Minimum margin before expiry for OAuth access tokens.
+    pub oauth_rotate_before: HumanDuration,
+    /// Rotate when this fraction of the lifetime has passed.
+    pub rotate_at_fraction: f64,
+}
+
+impl Default for PolicyDefaults {
+    fn default() -> Self {
+        Self {
+            gitlab_lifetime: HumanDuration::days(30),
+            gitlab_rotate_before: HumanDuration::days(7),
+            oauth_rotate_before: HumanDuration::minutes(5),
+            rotate_at_fraction: 0.67,
+        }
+    }
+}
+
+/// Fully resolved and validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the store lives.
+    pub database_url: DatabaseUrl,
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// An explicitly configured master key file, if any.
+    pub master_key_file: Option<PathBuf>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// Rotation policy defaults.
+    pub policy: PolicyDefaults,
+}
+
+/// Raw values given as command-line flags (the highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct FlagValues {
+    /// `--config`
+    pub config: Option<PathBuf>,
+    /// `--database-url`
+    pub database_url: Option<String>,
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--master-key-file`
+    pub master_key_file: Option<PathBuf>,
+    /// `--log-format`
+    pub log_format: Option<String>,
+}
+
+/// Where a configuration value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag.
+    Flag(&'static str),
+    /// An environment variable.
+    Env(&'static str),
+    /// A key in the TOML file.
+    File(PathBuf),
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+            Origin::Default => f.write_str("built-in default"),
+        }
+    }
+}
+
+/// A configuration problem that stops tokenwarden before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    UnreadableFile {
+        /// The file named by `--config` or `TOKENWARDEN_CONFIG`.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown key or a wrongly typed value.
+    #[error("config file {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, naming the key and line.
+        message: String,
+    },
+    /// A value is present but invalid.
+    #[error("invalid value for `{key}` in {origin}: {message}")]
+    Invalid {
+        /// The setting, e.g. `database_url` or `policy.gitlab_lifetime`.
+        key: &'static str,
+        /// Where the bad value came from.
+        origin: Origin,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Environment variable naming the config file.
+pub const ENV_CONFIG: &str = "TOKENWARDEN_CONFIG";
+/// Environment variable for the database URL.
+pub const ENV_DATABASE_URL: &str = "TOKENWARDEN_DATABASE_URL";
+/// Environment variable for the listen address.
+pub const ENV_LISTEN: &str = "TOKENWARDEN_LISTEN";
+/// Environment variable for the master key file.
+pub const ENV_MASTER_KEY_FILE: &str = "TOKENWARDEN_MASTER_KEY_FILE";
+/// Environment variable for the log format.
+pub const ENV_LOG_FORMAT: &str = "TOKENWARDEN_LOG_FORMAT";
+
+/// Loads settings from the process environment and the given flags.
+pub fn load(flags: &FlagValues) -> Result<Settings, ConfigError> {
+    resolve(flags, &|name| std::env::var(name).ok())
+}
+
+/// Resolves settings with precedence flags > environment > file > defaults;
+/// `env` looks up an environment variable (injectable for tests).
+pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    let config_path = flags.config.clone().or_else(|| env(ENV_CONFIG).map(PathBuf::from));
+    let file = match &config_path {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let file_origin = || Origin::File(config_path.clone().unwrap_or_default());
+
+    let pick = |flag: &Option<String>, flag_name: &'static str, var: &'static str, from_file: &Option<String>| {
+        if let Some(value) = flag {
+            return Some((value.clone(), Origin::Flag(flag_name)));
+        }
+        if let Some(value) = env(var) {
+            return Some((value, Origin::Env(var)));
+        }
+        from_file.clone().map(|value| (value, file_origin()))
+    };
+
+    let (url_text, url_origin) = pick(&flags.database_url, "--database-url", ENV_DATABASE_URL, &file.database_url)
+        .unwrap_or_else(|| (DEFAULT_DATABASE_URL.to_owned(), Origin::Default));
+    let database_url = DatabaseUrl::parse(&url_text).map_err(|err| ConfigError::Invalid {
+        key: "database_url",
+        origin: url_origin,
+        message: err.to_string(),
+    })?;
+
+    let (listen_text, listen_origin) = pick(&flags.listen, "--listen", ENV_LISTEN, &file.listen)
+        .unwrap_or_else(|| (DEFAULT_LISTEN.to_owned(), Origin::Default));
+    let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
+        key: "listen",
+        origin: listen_origin,
+        message: format!("'{listen_text}' is not an address such as 127.0.0.1:8787 or [::1]:8787"),
+    })?;
+
+    let key_flag = flags.master_key_file.as_ref().map(|p| p.display().to_string());
+    let master_key_file = pick(&key_flag, "--master-key-file", ENV_MASTER_KEY_FILE, &file.master_key_file)
+        .map(|(text, origin)| non_empty_path(&text, "master_key_file", origin))
+        .transpose()?;
+
+    let log_format = match pick(&flags.log_format, "--log-format", ENV_LOG_FORMAT, &file.log_format) {
+        None => LogFormat::default(),
+        Some((text, origin)) => parse_log_format(&text, origin)?,
+    };
+
+    let policy = resolve_policy(&file.policy.unwrap_or_default(), &file_origin)?;
+    Ok(Settings { database_url, listen, master_key_file, log_format, policy })
+}
+
+/// Reads and parses the TOML file, rejecting unknown keys.
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::UnreadableFile { path: path.to_owned(), source })?;
+    toml::from_str(&text)
+        .map_err(|err| ConfigError::Syntax { path: path.to_owned(), message: err.to_string().trim_end().to_owned() })
+}
+
+/// Rejects an empty path, which would otherwise silently mean "the current directory".
+fn non_empty_path(text: &str, key: &'static str, origin: Origin) -> Result<PathBuf, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::Invalid { key, origin, message: "the path is empty".to_owned() });
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// Parses `text` or `json`.
+fn parse_log_format(text: &str, origin: Origin) -> Result<LogFormat, ConfigError> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(ConfigError::Invalid {
+            key: "log_format",
+            origin,
+            message: format!("'{text}' is neither 'text' nor 'json'"),
+        }),
+    }
+}
+
+/// Applies the `[policy]` table over the defaults and checks the bounds.
+fn resolve_policy(file: &FilePolicy, file_origin: &dyn Fn() -> Origin) -> Result<PolicyDefaults, ConfigError> {
+    let defaults = PolicyDefaults::default();
+    let duration = |key: &'static str, value: &Option<String>, default: HumanDuration| match value {
+        None => Ok(default),
+        Some(text) => text.parse::<HumanDuration>().map_err(|err| ConfigError::Invalid {
+            key,
+            origin: file_origin(),
+            message: err.to_string(),
+        }),
+    };
+    let policy = PolicyDefaults {
+        gitlab_lifetime: duration("policy.gitlab_lifetime", &file.gitlab_lifetime, defaults.gitlab_lifetime)?,
+        gitlab_rotate_before: duration(
+            "policy.gitlab_rotate_before",
+            &file.gitlab_rotate_before,
+            defaults.gitlab_rotate_before,
+        )?,
+        oauth_rotate_before: duration(
+            "policy.oauth_rotate_before",
+            &file.oauth_rotate_before,
+            defaults.oauth_rotate_before,
+        )?,
+        rotate_at_fraction: file.rotate_at_fraction.unwrap_or(defaults.rotate_at_fraction),
+    };
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, origin: file_origin(), message };
+    validate_lifetime(policy.gitlab_lifetime).map_err(|m| invalid("policy.gitlab_lifetime", m))?;
+    validate_fraction(policy.rotate_at_fraction).map_err(|m| invalid("policy.rotate_at_fraction", m))?;
+    if policy.gitlab_rotate_before >= policy.gitlab_lifetime {
+        return Err(invalid(
+            "policy.gitlab_rotate_before",
+            format!(
+                "{} is not shorter than policy.gitlab_lifetime ({})",
+                policy.gitlab_rotate_before, policy.gitlab_lifetime
+            ),
+        ));
+    }
+    Ok(policy)
+}
+
+/// Checks a GitLab token lifetime: at least one day (expiry is a date), at most 365 days.
+pub fn validate_lifetime(lifetime: HumanDuration) -> Result<(), String> {
+    if lifetime < HumanDuration::days(1) || lifetime > MAX_GITLAB_LIFETIME {
+        return Err(format!("{lifetime} is outside 1d..365d (GitLab expiry is a date, at most 365 days ahead)"));
+    }
+    Ok(())
+}
+
+/// Checks a rotation fraction: greater than 0 and at most 1.
+pub fn validate_fraction(fraction: f64) -> Result<(), String> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(format!("{fraction} is not in (0, 1]"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

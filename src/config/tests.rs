@@ -1,0 +1,150 @@
+//! Precedence and error paths of configuration loading.
+
+use super::*;
+use std::collections::HashMap;
+
+fn env_from(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |name| map.get(name).cloned()
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("tokenwarden.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn defaults_apply_when_nothing_is_given() {
+    let settings = resolve(&FlagValues::default(), &env_from(&[])).unwrap();
+    assert_eq!(settings.database_url, DatabaseUrl::Sqlite("tokenwarden.db".into()));
+    assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(settings.master_key_file, None);
+    assert_eq!(settings.policy, PolicyDefaults::default());
+}
+
+#[test]
+fn flags_beat_environment_beat_file_beat_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "database_url = \"sqlite://file.db\"\nlisten = \"127.0.0.1:1001\"\nmaster_key_file = \"file.key\"\n",
+    );
+    let env = env_from(&[
+        (ENV_CONFIG, path.to_str().unwrap()),
+        (ENV_LISTEN, "127.0.0.1:1002"),
+        (ENV_MASTER_KEY_FILE, "env.key"),
+    ]);
+    let flags = FlagValues { master_key_file: Some("flag.key".into()), ..FlagValues::default() };
+    let settings = resolve(&flags, &env).unwrap();
+    assert_eq!(settings.database_url, DatabaseUrl::Sqlite("file.db".into()), "file beats default");
+    assert_eq!(settings.listen.to_string(), "127.0.0.1:1002", "environment beats file");
+    assert_eq!(settings.master_key_file, Some(PathBuf::from("flag.key")), "flag beats environment");
+}
+
+#[test]
+fn config_flag_beats_config_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "listen = \"127.0.0.1:1003\"\n");
+    let env = env_from(&[(ENV_CONFIG, "/nonexistent/tokenwarden.toml")]);
+    let flags = FlagValues { config: Some(path), ..FlagValues::default() };
+    assert_eq!(resolve(&flags, &env).unwrap().listen.to_string(), "127.0.0.1:1003");
+}
+
+#[test]
+fn policy_table_overrides_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "[policy]\ngitlab_lifetime = \"90d\"\ngitlab_rotate_before = \"10d\"\noauth_rotate_before = \"10m\"\nrotate_at_fraction = 0.5\n",
+    );
+    let flags = FlagValues { config: Some(path), ..FlagValues::default() };
+    let policy = resolve(&flags, &env_from(&[])).unwrap().policy;
+    assert_eq!(policy.gitlab_lifetime, HumanDuration::days(90));
+    assert_eq!(policy.gitlab_rotate_before, HumanDuration::days(10));
+    assert_eq!(policy.oauth_rotate_before, HumanDuration::minutes(10));
+    assert_eq!(policy.rotate_at_fraction, 0.5);
+}
+
+fn error_for_file(text: &str) -> (String, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, text);
+    let flags = FlagValues { config: Some(path.clone()), ..FlagValues::default() };
+    (resolve(&flags, &env_from(&[])).unwrap_err().to_string(), path)
+}
+
+#[test]
+fn unknown_key_is_named_with_the_file() {
+    let (message, path) = error_for_file("databse_url = \"sqlite://x.db\"\n");
+    assert!(message.contains("databse_url"), "{message}");
+    assert!(message.contains(path.to_str().unwrap()), "{message}");
+}
+
+#[test]
+fn unknown_key_in_policy_table_is_named() {
+    let (message, _) = error_for_file("[policy]\nlifetime = \"30d\"\n");
+    assert!(message.contains("lifetime"), "{message}");
+}
+
+#[test]
+fn bad_duration_is_named_with_key_and_file() {
+    let (message, path) = error_for_file("[policy]\ngitlab_lifetime = \"30 days\"\n");
+    assert!(message.contains("policy.gitlab_lifetime"), "{message}");
+    assert!(message.contains("30 days"), "{message}");
+    assert!(message.contains(path.to_str().unwrap()), "{message}");
+}
+
+#[test]
+fn lifetime_above_gitlab_maximum_is_rejected() {
+    let (message, _) = error_for_file("[policy]\ngitlab_lifetime = \"400d\"\n");
+    assert!(message.contains("policy.gitlab_lifetime"), "{message}");
+    assert!(message.contains("365d"), "{message}");
+}
+
+#[test]
+fn bad_fraction_is_rejected() {
+    let (message, _) = error_for_file("[policy]\nrotate_at_fraction = 1.5\n");
+    assert!(message.contains("policy.rotate_at_fraction"), "{message}");
+}
+
+#[test]
+fn bad_database_url_in_file_is_named() {
+    let (message, path) = error_for_file("database_url = \"mysql://db/x\"\n");
+    assert!(message.contains("database_url"), "{message}");
+    assert!(message.contains("mysql://db/x"), "{message}");
+    assert!(message.contains(path.to_str().unwrap()), "{message}");
+}
+
+#[test]
+fn bad_database_url_in_environment_names_the_variable() {
+    let err = resolve(&FlagValues::default(), &env_from(&[(ENV_DATABASE_URL, "nope")])).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains(ENV_DATABASE_URL), "{message}");
+}
+
+#[test]
+fn bad_listen_flag_names_the_flag() {
+    let flags = FlagValues { listen: Some("localhost".into()), ..FlagValues::default() };
+    let message = resolve(&flags, &env_from(&[])).unwrap_err().to_string();
+    assert!(message.contains("--listen"), "{message}");
+}
+
+#[test]
+fn wrongly_typed_value_is_a_syntax_error_naming_the_key() {
+    let (message, _) = error_for_file("listen = 8787\n");
+    assert!(message.contains("listen"), "{message}");
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let flags = FlagValues { config: Some("/nonexistent/dir/tokenwarden.toml".into()), ..FlagValues::default() };
+    let err = resolve(&flags, &env_from(&[])).unwrap_err();
+    assert!(matches!(err, ConfigError::UnreadableFile { .. }));
+    assert!(err.to_string().contains("/nonexistent/dir/tokenwarden.toml"));
+}
+
+#[test]
+fn bad_log_format_is_named() {
+    let message = resolve(&FlagValues::default(), &env_from(&[(ENV_LOG_FORMAT, "xml")])).unwrap_err().to_string();
+    assert!(message.contains("log_format") && message.contains(ENV_LOG_FORMAT), "{message}");
+}

@@ -1,0 +1,90 @@
+//! Kinds of providers, tokens and API clients.
+
+use super::string_enum;
+
+string_enum!(
+    /// What sort of authorization server a provider is.
+    ProviderKind, "provider kind", {
+        /// A GitLab instance (access-token rotation and OAuth at `{url}/oauth/token`).
+        Gitlab => "gitlab",
+        /// Any standard OAuth 2.0 authorization server with a `token_url`.
+        Oauth2 => "oauth2",
+    }
+);
+
+string_enum!(
+    /// What sort of credential a token is, which decides how it is renewed.
+    TokenKind, "token kind", {
+        /// A GitLab project access token (needs a project).
+        GitlabProjectAccessToken => "gitlab-project-access-token",
+        /// A GitLab group access token (needs a group).
+        GitlabGroupAccessToken => "gitlab-group-access-token",
+        /// A GitLab personal access token.
+        GitlabPersonalAccessToken => "gitlab-personal-access-token",
+        /// A GitLab OAuth grant: access token plus single-use refresh token.
+        GitlabOauth => "gitlab-oauth",
+        /// An OAuth 2.0 grant against any provider's token endpoint.
+        Oauth2 => "oauth2",
+    }
+);
+
+impl TokenKind {
+    /// The provider kind this token kind must belong to.
+    pub fn provider_kind(self) -> ProviderKind {
+        match self {
+            TokenKind::Oauth2 => ProviderKind::Oauth2,
+            _ => ProviderKind::Gitlab,
+        }
+    }
+
+    /// True for grants renewed with a refresh token (the secret is an access token).
+    pub fn is_oauth_grant(self) -> bool {
+        matches!(self, TokenKind::GitlabOauth | TokenKind::Oauth2)
+    }
+
+    /// True for GitLab access tokens renewed by the rotate endpoints.
+    pub fn is_gitlab_access_token(self) -> bool {
+        !self.is_oauth_grant()
+    }
+}
+
+string_enum!(
+    /// What an API client may do.
+    ClientRole, "client role", {
+        /// May do everything: list, inspect, read any secret, force rotation.
+        Operator => "operator",
+        /// May read only the tokens it was granted.
+        Reader => "reader",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_spelling() {
+        for kind in TokenKind::ALL {
+            assert_eq!(kind.as_str().parse::<TokenKind>(), Ok(*kind));
+        }
+        for kind in ProviderKind::ALL {
+            assert_eq!(kind.as_str().parse::<ProviderKind>(), Ok(*kind));
+        }
+    }
+
+    #[test]
+    fn unknown_kind_lists_the_accepted_spellings() {
+        let err = "gitlab-deploy-token".parse::<TokenKind>().unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("gitlab-deploy-token"), "{message}");
+        assert!(message.contains("gitlab-project-access-token"), "{message}");
+    }
+
+    #[test]
+    fn oauth_kinds_belong_to_their_provider_kinds() {
+        assert_eq!(TokenKind::Oauth2.provider_kind(), ProviderKind::Oauth2);
+        assert_eq!(TokenKind::GitlabOauth.provider_kind(), ProviderKind::Gitlab);
+        assert!(TokenKind::GitlabOauth.is_oauth_grant());
+        assert!(TokenKind::GitlabGroupAccessToken.is_gitlab_access_token());
+    }
+}

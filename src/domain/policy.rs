@@ -1,0 +1,67 @@
+//! A token's rotation policy: per-token overrides over configured defaults.
+
+use serde::Serialize;
+
+use super::TokenKind;
+use crate::config::{HumanDuration, PolicyDefaults};
+
+/// Per-token policy settings; `None` means "use the configured default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PolicyOverrides {
+    /// Expiry requested when a GitLab access token is rotated.
+    pub lifetime: Option<HumanDuration>,
+    /// Minimum margin before expiry.
+    pub rotate_before: Option<HumanDuration>,
+    /// Fraction of the lifetime after which to rotate.
+    pub rotate_at_fraction: Option<f64>,
+}
+
+/// The policy in force for one token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Policy {
+    /// Expiry requested when a GitLab access token is rotated (unused for OAuth grants,
+    /// whose lifetime the provider decides).
+    pub lifetime: HumanDuration,
+    /// Minimum margin before expiry.
+    pub rotate_before: HumanDuration,
+    /// Rotate when this fraction of the lifetime has passed; the earlier rule wins.
+    pub rotate_at_fraction: f64,
+}
+
+impl Policy {
+    /// Resolves the policy for a token of `kind` from its overrides and the defaults.
+    pub fn resolve(kind: TokenKind, overrides: &PolicyOverrides, defaults: &PolicyDefaults) -> Self {
+        let default_margin =
+            if kind.is_oauth_grant() { defaults.oauth_rotate_before } else { defaults.gitlab_rotate_before };
+        Self {
+            lifetime: overrides.lifetime.unwrap_or(defaults.gitlab_lifetime),
+            rotate_before: overrides.rotate_before.unwrap_or(default_margin),
+            rotate_at_fraction: overrides.rotate_at_fraction.unwrap_or(defaults.rotate_at_fraction),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_depend_on_the_kind_and_overrides_win() {
+        let defaults = PolicyDefaults::default();
+        let none = PolicyOverrides::default();
+        let pat = Policy::resolve(TokenKind::GitlabPersonalAccessToken, &none, &defaults);
+        assert_eq!(pat.rotate_before, HumanDuration::days(7));
+        assert_eq!(pat.lifetime, HumanDuration::days(30));
+        let oauth = Policy::resolve(TokenKind::GitlabOauth, &none, &defaults);
+        assert_eq!(oauth.rotate_before, HumanDuration::minutes(5));
+        let custom = PolicyOverrides {
+            lifetime: Some(HumanDuration::days(90)),
+            rotate_before: Some(HumanDuration::days(14)),
+            rotate_at_fraction: Some(0.5),
+        };
+        let resolved = Policy::resolve(TokenKind::GitlabGroupAccessToken, &custom, &defaults);
+        assert_eq!(resolved.lifetime, HumanDuration::days(90));
+        assert_eq!(resolved.rotate_before, HumanDuration::days(14));
+        assert_eq!(resolved.rotate_at_fraction, 0.5);
+    }
+}

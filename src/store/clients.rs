@@ -1,0 +1,142 @@
+//! Queries on API clients and their grants.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use secrecy::SecretString;
+
+use super::audit::{self, AuditTarget};
+use super::models::{Client, ClientRow, naive, new_id};
+use super::schema::{client_grants, clients};
+use super::{DbConnection, StoreError};
+use crate::crypto::{ApiKey, ApiKeyHash, Cipher, SealContext};
+use crate::domain::{ClientName, ClientRole, TokenName};
+
+/// What an operator gives to create a client.
+#[derive(Debug)]
+pub struct NewClient {
+    /// Unique name.
+    pub name: ClientName,
+    /// Operator or reader.
+    pub role: ClientRole,
+    /// Tokens a reader may read.
+    pub grants: Vec<TokenName>,
+    /// Where to send webhooks.
+    pub webhook_url: Option<String>,
+}
+
+/// What is shown once when a client is created.
+#[derive(Debug)]
+pub struct CreatedClient {
+    /// The stored client.
+    pub client: Client,
+    /// Its API key (stored only as a hash).
+    pub api_key: ApiKey,
+    /// Its webhook signing secret, with a webhook.
+    pub webhook_secret: Option<SecretString>,
+}
+
+/// Where a client's webhook secret is sealed.
+pub fn webhook_secret_context(row_id: &str) -> SealContext<'_> {
+    SealContext { table: "clients", row: row_id, field: "webhook_secret" }
+}
+
+fn client_target(name: &str) -> AuditTarget<'_> {
+    AuditTarget { kind: "client", name }
+}
+
+/// Creates a client with a fresh API key and, with a webhook, a fresh signing secret.
+pub fn insert(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    new: &NewClient,
+    webhook_secret: Option<SecretString>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<CreatedClient, StoreError> {
+    let id = new_id();
+    let api_key = ApiKey::generate();
+    let row = ClientRow {
+        webhook_secret: webhook_secret.as_ref().map(|secret| cipher.seal(webhook_secret_context(&id), secret)),
+        id: id.clone(),
+        name: new.name.to_string(),
+        role: new.role.to_string(),
+        api_key_lookup: api_key.lookup.clone(),
+        api_key_hash: api_key.hash.0.to_vec(),
+        webhook_url: new.webhook_url.clone(),
+        created_at: naive(now),
+        updated_at: naive(now),
+    };
+    let grants: Vec<String> = new.grants.iter().map(ToString::to_string).collect();
+    let client = conn.write_transaction(|conn| {
+        diesel::insert_into(clients::table)
+            .values(&row)
+            .execute(conn)
+            .map_err(StoreError::on_unique("client", new.name.as_str()))?;
+        for token_name in &grants {
+            diesel::insert_into(client_grants::table)
+                .values((client_grants::client_id.eq(&id), client_grants::token_name.eq(token_name)))
+                .execute(conn)?;
+        }
+        let detail = format!("role={} grants={}", new.role, grants.join(","));
+        audit::record(conn, now, actor, "client.add", client_target(new.name.as_str()), Some(detail))?;
+        Client::from_row(row.clone(), grants.clone())
+    })?;
+    Ok(CreatedClient { client, api_key, webhook_secret })
+}
+
+/// All clients with their grants, by name.
+pub fn list(conn: &mut DbConnection) -> Result<Vec<Client>, StoreError> {
+    let rows: Vec<ClientRow> = clients::table.select(ClientRow::as_select()).order(clients::name.asc()).load(conn)?;
+    let mut grants: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (client_id, token_name) in client_grants::table
+        .select((client_grants::client_id, client_grants::token_name))
+        .order(client_grants::token_name.asc())
+        .load::<(String, String)>(conn)?
+    {
+        grants.entry(client_id).or_default().push(token_name);
+    }
+    rows.into_iter()
+        .map(|row| {
+            let granted = grants.remove(&row.id).unwrap_or_default();
+            Client::from_row(row, granted)
+        })
+        .collect()
+}
+
+/// The client whose API key is `presented`, if any; the hash is compared in constant time.
+pub fn authenticate(conn: &mut DbConnection, presented: &str) -> Result<Option<Client>, StoreError> {
+    let Some(lookup) = ApiKey::lookup_of(presented) else {
+        return Ok(None);
+    };
+    let Some(row) = clients::table
+        .filter(clients::api_key_lookup.eq(lookup))
+        .select(ClientRow::as_select())
+        .first(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let stored = <[u8; 32]>::try_from(row.api_key_hash.as_slice())
+        .map_err(|_| StoreError::Corrupt(format!("api key hash of client '{}'", row.name)))?;
+    if !ApiKeyHash(stored).matches(presented) {
+        return Ok(None);
+    }
+    let grants = client_grants::table
+        .filter(client_grants::client_id.eq(&row.id))
+        .select(client_grants::token_name)
+        .load(conn)?;
+    Client::from_row(row, grants).map(Some)
+}
+
+/// Removes a client, its grants and its pending deliveries.
+pub fn remove(conn: &mut DbConnection, name: &ClientName, actor: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        let deleted = diesel::delete(clients::table.filter(clients::name.eq(name.as_str()))).execute(conn)?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound { what: "client", name: name.to_string() });
+        }
+        audit::record(conn, now, actor, "client.remove", client_target(name.as_str()), None)
+    })
+}

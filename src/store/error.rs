@@ -1,0 +1,69 @@
+//! Errors from the store, each a sentence an operator can act on.
+
+use crate::crypto::CryptoError;
+
+/// What went wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("cannot open database {url}: {message}")]
+    Open {
+        /// The database URL (without password).
+        url: String,
+        /// What went wrong and what to check.
+        message: String,
+    },
+    /// Applying migrations failed.
+    #[error("cannot migrate the database schema: {0}")]
+    Migration(String),
+    /// No connection could be had in time (locked, down or overloaded).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A name is already taken.
+    #[error("a {what} named '{name}' already exists")]
+    AlreadyExists {
+        /// "token", "provider" or "client".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// Nothing has that name.
+    #[error("no {what} named '{name}'")]
+    NotFound {
+        /// "token", "provider" or "client".
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The request contradicts the current state (e.g. removing a provider still in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is not valid for the data it refers to (e.g. a token kind the provider cannot issue).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A stored value cannot be interpreted.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// Sealing or opening a secret failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The database refused or failed a query.
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// The blocking task running the query died.
+    #[error("database task failed: {0}")]
+    TaskFailed(String),
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to [`StoreError::AlreadyExists`].
+    pub(crate) fn on_unique(what: &'static str, name: &str) -> impl FnOnce(diesel::result::Error) -> StoreError {
+        let name = name.to_owned();
+        move |err| match err {
+            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
+                StoreError::AlreadyExists { what, name }
+            }
+            other => StoreError::Query(other),
+        }
+    }
+}

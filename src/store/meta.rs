@@ -1,0 +1,42 @@
+//! Facts about the database itself, chiefly which master key sealed its secrets.
+
+use diesel::prelude::*;
+use secrecy::SecretString;
+
+use super::schema::meta;
+use super::{DbConnection, StoreError};
+use crate::crypto::{Cipher, KeyId, SealContext};
+
+/// Name of the row holding a value sealed with the database's master key.
+const KEY_CHECK: &str = "key_check";
+/// Where the key-check value is bound.
+const KEY_CHECK_CONTEXT: SealContext<'static> = SealContext { table: "meta", row: KEY_CHECK, field: "value" };
+
+/// The id of the master key that sealed this database, if any secret was ever sealed.
+pub fn sealing_key_id(conn: &mut DbConnection) -> Result<Option<KeyId>, StoreError> {
+    let value: Option<Vec<u8>> =
+        meta::table.filter(meta::name.eq(KEY_CHECK)).select(meta::value).first(conn).optional()?;
+    Ok(value.as_deref().and_then(Cipher::sealed_key_id))
+}
+
+/// Checks that `cipher` uses the key this database was sealed with, recording it on first use.
+/// A wrong key fails here with [`crate::crypto::CryptoError::WrongKey`], before any secret is touched.
+pub fn verify_or_record_key(conn: &mut DbConnection, cipher: &Cipher) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        let existing: Option<Vec<u8>> =
+            meta::table.filter(meta::name.eq(KEY_CHECK)).select(meta::value).first(conn).optional()?;
+        match existing {
+            Some(sealed) => {
+                cipher.open(KEY_CHECK_CONTEXT, &sealed)?;
+                Ok(())
+            }
+            None => {
+                let sealed = cipher.seal(KEY_CHECK_CONTEXT, &SecretString::from("tokenwarden"));
+                diesel::insert_into(meta::table)
+                    .values((meta::name.eq(KEY_CHECK), meta::value.eq(sealed)))
+                    .execute(conn)?;
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,101 @@
+//! The persistent store: schema, models, queries and migrations, on Diesel.
+//!
+//! Diesel is blocking, so no query ever runs on a tokio worker thread: [`Store::run`] takes a
+//! pooled connection on the blocking pool and hands it to a synchronous query function from
+//! one of the submodules. Writes go through [`DbConnection::write_transaction`].
+
+pub mod audit;
+pub mod clients;
+mod connection;
+mod error;
+pub mod meta;
+mod migrations;
+pub mod models;
+pub mod providers;
+pub mod schema;
+pub mod tokens;
+
+use std::time::Duration;
+
+use diesel::r2d2::Pool;
+
+pub use connection::{DbConnection, Manager, connect};
+pub use error::StoreError;
+
+use crate::config::DatabaseUrl;
+
+/// Connections kept in the pool.
+const POOL_SIZE: u32 = 8;
+/// Longest wait for a pooled connection before the store is reported unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// A handle on the database: cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<Manager>,
+    url: DatabaseUrl,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.url)
+    }
+}
+
+impl Store {
+    /// Opens the database, runs pending migrations (harmless when there are none) and
+    /// builds the pool. Blocking: call before the runtime's work starts, or via
+    /// `spawn_blocking`.
+    pub fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let mut first = connect(url)
+            .map_err(|err| StoreError::Open { url: url.to_string(), message: describe_open_error(url, &err) })?;
+        migrations::run(&mut first)?;
+        drop(first);
+        let pool = Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(POOL_WAIT)
+            .test_on_check_out(false)
+            .build_unchecked(Manager::new(url.clone()));
+        Ok(Self { pool, url: url.clone() })
+    }
+
+    /// The URL this store was opened with.
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// Runs a synchronous query function on the blocking pool with a pooled connection.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(|err| StoreError::Unavailable(err.to_string()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|err| StoreError::TaskFailed(err.to_string()))?
+    }
+
+    /// Checks that the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            use diesel::connection::SimpleConnection;
+            conn.batch_execute("SELECT 1").map_err(StoreError::from)
+        })
+        .await
+    }
+}
+
+/// Explains a failure to open the database in terms an operator can act on.
+fn describe_open_error(url: &DatabaseUrl, err: &diesel::ConnectionError) -> String {
+    match url {
+        DatabaseUrl::Sqlite(path) => {
+            format!("{err} (check that the directory of {} exists and is writable by this user)", path.display())
+        }
+        DatabaseUrl::Postgres(_) => err.to_string(),
+    }
+}

@@ -1,0 +1,354 @@
+//! Rows as Diesel reads and writes them, and the typed records the rest of tokenwarden uses.
+//!
+//! Rows hold plain column values (text, naive UTC timestamps); records hold validated
+//! names, enums and `DateTime<Utc>`. Sealed secrets never leave the store in a record.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::StoreError;
+use super::schema::{audit_log, clients, providers, token_history, tokens};
+use crate::config::HumanDuration;
+use crate::domain::{
+    ClientName, ClientRole, PolicyOverrides, ProviderKind, ProviderName, TokenKind, TokenName, TokenState,
+};
+
+/// Converts a stored naive timestamp (always UTC) to `DateTime<Utc>`.
+pub fn utc(value: NaiveDateTime) -> DateTime<Utc> {
+    value.and_utc()
+}
+
+/// Converts a `DateTime<Utc>` to the naive UTC form stored in `TIMESTAMP` columns.
+pub fn naive(value: DateTime<Utc>) -> NaiveDateTime {
+    value.naive_utc()
+}
+
+/// A fresh, time-ordered row id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Parses a stored enum or name, reporting a bad value as corruption.
+fn parse_stored<T: std::str::FromStr>(column: &str, value: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|err| StoreError::Corrupt(format!("{column} '{value}': {err}")))
+}
+
+/// Converts stored seconds to a duration, rejecting negative values.
+fn stored_duration(column: &str, seconds: Option<i64>) -> Result<Option<HumanDuration>, StoreError> {
+    seconds
+        .map(|s| {
+            u64::try_from(s)
+                .map(|s| HumanDuration::new(std::time::Duration::from_secs(s)))
+                .map_err(|_| StoreError::Corrupt(format!("{column} is negative: {s}")))
+        })
+        .transpose()
+}
+
+/// A row of `providers`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = providers)]
+pub struct ProviderRow {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub url: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Vec<u8>>,
+    pub redirect_uri: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A provider as the rest of tokenwarden sees it (without its sealed client secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct Provider {
+    /// Internal row id.
+    #[serde(skip)]
+    pub id: String,
+    /// Unique name.
+    pub name: ProviderName,
+    /// GitLab or generic OAuth 2.0.
+    pub kind: ProviderKind,
+    /// GitLab base URL.
+    pub url: Option<String>,
+    /// OAuth 2.0 token endpoint.
+    pub token_url: Option<String>,
+    /// OAuth application id.
+    pub client_id: Option<String>,
+    /// Whether an OAuth client secret is stored.
+    pub has_client_secret: bool,
+    /// Redirect URI sent with refresh requests.
+    pub redirect_uri: Option<String>,
+    /// When it was added.
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<ProviderRow> for Provider {
+    type Error = StoreError;
+
+    fn try_from(row: ProviderRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            name: parse_stored("provider name", &row.name)?,
+            kind: parse_stored("provider kind", &row.kind)?,
+            has_client_secret: row.client_secret.is_some(),
+            id: row.id,
+            url: row.url,
+            token_url: row.token_url,
+            client_id: row.client_id,
+            redirect_uri: row.redirect_uri,
+            created_at: utc(row.created_at),
+        })
+    }
+}
+
+/// The metadata columns of `tokens` (everything but the sealed secrets).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = tokens)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    pub provider_id: String,
+    pub kind: String,
+    pub resource: Option<String>,
+    pub external_id: Option<String>,
+    pub version: i64,
+    pub state: String,
+    pub issued_at: Option<NaiveDateTime>,
+    pub expires_at: Option<NaiveDateTime>,
+    pub next_rotation_at: Option<NaiveDateTime>,
+    pub lifetime_seconds: Option<i64>,
+    pub rotate_before_seconds: Option<i64>,
+    pub rotate_at_fraction: Option<f64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<NaiveDateTime>,
+    pub attempt_id: Option<String>,
+    pub attempt_count: i32,
+    pub last_success_at: Option<NaiveDateTime>,
+    pub last_failure_at: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+    pub attention_reason: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A new row of `tokens`, secrets already sealed.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = tokens)]
+pub struct NewTokenRow {
+    pub id: String,
+    pub name: String,
+    pub provider_id: String,
+    pub kind: String,
+    pub resource: Option<String>,
+    pub external_id: Option<String>,
+    pub secret: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub version: i64,
+    pub state: String,
+    pub issued_at: Option<NaiveDateTime>,
+    pub expires_at: Option<NaiveDateTime>,
+    pub next_rotation_at: Option<NaiveDateTime>,
+    pub lifetime_seconds: Option<i64>,
+    pub rotate_before_seconds: Option<i64>,
+    pub rotate_at_fraction: Option<f64>,
+    pub attempt_count: i32,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A tracked token's metadata (never its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct Token {
+    /// Internal row id.
+    #[serde(skip)]
+    pub id: String,
+    /// Unique name.
+    pub name: TokenName,
+    /// The provider it belongs to.
+    pub provider: ProviderName,
+    /// What sort of credential it is.
+    pub kind: TokenKind,
+    /// Project id or path, for project access tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Group id or path, for group access tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The provider's id for the current token (GitLab token id), once known.
+    pub external_id: Option<String>,
+    /// Starts at 1, +1 on every successful rotation.
+    pub version: i64,
+    /// Where it stands in its life cycle.
+    pub state: TokenState,
+    /// When the current secret was issued.
+    pub issued_at: Option<DateTime<Utc>>,
+    /// When the current secret stops working.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the next rotation is planned.
+    pub next_rotation_at: Option<DateTime<Utc>>,
+    /// Per-token policy overrides.
+    pub policy_overrides: PolicyOverrides,
+    /// Which worker holds the rotation lease, if any.
+    pub lease_owner: Option<String>,
+    /// When that lease runs out.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Consecutive failed attempts.
+    pub attempt_count: i32,
+    /// Last successful rotation.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Last failed attempt.
+    pub last_failure_at: Option<DateTime<Utc>>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// Why a human must act (with `needs_attention`).
+    pub attention_reason: Option<String>,
+    /// When it was added.
+    pub created_at: DateTime<Utc>,
+    /// When its row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Token {
+    /// Builds a record from a row and its provider's name.
+    pub fn from_row(row: TokenRow, provider_name: &str) -> Result<Self, StoreError> {
+        let kind: TokenKind = parse_stored("token kind", &row.kind)?;
+        let (project, group) = match kind {
+            TokenKind::GitlabProjectAccessToken => (row.resource, None),
+            TokenKind::GitlabGroupAccessToken => (None, row.resource),
+            _ => (None, None),
+        };
+        Ok(Self {
+            name: parse_stored("token name", &row.name)?,
+            provider: parse_stored("provider name", provider_name)?,
+            kind,
+            project,
+            group,
+            state: parse_stored("token state", &row.state)?,
+            policy_overrides: PolicyOverrides {
+                lifetime: stored_duration("lifetime_seconds", row.lifetime_seconds)?,
+                rotate_before: stored_duration("rotate_before_seconds", row.rotate_before_seconds)?,
+                rotate_at_fraction: row.rotate_at_fraction,
+            },
+            id: row.id,
+            external_id: row.external_id,
+            version: row.version,
+            issued_at: row.issued_at.map(utc),
+            expires_at: row.expires_at.map(utc),
+            next_rotation_at: row.next_rotation_at.map(utc),
+            lease_owner: row.lease_owner,
+            lease_expires_at: row.lease_expires_at.map(utc),
+            attempt_count: row.attempt_count,
+            last_success_at: row.last_success_at.map(utc),
+            last_failure_at: row.last_failure_at.map(utc),
+            last_error: row.last_error,
+            attention_reason: row.attention_reason,
+            created_at: utc(row.created_at),
+            updated_at: utc(row.updated_at),
+        })
+    }
+}
+
+/// A row of `token_history`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = token_history)]
+pub struct HistoryRow {
+    pub id: String,
+    pub token_id: String,
+    pub version: i64,
+    pub event: String,
+    pub actor: String,
+    pub expires_at: Option<NaiveDateTime>,
+    pub occurred_at: NaiveDateTime,
+}
+
+/// One version of a token: when it came to be, why, and by whom.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// The version number.
+    pub version: i64,
+    /// `added`, `rotated` or `reauthorized`.
+    pub event: String,
+    /// `scheduler`, `cli` or a client's name.
+    pub actor: String,
+    /// Expiry of that version's secret.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl From<HistoryRow> for HistoryEntry {
+    fn from(row: HistoryRow) -> Self {
+        Self {
+            version: row.version,
+            event: row.event,
+            actor: row.actor,
+            expires_at: row.expires_at.map(utc),
+            occurred_at: utc(row.occurred_at),
+        }
+    }
+}
+
+/// A row of `clients`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = clients)]
+pub struct ClientRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub api_key_lookup: String,
+    pub api_key_hash: Vec<u8>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<Vec<u8>>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// An API client as the rest of tokenwarden sees it (no key, no webhook secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct Client {
+    /// Internal row id.
+    #[serde(skip)]
+    pub id: String,
+    /// Unique name.
+    pub name: ClientName,
+    /// Operator or reader.
+    pub role: ClientRole,
+    /// Token names a reader may read.
+    pub grants: Vec<String>,
+    /// Where webhooks are sent.
+    pub webhook_url: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Client {
+    /// Builds a record from a row and its grants.
+    pub fn from_row(row: ClientRow, grants: Vec<String>) -> Result<Self, StoreError> {
+        Ok(Self {
+            name: parse_stored("client name", &row.name)?,
+            role: parse_stored("client role", &row.role)?,
+            id: row.id,
+            grants,
+            webhook_url: row.webhook_url,
+            created_at: utc(row.created_at),
+        })
+    }
+}
+
+/// A row of `audit_log`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = audit_log)]
+pub struct AuditRow {
+    pub id: String,
+    pub occurred_at: NaiveDateTime,
+    pub actor: String,
+    pub action: String,
+    pub target_kind: String,
+    pub target_name: String,
+    pub detail: Option<String>,
+}

@@ -1,0 +1,133 @@
+//! Diesel table definitions shared by every backend.
+//!
+//! Kept by hand (not generated) so they use only the SQL types Diesel's `MultiConnection`
+//! supports: Text, Binary, BigInt, Integer, Double and Timestamp (UTC).
+
+diesel::table! {
+    /// Small facts about the database itself, such as the master-key check value.
+    meta (name) {
+        name -> Text,
+        value -> Binary,
+    }
+}
+
+diesel::table! {
+    /// GitLab instances and OAuth 2.0 authorization servers.
+    providers (id) {
+        id -> Text,
+        name -> Text,
+        kind -> Text,
+        url -> Nullable<Text>,
+        token_url -> Nullable<Text>,
+        client_id -> Nullable<Text>,
+        client_secret -> Nullable<Binary>,
+        redirect_uri -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// Tracked credentials with their policy, state and lease.
+    tokens (id) {
+        id -> Text,
+        name -> Text,
+        provider_id -> Text,
+        kind -> Text,
+        resource -> Nullable<Text>,
+        external_id -> Nullable<Text>,
+        secret -> Nullable<Binary>,
+        refresh_token -> Nullable<Binary>,
+        version -> BigInt,
+        state -> Text,
+        issued_at -> Nullable<Timestamp>,
+        expires_at -> Nullable<Timestamp>,
+        next_rotation_at -> Nullable<Timestamp>,
+        lifetime_seconds -> Nullable<BigInt>,
+        rotate_before_seconds -> Nullable<BigInt>,
+        rotate_at_fraction -> Nullable<Double>,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamp>,
+        attempt_id -> Nullable<Text>,
+        attempt_count -> Integer,
+        last_success_at -> Nullable<Timestamp>,
+        last_failure_at -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        attention_reason -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// One row per token version: when, by whom, with which expiry (never a secret).
+    token_history (id) {
+        id -> Text,
+        token_id -> Text,
+        version -> BigInt,
+        event -> Text,
+        actor -> Text,
+        expires_at -> Nullable<Timestamp>,
+        occurred_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// API clients: operators and readers, with hashed keys and optional webhooks.
+    clients (id) {
+        id -> Text,
+        name -> Text,
+        role -> Text,
+        api_key_lookup -> Text,
+        api_key_hash -> Binary,
+        webhook_url -> Nullable<Text>,
+        webhook_secret -> Nullable<Binary>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// Which tokens a reader may read, by token name.
+    client_grants (client_id, token_name) {
+        client_id -> Text,
+        token_name -> Text,
+    }
+}
+
+diesel::table! {
+    /// Webhook deliveries written in the same transaction as their cause.
+    outbox (id) {
+        id -> Text,
+        client_id -> Text,
+        event -> Text,
+        token_name -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
+        next_attempt_at -> Timestamp,
+        attempts -> Integer,
+        delivered_at -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    /// Who did what to which token, provider or client, and when.
+    audit_log (id) {
+        id -> Text,
+        occurred_at -> Timestamp,
+        actor -> Text,
+        action -> Text,
+        target_kind -> Text,
+        target_name -> Text,
+        detail -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(tokens -> providers (provider_id));
+diesel::joinable!(token_history -> tokens (token_id));
+diesel::joinable!(client_grants -> clients (client_id));
+diesel::joinable!(outbox -> clients (client_id));
+
+diesel::allow_tables_to_appear_in_same_query!(tokens, providers);
+diesel::allow_tables_to_appear_in_same_query!(client_grants, clients);

@@ -1,0 +1,268 @@
+//! Queries on tokens and their history.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use secrecy::SecretString;
+
+use super::audit::{self, AuditTarget};
+use super::models::{HistoryEntry, HistoryRow, NewTokenRow, Token, TokenRow, naive, new_id};
+use super::providers;
+use super::schema::{providers as providers_table, token_history, tokens};
+use super::{DbConnection, StoreError};
+use crate::crypto::{Cipher, SealContext};
+use crate::domain::{PolicyOverrides, ProviderName, TokenKind, TokenName, TokenState};
+
+/// What an operator gives to start tracking a token.
+#[derive(Debug)]
+pub struct NewToken {
+    /// Unique name.
+    pub name: TokenName,
+    /// The provider it belongs to.
+    pub provider: ProviderName,
+    /// What sort of credential it is.
+    pub kind: TokenKind,
+    /// Project (for project tokens) or group (for group tokens).
+    pub resource: Option<String>,
+    /// The access token (GitLab access tokens; OAuth grants once refreshed).
+    pub secret: Option<SecretString>,
+    /// The refresh token (OAuth grants).
+    pub refresh_token: Option<SecretString>,
+    /// Per-token policy overrides.
+    pub policy: PolicyOverrides,
+    /// The provider's id for this token, once known.
+    pub external_id: Option<String>,
+    /// When the current secret was issued, once known.
+    pub issued_at: Option<DateTime<Utc>>,
+    /// When the current secret expires, once known.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When to rotate first.
+    pub next_rotation_at: Option<DateTime<Utc>>,
+}
+
+/// The two sealed secret columns of `tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretField {
+    /// The access token or personal/project/group token.
+    Secret,
+    /// The OAuth refresh token.
+    RefreshToken,
+}
+
+impl SecretField {
+    fn column(self) -> &'static str {
+        match self {
+            SecretField::Secret => "secret",
+            SecretField::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// Where a token's secret field is sealed.
+pub fn secret_context(row_id: &str, field: SecretField) -> SealContext<'_> {
+    SealContext { table: "tokens", row: row_id, field: field.column() }
+}
+
+fn seconds(value: Option<crate::config::HumanDuration>) -> Option<i64> {
+    value.map(|d| i64::try_from(d.get().as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Checks that a token of `kind` may belong to the provider and carries what it needs.
+fn check_compatible(new: &NewToken, provider: &super::models::ProviderRow) -> Result<(), StoreError> {
+    let invalid = |message: String| Err(StoreError::InvalidInput(message));
+    let expected = new.kind.provider_kind();
+    if provider.kind != expected.as_str() {
+        return invalid(format!(
+            "a {} token needs a '{}' provider, but provider '{}' is '{}'",
+            new.kind, expected, provider.name, provider.kind
+        ));
+    }
+    if new.kind == TokenKind::GitlabOauth && (provider.client_id.is_none() || provider.client_secret.is_none()) {
+        return invalid(format!(
+            "provider '{}' has no OAuth client id and secret; add them to refresh gitlab-oauth grants",
+            provider.name
+        ));
+    }
+    Ok(())
+}
+
+/// Starts tracking a token: one row, its first history entry and an audit row, in one transaction.
+pub fn insert(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    new: &NewToken,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Token, StoreError> {
+    let id = new_id();
+    let seal = |field, value: &Option<SecretString>| value.as_ref().map(|s| cipher.seal(secret_context(&id, field), s));
+    let secret = seal(SecretField::Secret, &new.secret);
+    let refresh_token = seal(SecretField::RefreshToken, &new.refresh_token);
+    conn.write_transaction(|conn| {
+        let provider = providers::find_row(conn, &new.provider)?;
+        check_compatible(new, &provider)?;
+        let row = NewTokenRow {
+            id: id.clone(),
+            name: new.name.to_string(),
+            provider_id: provider.id.clone(),
+            kind: new.kind.to_string(),
+            resource: new.resource.clone(),
+            external_id: new.external_id.clone(),
+            secret,
+            refresh_token,
+            version: 1,
+            state: TokenState::Active.to_string(),
+            issued_at: new.issued_at.map(naive),
+            expires_at: new.expires_at.map(naive),
+            next_rotation_at: new.next_rotation_at.map(naive),
+            lifetime_seconds: seconds(new.policy.lifetime),
+            rotate_before_seconds: seconds(new.policy.rotate_before),
+            rotate_at_fraction: new.policy.rotate_at_fraction,
+            attempt_count: 0,
+            created_at: naive(now),
+            updated_at: naive(now),
+        };
+        diesel::insert_into(tokens::table)
+            .values(&row)
+            .execute(conn)
+            .map_err(StoreError::on_unique("token", new.name.as_str()))?;
+        let history = HistoryRow {
+            id: new_id(),
+            token_id: id.clone(),
+            version: 1,
+            event: "added".to_owned(),
+            actor: actor.to_owned(),
+            expires_at: row.expires_at,
+            occurred_at: naive(now),
+        };
+        diesel::insert_into(token_history::table).values(&history).execute(conn)?;
+        let target = AuditTarget { kind: "token", name: new.name.as_str() };
+        let detail = format!("kind={} provider={}", new.kind, new.provider);
+        audit::record(conn, now, actor, "token.add", target, Some(detail))?;
+        find(conn, &new.name)
+    })
+}
+
+/// All tokens, by name.
+pub fn list(conn: &mut DbConnection) -> Result<Vec<Token>, StoreError> {
+    tokens::table
+        .inner_join(providers_table::table)
+        .select((TokenRow::as_select(), providers_table::name))
+        .order(tokens::name.asc())
+        .load::<(TokenRow, String)>(conn)?
+        .into_iter()
+        .map(|(row, provider)| Token::from_row(row, &provider))
+        .collect()
+}
+
+/// The token named `name`.
+pub fn find(conn: &mut DbConnection, name: &TokenName) -> Result<Token, StoreError> {
+    let (row, provider) = tokens::table
+        .inner_join(providers_table::table)
+        .filter(tokens::name.eq(name.as_str()))
+        .select((TokenRow::as_select(), providers_table::name))
+        .first::<(TokenRow, String)>(conn)
+        .optional()?
+        .ok_or_else(|| not_found(name))?;
+    Token::from_row(row, &provider)
+}
+
+fn not_found(name: &TokenName) -> StoreError {
+    StoreError::NotFound { what: "token", name: name.to_string() }
+}
+
+/// Opens one of a token's sealed secrets, if it has that field.
+pub fn read_secret(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    name: &TokenName,
+    field: SecretField,
+) -> Result<Option<SecretString>, StoreError> {
+    let (id, secret, refresh_token) = tokens::table
+        .filter(tokens::name.eq(name.as_str()))
+        .select((tokens::id, tokens::secret, tokens::refresh_token))
+        .first::<(String, Option<Vec<u8>>, Option<Vec<u8>>)>(conn)
+        .optional()?
+        .ok_or_else(|| not_found(name))?;
+    let sealed = match field {
+        SecretField::Secret => secret,
+        SecretField::RefreshToken => refresh_token,
+    };
+    sealed.map(|bytes| cipher.open(secret_context(&id, field), &bytes).map_err(StoreError::from)).transpose()
+}
+
+/// Refuses to change a token while a rotation holds its lease.
+fn ensure_settled(token: &Token, doing: &str) -> Result<(), StoreError> {
+    if token.state.is_settled() {
+        return Ok(());
+    }
+    Err(StoreError::Conflict(format!(
+        "token '{}' is being rotated right now; {doing} it when the rotation has finished",
+        token.name
+    )))
+}
+
+/// Pauses a token (no rotation until resumed); pausing a paused token changes nothing.
+pub fn pause(conn: &mut DbConnection, name: &TokenName, actor: &str, now: DateTime<Utc>) -> Result<Token, StoreError> {
+    conn.write_transaction(|conn| {
+        let token = find(conn, name)?;
+        ensure_settled(&token, "pause")?;
+        if token.state == TokenState::Paused {
+            return Ok(token);
+        }
+        set_state(conn, &token.id, TokenState::Paused, now)?;
+        audit::record(conn, now, actor, "token.pause", token_target(name), Some(format!("was={}", token.state)))?;
+        find(conn, name)
+    })
+}
+
+/// Resumes a paused token: `active` again, or `expired` if it expired meanwhile.
+/// Resuming a token that is not paused changes nothing.
+pub fn resume(conn: &mut DbConnection, name: &TokenName, actor: &str, now: DateTime<Utc>) -> Result<Token, StoreError> {
+    conn.write_transaction(|conn| {
+        let token = find(conn, name)?;
+        if token.state != TokenState::Paused {
+            return Ok(token);
+        }
+        let state = match token.expires_at {
+            Some(expires_at) if expires_at <= now => TokenState::Expired,
+            _ => TokenState::Active,
+        };
+        set_state(conn, &token.id, state, now)?;
+        audit::record(conn, now, actor, "token.resume", token_target(name), Some(format!("now={state}")))?;
+        find(conn, name)
+    })
+}
+
+fn set_state(conn: &mut DbConnection, id: &str, state: TokenState, now: DateTime<Utc>) -> Result<(), StoreError> {
+    diesel::update(tokens::table.filter(tokens::id.eq(id)))
+        .set((tokens::state.eq(state.as_str()), tokens::updated_at.eq(naive(now))))
+        .execute(conn)?;
+    Ok(())
+}
+
+fn token_target(name: &TokenName) -> AuditTarget<'_> {
+    AuditTarget { kind: "token", name: name.as_str() }
+}
+
+/// Stops tracking a token and forgets its secrets and history (the audit log keeps a row).
+pub fn remove(conn: &mut DbConnection, name: &TokenName, actor: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        let token = find(conn, name)?;
+        ensure_settled(&token, "remove")?;
+        diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
+        audit::record(conn, now, actor, "token.remove", token_target(name), Some(format!("version={}", token.version)))
+    })
+}
+
+/// A token's versions, oldest first.
+pub fn history(conn: &mut DbConnection, name: &TokenName) -> Result<Vec<HistoryEntry>, StoreError> {
+    let token = find(conn, name)?;
+    Ok(token_history::table
+        .filter(token_history::token_id.eq(&token.id))
+        .select(HistoryRow::as_select())
+        .order(token_history::version.asc())
+        .load(conn)?
+        .into_iter()
+        .map(HistoryEntry::from)
+        .collect())
+}
