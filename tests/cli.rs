@@ -1,0 +1,478 @@
+//! The operator CLI end to end, in a throwaway directory per test.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::Sandbox;
+
+fn add_project_token(sandbox: &Sandbox, name: &str, secret: &str) {
+    sandbox.ok(
+        &[
+            "token",
+            "add",
+            name,
+            "--provider",
+            "gitlab",
+            "--kind",
+            "gitlab-project-access-token",
+            "--project",
+            "42",
+            "--secret-stdin",
+        ],
+        &format!("{secret}\n"),
+    );
+}
+
+#[test]
+fn operator_walkthrough_add_list_show_pause_resume_remove() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.ok(
+        &[
+            "token",
+            "add",
+            "dbt-ci",
+            "--provider",
+            "gitlab",
+            "--kind",
+            "gitlab-project-access-token",
+            "--project",
+            "42",
+            "--secret-stdin",
+            "--lifetime",
+            "90d",
+            "--rotate-before",
+            "10d",
+        ],
+        "glpat-walkthrough-secret\n",
+    );
+
+    let list = sandbox.token_list();
+    assert_eq!(list.len(), 1);
+    let token = &list[0];
+    assert_eq!(token["name"], "dbt-ci");
+    assert_eq!(token["provider"], "gitlab");
+    assert_eq!(token["kind"], "gitlab-project-access-token");
+    assert_eq!(token["project"], "42");
+    assert_eq!(token["state"], "active");
+    assert_eq!(token["version"], 1);
+    assert_eq!(token["policy"]["lifetime"], "90d");
+    assert_eq!(token["policy"]["rotate_before"], "10d");
+    assert_eq!(token["policy"]["rotate_at_fraction"], 0.67);
+    assert!(!serde_json::to_string(&list).unwrap().contains("glpat-walkthrough-secret"));
+
+    let text = sandbox.ok(&["token", "show", "dbt-ci"], "");
+    assert!(text.contains("gitlab-project-access-token") && text.contains("90d"), "{text}");
+    assert!(!text.contains("glpat-walkthrough-secret"));
+
+    sandbox.ok(&["token", "pause", "dbt-ci"], "");
+    assert_eq!(sandbox.token_show("dbt-ci")["state"], "paused");
+    sandbox.ok(&["token", "resume", "dbt-ci"], "");
+    assert_eq!(sandbox.token_show("dbt-ci")["state"], "active");
+
+    let history: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["token", "history", "dbt-ci", "--json"], "")).unwrap();
+    assert_eq!(history[0]["version"], 1);
+    assert_eq!(history[0]["actor"], "cli");
+
+    sandbox.ok(&["token", "remove", "dbt-ci"], "");
+    assert!(sandbox.token_list().is_empty());
+    let stderr = sandbox.fails(&["token", "show", "dbt-ci"], "", 2);
+    assert!(stderr.contains("no token named 'dbt-ci'"), "{stderr}");
+}
+
+#[test]
+fn list_text_output_has_a_header_and_a_row_per_token() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    add_project_token(&sandbox, "one", "glpat-one");
+    add_project_token(&sandbox, "two", "glpat-two");
+    let text = sandbox.ok(&["token", "list"], "");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("NAME"));
+    assert!(lines[1].starts_with("one") && lines[2].starts_with("two"));
+}
+
+#[test]
+fn duplicate_token_name_is_refused_and_keeps_the_original() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    add_project_token(&sandbox, "dup", "glpat-first");
+    let stderr = sandbox.fails(
+        &["token", "add", "dup", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
+        "glpat-second\n",
+        2,
+    );
+    assert!(stderr.contains("a token named 'dup' already exists"), "{stderr}");
+    let list = sandbox.token_list();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["kind"], "gitlab-project-access-token");
+}
+
+#[test]
+fn duplicate_provider_name_is_refused() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    let stderr =
+        sandbox.fails(&["provider", "add", "gitlab", "--kind", "gitlab", "--url", "https://other.example"], "", 2);
+    assert!(stderr.contains("a provider named 'gitlab' already exists"), "{stderr}");
+}
+
+#[test]
+fn unknown_provider_is_refused_and_nothing_is_written() {
+    let sandbox = Sandbox::new();
+    let stderr = sandbox.fails(
+        &["token", "add", "t", "--provider", "nope", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
+        "glpat-x\n",
+        2,
+    );
+    assert!(stderr.contains("no provider named 'nope'"), "{stderr}");
+    assert!(sandbox.token_list().is_empty());
+}
+
+#[test]
+fn empty_standard_input_is_refused_and_nothing_is_written() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    for stdin in ["", "\n", "   \n"] {
+        let stderr = sandbox.fails(
+            &["token", "add", "t", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
+            stdin,
+            2,
+        );
+        assert!(stderr.contains("no access token on standard input"), "{stderr}");
+    }
+    assert!(sandbox.token_list().is_empty());
+}
+
+#[test]
+fn several_lines_on_standard_input_are_refused() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    let stderr = sandbox.fails(
+        &["token", "add", "t", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
+        "glpat-a\nglpat-b\n",
+        2,
+    );
+    assert!(stderr.contains("more than one line"), "{stderr}");
+    assert!(sandbox.token_list().is_empty());
+}
+
+#[test]
+fn a_secret_cannot_be_passed_as_an_argument() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    for flag in ["--secret", "--token", "--refresh-token", "--client-secret"] {
+        let stderr = sandbox.fails(
+            &["token", "add", "t", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", flag, "glpat-x"],
+            "",
+            2,
+        );
+        assert!(stderr.contains("unexpected argument"), "{flag}: {stderr}");
+    }
+    assert!(sandbox.token_list().is_empty());
+}
+
+#[test]
+fn unwritable_database_path_fails_cleanly_and_creates_nothing() {
+    let sandbox = Sandbox::new();
+    // Paths no user can create, root included: below a regular file, and in a missing directory.
+    let not_a_directory = sandbox.path().join("plain-file");
+    std::fs::write(&not_a_directory, "").unwrap();
+    let urls = [
+        format!("sqlite://{}/tw.db", not_a_directory.display()),
+        format!("sqlite://{}/missing/tw.db", sandbox.path().display()),
+    ];
+    for url in &urls {
+        let stderr = sandbox.fails(
+            &[
+                "--database-url",
+                url,
+                "provider",
+                "add",
+                "gitlab",
+                "--kind",
+                "gitlab",
+                "--url",
+                "https://gitlab.example.com",
+            ],
+            "",
+            1,
+        );
+        assert!(stderr.contains("cannot open database"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one-line message: {stderr}");
+    }
+    let entries: Vec<_> = std::fs::read_dir(sandbox.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("plain-file")], "nothing half-written");
+}
+
+#[test]
+fn token_kind_and_flags_must_agree() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--kind", "gitlab-project-access-token", "--secret-stdin"], "needs --project"),
+        (&["--kind", "gitlab-group-access-token", "--secret-stdin"], "needs --group"),
+        (
+            &["--kind", "gitlab-personal-access-token", "--project", "1", "--secret-stdin"],
+            "--project and --group apply",
+        ),
+        (&["--kind", "gitlab-oauth", "--secret-stdin"], "needs --refresh-token-stdin"),
+        (&["--kind", "gitlab-personal-access-token", "--refresh-token-stdin"], "needs --secret-stdin"),
+        (&["--kind", "gitlab-personal-access-token", "--secret-stdin", "--lifetime", "400d"], "--lifetime"),
+        (&["--kind", "gitlab-personal-access-token", "--secret-stdin", "--lifetime", "30x"], "invalid duration"),
+        (
+            &["--kind", "gitlab-personal-access-token", "--secret-stdin", "--rotate-at-fraction", "0"],
+            "--rotate-at-fraction",
+        ),
+        (&["--kind", "gitlab-personal-access-token", "--secret-stdin", "--rotate-before", "31d"], "not shorter"),
+        (&["--kind", "gitlab-deploy-token", "--secret-stdin"], "gitlab-deploy-token"),
+        (&["--kind", "oauth2", "--refresh-token-stdin"], "needs a 'oauth2' provider"),
+        (&["--kind", "gitlab-oauth", "--refresh-token-stdin"], "no OAuth client id"),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["token", "add", "t", "--provider", "gitlab"];
+        args.extend_from_slice(flags);
+        let stderr = sandbox.fails(&args, "secret-value\n", 2);
+        assert!(stderr.contains(expected), "{flags:?}: expected '{expected}' in: {stderr}");
+    }
+    let bad_name = sandbox.fails(&["token", "show", "Bad Name"], "", 2);
+    assert!(bad_name.contains("invalid token name"), "{bad_name}");
+    assert!(sandbox.token_list().is_empty());
+}
+
+#[test]
+fn provider_flags_must_fit_the_kind() {
+    let sandbox = Sandbox::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--kind", "gitlab"], "needs --url"),
+        (&["--kind", "gitlab", "--url", "ftp://gitlab.example.com"], "http:// or https://"),
+        (&["--kind", "gitlab", "--url", "not a url"], "--url"),
+        (&["--kind", "oauth2", "--client-id", "a", "--client-secret-stdin"], "needs --token-url"),
+        (&["--kind", "oauth2", "--token-url", "https://auth.example/token"], "needs --client-id"),
+        (&["--kind", "gitlab", "--url", "https://g.example", "--client-id", "x"], "together"),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["provider", "add", "p"];
+        args.extend_from_slice(flags);
+        let stderr = sandbox.fails(&args, "client-secret\n", 2);
+        assert!(stderr.contains(expected), "{flags:?}: expected '{expected}' in: {stderr}");
+    }
+    let list = sandbox.ok(&["provider", "list", "--json"], "");
+    assert_eq!(list.trim(), "[]");
+}
+
+#[test]
+fn provider_in_use_cannot_be_removed() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    add_project_token(&sandbox, "t", "glpat-x");
+    let stderr = sandbox.fails(&["provider", "remove", "gitlab"], "", 1);
+    assert!(stderr.contains("used by 1 token"), "{stderr}");
+    sandbox.ok(&["token", "remove", "t"], "");
+    sandbox.ok(&["provider", "remove", "gitlab"], "");
+    assert_eq!(sandbox.ok(&["provider", "list", "--json"], "").trim(), "[]");
+}
+
+#[test]
+fn client_add_prints_its_key_once_and_list_never_does() {
+    let sandbox = Sandbox::new();
+    let created: serde_json::Value = serde_json::from_str(&sandbox.ok(
+        &[
+            "client",
+            "add",
+            "ci",
+            "--role",
+            "reader",
+            "--grant",
+            "a",
+            "--grant",
+            "b",
+            "--webhook",
+            "https://ci.example/hook",
+        ],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(created["name"], "ci");
+    let api_key = created["api_key"].as_str().unwrap();
+    let webhook_secret = created["webhook_secret"].as_str().unwrap();
+    assert!(api_key.starts_with("tw_") && webhook_secret.starts_with("whsec_"));
+
+    let plain: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["client", "add", "ops", "--role", "operator"], "")).unwrap();
+    assert!(plain.get("webhook_secret").is_none());
+
+    let list = sandbox.ok(&["client", "list", "--json"], "");
+    assert!(!list.contains(api_key) && !list.contains(webhook_secret));
+    let clients: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(clients[0]["name"], "ci");
+    assert_eq!(clients[0]["grants"], serde_json::json!(["a", "b"]));
+    assert_eq!(clients[1]["role"], "operator");
+
+    sandbox.fails(&["client", "add", "ci", "--role", "reader"], "", 2);
+    sandbox.fails(&["client", "add", "x", "--role", "operator", "--grant", "a"], "", 2);
+    sandbox.ok(&["client", "remove", "ci"], "");
+    sandbox.fails(&["client", "remove", "ci"], "", 2);
+}
+
+#[test]
+fn stored_secrets_never_appear_in_the_database_files() {
+    let sandbox = Sandbox::new();
+    let secrets =
+        ["oauth-app-secret-5b0e7c", "glpat-project-7f3a9d2c", "glpat-personal-1c8e44aa", "gloas-refresh-token-93bd1e"];
+    sandbox.ok(
+        &[
+            "provider",
+            "add",
+            "gitlab",
+            "--kind",
+            "gitlab",
+            "--url",
+            "https://gitlab.example.com",
+            "--client-id",
+            "app-id",
+            "--client-secret-stdin",
+        ],
+        &format!("{}\n", secrets[0]),
+    );
+    add_project_token(&sandbox, "project", secrets[1]);
+    sandbox.ok(
+        &[
+            "token",
+            "add",
+            "personal",
+            "--provider",
+            "gitlab",
+            "--kind",
+            "gitlab-personal-access-token",
+            "--secret-stdin",
+        ],
+        &format!("{}\n", secrets[2]),
+    );
+    sandbox.ok(
+        &["token", "add", "grant", "--provider", "gitlab", "--kind", "gitlab-oauth", "--refresh-token-stdin"],
+        &format!("{}\n", secrets[3]),
+    );
+    let created: serde_json::Value = serde_json::from_str(
+        &sandbox.ok(&["client", "add", "hooked", "--role", "reader", "--webhook", "https://ci.example/hook"], ""),
+    )
+    .unwrap();
+    let api_key = created["api_key"].as_str().unwrap().to_owned();
+    let webhook_secret = created["webhook_secret"].as_str().unwrap().to_owned();
+
+    let mut files_read = 0;
+    for entry in std::fs::read_dir(sandbox.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("tokenwarden.db") {
+            continue;
+        }
+        files_read += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in secrets.iter().copied().chain([api_key.as_str(), webhook_secret.as_str()]) {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{secret} found in plain text in {name}");
+        }
+    }
+    assert!(files_read >= 1);
+}
+
+#[test]
+fn generated_key_file_and_database_are_private() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    add_project_token(&sandbox, "t", "glpat-x");
+    let key_mode = std::fs::metadata(sandbox.key_path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600);
+    let db_mode = std::fs::metadata(sandbox.db_path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(db_mode & 0o077, 0, "database file mode {db_mode:o} is readable by others");
+}
+
+#[test]
+fn wrong_master_key_is_a_clear_error() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    add_project_token(&sandbox, "t", "glpat-x");
+    let other = sandbox.path().join("other.key");
+    std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
+    let other = other.to_str().unwrap();
+    let stderr = sandbox.fails(
+        &[
+            "--master-key-file",
+            other,
+            "token",
+            "add",
+            "u",
+            "--provider",
+            "gitlab",
+            "--kind",
+            "gitlab-personal-access-token",
+            "--secret-stdin",
+        ],
+        "glpat-y\n",
+        1,
+    );
+    assert!(stderr.contains("wrong master key"), "{stderr}");
+    assert_eq!(sandbox.token_list().len(), 1, "nothing written with the wrong key");
+}
+
+#[test]
+fn missing_key_file_for_a_sealed_database_is_not_replaced() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    add_project_token(&sandbox, "t", "glpat-x");
+    std::fs::rename(sandbox.key_path(), sandbox.path().join("backup.key")).unwrap();
+    let stderr = sandbox.fails(
+        &["token", "add", "u", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
+        "glpat-y\n",
+        1,
+    );
+    assert!(stderr.contains("no key file exists"), "{stderr}");
+    assert!(!sandbox.key_path().exists(), "a new key must not be generated over sealed data");
+}
+
+#[test]
+fn config_file_errors_stop_the_command_with_exit_2() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path().join("tw.toml");
+    let config_arg = config.to_str().unwrap().to_owned();
+    let cases = [
+        ("colour = \"blue\"\n", "colour"),
+        ("[policy]\ngitlab_lifetime = \"thirty days\"\n", "policy.gitlab_lifetime"),
+        ("database_url = \"mysql://db/tw\"\n", "database_url"),
+        ("listen = \"everywhere\"\n", "listen"),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&config, text).unwrap();
+        let out = sandbox
+            .cmd()
+            .env_remove("TOKENWARDEN_DATABASE_URL")
+            .args(["--config", &config_arg, "token", "list"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(key) && stderr.contains(&config_arg), "{text}: {stderr}");
+    }
+    let missing = sandbox.fails(&["--config", "/nonexistent/tw.toml", "token", "list"], "", 2);
+    assert!(missing.contains("cannot read config file /nonexistent/tw.toml"), "{missing}");
+    assert!(!sandbox.db_path().exists(), "nothing starts on a bad config");
+}
+
+#[test]
+fn environment_and_flags_choose_the_database() {
+    let sandbox = Sandbox::new();
+    let other = format!("sqlite://{}", sandbox.path().join("other.db").display());
+    sandbox.ok(
+        &["--database-url", &other, "provider", "add", "gitlab", "--kind", "gitlab", "--url", "https://g.example"],
+        "",
+    );
+    assert!(sandbox.path().join("other.db").exists());
+    assert_eq!(sandbox.ok(&["provider", "list", "--json"], "").trim(), "[]", "env database is a different one");
+    let via_env =
+        sandbox.cmd().env("TOKENWARDEN_DATABASE_URL", &other).args(["provider", "list", "--json"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&via_env.stdout).contains("\"gitlab\""));
+}

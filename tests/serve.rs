@@ -1,0 +1,107 @@
+//! `tokenwarden serve` as a process: starts on a fresh directory, answers health checks,
+//! and stops cleanly on SIGTERM and SIGINT.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Sandbox;
+
+/// A running daemon and the address it listens on.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `serve` on an ephemeral port and waits for its "serving" log line.
+    fn start(sandbox: &Sandbox) -> Daemon {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
+            .current_dir(sandbox.path())
+            .env_clear()
+            .env("TOKENWARDEN_DATABASE_URL", sandbox.database_url())
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start serve");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("serve exited before serving").unwrap();
+            let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(listen) = entry["fields"]["listen"].as_str() {
+                break listen.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Daemon { child, addr }
+    }
+
+    /// Sends a signal by name and waits up to `limit` for the process to exit.
+    fn stop_with(mut self, signal: &str, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("serve did not stop within {limit:?} of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns the status code and body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_health_checks_and_stops_on_sigterm_within_two_seconds() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::start(&sandbox);
+    let (status, body) = get(daemon.addr, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(daemon.addr, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(daemon.addr, "/nope").0, 404);
+    assert!(sandbox.db_path().exists(), "the store was created");
+    assert!(sandbox.key_path().exists(), "the master key was created beside the database");
+    let status = daemon.stop_with("TERM", Duration::from_secs(2));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn serve_stops_on_sigint_and_restarts_on_the_same_store() {
+    let sandbox = Sandbox::new();
+    let first = Daemon::start(&sandbox);
+    assert!(first.stop_with("INT", Duration::from_secs(2)).success());
+    let second = Daemon::start(&sandbox);
+    assert_eq!(get(second.addr, "/readyz").0, 200);
+    assert!(second.stop_with("TERM", Duration::from_secs(2)).success());
+}
+
+#[test]
+fn serve_refuses_a_busy_port_with_exit_1() {
+    let sandbox = Sandbox::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let stderr = sandbox.fails(&["serve", "--listen", &addr], "", 1);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+}

@@ -1,0 +1,301 @@
+//! The store against a real database: migrations, and a round trip through every table.
+//!
+//! Each check is a function taking a database URL so the same code runs on every backend.
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use diesel::prelude::*;
+use secrecy::{ExposeSecret, SecretString};
+use tokenwarden::config::{DatabaseUrl, HumanDuration};
+use tokenwarden::crypto::{Cipher, CryptoError, MasterKey};
+use tokenwarden::domain::{
+    ClientName, ClientRole, PolicyOverrides, ProviderKind, ProviderName, TokenKind, TokenName, TokenState,
+};
+use tokenwarden::store::clients::{self, NewClient};
+use tokenwarden::store::providers::{self, NewProvider};
+use tokenwarden::store::tokens::{self, NewToken, SecretField};
+use tokenwarden::store::{DbConnection, Store, StoreError, audit, connect, meta, schema};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    url: DatabaseUrl,
+    conn: DbConnection,
+    cipher: Cipher,
+}
+
+fn sqlite_fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::Sqlite(dir.path().join("store.db"));
+    Store::open(&url).unwrap();
+    let conn = connect(&url).unwrap();
+    Fixture { _dir: dir, url, conn, cipher: Cipher::new(&MasterKey::generate()) }
+}
+
+fn gitlab_provider(conn: &mut DbConnection, cipher: &Cipher, name: &str) {
+    let new = NewProvider {
+        name: ProviderName::new(name).unwrap(),
+        kind: ProviderKind::Gitlab,
+        url: Some("https://gitlab.example.com".into()),
+        token_url: None,
+        client_id: Some("app".into()),
+        client_secret: Some(SecretString::from("app-secret")),
+        redirect_uri: Some("https://app.example/callback".into()),
+    };
+    providers::insert(conn, cipher, &new, "test", Utc::now()).unwrap();
+}
+
+fn new_token(name: &str, kind: TokenKind, secret: Option<&str>, refresh: Option<&str>) -> NewToken {
+    let now = Utc::now().duration_trunc(TimeDelta::microseconds(1)).unwrap();
+    NewToken {
+        name: TokenName::new(name).unwrap(),
+        provider: ProviderName::new("gitlab").unwrap(),
+        kind,
+        resource: (kind == TokenKind::GitlabProjectAccessToken).then(|| "group%2Fproject".to_owned()),
+        secret: secret.map(SecretString::from),
+        refresh_token: refresh.map(SecretString::from),
+        policy: PolicyOverrides {
+            lifetime: Some(HumanDuration::days(60)),
+            rotate_before: None,
+            rotate_at_fraction: Some(0.5),
+        },
+        external_id: Some("1234".into()),
+        issued_at: Some(now),
+        expires_at: Some(now + TimeDelta::days(60)),
+        next_rotation_at: Some(now + TimeDelta::days(30)),
+    }
+}
+
+fn migrations_apply_once_and_rerun_harmlessly(url: &DatabaseUrl) {
+    Store::open(url).unwrap();
+    Store::open(url).unwrap();
+    let mut conn = connect(url).unwrap();
+    let applied: i64 = diesel::sql_query("SELECT COUNT(*) AS n FROM __diesel_schema_migrations")
+        .get_result::<Count>(&mut conn)
+        .unwrap()
+        .n;
+    assert_eq!(applied, 1);
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[test]
+fn sqlite_migrations_apply_once_and_rerun_harmlessly() {
+    let dir = tempfile::tempdir().unwrap();
+    migrations_apply_once_and_rerun_harmlessly(&DatabaseUrl::Sqlite(dir.path().join("m.db")));
+}
+
+#[test]
+fn sqlite_round_trip_providers() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let list = providers::list(&mut f.conn).unwrap();
+    assert_eq!(list.len(), 1);
+    let provider = &list[0];
+    assert_eq!(provider.name.as_str(), "gitlab");
+    assert_eq!(provider.kind, ProviderKind::Gitlab);
+    assert_eq!(provider.url.as_deref(), Some("https://gitlab.example.com"));
+    assert_eq!(provider.client_id.as_deref(), Some("app"));
+    assert_eq!(provider.redirect_uri.as_deref(), Some("https://app.example/callback"));
+    assert!(provider.has_client_secret);
+    let row = providers::find_row(&mut f.conn, &provider.name).unwrap();
+    let opened = f.cipher.open(providers::client_secret_context(&row.id), row.client_secret.as_ref().unwrap()).unwrap();
+    assert_eq!(opened.expose_secret(), "app-secret");
+}
+
+#[test]
+fn sqlite_round_trip_tokens_and_history() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let new = new_token("project", TokenKind::GitlabProjectAccessToken, Some("glpat-abc"), None);
+    let token = tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+    assert_eq!(token.name, new.name);
+    assert_eq!(token.kind, TokenKind::GitlabProjectAccessToken);
+    assert_eq!(token.project.as_deref(), Some("group%2Fproject"));
+    assert_eq!(token.state, TokenState::Active);
+    assert_eq!(token.version, 1);
+    assert_eq!(token.external_id.as_deref(), Some("1234"));
+    assert_eq!(token.issued_at, new.issued_at);
+    assert_eq!(token.expires_at, new.expires_at);
+    assert_eq!(token.next_rotation_at, new.next_rotation_at);
+    assert_eq!(token.policy_overrides, new.policy);
+    let found = tokens::find(&mut f.conn, &new.name).unwrap();
+    assert_eq!(found.expires_at, new.expires_at);
+    let secret = tokens::read_secret(&mut f.conn, &f.cipher, &new.name, SecretField::Secret).unwrap();
+    assert_eq!(secret.unwrap().expose_secret(), "glpat-abc");
+    assert!(tokens::read_secret(&mut f.conn, &f.cipher, &new.name, SecretField::RefreshToken).unwrap().is_none());
+
+    let grant = new_token("grant", TokenKind::GitlabOauth, None, Some("refresh-1"));
+    tokens::insert(&mut f.conn, &f.cipher, &grant, "test", Utc::now()).unwrap();
+    let refresh = tokens::read_secret(&mut f.conn, &f.cipher, &grant.name, SecretField::RefreshToken).unwrap();
+    assert_eq!(refresh.unwrap().expose_secret(), "refresh-1");
+
+    let history = tokens::history(&mut f.conn, &new.name).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!((history[0].version, history[0].event.as_str(), history[0].actor.as_str()), (1, "added", "test"));
+    assert_eq!(history[0].expires_at, new.expires_at);
+
+    let names: Vec<String> = tokens::list(&mut f.conn).unwrap().iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, ["grant", "project"]);
+}
+
+#[test]
+fn sqlite_pause_resume_and_remove_change_state_and_audit() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+    assert_eq!(tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Paused);
+    assert_eq!(tokens::resume(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Active);
+    tokens::remove(&mut f.conn, &new.name, "ops", Utc::now()).unwrap();
+    assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
+    let actions: Vec<String> = audit::list(&mut f.conn, Some("t")).unwrap().into_iter().map(|r| r.action).collect();
+    assert_eq!(actions, ["token.remove", "token.resume", "token.pause", "token.add"]);
+}
+
+#[test]
+fn sqlite_resuming_a_token_that_expired_while_paused_marks_it_expired() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let mut new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+    new.expires_at = Some(Utc::now() - TimeDelta::hours(1));
+    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+    tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()).unwrap();
+    assert_eq!(tokens::resume(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Expired);
+}
+
+#[test]
+fn sqlite_a_rotating_token_cannot_be_paused_or_removed() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+    diesel::update(schema::tokens::table).set(schema::tokens::state.eq("rotating")).execute(&mut f.conn).unwrap();
+    assert!(matches!(tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()), Err(StoreError::Conflict(_))));
+    assert!(matches!(tokens::remove(&mut f.conn, &new.name, "ops", Utc::now()), Err(StoreError::Conflict(_))));
+    assert_eq!(tokens::find(&mut f.conn, &new.name).unwrap().state, TokenState::Rotating);
+}
+
+#[test]
+fn sqlite_ciphertext_copied_to_another_row_fails_to_open() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    for (name, secret) in [("a", "glpat-aaa"), ("b", "glpat-bbb")] {
+        let new = new_token(name, TokenKind::GitlabPersonalAccessToken, Some(secret), None);
+        tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+    }
+    use schema::tokens::dsl;
+    let sealed_a: Option<Vec<u8>> =
+        dsl::tokens.filter(dsl::name.eq("a")).select(dsl::secret).first(&mut f.conn).unwrap();
+    diesel::update(dsl::tokens.filter(dsl::name.eq("b"))).set(dsl::secret.eq(sealed_a)).execute(&mut f.conn).unwrap();
+    let err =
+        tokens::read_secret(&mut f.conn, &f.cipher, &TokenName::new("b").unwrap(), SecretField::Secret).unwrap_err();
+    assert!(matches!(err, StoreError::Crypto(CryptoError::Tampered { .. })), "{err}");
+    let refresh_from_secret: Option<Vec<u8>> =
+        dsl::tokens.filter(dsl::name.eq("a")).select(dsl::secret).first(&mut f.conn).unwrap();
+    diesel::update(dsl::tokens.filter(dsl::name.eq("a")))
+        .set(dsl::refresh_token.eq(refresh_from_secret))
+        .execute(&mut f.conn)
+        .unwrap();
+    let err = tokens::read_secret(&mut f.conn, &f.cipher, &TokenName::new("a").unwrap(), SecretField::RefreshToken)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Crypto(CryptoError::Tampered { .. })), "{err}");
+}
+
+#[test]
+fn sqlite_round_trip_clients_and_grants() {
+    let mut f = sqlite_fixture();
+    let new = NewClient {
+        name: ClientName::new("ci").unwrap(),
+        role: ClientRole::Reader,
+        grants: vec![TokenName::new("b").unwrap(), TokenName::new("a").unwrap()],
+        webhook_url: Some("https://ci.example/hook".into()),
+    };
+    let created =
+        clients::insert(&mut f.conn, &f.cipher, &new, Some(SecretString::from("whsec_x")), "test", Utc::now()).unwrap();
+    let list = clients::list(&mut f.conn).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].name, new.name);
+    assert_eq!(list[0].role, ClientRole::Reader);
+    assert_eq!(list[0].grants, ["a", "b"]);
+    assert_eq!(list[0].webhook_url.as_deref(), Some("https://ci.example/hook"));
+
+    let key = created.api_key.expose().to_owned();
+    let authenticated = clients::authenticate(&mut f.conn, &key).unwrap().expect("key authenticates");
+    assert_eq!(authenticated.name, new.name);
+    let mut wrong = key.clone();
+    wrong.pop();
+    wrong.push(if key.ends_with('A') { 'B' } else { 'A' });
+    assert!(clients::authenticate(&mut f.conn, &wrong).unwrap().is_none());
+    assert!(clients::authenticate(&mut f.conn, "garbage").unwrap().is_none());
+
+    let sealed: Option<Vec<u8>> =
+        schema::clients::table.select(schema::clients::webhook_secret).first(&mut f.conn).unwrap();
+    let opened = f.cipher.open(clients::webhook_secret_context(&created.client.id), &sealed.unwrap()).unwrap();
+    assert_eq!(opened.expose_secret(), "whsec_x");
+
+    clients::remove(&mut f.conn, &new.name, "test", Utc::now()).unwrap();
+    assert!(clients::list(&mut f.conn).unwrap().is_empty());
+    let grants: i64 = schema::client_grants::table.count().get_result(&mut f.conn).unwrap();
+    assert_eq!(grants, 0, "grants go with their client");
+}
+
+#[test]
+fn sqlite_round_trip_outbox() {
+    let mut f = sqlite_fixture();
+    let created = clients::insert(
+        &mut f.conn,
+        &f.cipher,
+        &NewClient {
+            name: ClientName::new("hooked").unwrap(),
+            role: ClientRole::Reader,
+            grants: vec![],
+            webhook_url: Some("https://x.example".into()),
+        },
+        None,
+        "test",
+        Utc::now(),
+    )
+    .unwrap();
+    use schema::outbox::dsl;
+    let now = Utc::now().naive_utc();
+    diesel::insert_into(dsl::outbox)
+        .values((
+            dsl::id.eq("delivery-1"),
+            dsl::client_id.eq(&created.client.id),
+            dsl::event.eq("token.rotated"),
+            dsl::token_name.eq("t"),
+            dsl::payload.eq("{}"),
+            dsl::created_at.eq(now),
+            dsl::next_attempt_at.eq(now),
+        ))
+        .execute(&mut f.conn)
+        .unwrap();
+    let (id, attempts, delivered): (String, i32, Option<chrono::NaiveDateTime>) =
+        dsl::outbox.select((dsl::id, dsl::attempts, dsl::delivered_at)).first(&mut f.conn).unwrap();
+    assert_eq!((id.as_str(), attempts, delivered), ("delivery-1", 0, None));
+}
+
+#[test]
+fn sqlite_master_key_check_is_recorded_then_enforced() {
+    let mut f = sqlite_fixture();
+    assert_eq!(meta::sealing_key_id(&mut f.conn).unwrap(), None);
+    meta::verify_or_record_key(&mut f.conn, &f.cipher).unwrap();
+    assert_eq!(meta::sealing_key_id(&mut f.conn).unwrap(), Some(f.cipher.key_id()));
+    meta::verify_or_record_key(&mut f.conn, &f.cipher).unwrap();
+    let other = Cipher::new(&MasterKey::generate());
+    let err = meta::verify_or_record_key(&mut f.conn, &other).unwrap_err();
+    assert!(matches!(err, StoreError::Crypto(CryptoError::WrongKey { .. })), "{err}");
+    assert!(f.url.default_master_key_file().is_some());
+}
+
+#[tokio::test]
+async fn sqlite_store_runs_queries_off_the_async_threads() {
+    let f = sqlite_fixture();
+    let store = Store::open(&f.url).unwrap();
+    store.ping().await.unwrap();
+    let list = store.run(tokens::list).await.unwrap();
+    assert!(list.is_empty());
+}
