@@ -476,3 +476,46 @@ fn environment_and_flags_choose_the_database() {
         sandbox.cmd().env("TOKENWARDEN_DATABASE_URL", &other).args(["provider", "list", "--json"]).output().unwrap();
     assert!(String::from_utf8_lossy(&via_env.stdout).contains("\"gitlab\""));
 }
+
+#[test]
+fn secrets_never_reach_the_logs_even_at_trace_level() {
+    let sandbox = Sandbox::new();
+    let secrets = ["oauth-app-secret-trace-1", "glpat-trace-2", "refresh-trace-3"];
+    let mut transcript = Vec::new();
+    let mut run = |args: &[&str], stdin: &str| {
+        let out = sandbox.cmd().env("RUST_LOG", "trace").args(args).write_stdin(stdin).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        transcript.extend_from_slice(&out.stderr);
+        transcript.extend_from_slice(&out.stdout);
+    };
+    run(
+        &[
+            "provider",
+            "add",
+            "gitlab",
+            "--kind",
+            "gitlab",
+            "--url",
+            "https://g.example",
+            "--client-id",
+            "id",
+            "--client-secret-stdin",
+        ],
+        &format!("{}\n", secrets[0]),
+    );
+    run(
+        &["token", "add", "pat", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
+        &format!("{}\n", secrets[1]),
+    );
+    run(
+        &["token", "add", "grant", "--provider", "gitlab", "--kind", "gitlab-oauth", "--refresh-token-stdin"],
+        &format!("{}\n", secrets[2]),
+    );
+    run(&["token", "list", "--json"], "");
+    run(&["token", "show", "grant", "--json"], "");
+    let transcript = String::from_utf8_lossy(&transcript);
+    assert!(transcript.contains("master key"), "trace logging was on: {transcript}");
+    for secret in secrets {
+        assert!(!transcript.contains(secret), "{secret} reached the output");
+    }
+}

@@ -299,3 +299,32 @@ async fn sqlite_store_runs_queries_off_the_async_threads() {
     let list = store.run(tokens::list).await.unwrap();
     assert!(list.is_empty());
 }
+
+#[test]
+fn debug_output_of_structs_holding_secrets_is_redacted() {
+    let token = new_token("t", TokenKind::GitlabOauth, Some("access-plain"), Some("refresh-plain"));
+    let provider = NewProvider {
+        name: ProviderName::new("p").unwrap(),
+        kind: ProviderKind::Oauth2,
+        url: None,
+        token_url: Some("https://auth.example/token".into()),
+        client_id: Some("id".into()),
+        client_secret: Some(SecretString::from("client-plain")),
+        redirect_uri: None,
+    };
+    let mut f = sqlite_fixture();
+    let created = clients::insert(
+        &mut f.conn,
+        &f.cipher,
+        &NewClient { name: ClientName::new("c").unwrap(), role: ClientRole::Reader, grants: vec![], webhook_url: None },
+        Some(SecretString::from("whsec_plain")),
+        "test",
+        Utc::now(),
+    )
+    .unwrap();
+    let shown = format!("{token:?} {provider:?} {created:?} {:?}", f.cipher);
+    for plain in ["access-plain", "refresh-plain", "client-plain", "whsec_plain", created.api_key.expose()] {
+        assert!(!shown.contains(plain), "{plain} leaked into Debug output");
+    }
+    assert!(shown.contains("[REDACTED]"));
+}
