@@ -9,5 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod engine;
+pub mod providers;
 pub mod store;
 pub mod telemetry;

@@ -61,6 +61,7 @@ fn new_token(name: &str, kind: TokenKind, secret: Option<&str>, refresh: Option<
         issued_at: Some(now),
         expires_at: Some(now + TimeDelta::days(60)),
         next_rotation_at: Some(now + TimeDelta::days(30)),
+        scopes: None,
     }
 }
 

@@ -145,6 +145,21 @@ pub enum TokenCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Rotate a token now, through the same lease as the scheduler; waits for the outcome
+    Rotate {
+        /// Token name
+        name: TokenName,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Replace a dead OAuth grant's refresh token (one line on standard input) and refresh it now
+    Reauth {
+        /// Token name
+        name: TokenName,
+        /// Read the new refresh token from standard input (required)
+        #[arg(long, required = true)]
+        refresh_token_stdin: bool,
+    },
     /// Pause rotation of a token
     Pause {
         /// Token name

@@ -7,12 +7,14 @@
 mod args;
 mod client;
 mod context;
+mod engine;
 mod error;
 mod output;
 mod provider;
 mod secret_input;
 mod serve;
 mod token;
+mod token_rotate;
 
 use std::process::ExitCode;
 

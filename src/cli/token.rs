@@ -4,7 +4,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::args::{OutputArgs, TokenAddArgs, TokenCommand};
-use super::context::{open_cipher, open_store};
+use super::context::open_store;
 use super::output::{print_fields, print_json, print_table, text, time};
 use super::secret_input::read_secret_line;
 use super::{CLI_ACTOR, CliError};
@@ -21,6 +21,8 @@ pub async fn run(settings: Settings, command: TokenCommand) -> Result<(), CliErr
         TokenCommand::List(output) => list(settings, output).await,
         TokenCommand::Show { name, output } => show(settings, name, output).await,
         TokenCommand::History { name, output } => history(settings, name, output).await,
+        TokenCommand::Rotate { name, output } => super::token_rotate::rotate(settings, name, output.json).await,
+        TokenCommand::Reauth { name, .. } => super::token_rotate::reauth(settings, name).await,
         TokenCommand::Pause { name } => {
             change(settings, move |store| async move {
                 store.run(move |conn| tokens::pause(conn, &name, CLI_ACTOR, Utc::now())).await
@@ -140,12 +142,9 @@ async fn add(settings: Settings, args: TokenAddArgs) -> Result<(), CliError> {
         issued_at: None,
         expires_at: None,
         next_rotation_at: Some(Utc::now()),
+        scopes: None,
     };
-    let store = open_store(&settings).await?;
-    let cipher = open_cipher(&settings, &store).await?;
-    let token = store.run(move |conn| tokens::insert(conn, &cipher, &new, CLI_ACTOR, Utc::now())).await?;
-    eprintln!("added token '{}' ({}, version {})", token.name, token.kind, token.version);
-    Ok(())
+    super::token_rotate::add_checked(settings, new).await
 }
 
 async fn list(settings: Settings, output: OutputArgs) -> Result<(), CliError> {

@@ -11,6 +11,8 @@ pub(super) struct FileConfig {
     pub master_key_file: Option<String>,
     pub log_format: Option<String>,
     pub policy: Option<FilePolicy>,
+    pub scheduler: Option<FileScheduler>,
+    pub maintenance: Option<FileMaintenance>,
 }
 
 /// The `[policy]` table: defaults for tokens that do not override them.
@@ -21,4 +23,22 @@ pub(super) struct FilePolicy {
     pub gitlab_rotate_before: Option<String>,
     pub oauth_rotate_before: Option<String>,
     pub rotate_at_fraction: Option<f64>,
+}
+
+/// The `[scheduler]` table: concurrency, provider timeouts and retry backoff.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileScheduler {
+    pub max_concurrency: Option<usize>,
+    pub provider_concurrency: Option<usize>,
+    pub provider_timeout: Option<String>,
+    pub retry_base: Option<String>,
+    pub retry_max: Option<String>,
+}
+
+/// The `[maintenance]` table: cron expressions (with seconds) for periodic jobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileMaintenance {
+    pub sweep: Option<String>,
 }

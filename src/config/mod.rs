@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use database_url::{DEFAULT_KEY_FILE_NAME, DatabaseUrl, InvalidDatabaseUrl};
 pub use duration::{HumanDuration, InvalidDuration};
-use file::{FileConfig, FilePolicy};
+use file::{FileConfig, FileMaintenance, FilePolicy, FileScheduler};
 
 /// Default database when nothing else is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tokenwarden.db";
@@ -58,6 +58,49 @@ impl Default for PolicyDefaults {
     }
 }
 
+/// Scheduler tunables.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchedulerConfig {
+    /// Rotations in flight at once, overall.
+    pub max_concurrency: usize,
+    /// Rotations in flight at once against one provider.
+    pub provider_concurrency: usize,
+    /// Timeout of one provider HTTP request.
+    pub provider_timeout: HumanDuration,
+    /// Ceiling of the first retry's wait after a transient failure.
+    pub retry_base: HumanDuration,
+    /// Longest wait between retries.
+    pub retry_max: HumanDuration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 64,
+            provider_concurrency: 8,
+            provider_timeout: HumanDuration::new(std::time::Duration::from_secs(30)),
+            retry_base: HumanDuration::new(std::time::Duration::from_secs(10)),
+            retry_max: HumanDuration::minutes(60),
+        }
+    }
+}
+
+/// Cron expressions (six fields, with seconds) for periodic maintenance jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceConfig {
+    /// The sweep that resolves stuck leases and marks expired tokens.
+    pub sweep: String,
+}
+
+/// Default sweep schedule: every minute.
+pub const DEFAULT_SWEEP_CRON: &str = "0 * * * * *";
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self { sweep: DEFAULT_SWEEP_CRON.to_owned() }
+    }
+}
+
 /// Fully resolved and validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -71,6 +114,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Rotation policy defaults.
     pub policy: PolicyDefaults,
+    /// Scheduler tunables.
+    pub scheduler: SchedulerConfig,
+    /// Periodic maintenance schedules.
+    pub maintenance: MaintenanceConfig,
 }
 
 /// Raw values given as command-line flags (the highest precedence).
@@ -206,7 +253,9 @@ pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Resu
     };
 
     let policy = resolve_policy(&file.policy.unwrap_or_default(), &file_origin)?;
-    Ok(Settings { database_url, listen, master_key_file, log_format, policy })
+    let scheduler = resolve_scheduler(&file.scheduler.unwrap_or_default(), &file_origin)?;
+    let maintenance = resolve_maintenance(&file.maintenance.unwrap_or_default(), &file_origin)?;
+    Ok(Settings { database_url, listen, master_key_file, log_format, policy, scheduler, maintenance })
 }
 
 /// Reads and parses the TOML file, rejecting unknown keys.
@@ -276,6 +325,79 @@ fn resolve_policy(file: &FilePolicy, file_origin: &dyn Fn() -> Origin) -> Result
         ));
     }
     Ok(policy)
+}
+
+/// Parses an optional duration from the file, naming the key on error.
+fn file_duration(
+    key: &'static str,
+    value: &Option<String>,
+    default: HumanDuration,
+    file_origin: &dyn Fn() -> Origin,
+) -> Result<HumanDuration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => text.parse::<HumanDuration>().map_err(|err| ConfigError::Invalid {
+            key,
+            origin: file_origin(),
+            message: err.to_string(),
+        }),
+    }
+}
+
+/// Applies the `[scheduler]` table over the defaults and checks the bounds.
+fn resolve_scheduler(file: &FileScheduler, file_origin: &dyn Fn() -> Origin) -> Result<SchedulerConfig, ConfigError> {
+    let defaults = SchedulerConfig::default();
+    let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+        key,
+        origin: file_origin(),
+        message: message.to_owned(),
+    };
+    let config = SchedulerConfig {
+        max_concurrency: file.max_concurrency.unwrap_or(defaults.max_concurrency),
+        provider_concurrency: file.provider_concurrency.unwrap_or(defaults.provider_concurrency),
+        provider_timeout: file_duration(
+            "scheduler.provider_timeout",
+            &file.provider_timeout,
+            defaults.provider_timeout,
+            file_origin,
+        )?,
+        retry_base: file_duration("scheduler.retry_base", &file.retry_base, defaults.retry_base, file_origin)?,
+        retry_max: file_duration("scheduler.retry_max", &file.retry_max, defaults.retry_max, file_origin)?,
+    };
+    if config.max_concurrency == 0 || config.max_concurrency > 4096 {
+        return Err(invalid("scheduler.max_concurrency", "must be between 1 and 4096"));
+    }
+    if config.provider_concurrency == 0 || config.provider_concurrency > config.max_concurrency {
+        return Err(invalid("scheduler.provider_concurrency", "must be between 1 and scheduler.max_concurrency"));
+    }
+    if config.provider_timeout.get().is_zero() || config.provider_timeout > HumanDuration::minutes(10) {
+        return Err(invalid("scheduler.provider_timeout", "must be between 1s and 10m"));
+    }
+    if config.retry_base.get().is_zero() || config.retry_base > config.retry_max {
+        return Err(invalid("scheduler.retry_base", "must be at least 1s and at most scheduler.retry_max"));
+    }
+    Ok(config)
+}
+
+/// Applies the `[maintenance]` table and checks each cron expression parses.
+fn resolve_maintenance(
+    file: &FileMaintenance,
+    file_origin: &dyn Fn() -> Origin,
+) -> Result<MaintenanceConfig, ConfigError> {
+    let sweep = file.sweep.clone().unwrap_or_else(|| DEFAULT_SWEEP_CRON.to_owned());
+    validate_cron(&sweep).map_err(|message| ConfigError::Invalid {
+        key: "maintenance.sweep",
+        origin: file_origin(),
+        message,
+    })?;
+    Ok(MaintenanceConfig { sweep })
+}
+
+/// Checks a six-field cron expression (seconds first), as tokio-cron-scheduler reads it.
+pub fn validate_cron(expression: &str) -> Result<(), String> {
+    tokio_cron_scheduler::Job::new_async(expression, |_, _| Box::pin(async {}))
+        .map(|_| ())
+        .map_err(|err| format!("'{expression}' is not a cron expression with seconds (e.g. \"0 * * * * *\"): {err}"))
 }
 
 /// Checks a GitLab token lifetime: at least one day (expiry is a date), at most 365 days.

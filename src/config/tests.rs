@@ -148,3 +148,28 @@ fn bad_log_format_is_named() {
     let message = resolve(&FlagValues::default(), &env_from(&[(ENV_LOG_FORMAT, "xml")])).unwrap_err().to_string();
     assert!(message.contains("log_format") && message.contains(ENV_LOG_FORMAT), "{message}");
 }
+
+#[test]
+fn scheduler_and_maintenance_tables_override_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "[scheduler]\nmax_concurrency = 16\nprovider_concurrency = 4\nprovider_timeout = \"5s\"\nretry_base = \"2s\"\nretry_max = \"10m\"\n[maintenance]\nsweep = \"*/10 * * * * *\"\n",
+    );
+    let flags = FlagValues { config: Some(path), ..FlagValues::default() };
+    let settings = resolve(&flags, &env_from(&[])).unwrap();
+    assert_eq!(settings.scheduler.max_concurrency, 16);
+    assert_eq!(settings.scheduler.provider_concurrency, 4);
+    assert_eq!(settings.scheduler.provider_timeout, "5s".parse().unwrap());
+    assert_eq!(settings.maintenance.sweep, "*/10 * * * * *");
+}
+
+#[test]
+fn bad_cron_and_bad_limits_are_named() {
+    let (message, _) = error_for_file("[maintenance]\nsweep = \"every minute\"\n");
+    assert!(message.contains("maintenance.sweep"), "{message}");
+    let (message, _) = error_for_file("[scheduler]\nprovider_concurrency = 0\n");
+    assert!(message.contains("scheduler.provider_concurrency"), "{message}");
+    let (message, _) = error_for_file("[scheduler]\nprovider_timeout = \"soon\"\n");
+    assert!(message.contains("scheduler.provider_timeout"), "{message}");
+}

@@ -11,7 +11,7 @@ mod state;
 pub use kinds::{ClientRole, ProviderKind, TokenKind};
 pub use names::{ClientName, InvalidName, ProviderName, TokenName};
 pub use policy::{Policy, PolicyOverrides};
-pub use state::TokenState;
+pub use state::{Recovery, TokenState};
 
 /// A string that did not name any of a closed set of values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

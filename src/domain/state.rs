@@ -27,3 +27,16 @@ impl TokenState {
         self != TokenState::Rotating
     }
 }
+
+string_enum!(
+    /// An earlier attempt whose outcome is not known, and what the next attempt must do about it.
+    Recovery, "recovery", {
+        /// GitLab: a rotation's answer was lost; probe `…/self` with the old token before
+        /// anything else (a 401 there means the rotation happened and its secret is lost).
+        Probe => "probe",
+        /// OAuth: a refresh's answer was lost; the next refresh is the single allowed retry.
+        RetryOnce => "retry_once",
+        /// OAuth: the single retry is in flight; if its outcome is lost too, the grant is lost.
+        RetryInFlight => "retry_in_flight",
+    }
+);

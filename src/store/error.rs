@@ -41,6 +41,14 @@ pub enum StoreError {
     /// The request is not valid for the data it refers to (e.g. a token kind the provider cannot issue).
     #[error("{0}")]
     InvalidInput(String),
+    /// A fenced write found that another worker took the rotation lease over.
+    #[error("the rotation lease of token '{token}' was taken over (attempt {attempt}); this result was not stored")]
+    LeaseLost {
+        /// The token.
+        token: String,
+        /// Our attempt id.
+        attempt: String,
+    },
     /// A stored value cannot be interpreted.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),

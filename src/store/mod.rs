@@ -11,7 +11,9 @@ mod error;
 pub mod meta;
 mod migrations;
 pub mod models;
+pub mod outbox;
 pub mod providers;
+pub mod rotation;
 pub mod schema;
 pub mod tokens;
 

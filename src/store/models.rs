@@ -132,6 +132,8 @@ pub struct TokenRow {
     pub last_failure_at: Option<NaiveDateTime>,
     pub last_error: Option<String>,
     pub attention_reason: Option<String>,
+    pub recovery: Option<String>,
+    pub scopes: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
 }
@@ -157,6 +159,7 @@ pub struct NewTokenRow {
     pub rotate_before_seconds: Option<i64>,
     pub rotate_at_fraction: Option<f64>,
     pub attempt_count: i32,
+    pub scopes: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
 }
@@ -207,6 +210,10 @@ pub struct Token {
     pub last_error: Option<String>,
     /// Why a human must act (with `needs_attention`).
     pub attention_reason: Option<String>,
+    /// An earlier attempt whose outcome is not known yet (`probe`, `retry_once`, `retry_in_flight`).
+    pub recovery: Option<String>,
+    /// The token's scopes as the provider reported them.
+    pub scopes: Option<String>,
     /// When it was added.
     pub created_at: DateTime<Utc>,
     /// When its row last changed.
@@ -247,6 +254,8 @@ impl Token {
             last_failure_at: row.last_failure_at.map(utc),
             last_error: row.last_error,
             attention_reason: row.attention_reason,
+            recovery: row.recovery,
+            scopes: row.scopes,
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
         })

@@ -54,6 +54,8 @@ diesel::table! {
         last_failure_at -> Nullable<Timestamp>,
         last_error -> Nullable<Text>,
         attention_reason -> Nullable<Text>,
+        recovery -> Nullable<Text>,
+        scopes -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
     }

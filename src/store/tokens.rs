@@ -37,6 +37,8 @@ pub struct NewToken {
     pub expires_at: Option<DateTime<Utc>>,
     /// When to rotate first.
     pub next_rotation_at: Option<DateTime<Utc>>,
+    /// The token's scopes as the provider reported them.
+    pub scopes: Option<String>,
 }
 
 /// The two sealed secret columns of `tokens`.
@@ -67,16 +69,16 @@ fn seconds(value: Option<crate::config::HumanDuration>) -> Option<i64> {
 }
 
 /// Checks that a token of `kind` may belong to the provider and carries what it needs.
-fn check_compatible(new: &NewToken, provider: &super::models::ProviderRow) -> Result<(), StoreError> {
+pub fn check_compatible(kind: TokenKind, provider: &super::models::ProviderRow) -> Result<(), StoreError> {
     let invalid = |message: String| Err(StoreError::InvalidInput(message));
-    let expected = new.kind.provider_kind();
+    let expected = kind.provider_kind();
     if provider.kind != expected.as_str() {
         return invalid(format!(
             "a {} token needs a '{}' provider, but provider '{}' is '{}'",
-            new.kind, expected, provider.name, provider.kind
+            kind, expected, provider.name, provider.kind
         ));
     }
-    if new.kind == TokenKind::GitlabOauth && (provider.client_id.is_none() || provider.client_secret.is_none()) {
+    if kind == TokenKind::GitlabOauth && (provider.client_id.is_none() || provider.client_secret.is_none()) {
         return invalid(format!(
             "provider '{}' has no OAuth client id and secret; add them to refresh gitlab-oauth grants",
             provider.name
@@ -99,7 +101,7 @@ pub fn insert(
     let refresh_token = seal(SecretField::RefreshToken, &new.refresh_token);
     conn.write_transaction(|conn| {
         let provider = providers::find_row(conn, &new.provider)?;
-        check_compatible(new, &provider)?;
+        check_compatible(new.kind, &provider)?;
         let row = NewTokenRow {
             id: id.clone(),
             name: new.name.to_string(),
@@ -118,6 +120,7 @@ pub fn insert(
             rotate_before_seconds: seconds(new.policy.rotate_before),
             rotate_at_fraction: new.policy.rotate_at_fraction,
             attempt_count: 0,
+            scopes: new.scopes.clone(),
             created_at: naive(now),
             updated_at: naive(now),
         };

@@ -44,6 +44,8 @@ CREATE TABLE tokens (
     last_failure_at TIMESTAMP,
     last_error TEXT,
     attention_reason TEXT,
+    recovery TEXT CHECK (recovery IN ('probe', 'retry_once', 'retry_in_flight')),
+    scopes TEXT,
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL
 );

@@ -1,0 +1,148 @@
+//! Everything a rotation needs, shared by the scheduler's workers and forced rotations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use secrecy::SecretString;
+
+use super::backoff::Backoff;
+use super::clock::SharedClock;
+use crate::config::PolicyDefaults;
+use crate::crypto::Cipher;
+use crate::domain::{ProviderKind, TokenKind};
+use crate::providers::gitlab::{AccessTokenScope, GitlabAccessTokens};
+use crate::providers::oauth::OauthRefresher;
+use crate::providers::{HttpSettings, ProviderError, TokenProvider, build_http_client};
+use crate::store::models::ProviderRow;
+use crate::store::{Store, providers};
+
+/// Tunables of the engine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineSettings {
+    /// Provider HTTP timeouts.
+    pub http: HttpSettings,
+    /// Retry backoff after transient failures.
+    pub backoff: Backoff,
+}
+
+/// Shared state for rotations.
+#[derive(Debug, Clone)]
+pub struct EngineContext {
+    /// The store.
+    pub store: Store,
+    /// Seals and opens secrets.
+    pub cipher: Arc<Cipher>,
+    /// The engine's time.
+    pub clock: SharedClock,
+    /// The HTTP client all providers share.
+    pub http: reqwest::Client,
+    /// Policy defaults from configuration.
+    pub policy: PolicyDefaults,
+    /// Tunables.
+    pub settings: EngineSettings,
+    /// This process's lease owner id.
+    pub owner: String,
+}
+
+impl EngineContext {
+    /// Builds a context; `owner_label` prefixes the lease owner id (e.g. `serve`, `cli`).
+    pub fn new(
+        store: Store,
+        cipher: Arc<Cipher>,
+        clock: SharedClock,
+        policy: PolicyDefaults,
+        settings: EngineSettings,
+        owner_label: &str,
+    ) -> Result<Self, ProviderError> {
+        Ok(Self {
+            http: build_http_client(settings.http)?,
+            store,
+            cipher,
+            clock,
+            policy,
+            settings,
+            owner: owner_id(owner_label),
+        })
+    }
+
+    /// How long a claimed lease lasts: room for a probe and a rotation at the full timeout,
+    /// plus the commit.
+    pub fn lease(&self) -> TimeDelta {
+        let calls = self.settings.http.timeout.saturating_mul(3) + Duration::from_secs(30);
+        TimeDelta::from_std(calls).unwrap_or(TimeDelta::minutes(5))
+    }
+
+    /// How long to wait after an unknown outcome before touching the token again, so a slow
+    /// request still being processed by the provider has finished.
+    pub fn settle(&self) -> TimeDelta {
+        TimeDelta::from_std(self.settings.http.timeout.saturating_mul(2)).unwrap_or(TimeDelta::minutes(1))
+    }
+}
+
+/// `label:host:pid:random`, unique per process.
+fn owner_id(label: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut nonce = [0u8; 3];
+    rand::fill(&mut nonce);
+    format!("{label}:{}:{}:{}", host.trim(), std::process::id(), hex::encode(nonce))
+}
+
+/// Builds the provider client that renews a token of `kind` at `provider`.
+pub fn build_provider(
+    context: &EngineContext,
+    provider: &ProviderRow,
+    kind: TokenKind,
+    resource: Option<&str>,
+) -> Result<Box<dyn TokenProvider>, String> {
+    let provider_kind: ProviderKind = provider.kind.parse().map_err(|err| format!("{err}"))?;
+    let base_url = || provider.url.clone().ok_or_else(|| format!("provider '{}' has no --url", provider.name));
+    let resource = || resource.map(str::to_owned).ok_or_else(|| format!("a {kind} needs a project or group"));
+    match kind {
+        TokenKind::GitlabPersonalAccessToken => {
+            Ok(Box::new(GitlabAccessTokens::new(context.http.clone(), &base_url()?, AccessTokenScope::Personal)))
+        }
+        TokenKind::GitlabProjectAccessToken => Ok(Box::new(GitlabAccessTokens::new(
+            context.http.clone(),
+            &base_url()?,
+            AccessTokenScope::Project(resource()?),
+        ))),
+        TokenKind::GitlabGroupAccessToken => Ok(Box::new(GitlabAccessTokens::new(
+            context.http.clone(),
+            &base_url()?,
+            AccessTokenScope::Group(resource()?),
+        ))),
+        TokenKind::GitlabOauth | TokenKind::Oauth2 => {
+            let token_url = match provider_kind {
+                ProviderKind::Gitlab => format!("{}/oauth/token", base_url()?),
+                ProviderKind::Oauth2 => provider
+                    .token_url
+                    .clone()
+                    .ok_or_else(|| format!("provider '{}' has no --token-url", provider.name))?,
+            };
+            let client_id = provider
+                .client_id
+                .clone()
+                .ok_or_else(|| format!("provider '{}' has no OAuth client id", provider.name))?;
+            let client_secret = open_client_secret(context, provider)?;
+            Ok(Box::new(OauthRefresher::new(
+                context.http.clone(),
+                &token_url,
+                &client_id,
+                client_secret,
+                provider.redirect_uri.clone(),
+            )))
+        }
+    }
+}
+
+/// Opens the provider's sealed OAuth client secret, if it has one.
+fn open_client_secret(context: &EngineContext, provider: &ProviderRow) -> Result<Option<SecretString>, String> {
+    provider
+        .client_secret
+        .as_ref()
+        .map(|sealed| {
+            context.cipher.open(providers::client_secret_context(&provider.id), sealed).map_err(|err| err.to_string())
+        })
+        .transpose()
+}

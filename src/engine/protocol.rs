@@ -1,0 +1,440 @@
+//! The crash-safe rotation protocol: **claim → call → commit**.
+//!
+//! ```text
+//!                 due / forced                  provider answered
+//!   active ──────────────────────► rotating ─────────────────────────► active (version+1)
+//!   retrying ──────────────────────►  │  │ commit, fenced by attempt id   (history, outbox)
+//!     ▲                               │  │
+//!     │ transient (backoff,           │  └─ permanent (401, invalid_grant, …) ──► needs_attention
+//!     │ Retry-After honoured)         │
+//!     └───────────────────────────────┤
+//!                                     └─ lease ran out (worker died) ──► claimed again as a
+//!                                        recovery: never a blind repeat (see below)
+//! ```
+//!
+//! 1. **Claim**: one short transaction sets `state=rotating`, the lease owner, the lease
+//!    expiry and a fresh attempt id, and commits *before* the provider is called.
+//! 2. **Call** the provider outside any transaction, with a timeout.
+//! 3. **Commit**: one transaction stores the sealed new secret, bumps the version, writes the
+//!    history row, the webhook deliveries and the audit row, plans the next rotation and
+//!    releases the lease — only if the attempt id still matches (fencing). Nothing slow runs
+//!    between the provider's answer and this commit: GitLab has already invalidated the old
+//!    secret, so this gap is where credentials die. [`RotationReport::commit_gap`] measures it.
+//!
+//! When the outcome is **unknown** (timeout after sending, connection cut mid-answer, an
+//! unreadable success body, a result we could not commit, or a lease found expired):
+//! - **GitLab access tokens** are never rotated again blindly — presenting a rotated token to a
+//!   rotate endpoint makes GitLab revoke the whole token family. Every GitLab attempt first
+//!   probes `GET /personal_access_tokens/self` with the old token (which never triggers reuse
+//!   detection), after waiting [`EngineContext::settle`] so a slow request has finished.
+//!   Still active → the rotation did not happen → rotate. 401 → the provider rotated it and
+//!   the new secret is lost → `needs_attention`, reason `rotation_response_lost`.
+//! - **OAuth grants** get exactly **one** retry with the stored refresh token (right when the
+//!   first request never reached the provider), marked `retry_in_flight` in the lease so a
+//!   crash during it is not retried again. `invalid_grant` or another unknown outcome then →
+//!   `needs_attention`, reason `grant_lost`; the dead refresh token is never sent again.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use tracing::{error, info, warn};
+
+use super::context::{EngineContext, build_provider};
+use super::policy::{plan_rotation, requested_gitlab_expiry};
+use crate::domain::{Policy, Recovery, TokenName, TokenState};
+use crate::providers::{Credential, ProviderError, Renewed, TokenProvider};
+use crate::store::StoreError;
+use crate::store::rotation::{self, Claim, ClaimMode, ClaimResult, Failure, GRANT_LOST, Success};
+use crate::store::tokens::{SecretField, secret_context};
+
+/// Reason recorded when GitLab rotated a token but its answer (the new secret) was lost.
+pub const ROTATION_RESPONSE_LOST: &str = "rotation_response_lost";
+/// Reason recorded when a GitLab token was found revoked or expired before rotating.
+pub const REVOKED: &str = "revoked";
+/// How long the engine keeps trying to commit a renewed secret while the store fails.
+pub const COMMIT_RETRY_WINDOW: Duration = Duration::from_secs(300);
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RotationOutcome {
+    /// A new secret is committed.
+    Rotated {
+        /// The new version.
+        version: i64,
+        /// The new secret's expiry.
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// A transient failure; the next attempt is scheduled.
+    Retrying {
+        /// When.
+        next_attempt_at: DateTime<Utc>,
+        /// Why.
+        error: String,
+    },
+    /// A permanent failure; a human must act.
+    NeedsAttention {
+        /// A short machine reason.
+        reason: String,
+        /// The explanation.
+        error: String,
+    },
+    /// Another worker took the lease over; nothing was stored by this attempt.
+    LeaseLost,
+    /// The result could not be stored; the lease will run out and the next claim resolves the
+    /// token as an unknown outcome.
+    StoreFailed {
+        /// The store's error.
+        error: String,
+    },
+}
+
+/// One attempt's outcome with the timings the benchmark and metrics need.
+#[derive(Debug, Clone)]
+pub struct RotationReport {
+    /// The token.
+    pub token: TokenName,
+    /// How it ended.
+    pub outcome: RotationOutcome,
+    /// When the rotation was planned.
+    pub planned_at: Option<DateTime<Utc>>,
+    /// When the claim was taken.
+    pub started_at: DateTime<Utc>,
+    /// From the provider's answer to the committed result (the window in which a crash
+    /// loses a credential).
+    pub commit_gap: Option<Duration>,
+    /// A `Retry-After` the provider asked for.
+    pub retry_after: Option<Duration>,
+}
+
+/// The result of a forced rotation.
+#[derive(Debug, Clone)]
+pub enum ForcedRotation {
+    /// This call rotated the token (or recorded its failure).
+    Attempted(RotationReport),
+    /// Another worker was rotating it; this call waited and did not call the provider.
+    /// Carries the state and version the token ended in.
+    CompletedElsewhere {
+        /// The token's state afterwards.
+        state: TokenState,
+        /// Its version afterwards.
+        version: i64,
+    },
+    /// The token may not be rotated in its current state (paused, needs attention, expired).
+    Refused(TokenState),
+}
+
+/// Rotates `name` now through the same lease as the scheduler. If a rotation is in flight,
+/// waits for it to finish instead of calling the provider a second time.
+pub async fn rotate_now(context: &EngineContext, name: &TokenName, actor: &str) -> Result<ForcedRotation, StoreError> {
+    loop {
+        let (owner, lease, now) = (context.owner.clone(), context.lease(), context.clock.now());
+        let claimed = {
+            let name = name.clone();
+            context.store.run(move |conn| rotation::claim(conn, &name, ClaimMode::Forced, &owner, lease, now)).await?
+        };
+        match claimed {
+            ClaimResult::Claimed(claim) => return Ok(ForcedRotation::Attempted(execute(context, *claim, actor).await)),
+            ClaimResult::Refused(state) => return Ok(ForcedRotation::Refused(state)),
+            ClaimResult::NotDue | ClaimResult::GrantLost => {
+                return Ok(ForcedRotation::Refused(current(context, name).await?.state));
+            }
+            ClaimResult::Busy { until, .. } => {
+                let token = wait_for_lease(context, name, until).await?;
+                if token.state != TokenState::Rotating {
+                    return Ok(ForcedRotation::CompletedElsewhere { state: token.state, version: token.version });
+                }
+            }
+        }
+    }
+}
+
+/// The token's current metadata.
+async fn current(context: &EngineContext, name: &TokenName) -> Result<crate::store::models::Token, StoreError> {
+    let name = name.clone();
+    context.store.run(move |conn| crate::store::tokens::find(conn, &name)).await
+}
+
+/// Polls until the token leaves `rotating` or its lease (until `until`) has run out.
+async fn wait_for_lease(
+    context: &EngineContext,
+    name: &TokenName,
+    until: DateTime<Utc>,
+) -> Result<crate::store::models::Token, StoreError> {
+    loop {
+        let token = current(context, name).await?;
+        if token.state != TokenState::Rotating || context.clock.now() > until {
+            return Ok(token);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs one claimed attempt to its end: call the provider, then commit the result.
+pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> RotationReport {
+    let started_at = context.clock.now();
+    let mut report = RotationReport {
+        token: claim.token.name.clone(),
+        outcome: RotationOutcome::LeaseLost,
+        planned_at: claim.planned_at,
+        started_at,
+        commit_gap: None,
+        retry_after: None,
+    };
+    let policy = Policy::resolve(claim.token.kind, &claim.token.policy_overrides, &context.policy);
+    let attempt = attempt(context, &claim, &policy).await;
+    let answered = Instant::now();
+    report.outcome = match attempt {
+        Attempt::Renewed(renewed) => {
+            let outcome = commit_renewed(context, &claim, &policy, renewed, actor).await;
+            report.commit_gap = Some(answered.elapsed());
+            outcome
+        }
+        Attempt::Failed(failure, retry_after) => {
+            report.retry_after = retry_after;
+            commit_failure(context, &claim, failure, actor).await
+        }
+    };
+    log_outcome(&report);
+    report
+}
+
+/// What the provider call produced.
+enum Attempt {
+    Renewed(Renewed),
+    Failed(Failure, Option<Duration>),
+}
+
+/// Opens the credential and calls the provider by the rules in the module doc.
+async fn attempt(context: &EngineContext, claim: &Claim, policy: &Policy) -> Attempt {
+    let now = context.clock.now();
+    let credential = match open_credential(context, claim, policy) {
+        Ok(credential) => credential,
+        Err(err) => return needs_attention("secret_unreadable", err),
+    };
+    let token = &claim.token;
+    let provider =
+        match build_provider(context, &claim.provider, token.kind, token.project.as_deref().or(token.group.as_deref()))
+        {
+            Ok(provider) => provider,
+            Err(err) => return needs_attention("provider_misconfigured", err),
+        };
+    if token.kind.is_gitlab_access_token() {
+        gitlab_attempt(context, claim, provider.as_ref(), &credential, now).await
+    } else {
+        oauth_attempt(context, claim, provider.as_ref(), &credential, now).await
+    }
+}
+
+/// GitLab: probe with the old token, then rotate; an unknown outcome schedules a probe.
+async fn gitlab_attempt(
+    context: &EngineContext,
+    claim: &Claim,
+    provider: &dyn TokenProvider,
+    credential: &Credential,
+    now: DateTime<Utc>,
+) -> Attempt {
+    let lost_reason = if claim.recovery == Some(Recovery::Probe) { ROTATION_RESPONSE_LOST } else { REVOKED };
+    match provider.inspect(credential).await {
+        Ok(Some(info)) if !info.active || info.revoked => {
+            return needs_attention(lost_reason, "GitLab reports the token inactive or revoked".to_owned());
+        }
+        Ok(_) => {}
+        Err(ProviderError::Permanent { reason, message }) if reason == REVOKED => {
+            let explanation = if lost_reason == ROTATION_RESPONSE_LOST {
+                format!(
+                    "the earlier rotation went through at GitLab but its answer was lost, so the new token is unknown; issue a new token and add it again ({message})"
+                )
+            } else {
+                message
+            };
+            return needs_attention(lost_reason, explanation);
+        }
+        Err(ProviderError::Permanent { reason, message }) => return needs_attention(&reason, message),
+        Err(err) => return retry(context, claim, now, &err, claim.recovery),
+    }
+    match provider.renew(credential).await {
+        Ok(renewed) => Attempt::Renewed(renewed),
+        Err(ProviderError::Permanent { reason, message }) => needs_attention(&reason, message),
+        Err(err @ ProviderError::Unknown { .. }) => {
+            let next_attempt_at = now + context.settle();
+            let failure = Failure::Retry { next_attempt_at, error: err.to_string(), recovery: Some(Recovery::Probe) };
+            Attempt::Failed(failure, None)
+        }
+        Err(err) => retry(context, claim, now, &err, None),
+    }
+}
+
+/// OAuth: one refresh; after an unknown outcome, exactly one retry (in a later claim).
+async fn oauth_attempt(
+    context: &EngineContext,
+    claim: &Claim,
+    provider: &dyn TokenProvider,
+    credential: &Credential,
+    now: DateTime<Utc>,
+) -> Attempt {
+    let is_the_retry = claim.recovery == Some(Recovery::RetryOnce);
+    match provider.renew(credential).await {
+        Ok(renewed) => Attempt::Renewed(renewed),
+        Err(err @ ProviderError::Transient { .. }) => retry(context, claim, now, &err, claim.recovery),
+        Err(ProviderError::Permanent { reason, message }) if is_the_retry && reason == "invalid_grant" => {
+            needs_attention(
+                GRANT_LOST,
+                format!(
+                    "the refresh after an unknown outcome was refused, so the earlier refresh consumed the grant; re-authorise and run `tokenwarden token reauth` ({message})"
+                ),
+            )
+        }
+        Err(ProviderError::Permanent { reason, message }) => needs_attention(&reason, message),
+        Err(err @ ProviderError::Unknown { .. }) if is_the_retry => needs_attention(
+            GRANT_LOST,
+            format!(
+                "the single retry after an unknown outcome had an unknown outcome too; re-authorise and run `tokenwarden token reauth` ({err})"
+            ),
+        ),
+        Err(err @ ProviderError::Unknown { .. }) => {
+            let failure = Failure::Retry {
+                next_attempt_at: now + context.settle(),
+                error: err.to_string(),
+                recovery: Some(Recovery::RetryOnce),
+            };
+            Attempt::Failed(failure, None)
+        }
+    }
+}
+
+/// A transient failure: back off (full jitter, `Retry-After` honoured, capped before expiry).
+fn retry(
+    context: &EngineContext,
+    claim: &Claim,
+    now: DateTime<Utc>,
+    err: &ProviderError,
+    recovery: Option<Recovery>,
+) -> Attempt {
+    let retry_after = match err {
+        ProviderError::Transient { retry_after, .. } => *retry_after,
+        _ => None,
+    };
+    let attempt_number = claim.token.attempt_count + 1;
+    let next_attempt_at =
+        context.settings.backoff.next_attempt(attempt_number, now, claim.token.expires_at, retry_after);
+    let failure = Failure::Retry { next_attempt_at, error: err.to_string(), recovery };
+    Attempt::Failed(failure, retry_after)
+}
+
+fn needs_attention(reason: &str, error: String) -> Attempt {
+    Attempt::Failed(Failure::NeedsAttention { reason: reason.to_owned(), error }, None)
+}
+
+/// Opens the sealed secrets the provider needs.
+fn open_credential(context: &EngineContext, claim: &Claim, policy: &Policy) -> Result<Credential, String> {
+    let open = |field: SecretField, sealed: &Option<Vec<u8>>| -> Result<Option<SecretString>, String> {
+        sealed
+            .as_ref()
+            .map(|bytes| context.cipher.open(secret_context(&claim.token.id, field), bytes).map_err(|e| e.to_string()))
+            .transpose()
+    };
+    Ok(Credential {
+        secret: open(SecretField::Secret, &claim.sealed_secret)?,
+        refresh_token: open(SecretField::RefreshToken, &claim.sealed_refresh_token)?,
+        requested_expiry: requested_gitlab_expiry(context.clock.now(), policy),
+    })
+}
+
+/// Seals and commits a renewed secret — the very next thing after the provider's answer.
+/// Retries the commit while the store fails; a result that cannot be stored at all is left
+/// to the recovery rules (the lease runs out, the next claim treats it as unknown).
+async fn commit_renewed(
+    context: &EngineContext,
+    claim: &Claim,
+    policy: &Policy,
+    renewed: Renewed,
+    actor: &str,
+) -> RotationOutcome {
+    let seal = |field, secret: &SecretString| context.cipher.seal(secret_context(&claim.token.id, field), secret);
+    let next_rotation_at = renewed
+        .expires_at
+        .map(|expires_at| plan_rotation(claim.token.name.as_str(), renewed.issued_at, expires_at, policy));
+    let success = Success {
+        secret: seal(SecretField::Secret, &renewed.secret),
+        refresh_token: renewed.refresh_token.as_ref().map(|r| seal(SecretField::RefreshToken, r)),
+        expires_at: renewed.expires_at,
+        issued_at: renewed.issued_at,
+        external_id: renewed.external_id,
+        next_rotation_at,
+    };
+    let lease = claim.lease();
+    let expires_at = success.expires_at;
+    let actor = actor.to_owned();
+    let committed =
+        commit_with_retries(context, move |conn, now| rotation::commit_success(conn, &lease, &success, &actor, now));
+    match committed.await {
+        Ok(version) => RotationOutcome::Rotated { version, expires_at },
+        Err(StoreError::LeaseLost { .. }) => RotationOutcome::LeaseLost,
+        Err(err) => RotationOutcome::StoreFailed { error: err.to_string() },
+    }
+}
+
+/// Records a failed attempt (retrying or needs attention) and releases the lease.
+async fn commit_failure(context: &EngineContext, claim: &Claim, failure: Failure, actor: &str) -> RotationOutcome {
+    let lease = claim.lease();
+    let actor = actor.to_owned();
+    let stored = failure.clone();
+    let committed =
+        commit_with_retries(context, move |conn, now| rotation::commit_failure(conn, &lease, &stored, &actor, now));
+    match committed.await {
+        Ok(()) => match failure {
+            Failure::Retry { next_attempt_at, error, .. } => RotationOutcome::Retrying { next_attempt_at, error },
+            Failure::NeedsAttention { reason, error } => RotationOutcome::NeedsAttention { reason, error },
+        },
+        Err(StoreError::LeaseLost { .. }) => RotationOutcome::LeaseLost,
+        Err(err) => RotationOutcome::StoreFailed { error: err.to_string() },
+    }
+}
+
+/// Runs a fenced write, retrying while the store fails (locked, full, briefly down) for up
+/// to [`COMMIT_RETRY_WINDOW`]; a lost lease is final at once.
+async fn commit_with_retries<T, F>(context: &EngineContext, write: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: Fn(&mut crate::store::DbConnection, DateTime<Utc>) -> Result<T, StoreError> + Send + Sync + 'static,
+{
+    let write = std::sync::Arc::new(write);
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let job = write.clone();
+        let now = context.clock.now();
+        match context.store.run(move |conn| job(conn, now)).await {
+            Ok(value) => return Ok(value),
+            Err(err @ StoreError::LeaseLost { .. }) => return Err(err),
+            Err(err) if started.elapsed() < COMMIT_RETRY_WINDOW => {
+                error!(error = %err, "cannot store a rotation result yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// One log line per attempt, with the numbers that matter (never a secret).
+fn log_outcome(report: &RotationReport) {
+    let lag_ms = report.planned_at.map(|planned| (report.started_at - planned).num_milliseconds());
+    match &report.outcome {
+        RotationOutcome::Rotated { version, expires_at } => info!(
+            token = %report.token, version, expires_at = ?expires_at, lag_ms = ?lag_ms,
+            commit_gap_us = ?report.commit_gap.map(|gap| gap.as_micros()), "rotated"
+        ),
+        RotationOutcome::Retrying { next_attempt_at, error } => {
+            warn!(token = %report.token, %next_attempt_at, %error, "rotation failed; will retry")
+        }
+        RotationOutcome::NeedsAttention { reason, error } => {
+            error!(token = %report.token, %reason, %error, "rotation failed permanently; needs attention")
+        }
+        RotationOutcome::LeaseLost => warn!(token = %report.token, "another worker took the lease over"),
+        RotationOutcome::StoreFailed { error } => {
+            error!(token = %report.token, %error, "could not store the rotation result; it will be recovered")
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The OAuth 2.0 refresh-token grant (RFC 6749 §6), for GitLab (`{url}/oauth/token`) and any
+//! standard token endpoint.
+//!
+//! Written on reqwest directly rather than the `oauth2` crate: the engine must tell "the
+//! provider never saw the request" from "it may have consumed the refresh token", which needs
+//! the HTTP status, `Retry-After` and the exact transport failure — details `oauth2`'s error
+//! type folds away — and it keeps one reqwest in the build.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::gitlab::validate_token_text;
+use super::http::{body_snippet, classify_send_error, classify_status, read_body};
+use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
+
+/// Access-token lifetime assumed when a provider omits `expires_in`.
+pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
+
+/// Runs the refresh-token grant at one token endpoint with one client's credentials.
+#[derive(Debug, Clone)]
+pub struct OauthRefresher {
+    client: reqwest::Client,
+    token_url: String,
+    client_id: String,
+    client_secret: Option<SecretString>,
+    redirect_uri: Option<String>,
+}
+
+/// A successful token response.
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+/// An error response (RFC 6749 §5.2).
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl OauthRefresher {
+    /// A refresher posting to `token_url` as `client_id`.
+    pub fn new(
+        client: reqwest::Client,
+        token_url: &str,
+        client_id: &str,
+        client_secret: Option<SecretString>,
+        redirect_uri: Option<String>,
+    ) -> Self {
+        Self { client, token_url: token_url.to_owned(), client_id: client_id.to_owned(), client_secret, redirect_uri }
+    }
+}
+
+/// Classifies an OAuth error answer: the RFC's error codes are permanent; statuses without
+/// an OAuth error body follow the shared HTTP rules.
+fn classify_oauth_error(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &[u8]) -> ProviderError {
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return classify_status(status, headers, body);
+    }
+    match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(parsed) => ProviderError::permanent(
+            parsed.error.clone(),
+            parsed.error_description.unwrap_or_else(|| format!("{} ({})", parsed.error, status.as_u16())),
+        ),
+        Err(_) if status == StatusCode::UNAUTHORIZED => {
+            ProviderError::permanent("invalid_client", format!("401: {}", body_snippet(body)))
+        }
+        Err(_) => classify_status(status, headers, body),
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenProvider for OauthRefresher {
+    async fn renew(&self, credential: &Credential) -> Result<Renewed, ProviderError> {
+        let refresh_token = credential
+            .refresh_token
+            .as_ref()
+            .ok_or_else(|| ProviderError::permanent("no_refresh_token", "the grant has no stored refresh token"))?;
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+            ("client_id", self.client_id.as_str()),
+        ];
+        if let Some(secret) = &self.client_secret {
+            form.push(("client_secret", secret.expose_secret()));
+        }
+        if let Some(redirect_uri) = &self.redirect_uri {
+            form.push(("redirect_uri", redirect_uri.as_str()));
+        }
+        let response = self
+            .client
+            .post(&self.token_url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|err| classify_send_error(&err))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_body(response).await?;
+        if !status.is_success() {
+            return Err(classify_oauth_error(status, &headers, &body));
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|err| {
+            ProviderError::unknown(format!("the provider answered the refresh but not with a token response: {err}"))
+        })?;
+        if let Some(kind) = &parsed.token_type
+            && !kind.eq_ignore_ascii_case("bearer")
+        {
+            return Err(ProviderError::unknown(format!("unexpected token_type '{kind}' in the refresh answer")));
+        }
+        validate_token_text("access_token", &parsed.access_token)?;
+        if let Some(refresh) = &parsed.refresh_token {
+            validate_token_text("refresh_token", refresh)?;
+        }
+        let issued_at = Utc::now();
+        let lifetime = parsed.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_EXPIRES_IN);
+        let expires_at = chrono::TimeDelta::from_std(lifetime).ok().and_then(|d| issued_at.checked_add_signed(d));
+        Ok(Renewed {
+            secret: SecretString::from(parsed.access_token),
+            refresh_token: parsed.refresh_token.map(SecretString::from),
+            expires_at,
+            issued_at,
+            external_id: None,
+        })
+    }
+
+    async fn inspect(&self, _credential: &Credential) -> Result<Option<TokenInfo>, ProviderError> {
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+
+    #[test]
+    fn invalid_grant_is_permanent_with_its_code() {
+        let body = br#"{"error":"invalid_grant","error_description":"The provided authorization grant is invalid"}"#;
+        let err = classify_oauth_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), body);
+        assert!(matches!(err, ProviderError::Permanent { ref reason, .. } if reason == "invalid_grant"), "{err:?}");
+    }
+
+    #[test]
+    fn bare_401_is_invalid_client() {
+        let err = classify_oauth_error(StatusCode::UNAUTHORIZED, &HeaderMap::new(), b"nope");
+        assert!(matches!(err, ProviderError::Permanent { ref reason, .. } if reason == "invalid_client"), "{err:?}");
+    }
+
+    #[test]
+    fn server_errors_stay_transient_even_with_an_oauth_body() {
+        let body = br#"{"error":"server_error"}"#;
+        let err = classify_oauth_error(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), body);
+        assert!(matches!(err, ProviderError::Transient { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,534 @@
+//! The store's half of the rotation protocol: claim a lease, commit a result, record a
+//! failure — each one short transaction, each commit fenced by the attempt id.
+//!
+//! The engine (`crate::engine::protocol`) explains the protocol as a whole.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use diesel::prelude::*;
+
+use super::audit::{self, AuditTarget};
+use super::models::{HistoryRow, ProviderRow, Token, TokenRow, naive, new_id, utc};
+use super::outbox::{self, Event};
+use super::schema::{providers, token_history, tokens};
+use super::{DbConnection, StoreError};
+use crate::domain::{Recovery, TokenKind, TokenName, TokenState};
+
+/// Consecutive transient failures after which clients get a `token.failed` event.
+pub const FAILED_EVENT_THRESHOLD: i32 = 3;
+
+/// Who asks for the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimMode {
+    /// The scheduler: only when due (or when a stale lease must be resolved).
+    Scheduled,
+    /// An operator: now, unless paused or beyond automatic repair.
+    Forced,
+}
+
+/// A held rotation lease and everything the attempt needs.
+#[derive(Debug)]
+pub struct Claim {
+    /// The token as it was when claimed (its state before the claim).
+    pub token: Token,
+    /// Its provider.
+    pub provider: ProviderRow,
+    /// The fencing token: only a commit carrying it is accepted.
+    pub attempt_id: String,
+    /// Who holds the lease.
+    pub owner: String,
+    /// When the lease runs out.
+    pub lease_expires_at: DateTime<Utc>,
+    /// When the rotation was planned (for lag measurement).
+    pub planned_at: Option<DateTime<Utc>>,
+    /// What this attempt must do first about an earlier unknown outcome.
+    pub recovery: Option<Recovery>,
+    /// The sealed current secret.
+    pub sealed_secret: Option<Vec<u8>>,
+    /// The sealed current refresh token.
+    pub sealed_refresh_token: Option<Vec<u8>>,
+}
+
+/// The part of a claim a fenced write needs (cheap to clone into a blocking task).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The token's row id.
+    pub token_id: String,
+    /// The token's name.
+    pub token_name: String,
+    /// The fencing token.
+    pub attempt_id: String,
+    /// The version before this attempt.
+    pub version: i64,
+    /// Failed attempts before this one.
+    pub attempt_count: i32,
+    /// The current secret's expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The provider's id for the current secret.
+    pub external_id: Option<String>,
+}
+
+impl Claim {
+    /// What fenced writes need from this claim.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            token_id: self.token.id.clone(),
+            token_name: self.token.name.to_string(),
+            attempt_id: self.attempt_id.clone(),
+            version: self.token.version,
+            attempt_count: self.token.attempt_count,
+            expires_at: self.token.expires_at,
+            external_id: self.token.external_id.clone(),
+        }
+    }
+}
+
+/// What a claim attempt found.
+#[derive(Debug)]
+pub enum ClaimResult {
+    /// The lease is ours.
+    Claimed(Box<Claim>),
+    /// Not due yet, or not in a state the scheduler rotates.
+    NotDue,
+    /// Another worker holds a live lease.
+    Busy {
+        /// The holder.
+        owner: String,
+        /// When its lease runs out.
+        until: DateTime<Utc>,
+    },
+    /// A forced rotation is not allowed in this state.
+    Refused(TokenState),
+    /// Resolved without calling the provider: the single OAuth retry was in flight when its
+    /// worker died, so the grant is lost (`needs_attention`, reason `grant_lost`).
+    GrantLost,
+}
+
+/// A successful renewal, secrets already sealed for this row.
+#[derive(Debug, Clone)]
+pub struct Success {
+    /// The sealed new secret.
+    pub secret: Vec<u8>,
+    /// The sealed new refresh token; `None` keeps the stored one.
+    pub refresh_token: Option<Vec<u8>>,
+    /// The new secret's expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
+    /// The provider's id for it.
+    pub external_id: Option<String>,
+    /// When to rotate next.
+    pub next_rotation_at: Option<DateTime<Utc>>,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Transient: try again at `next_attempt_at`.
+    Retry {
+        /// When.
+        next_attempt_at: DateTime<Utc>,
+        /// The provider's error.
+        error: String,
+        /// The recovery marker the next attempt must honour.
+        recovery: Option<Recovery>,
+    },
+    /// Permanent: a human must act.
+    NeedsAttention {
+        /// A short machine reason, e.g. `invalid_grant`, `rotation_response_lost`.
+        reason: String,
+        /// The provider's error or our explanation.
+        error: String,
+    },
+}
+
+/// Reason recorded when a grant's only retry after an unknown outcome was itself lost.
+pub const GRANT_LOST: &str = "grant_lost";
+
+fn parse<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|err| StoreError::Corrupt(format!("{what} '{value}': {err}")))
+}
+
+type ClaimRow = (TokenRow, ProviderRow, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Takes the rotation lease of `name` if `mode` allows it now; commits before any provider call.
+pub fn claim(
+    conn: &mut DbConnection,
+    name: &TokenName,
+    mode: ClaimMode,
+    owner: &str,
+    lease: TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<ClaimResult, StoreError> {
+    conn.write_transaction(|conn| {
+        let found: Option<ClaimRow> = tokens::table
+            .inner_join(providers::table)
+            .filter(tokens::name.eq(name.as_str()))
+            .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
+            .first(conn)
+            .optional()?;
+        let Some((row, provider, sealed_secret, sealed_refresh_token)) = found else {
+            return Err(StoreError::NotFound { what: "token", name: name.to_string() });
+        };
+        let state: TokenState = parse("token state", &row.state)?;
+        let kind: TokenKind = parse("token kind", &row.kind)?;
+        let mut recovery: Option<Recovery> = row.recovery.as_deref().map(|r| parse("recovery", r)).transpose()?;
+        match state {
+            TokenState::Rotating => {
+                let until = row.lease_expires_at.map(utc).unwrap_or(now);
+                if until > now {
+                    return Ok(ClaimResult::Busy { owner: row.lease_owner.clone().unwrap_or_default(), until });
+                }
+                recovery = match (kind.is_oauth_grant(), recovery) {
+                    (false, _) => Some(Recovery::Probe),
+                    (true, Some(Recovery::RetryInFlight)) => {
+                        mark_grant_lost(conn, &row, now)?;
+                        return Ok(ClaimResult::GrantLost);
+                    }
+                    (true, _) => Some(Recovery::RetryOnce),
+                };
+            }
+            TokenState::Active | TokenState::Retrying => {
+                let due = row.next_rotation_at.is_none_or(|at| utc(at) <= now);
+                if mode == ClaimMode::Scheduled && !due {
+                    return Ok(ClaimResult::NotDue);
+                }
+            }
+            TokenState::Paused | TokenState::NeedsAttention | TokenState::Expired => {
+                return Ok(match mode {
+                    ClaimMode::Scheduled => ClaimResult::NotDue,
+                    ClaimMode::Forced => ClaimResult::Refused(state),
+                });
+            }
+        }
+        let stored_recovery = match recovery {
+            Some(Recovery::RetryOnce) => Some(Recovery::RetryInFlight),
+            other => other,
+        };
+        let attempt_id = new_id();
+        let lease_expires_at = now + lease;
+        diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
+            .set((
+                tokens::state.eq(TokenState::Rotating.as_str()),
+                tokens::lease_owner.eq(owner),
+                tokens::lease_expires_at.eq(naive(lease_expires_at)),
+                tokens::attempt_id.eq(&attempt_id),
+                tokens::recovery.eq(stored_recovery.map(Recovery::as_str)),
+                tokens::updated_at.eq(naive(now)),
+            ))
+            .execute(conn)?;
+        let planned_at = row.next_rotation_at.map(utc);
+        let token = Token::from_row(row, &provider.name)?;
+        Ok(ClaimResult::Claimed(Box::new(Claim {
+            token,
+            provider,
+            attempt_id,
+            owner: owner.to_owned(),
+            lease_expires_at,
+            planned_at,
+            recovery,
+            sealed_secret,
+            sealed_refresh_token,
+        })))
+    })
+}
+
+/// Marks a grant lost because its single retry's outcome was lost with its worker.
+fn mark_grant_lost(conn: &mut DbConnection, row: &TokenRow, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let error = "the single retry after an unknown refresh outcome was interrupted; the refresh token is presumed \
+                 used. Re-authorise the grant and run `tokenwarden token reauth`";
+    diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
+        .set((
+            tokens::state.eq(TokenState::NeedsAttention.as_str()),
+            tokens::attention_reason.eq(GRANT_LOST),
+            tokens::last_error.eq(error),
+            tokens::last_failure_at.eq(naive(now)),
+            tokens::next_rotation_at.eq(None::<chrono::NaiveDateTime>),
+            tokens::recovery.eq(None::<String>),
+            tokens::lease_owner.eq(None::<String>),
+            tokens::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
+            tokens::attempt_id.eq(None::<String>),
+            tokens::updated_at.eq(naive(now)),
+        ))
+        .execute(conn)?;
+    let target = AuditTarget { kind: "token", name: &row.name };
+    audit::record(conn, now, "scheduler", "token.needs_attention", target, Some(GRANT_LOST.to_owned()))?;
+    outbox::enqueue(conn, Event::NeedsAttention, &row.name, row.version, row.expires_at.map(utc), now)?;
+    Ok(())
+}
+
+/// Fails with [`StoreError::LeaseLost`] when an update fenced by `attempt_id` changed nothing.
+fn ensure_fenced(changed: usize, lease: &Lease) -> Result<(), StoreError> {
+    if changed == 1 {
+        return Ok(());
+    }
+    Err(StoreError::LeaseLost { token: lease.token_name.clone(), attempt: lease.attempt_id.clone() })
+}
+
+/// Records the attempt's recovery marker while the lease is held (before the OAuth retry).
+pub fn mark_recovery(
+    conn: &mut DbConnection,
+    lease: &Lease,
+    recovery: Option<Recovery>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let changed = diesel::update(
+        tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id)),
+    )
+    .set((tokens::recovery.eq(recovery.map(Recovery::as_str)), tokens::updated_at.eq(naive(now))))
+    .execute(conn)?;
+    ensure_fenced(changed, lease)
+}
+
+/// Commits a renewed secret: new version, history, webhook deliveries, audit and the next
+/// rotation time, in one transaction — only if this attempt still holds the lease.
+pub fn commit_success(
+    conn: &mut DbConnection,
+    lease: &Lease,
+    success: &Success,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    conn.write_transaction(|conn| {
+        let fenced =
+            tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
+        let changed = diesel::update(fenced)
+            .set((
+                tokens::secret.eq(&success.secret),
+                tokens::version.eq(tokens::version + 1),
+                tokens::state.eq(TokenState::Active.as_str()),
+                tokens::issued_at.eq(naive(success.issued_at)),
+                tokens::expires_at.eq(success.expires_at.map(naive)),
+                tokens::next_rotation_at.eq(success.next_rotation_at.map(naive)),
+                tokens::external_id.eq(success.external_id.as_ref().or(lease.external_id.as_ref())),
+                tokens::lease_owner.eq(None::<String>),
+                tokens::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
+                tokens::attempt_id.eq(None::<String>),
+                tokens::attempt_count.eq(0),
+                tokens::recovery.eq(None::<String>),
+                tokens::last_success_at.eq(naive(now)),
+                tokens::last_error.eq(None::<String>),
+                tokens::attention_reason.eq(None::<String>),
+                tokens::updated_at.eq(naive(now)),
+            ))
+            .execute(conn)?;
+        ensure_fenced(changed, lease)?;
+        if let Some(refresh_token) = &success.refresh_token {
+            diesel::update(tokens::table.filter(tokens::id.eq(&lease.token_id)))
+                .set(tokens::refresh_token.eq(refresh_token))
+                .execute(conn)?;
+        }
+        let version: i64 = tokens::table.filter(tokens::id.eq(&lease.token_id)).select(tokens::version).first(conn)?;
+        let history = HistoryRow {
+            id: new_id(),
+            token_id: lease.token_id.clone(),
+            version,
+            event: "rotated".to_owned(),
+            actor: actor.to_owned(),
+            expires_at: success.expires_at.map(naive),
+            occurred_at: naive(now),
+        };
+        diesel::insert_into(token_history::table).values(&history).execute(conn)?;
+        let name = lease.token_name.as_str();
+        outbox::enqueue(conn, Event::Rotated, name, version, success.expires_at, now)?;
+        let target = AuditTarget { kind: "token", name };
+        audit::record(conn, now, actor, "token.rotate", target, Some(format!("version={version}")))?;
+        Ok(version)
+    })
+}
+
+/// Records a failed attempt and releases the lease — only if this attempt still holds it.
+pub fn commit_failure(
+    conn: &mut DbConnection,
+    lease: &Lease,
+    failure: &Failure,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        let fenced =
+            tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
+        let release = (
+            tokens::lease_owner.eq(None::<String>),
+            tokens::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
+            tokens::attempt_id.eq(None::<String>),
+            tokens::last_failure_at.eq(naive(now)),
+            tokens::updated_at.eq(naive(now)),
+        );
+        let name = lease.token_name.as_str();
+        let target = AuditTarget { kind: "token", name };
+        match failure {
+            Failure::Retry { next_attempt_at, error, recovery } => {
+                let changed = diesel::update(fenced)
+                    .set((
+                        release,
+                        tokens::state.eq(TokenState::Retrying.as_str()),
+                        tokens::next_rotation_at.eq(naive(*next_attempt_at)),
+                        tokens::attempt_count.eq(tokens::attempt_count + 1),
+                        tokens::last_error.eq(error),
+                        tokens::recovery.eq(recovery.map(Recovery::as_str)),
+                    ))
+                    .execute(conn)?;
+                ensure_fenced(changed, lease)?;
+                if lease.attempt_count + 1 == FAILED_EVENT_THRESHOLD {
+                    outbox::enqueue(conn, Event::Failed, name, lease.version, lease.expires_at, now)?;
+                }
+                Ok(())
+            }
+            Failure::NeedsAttention { reason, error } => {
+                let changed = diesel::update(fenced)
+                    .set((
+                        release,
+                        tokens::state.eq(TokenState::NeedsAttention.as_str()),
+                        tokens::next_rotation_at.eq(None::<chrono::NaiveDateTime>),
+                        tokens::attempt_count.eq(tokens::attempt_count + 1),
+                        tokens::attention_reason.eq(reason),
+                        tokens::last_error.eq(error),
+                        tokens::recovery.eq(None::<String>),
+                    ))
+                    .execute(conn)?;
+                ensure_fenced(changed, lease)?;
+                outbox::enqueue(conn, Event::NeedsAttention, name, lease.version, lease.expires_at, now)?;
+                audit::record(conn, now, actor, "token.needs_attention", target, Some(reason.clone()))
+            }
+        }
+    })
+}
+
+/// A token the scheduler should look at soon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueToken {
+    /// Its name.
+    pub name: TokenName,
+    /// Its provider's row id (for per-provider concurrency).
+    pub provider_id: String,
+    /// When it is due: its planned rotation, or when a stale lease runs out.
+    pub due_at: DateTime<Utc>,
+}
+
+/// Up to `limit` tokens due by `horizon`, most urgent first: planned rotations of active and
+/// retrying tokens, and leases that ran out (a worker died mid-rotation).
+pub fn due_by(conn: &mut DbConnection, horizon: DateTime<Utc>, limit: i64) -> Result<Vec<DueToken>, StoreError> {
+    let planned: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
+        .filter(tokens::state.eq_any([TokenState::Active.as_str(), TokenState::Retrying.as_str()]))
+        .filter(tokens::next_rotation_at.le(naive(horizon)).or(tokens::next_rotation_at.is_null()))
+        .order(tokens::next_rotation_at.asc())
+        .limit(limit)
+        .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
+        .load(conn)?;
+    let stale: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
+        .filter(tokens::state.eq(TokenState::Rotating.as_str()))
+        .filter(tokens::lease_expires_at.le(naive(horizon)))
+        .order(tokens::lease_expires_at.asc())
+        .limit(limit)
+        .select((tokens::name, tokens::provider_id, tokens::lease_expires_at))
+        .load(conn)?;
+    let mut due = planned
+        .into_iter()
+        .chain(stale)
+        .map(|(name, provider_id, at)| {
+            Ok(DueToken {
+                name: parse("token name", &name)?,
+                provider_id,
+                due_at: at.map(utc).unwrap_or(DateTime::<Utc>::MIN_UTC),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    due.sort_by_key(|token| token.due_at);
+    due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(due)
+}
+
+/// The earliest moment anything becomes due (a planned rotation or a lease running out).
+pub fn next_due_at(conn: &mut DbConnection) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let planned: Option<chrono::NaiveDateTime> = tokens::table
+        .filter(tokens::state.eq_any([TokenState::Active.as_str(), TokenState::Retrying.as_str()]))
+        .select(diesel::dsl::min(tokens::next_rotation_at))
+        .first(conn)?;
+    let lease: Option<chrono::NaiveDateTime> = tokens::table
+        .filter(tokens::state.eq(TokenState::Rotating.as_str()))
+        .select(diesel::dsl::min(tokens::lease_expires_at))
+        .first(conn)?;
+    Ok(planned.into_iter().chain(lease).min().map(utc))
+}
+
+/// Marks GitLab access tokens whose expiry passed without a successful rotation as
+/// `expired` (an OAuth grant outlives its access token, so grants are left alone).
+pub fn expire_overdue(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    let access_token_kinds = [
+        TokenKind::GitlabProjectAccessToken.as_str(),
+        TokenKind::GitlabGroupAccessToken.as_str(),
+        TokenKind::GitlabPersonalAccessToken.as_str(),
+    ];
+    conn.write_transaction(|conn| {
+        let overdue: Vec<(String, String, i64, Option<chrono::NaiveDateTime>)> = tokens::table
+            .filter(tokens::kind.eq_any(access_token_kinds))
+            .filter(tokens::state.eq_any([TokenState::Active.as_str(), TokenState::Retrying.as_str()]))
+            .filter(tokens::expires_at.le(naive(now)))
+            .select((tokens::id, tokens::name, tokens::version, tokens::expires_at))
+            .load(conn)?;
+        for (id, name, version, expires_at) in &overdue {
+            diesel::update(tokens::table.filter(tokens::id.eq(id)))
+                .set((
+                    tokens::state.eq(TokenState::Expired.as_str()),
+                    tokens::next_rotation_at.eq(None::<chrono::NaiveDateTime>),
+                    tokens::updated_at.eq(naive(now)),
+                ))
+                .execute(conn)?;
+            outbox::enqueue(conn, Event::NeedsAttention, name, *version, expires_at.map(utc), now)?;
+            let target = AuditTarget { kind: "token", name };
+            audit::record(conn, now, "scheduler", "token.expired", target, None)?;
+        }
+        Ok(overdue.into_iter().map(|(_, name, _, _)| name).collect())
+    })
+}
+
+/// Replaces a dead OAuth grant's refresh token after the user re-authorised, making the
+/// token due at once; refused while a rotation holds the lease.
+pub fn reauthorize(
+    conn: &mut DbConnection,
+    name: &TokenName,
+    sealed_refresh_token: impl FnOnce(&str) -> Vec<u8>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        let row: TokenRow = tokens::table
+            .filter(tokens::name.eq(name.as_str()))
+            .select(TokenRow::as_select())
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "token",
+                name: name.to_string(),
+            })?;
+        let kind: TokenKind = parse("token kind", &row.kind)?;
+        if !kind.is_oauth_grant() {
+            return Err(StoreError::InvalidInput(format!(
+                "token '{name}' is a {kind}; reauth replaces OAuth refresh tokens (remove and re-add an access token instead)"
+            )));
+        }
+        if row.state == TokenState::Rotating.as_str() {
+            return Err(StoreError::Conflict(format!(
+                "token '{name}' is being rotated right now; reauth it when the rotation has finished"
+            )));
+        }
+        let sealed = sealed_refresh_token(&row.id);
+        diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
+            .set((
+                tokens::refresh_token.eq(sealed),
+                tokens::state.eq(TokenState::Active.as_str()),
+                tokens::next_rotation_at.eq(naive(now)),
+                tokens::attempt_count.eq(0),
+                tokens::recovery.eq(None::<String>),
+                tokens::attention_reason.eq(None::<String>),
+                tokens::last_error.eq(None::<String>),
+                tokens::updated_at.eq(naive(now)),
+            ))
+            .execute(conn)?;
+        let target = AuditTarget { kind: "token", name: name.as_str() };
+        audit::record(conn, now, actor, "token.reauth", target, None)
+    })
+}
