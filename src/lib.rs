@@ -11,5 +11,6 @@ pub mod crypto;
 pub mod domain;
 pub mod engine;
 pub mod providers;
+pub mod simulator;
 pub mod store;
 pub mod telemetry;

@@ -5,29 +5,13 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::Sandbox;
-
-fn add_project_token(sandbox: &Sandbox, name: &str, secret: &str) {
-    sandbox.ok(
-        &[
-            "token",
-            "add",
-            name,
-            "--provider",
-            "gitlab",
-            "--kind",
-            "gitlab-project-access-token",
-            "--project",
-            "42",
-            "--secret-stdin",
-        ],
-        &format!("{secret}\n"),
-    );
-}
+use tokenwarden::simulator::TokenOwner;
 
 #[test]
 fn operator_walkthrough_add_list_show_pause_resume_remove() {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();
+    let secret = sandbox.gitlab.token(TokenOwner::Project("42".into()));
     sandbox.ok(
         &[
             "token",
@@ -45,7 +29,7 @@ fn operator_walkthrough_add_list_show_pause_resume_remove() {
             "--rotate-before",
             "10d",
         ],
-        "glpat-walkthrough-secret\n",
+        &format!("{secret}\n"),
     );
 
     let list = sandbox.token_list();
@@ -60,11 +44,11 @@ fn operator_walkthrough_add_list_show_pause_resume_remove() {
     assert_eq!(token["policy"]["lifetime"], "90d");
     assert_eq!(token["policy"]["rotate_before"], "10d");
     assert_eq!(token["policy"]["rotate_at_fraction"], 0.67);
-    assert!(!serde_json::to_string(&list).unwrap().contains("glpat-walkthrough-secret"));
+    assert!(!serde_json::to_string(&list).unwrap().contains(&secret));
 
     let text = sandbox.ok(&["token", "show", "dbt-ci"], "");
     assert!(text.contains("gitlab-project-access-token") && text.contains("90d"), "{text}");
-    assert!(!text.contains("glpat-walkthrough-secret"));
+    assert!(!text.contains(&secret));
 
     sandbox.ok(&["token", "pause", "dbt-ci"], "");
     assert_eq!(sandbox.token_show("dbt-ci")["state"], "paused");
@@ -86,8 +70,8 @@ fn operator_walkthrough_add_list_show_pause_resume_remove() {
 fn list_text_output_has_a_header_and_a_row_per_token() {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();
-    add_project_token(&sandbox, "one", "glpat-one");
-    add_project_token(&sandbox, "two", "glpat-two");
+    sandbox.add_project_token("one");
+    sandbox.add_project_token("two");
     let text = sandbox.ok(&["token", "list"], "");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
@@ -99,7 +83,7 @@ fn list_text_output_has_a_header_and_a_row_per_token() {
 fn duplicate_token_name_is_refused_and_keeps_the_original() {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();
-    add_project_token(&sandbox, "dup", "glpat-first");
+    sandbox.add_project_token("dup");
     let stderr = sandbox.fails(
         &["token", "add", "dup", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
         "glpat-second\n",
@@ -268,7 +252,7 @@ fn provider_flags_must_fit_the_kind() {
 fn provider_in_use_cannot_be_removed() {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();
-    add_project_token(&sandbox, "t", "glpat-x");
+    sandbox.add_project_token("t");
     let stderr = sandbox.fails(&["provider", "remove", "gitlab"], "", 1);
     assert!(stderr.contains("used by 1 token"), "{stderr}");
     sandbox.ok(&["token", "remove", "t"], "");
@@ -321,24 +305,9 @@ fn client_add_prints_its_key_once_and_list_never_does() {
 #[test]
 fn stored_secrets_never_appear_in_the_database_files() {
     let sandbox = Sandbox::new();
-    let secrets =
-        ["oauth-app-secret-5b0e7c", "glpat-project-7f3a9d2c", "glpat-personal-1c8e44aa", "gloas-refresh-token-93bd1e"];
-    sandbox.ok(
-        &[
-            "provider",
-            "add",
-            "gitlab",
-            "--kind",
-            "gitlab",
-            "--url",
-            "https://gitlab.example.com",
-            "--client-id",
-            "app-id",
-            "--client-secret-stdin",
-        ],
-        &format!("{}\n", secrets[0]),
-    );
-    add_project_token(&sandbox, "project", secrets[1]);
+    sandbox.add_gitlab_oauth_provider();
+    sandbox.add_project_token("project");
+    let personal = sandbox.gitlab.token(TokenOwner::Personal);
     sandbox.ok(
         &[
             "token",
@@ -350,18 +319,17 @@ fn stored_secrets_never_appear_in_the_database_files() {
             "gitlab-personal-access-token",
             "--secret-stdin",
         ],
-        &format!("{}\n", secrets[2]),
+        &format!("{personal}\n"),
     );
-    sandbox.ok(
-        &["token", "add", "grant", "--provider", "gitlab", "--kind", "gitlab-oauth", "--refresh-token-stdin"],
-        &format!("{}\n", secrets[3]),
-    );
+    add_oauth_grant(&sandbox, "grant");
     let created: serde_json::Value = serde_json::from_str(
         &sandbox.ok(&["client", "add", "hooked", "--role", "reader", "--webhook", "https://ci.example/hook"], ""),
     )
     .unwrap();
-    let api_key = created["api_key"].as_str().unwrap().to_owned();
-    let webhook_secret = created["webhook_secret"].as_str().unwrap().to_owned();
+    let mut secrets = sandbox.gitlab.sim.with_state(|state| state.issued_secrets());
+    assert!(secrets.len() >= 6, "tokens, the grant's refresh tokens, its access token and the app secret");
+    secrets.push(created["api_key"].as_str().unwrap().to_owned());
+    secrets.push(created["webhook_secret"].as_str().unwrap().to_owned());
 
     let mut files_read = 0;
     for entry in std::fs::read_dir(sandbox.path()).unwrap() {
@@ -372,7 +340,7 @@ fn stored_secrets_never_appear_in_the_database_files() {
         }
         files_read += 1;
         let bytes = std::fs::read(&path).unwrap();
-        for secret in secrets.iter().copied().chain([api_key.as_str(), webhook_secret.as_str()]) {
+        for secret in &secrets {
             let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
             assert!(!found, "{secret} found in plain text in {name}");
         }
@@ -380,11 +348,21 @@ fn stored_secrets_never_appear_in_the_database_files() {
     assert!(files_read >= 1);
 }
 
+/// Adds an OAuth grant issued by the simulator (refreshed once by `token add`).
+fn add_oauth_grant(sandbox: &Sandbox, name: &str) {
+    let client_id = sandbox.gitlab.sim.with_state(|state| state.application_ids().remove(0));
+    let refresh_token = sandbox.gitlab.sim.create_grant(&client_id);
+    sandbox.ok(
+        &["token", "add", name, "--provider", "gitlab", "--kind", "gitlab-oauth", "--refresh-token-stdin"],
+        &format!("{refresh_token}\n"),
+    );
+}
+
 #[test]
 fn generated_key_file_and_database_are_private() {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();
-    add_project_token(&sandbox, "t", "glpat-x");
+    sandbox.add_project_token("t");
     let key_mode = std::fs::metadata(sandbox.key_path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(key_mode, 0o600);
     let db_mode = std::fs::metadata(sandbox.db_path()).unwrap().permissions().mode() & 0o777;
@@ -395,7 +373,7 @@ fn generated_key_file_and_database_are_private() {
 fn wrong_master_key_is_a_clear_error() {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();
-    add_project_token(&sandbox, "t", "glpat-x");
+    sandbox.add_project_token("t");
     let other = sandbox.path().join("other.key");
     std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
     let other = other.to_str().unwrap();
@@ -423,7 +401,7 @@ fn wrong_master_key_is_a_clear_error() {
 fn missing_key_file_for_a_sealed_database_is_not_replaced() {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();
-    add_project_token(&sandbox, "t", "glpat-x");
+    sandbox.add_project_token("t");
     std::fs::rename(sandbox.key_path(), sandbox.path().join("backup.key")).unwrap();
     let stderr = sandbox.fails(
         &["token", "add", "u", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
@@ -480,7 +458,10 @@ fn environment_and_flags_choose_the_database() {
 #[test]
 fn secrets_never_reach_the_logs_even_at_trace_level() {
     let sandbox = Sandbox::new();
-    let secrets = ["oauth-app-secret-trace-1", "glpat-trace-2", "refresh-trace-3"];
+    let (client_id, client_secret) = sandbox.gitlab.sim.create_application();
+    let personal = sandbox.gitlab.token(TokenOwner::Personal);
+    let refresh_token = sandbox.gitlab.sim.create_grant(&client_id);
+    let url = sandbox.gitlab_url();
     let mut transcript = Vec::new();
     let mut run = |args: &[&str], stdin: &str| {
         let out = sandbox.cmd().env("RUST_LOG", "trace").args(args).write_stdin(stdin).output().unwrap();
@@ -496,26 +477,30 @@ fn secrets_never_reach_the_logs_even_at_trace_level() {
             "--kind",
             "gitlab",
             "--url",
-            "https://g.example",
+            &url,
             "--client-id",
-            "id",
+            &client_id,
             "--client-secret-stdin",
         ],
-        &format!("{}\n", secrets[0]),
+        &format!("{client_secret}\n"),
     );
     run(
         &["token", "add", "pat", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
-        &format!("{}\n", secrets[1]),
+        &format!("{personal}\n"),
     );
     run(
         &["token", "add", "grant", "--provider", "gitlab", "--kind", "gitlab-oauth", "--refresh-token-stdin"],
-        &format!("{}\n", secrets[2]),
+        &format!("{refresh_token}\n"),
     );
+    run(&["token", "rotate", "pat"], "");
+    run(&["token", "rotate", "grant"], "");
     run(&["token", "list", "--json"], "");
     run(&["token", "show", "grant", "--json"], "");
     let transcript = String::from_utf8_lossy(&transcript);
     assert!(transcript.contains("master key"), "trace logging was on: {transcript}");
+    let secrets = sandbox.gitlab.sim.with_state(|state| state.issued_secrets());
+    assert!(secrets.len() >= 7, "the rotations issued new secrets: {}", secrets.len());
     for secret in secrets {
-        assert!(!transcript.contains(secret), "{secret} reached the output");
+        assert!(!transcript.contains(&secret), "{secret} reached the output");
     }
 }

@@ -109,6 +109,7 @@ pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), Cl
     let store = open_store(&settings).await?;
     let cipher = open_cipher(&settings, &store).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
+    ensure_name_is_free(&store, &new.name).await?;
     if new.kind.is_gitlab_access_token() {
         let info = look_up_gitlab_token(&context, &new).await?;
         describe_gitlab_token(&mut new, &info, &settings);
@@ -140,6 +141,17 @@ pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), Cl
             }
         },
         other => Err(CliError::Failed(format!("added grant '{name}', but could not refresh it: {other:?}"))),
+    }
+}
+
+/// Refuses a taken name before the provider is contacted (an OAuth refresh would use the grant).
+async fn ensure_name_is_free(store: &Store, name: &TokenName) -> Result<(), CliError> {
+    let name = name.clone();
+    let existing = store.run(move |conn| tokens::find(conn, &name).map(|token| token.name)).await;
+    match existing {
+        Ok(name) => Err(crate::store::StoreError::AlreadyExists { what: "token", name: name.to_string() }.into()),
+        Err(crate::store::StoreError::NotFound { .. }) => Ok(()),
+        Err(err) => Err(err.into()),
     }
 }
 

@@ -4,17 +4,52 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use assert_cmd::Command;
+use chrono::{Days, Utc};
+use tokenwarden::engine::SystemClock;
+use tokenwarden::simulator::{Simulator, TokenOwner};
 
-/// A fresh directory holding one test's database and key.
+/// A GitLab simulator on loopback, running on its own small runtime so synchronous tests
+/// (which run `tokenwarden` as a process) can use it.
+pub struct TestGitlab {
+    pub sim: Simulator,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TestGitlab {
+    pub fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("simulator runtime");
+        let sim = runtime.block_on(Simulator::start(Arc::new(SystemClock))).expect("start the GitLab simulator");
+        Self { sim, _runtime: runtime }
+    }
+
+    /// A token of `owner` with the `api` scope, expiring in 60 days.
+    pub fn token(&self, owner: TokenOwner) -> String {
+        let expires = Utc::now().date_naive() + Days::new(60);
+        self.sim.create_access_token(owner, &["api"], expires).1
+    }
+}
+
+/// A fresh directory holding one test's database and key, and a simulated GitLab.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    pub gitlab: TestGitlab,
 }
 
 impl Sandbox {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir") }
+        Self { dir: tempfile::tempdir().expect("temp dir"), gitlab: TestGitlab::start() }
+    }
+
+    /// The simulated GitLab's URL.
+    pub fn gitlab_url(&self) -> String {
+        self.gitlab.sim.url().to_owned()
     }
 
     pub fn path(&self) -> &Path {
@@ -72,9 +107,25 @@ impl Sandbox {
         stderr
     }
 
-    /// Adds a GitLab provider named `gitlab`.
+    /// Adds a GitLab provider named `gitlab` pointing at the simulator.
     pub fn add_gitlab_provider(&self) {
-        self.ok(&["provider", "add", "gitlab", "--kind", "gitlab", "--url", "https://gitlab.example.com"], "");
+        self.ok(&["provider", "add", "gitlab", "--kind", "gitlab", "--url", &self.gitlab_url()], "");
+    }
+
+    /// Adds a GitLab provider named `gitlab` with a registered OAuth application.
+    pub fn add_gitlab_oauth_provider(&self) {
+        let (client_id, client_secret) = self.gitlab.sim.create_application();
+        let url = self.gitlab_url();
+        let args = ["provider", "add", "gitlab", "--kind", "gitlab", "--url", &url, "--client-id", &client_id];
+        self.ok(&[&args[..], &["--client-secret-stdin"]].concat(), &format!("{client_secret}\n"));
+    }
+
+    /// Adds a project access token for project 42 issued by the simulator; returns its secret.
+    pub fn add_project_token(&self, name: &str) -> String {
+        let secret = self.gitlab.token(TokenOwner::Project("42".into()));
+        let args = ["token", "add", name, "--provider", "gitlab", "--kind", "gitlab-project-access-token"];
+        self.ok(&[&args[..], &["--project", "42", "--secret-stdin"]].concat(), &format!("{secret}\n"));
+        secret
     }
 
     /// `token list --json`, parsed.

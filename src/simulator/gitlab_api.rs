@@ -1,0 +1,260 @@
+//! The simulated GitLab endpoints tokenwarden calls: token look-up, the three self-rotate
+//! endpoints, and the OAuth refresh grant — each with fault injection on its answer.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::faults::{Fault, FaultTarget};
+use super::state::{AccessToken, RefreshError, RotateError, TokenOwner};
+
+/// The token presented in `PRIVATE-TOKEN` or `Authorization: Bearer`.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get("private-token").and_then(|v| v.to_str().ok()) {
+        return Some(value.to_owned());
+    }
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::to_owned)
+}
+
+/// Form fields from the query string and a form-encoded body.
+fn form_fields(query: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    fields.extend(url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())));
+    fields
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// GitLab's token JSON.
+fn token_json(token: &AccessToken, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let mut body = json!({
+        "id": token.id,
+        "name": token.name,
+        "revoked": token.revoked,
+        "created_at": token.created_at.to_rfc3339(),
+        "scopes": token.scopes,
+        "user_id": 1,
+        "last_used_at": null,
+        "active": token.is_active(now),
+        "expires_at": token.expires_at.format("%Y-%m-%d").to_string(),
+    });
+    if token.owner != TokenOwner::Personal {
+        body["access_level"] = json!(40);
+    }
+    body
+}
+
+fn unauthorized() -> Response {
+    json_response(
+        StatusCode::UNAUTHORIZED,
+        json!({"error": "invalid_token", "error_description": "Token was revoked. You have to re-authorize from the user."}),
+    )
+}
+
+/// Applies the fault drawn for a request before acting: an error status or a rate limit
+/// answers at once; `None` lets the request through.
+fn answer_before_acting(shared: &Shared, fault: Option<Fault>) -> Option<Response> {
+    match fault? {
+        Fault::Status { status } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Some(json_response(status, json!({"message": format!("{} simulated failure", status.as_u16())})))
+        }
+        Fault::RateLimited { retry_after_seconds } => {
+            shared.block_for(Duration::from_secs(retry_after_seconds));
+            let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, json!({"message": "Retry later"}));
+            if let Ok(value) = retry_after_seconds.to_string().parse() {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            Some(response)
+        }
+        Fault::SlowAfterCommit { .. } | Fault::DropAfterCommit => None,
+    }
+}
+
+/// Delivers an answer after acting, slowly or cut off if the fault says so.
+async fn deliver(shared: &Shared, fault: Option<Fault>, response: Response) -> Response {
+    match fault {
+        Some(Fault::SlowAfterCommit { delay_ms }) => {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            response
+        }
+        Some(Fault::DropAfterCommit) => {
+            shared.with_state(|state| state.stats.dropped_after_commit += 1);
+            let chunks: Vec<Result<Bytes, std::io::Error>> =
+                vec![Ok(Bytes::from_static(b"{\"id\": ")), Err(std::io::Error::other("simulated cut connection"))];
+            let body = Body::from_stream(futures_util::stream::iter(chunks));
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        _ => response,
+    }
+}
+
+/// Common start of every request: latency, the fault draw, and the `Retry-After` check.
+async fn begin(shared: &Shared, target: FaultTarget) -> Option<Fault> {
+    let latency = shared.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if target == FaultTarget::Renewal {
+        shared.note_renewal_arrival();
+    }
+    let fault = shared.next_fault(target);
+    if fault.is_some() {
+        shared.with_state(|state| state.stats.faults_injected += 1);
+    }
+    fault
+}
+
+/// `GET /api/v4/personal_access_tokens/self`.
+pub async fn look_up(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap) -> Response {
+    let fault = begin(&shared, FaultTarget::Lookup).await;
+    if let Some(response) = answer_before_acting(&shared, fault) {
+        return response;
+    }
+    let Some(secret) = presented_token(&headers) else {
+        return unauthorized();
+    };
+    let now = shared.now();
+    let response = match shared.with_state(|state| state.look_up(&secret, now)) {
+        Some(token) => json_response(StatusCode::OK, token_json(&token, now)),
+        None => unauthorized(),
+    };
+    deliver(&shared, fault, response).await
+}
+
+/// `POST /api/v4/personal_access_tokens/self/rotate`.
+pub async fn rotate_personal(
+    State(shared): State<std::sync::Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    rotate(&shared, TokenOwner::Personal, query, &headers, &body).await
+}
+
+/// `POST /api/v4/projects/{id}/access_tokens/self/rotate`.
+pub async fn rotate_project(
+    State(shared): State<std::sync::Arc<Shared>>,
+    Path(project): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    rotate(&shared, TokenOwner::Project(project), query, &headers, &body).await
+}
+
+/// `POST /api/v4/groups/{id}/access_tokens/self/rotate`.
+pub async fn rotate_group(
+    State(shared): State<std::sync::Arc<Shared>>,
+    Path(group): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    rotate(&shared, TokenOwner::Group(group), query, &headers, &body).await
+}
+
+async fn rotate(
+    shared: &Shared,
+    endpoint: TokenOwner,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let fault = begin(shared, FaultTarget::Renewal).await;
+    if let Some(response) = answer_before_acting(shared, fault) {
+        return response;
+    }
+    let Some(secret) = presented_token(headers) else {
+        return unauthorized();
+    };
+    let fields = form_fields(query.as_deref(), body);
+    let now = shared.now();
+    let result = shared.with_state(|state| state.rotate(&secret, &endpoint, field(&fields, "expires_at"), now));
+    let response = match result {
+        Ok((token, new_secret)) => {
+            let mut body = token_json(&token, now);
+            body["token"] = json!(new_secret);
+            json_response(StatusCode::OK, body)
+        }
+        Err(RotateError::Unauthorized { .. }) => unauthorized(),
+        Err(RotateError::Forbidden) => json_response(StatusCode::FORBIDDEN, json!({"message": "403 Forbidden"})),
+        Err(RotateError::NotFound) => json_response(StatusCode::NOT_FOUND, json!({"message": "404 Not Found"})),
+        Err(RotateError::WrongKind) => {
+            json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"message": "405 Method Not Allowed"}))
+        }
+        Err(RotateError::BadExpiry(message)) => json_response(StatusCode::BAD_REQUEST, json!({"message": message})),
+    };
+    deliver(shared, fault, response).await
+}
+
+/// Client credentials from the form or from HTTP Basic authentication.
+fn client_credentials(headers: &HeaderMap, fields: &[(String, String)]) -> (Option<String>, Option<String>) {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
+        .and_then(|decoded| String::from_utf8(decoded).ok())
+        .and_then(|pair| pair.split_once(':').map(|(id, secret)| (id.to_owned(), secret.to_owned())));
+    if let Some((id, secret)) = basic {
+        return (Some(id), Some(secret));
+    }
+    (field(fields, "client_id").map(str::to_owned), field(fields, "client_secret").map(str::to_owned))
+}
+
+/// `POST /oauth/token` with `grant_type=refresh_token`.
+pub async fn oauth_token(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let fault = begin(&shared, FaultTarget::Renewal).await;
+    if let Some(response) = answer_before_acting(&shared, fault) {
+        return response;
+    }
+    let fields = form_fields(None, &body);
+    if field(&fields, "grant_type") != Some("refresh_token") {
+        let error = json!({"error": "unsupported_grant_type", "error_description": "The authorization grant type is not supported by the authorization server."});
+        return json_response(StatusCode::BAD_REQUEST, error);
+    }
+    let (client_id, client_secret) = client_credentials(&headers, &fields);
+    let refresh_token = field(&fields, "refresh_token").unwrap_or_default().to_owned();
+    let now = shared.now();
+    let result = shared.with_state(|state| {
+        state.refresh(client_id.as_deref().unwrap_or_default(), client_secret.as_deref(), &refresh_token, now)
+    });
+    let response = match result {
+        Ok(refreshed) => json_response(
+            StatusCode::OK,
+            json!({
+                "access_token": refreshed.access_token,
+                "token_type": "Bearer",
+                "expires_in": refreshed.expires_in,
+                "refresh_token": refreshed.refresh_token,
+                "scope": "api",
+                "created_at": refreshed.created_at,
+            }),
+        ),
+        Err(RefreshError::InvalidClient) => json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_client", "error_description": "Client authentication failed due to unknown client, no client authentication included, or unsupported authentication method."}),
+        ),
+        Err(RefreshError::InvalidGrant) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_grant", "error_description": "The provided authorization grant is invalid, expired, revoked, does not match the redirection URI used in the authorization request, or was issued to another client."}),
+        ),
+    };
+    deliver(&shared, fault, response).await
+}

@@ -1,0 +1,515 @@
+//! The simulator's model of GitLab: access tokens in families, OAuth applications and grants,
+//! and the counters tests assert on. Pure state transitions, no HTTP, so the semantics in
+//! `../shared/gitlab-api.md` can be read (and tested) in one place.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use serde::Serialize;
+
+/// Longest lifetime GitLab accepts for an access token.
+pub const MAX_LIFETIME_DAYS: u64 = 365;
+/// Expiry GitLab gives a rotated token when the request names none.
+pub const DEFAULT_ROTATION_DAYS: u64 = 7;
+/// OAuth access-token lifetime GitLab uses (two hours).
+pub const DEFAULT_EXPIRES_IN_SECONDS: u64 = 7200;
+
+/// Whose access token it is, which decides the rotate endpoint that accepts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOwner {
+    /// A personal access token.
+    Personal,
+    /// A project access token of this project (id or path, as given).
+    Project(String),
+    /// A group access token of this group (id or path, as given).
+    Group(String),
+}
+
+/// One access token as GitLab keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// GitLab's id (new on every rotation).
+    pub id: u64,
+    /// The family every rotation of one original token belongs to.
+    pub family: u64,
+    /// The token's name (kept across rotations).
+    pub name: String,
+    /// Whose it is.
+    pub owner: TokenOwner,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// It stops working at 00:00 UTC of this date.
+    pub expires_at: NaiveDate,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Revoked (by rotation, by reuse detection, or by an operator).
+    pub revoked: bool,
+    /// Revoked because it was rotated: presenting it to a rotate endpoint is reuse.
+    pub rotated: bool,
+}
+
+impl AccessToken {
+    /// Whether GitLab accepts it at `now`.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        !self.revoked && now.date_naive() < self.expires_at
+    }
+}
+
+/// Why a rotation was refused, mapped to GitLab's statuses by the handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateError {
+    /// 401: revoked, expired or unknown. `reuse` is set when this presentation revoked the family.
+    Unauthorized {
+        /// True when the token had been rotated already, so its family was revoked now.
+        reuse: bool,
+    },
+    /// 403: the token may not rotate itself.
+    Forbidden,
+    /// 404: the project or group in the path is not the token's.
+    NotFound,
+    /// 405: not a token of that kind.
+    WrongKind,
+    /// 400: a bad `expires_at`.
+    BadExpiry(String),
+}
+
+/// An OAuth application.
+#[derive(Debug, Clone)]
+struct Application {
+    secret: String,
+    order: u64,
+}
+
+/// What a refresh token belongs to and whether it was used.
+#[derive(Debug, Clone)]
+struct RefreshRecord {
+    client_id: String,
+    used: bool,
+    revoked: bool,
+}
+
+/// An OAuth access token issued by a refresh.
+#[derive(Debug, Clone)]
+struct OauthAccess {
+    expires_at: DateTime<Utc>,
+    revoked: bool,
+}
+
+/// Why a refresh was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshError {
+    /// 401 `invalid_client`: unknown client or wrong secret.
+    InvalidClient,
+    /// 400 `invalid_grant`: unknown, used, revoked, or another client's refresh token.
+    InvalidGrant,
+}
+
+/// A successful refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refreshed {
+    /// The new access token.
+    pub access_token: String,
+    /// The new refresh token.
+    pub refresh_token: String,
+    /// Its lifetime in seconds.
+    pub expires_in: u64,
+    /// When it was created (Unix seconds).
+    pub created_at: i64,
+}
+
+/// Counters that tests and the benchmark assert on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Successful access-token rotations.
+    pub rotations: u64,
+    /// Successful OAuth refreshes.
+    pub refreshes: u64,
+    /// `GET …/self` look-ups answered.
+    pub lookups: u64,
+    /// Rotated tokens presented to a rotate endpoint (each revoked a family).
+    pub family_revocations: u64,
+    /// Used (dead) refresh tokens presented again.
+    pub refresh_token_reuses: u64,
+    /// Renewal requests that arrived while a `Retry-After` the simulator named was running.
+    pub retry_after_violations: u64,
+    /// Faults injected (error statuses, rate limits, slow and dropped answers).
+    pub faults_injected: u64,
+    /// Answers dropped after the renewal was committed.
+    pub dropped_after_commit: u64,
+}
+
+/// Everything the simulated GitLab knows.
+#[derive(Debug, Default)]
+pub struct GitlabState {
+    next_id: u64,
+    access_tokens: HashMap<String, AccessToken>,
+    applications: HashMap<String, Application>,
+    refresh_tokens: HashMap<String, RefreshRecord>,
+    oauth_access: HashMap<String, OauthAccess>,
+    /// Lifetime of OAuth access tokens issued by refreshes, in seconds.
+    pub expires_in: u64,
+    /// No renewal request should arrive before this moment (the last `Retry-After`).
+    pub blocked_until: Option<DateTime<Utc>>,
+    /// The counters.
+    pub stats: Stats,
+}
+
+/// A fresh random token text with `prefix`.
+pub fn random_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 20];
+    rand::fill(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+impl GitlabState {
+    /// An empty GitLab whose OAuth access tokens live two hours.
+    pub fn new() -> Self {
+        Self { expires_in: DEFAULT_EXPIRES_IN_SECONDS, ..Self::default() }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Creates an access token and returns its id and secret.
+    pub fn create_access_token(
+        &mut self,
+        owner: TokenOwner,
+        scopes: Vec<String>,
+        expires_at: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> (u64, String) {
+        let id = self.next_id();
+        let secret = random_secret("glpat-");
+        let token = AccessToken {
+            id,
+            family: id,
+            name: format!("token-{id}"),
+            owner,
+            scopes,
+            expires_at,
+            created_at: now,
+            revoked: false,
+            rotated: false,
+        };
+        self.access_tokens.insert(secret.clone(), token);
+        (id, secret)
+    }
+
+    /// The access token presented with `secret`, if it exists at all.
+    pub fn access_token(&self, secret: &str) -> Option<&AccessToken> {
+        self.access_tokens.get(secret)
+    }
+
+    /// `GET /personal_access_tokens/self`: the token if active (never triggers reuse detection).
+    pub fn look_up(&mut self, secret: &str, now: DateTime<Utc>) -> Option<AccessToken> {
+        self.stats.lookups += 1;
+        self.access_tokens.get(secret).filter(|token| token.is_active(now)).cloned()
+    }
+
+    /// Self-rotation through the endpoint for `endpoint_owner`: revokes the presented token and
+    /// creates its successor in one step; a rotated token presented again revokes its family.
+    pub fn rotate(
+        &mut self,
+        secret: &str,
+        endpoint_owner: &TokenOwner,
+        expires_at: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(AccessToken, String), RotateError> {
+        let Some(token) = self.access_tokens.get(secret).cloned() else {
+            return Err(RotateError::Unauthorized { reuse: false });
+        };
+        if token.rotated {
+            self.revoke_family(token.family);
+            self.stats.family_revocations += 1;
+            return Err(RotateError::Unauthorized { reuse: true });
+        }
+        if !token.is_active(now) {
+            return Err(RotateError::Unauthorized { reuse: false });
+        }
+        check_endpoint(&token.owner, endpoint_owner)?;
+        if !token.scopes.iter().any(|scope| scope == "api" || scope == "self_rotate") {
+            return Err(RotateError::Forbidden);
+        }
+        let new_expiry = requested_expiry(expires_at, now)?;
+        let id = self.next_id();
+        let new_secret = random_secret("glpat-");
+        let successor = AccessToken { id, expires_at: new_expiry, created_at: now, ..token.clone() };
+        if let Some(old) = self.access_tokens.get_mut(secret) {
+            old.revoked = true;
+            old.rotated = true;
+        }
+        self.access_tokens.insert(new_secret.clone(), successor.clone());
+        self.stats.rotations += 1;
+        Ok((successor, new_secret))
+    }
+
+    /// Revokes every token of `family` (what GitLab's reuse detection does).
+    fn revoke_family(&mut self, family: u64) {
+        for token in self.access_tokens.values_mut().filter(|token| token.family == family) {
+            token.revoked = true;
+        }
+    }
+
+    /// Revokes the token presented with `secret` (an operator revoking it outside tokenwarden).
+    pub fn revoke(&mut self, secret: &str) -> bool {
+        match self.access_tokens.get_mut(secret) {
+            Some(token) => {
+                token.revoked = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Registers an OAuth application and returns its client id and secret.
+    pub fn create_application(&mut self) -> (String, String) {
+        let client_id = random_secret("app-");
+        let secret = random_secret("gloas-");
+        let order = self.next_id();
+        self.applications.insert(client_id.clone(), Application { secret: secret.clone(), order });
+        (client_id, secret)
+    }
+
+    /// The client ids of every registered application, oldest first.
+    pub fn application_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.applications.keys().cloned().collect();
+        ids.sort_by_key(|id| self.applications[id].order);
+        ids
+    }
+
+    /// Issues a grant to `client_id` (the user authorised it) and returns its refresh token.
+    pub fn create_grant(&mut self, client_id: &str) -> Option<String> {
+        if !self.applications.contains_key(client_id) {
+            return None;
+        }
+        let refresh_token = random_secret("glrt-");
+        let record = RefreshRecord { client_id: client_id.to_owned(), used: false, revoked: false };
+        self.refresh_tokens.insert(refresh_token.clone(), record);
+        Some(refresh_token)
+    }
+
+    /// `POST /oauth/token` with `grant_type=refresh_token`: a new pair, the used refresh token
+    /// (and the access token it had) dead at once.
+    pub fn refresh(
+        &mut self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        refresh_token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Refreshed, RefreshError> {
+        let client_ok = self.applications.get(client_id).is_some_and(|app| client_secret == Some(app.secret.as_str()));
+        if !client_ok {
+            return Err(RefreshError::InvalidClient);
+        }
+        let Some(record) = self.refresh_tokens.get_mut(refresh_token) else {
+            return Err(RefreshError::InvalidGrant);
+        };
+        if record.used {
+            self.stats.refresh_token_reuses += 1;
+            return Err(RefreshError::InvalidGrant);
+        }
+        if record.revoked || record.client_id != client_id {
+            return Err(RefreshError::InvalidGrant);
+        }
+        record.used = true;
+        let next = RefreshRecord { client_id: client_id.to_owned(), used: false, revoked: false };
+        let new_refresh = random_secret("glrt-");
+        let access_token = random_secret("gloat-");
+        self.refresh_tokens.insert(new_refresh.clone(), next);
+        let lifetime = chrono::TimeDelta::seconds(i64::try_from(self.expires_in).unwrap_or(i64::MAX / 1000));
+        self.oauth_access.insert(access_token.clone(), OauthAccess { expires_at: now + lifetime, revoked: false });
+        self.stats.refreshes += 1;
+        Ok(Refreshed {
+            access_token,
+            refresh_token: new_refresh,
+            expires_in: self.expires_in,
+            created_at: now.timestamp(),
+        })
+    }
+
+    /// Revokes a grant's refresh token (the user revoked the application).
+    pub fn revoke_refresh_token(&mut self, refresh_token: &str) -> bool {
+        match self.refresh_tokens.get_mut(refresh_token) {
+            Some(record) => {
+                record.revoked = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `refresh_token` can still be used.
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        self.refresh_tokens.get(refresh_token).is_some_and(|record| !record.used && !record.revoked)
+    }
+
+    /// Every secret this GitLab ever issued or was given: tokens, refresh tokens, access
+    /// tokens and application secrets (for tests that grep outputs for leaks).
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.access_tokens
+            .keys()
+            .chain(self.refresh_tokens.keys())
+            .chain(self.oauth_access.keys())
+            .cloned()
+            .chain(self.applications.values().map(|app| app.secret.clone()))
+            .collect()
+    }
+
+    /// Whether an OAuth access token works at `now`.
+    pub fn oauth_access_is_active(&self, access_token: &str, now: DateTime<Utc>) -> bool {
+        self.oauth_access.get(access_token).is_some_and(|access| !access.revoked && access.expires_at > now)
+    }
+}
+
+/// 405 when the token is not of the endpoint's kind, 404 when it belongs to another
+/// project or group.
+fn check_endpoint(owner: &TokenOwner, endpoint: &TokenOwner) -> Result<(), RotateError> {
+    match (owner, endpoint) {
+        (TokenOwner::Personal, TokenOwner::Personal) => Ok(()),
+        (TokenOwner::Project(have), TokenOwner::Project(asked))
+        | (TokenOwner::Group(have), TokenOwner::Group(asked)) => {
+            if same_resource(have, asked) {
+                Ok(())
+            } else {
+                Err(RotateError::NotFound)
+            }
+        }
+        _ => Err(RotateError::WrongKind),
+    }
+}
+
+/// Project and group ids compare after URL-decoding (`a%2Fb` is `a/b`).
+fn same_resource(have: &str, asked: &str) -> bool {
+    let decode =
+        |text: &str| url::form_urlencoded::parse(format!("x={text}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    decode(have) == decode(asked)
+}
+
+/// The expiry a rotation asks for: a date after today, at most 365 days ahead; none → 7 days.
+fn requested_expiry(expires_at: Option<&str>, now: DateTime<Utc>) -> Result<NaiveDate, RotateError> {
+    let today = now.date_naive();
+    let Some(text) = expires_at else {
+        return Ok(today + Days::new(DEFAULT_ROTATION_DAYS));
+    };
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| RotateError::BadExpiry(format!("expires_at '{text}' is not a date")))?;
+    if date <= today {
+        return Err(RotateError::BadExpiry("expires_at must be in the future".into()));
+    }
+    if date > today + Days::new(MAX_LIFETIME_DAYS) {
+        return Err(RotateError::BadExpiry(format!("expires_at must be at most {MAX_LIFETIME_DAYS} days ahead")));
+    }
+    Ok(date)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn date(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    fn project_token(state: &mut GitlabState) -> String {
+        let owner = TokenOwner::Project("42".into());
+        state.create_access_token(owner, vec!["api".into()], date("2026-12-25"), now()).1
+    }
+
+    #[test]
+    fn rotation_revokes_the_old_token_at_once_and_issues_a_new_id() {
+        let mut state = GitlabState::new();
+        let old = project_token(&mut state);
+        let old_id = state.access_token(&old).unwrap().id;
+        let (successor, new) =
+            state.rotate(&old, &TokenOwner::Project("42".into()), Some("2027-02-01"), now()).unwrap();
+        assert_ne!(successor.id, old_id);
+        assert_eq!(successor.expires_at, date("2027-02-01"));
+        assert!(state.look_up(&old, now()).is_none());
+        assert!(state.look_up(&new, now()).is_some());
+    }
+
+    #[test]
+    fn presenting_a_rotated_token_to_rotate_revokes_the_whole_family() {
+        let mut state = GitlabState::new();
+        let old = project_token(&mut state);
+        let endpoint = TokenOwner::Project("42".into());
+        let (_, new) = state.rotate(&old, &endpoint, Some("2027-01-01"), now()).unwrap();
+        assert_eq!(
+            state.rotate(&old, &endpoint, Some("2027-01-01"), now()),
+            Err(RotateError::Unauthorized { reuse: true })
+        );
+        assert!(state.look_up(&new, now()).is_none(), "the newest token of the family is revoked too");
+        assert_eq!(state.stats.family_revocations, 1);
+    }
+
+    #[test]
+    fn looking_up_a_rotated_token_is_not_reuse() {
+        let mut state = GitlabState::new();
+        let old = project_token(&mut state);
+        let (_, new) = state.rotate(&old, &TokenOwner::Project("42".into()), None, now()).unwrap();
+        assert!(state.look_up(&old, now()).is_none());
+        assert!(state.look_up(&new, now()).is_some());
+        assert_eq!(state.stats.family_revocations, 0);
+    }
+
+    #[test]
+    fn expired_tokens_stop_working_at_midnight_utc_of_their_date() {
+        let mut state = GitlabState::new();
+        let (_, secret) =
+            state.create_access_token(TokenOwner::Personal, vec!["api".into()], date("2026-11-26"), now());
+        let last_minute = DateTime::parse_from_rfc3339("2026-11-25T23:59:59Z").unwrap().with_timezone(&Utc);
+        let midnight = DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().with_timezone(&Utc);
+        assert!(state.look_up(&secret, last_minute).is_some());
+        assert!(state.look_up(&secret, midnight).is_none());
+    }
+
+    #[test]
+    fn rotation_checks_scope_kind_resource_and_expiry() {
+        let mut state = GitlabState::new();
+        let read_only =
+            state.create_access_token(TokenOwner::Personal, vec!["read_api".into()], date("2026-12-25"), now()).1;
+        assert_eq!(state.rotate(&read_only, &TokenOwner::Personal, None, now()), Err(RotateError::Forbidden));
+        let project = project_token(&mut state);
+        assert_eq!(state.rotate(&project, &TokenOwner::Personal, None, now()), Err(RotateError::WrongKind));
+        assert_eq!(state.rotate(&project, &TokenOwner::Project("7".into()), None, now()), Err(RotateError::NotFound));
+        for bad in ["2026-11-25", "2028-01-01", "tomorrow"] {
+            let result = state.rotate(&project, &TokenOwner::Project("42".into()), Some(bad), now());
+            assert!(matches!(result, Err(RotateError::BadExpiry(_))), "{bad}");
+        }
+        let by_path = state.create_access_token(
+            TokenOwner::Project("group/app".into()),
+            vec!["self_rotate".into()],
+            date("2026-12-25"),
+            now(),
+        );
+        assert!(state.rotate(&by_path.1, &TokenOwner::Project("group%2Fapp".into()), None, now()).is_ok());
+    }
+
+    #[test]
+    fn a_refresh_token_works_once_and_its_reuse_is_counted() {
+        let mut state = GitlabState::new();
+        let (client_id, client_secret) = state.create_application();
+        let refresh = state.create_grant(&client_id).unwrap();
+        let first = state.refresh(&client_id, Some(&client_secret), &refresh, now()).unwrap();
+        assert!(state.oauth_access_is_active(&first.access_token, now()));
+        assert_eq!(state.refresh(&client_id, Some(&client_secret), &refresh, now()), Err(RefreshError::InvalidGrant));
+        assert_eq!(state.stats.refresh_token_reuses, 1);
+        let second = state.refresh(&client_id, Some(&client_secret), &first.refresh_token, now()).unwrap();
+        assert_ne!(second.refresh_token, first.refresh_token);
+    }
+
+    #[test]
+    fn a_wrong_client_secret_is_invalid_client_and_does_not_use_the_grant() {
+        let mut state = GitlabState::new();
+        let (client_id, _) = state.create_application();
+        let refresh = state.create_grant(&client_id).unwrap();
+        assert_eq!(state.refresh(&client_id, Some("wrong"), &refresh, now()), Err(RefreshError::InvalidClient));
+        assert!(state.refresh_token_is_live(&refresh));
+    }
+}
