@@ -167,8 +167,12 @@ async fn look_up_gitlab_token(context: &EngineContext, new: &NewToken) -> Result
     tokens::check_compatible(new.kind, &row)?;
     let resource = new.resource.as_deref();
     let provider = build_provider(context, &row, new.kind, resource).map_err(CliError::Usage)?;
-    let credential =
-        Credential { secret: new.secret.clone(), refresh_token: None, requested_expiry: Utc::now().date_naive() };
+    let credential = Credential {
+        secret: new.secret.clone(),
+        refresh_token: None,
+        requested_expiry: Utc::now().date_naive(),
+        requested_at: Utc::now(),
+    };
     let info = match provider.inspect(&credential).await {
         Ok(Some(info)) => info,
         Ok(None) => return Err(CliError::Failed("the provider cannot look tokens up".into())),

@@ -17,6 +17,9 @@ use crate::providers::{HttpSettings, ProviderError, TokenProvider, build_http_cl
 use crate::store::models::ProviderRow;
 use crate::store::{Store, providers};
 
+/// Least time a lease leaves for committing after the provider calls.
+pub const LEASE_COMMIT_MARGIN: Duration = Duration::from_secs(5);
+
 /// Tunables of the engine.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EngineSettings {
@@ -67,9 +70,10 @@ impl EngineContext {
     }
 
     /// How long a claimed lease lasts: room for a probe and a rotation at the full timeout,
-    /// plus the commit.
+    /// plus the commit (another timeout, at least [`LEASE_COMMIT_MARGIN`]).
     pub fn lease(&self) -> TimeDelta {
-        let calls = self.settings.http.timeout.saturating_mul(3) + Duration::from_secs(30);
+        let timeout = self.settings.http.timeout;
+        let calls = timeout.saturating_mul(2) + timeout.max(LEASE_COMMIT_MARGIN);
         TimeDelta::from_std(calls).unwrap_or(TimeDelta::minutes(5))
     }
 

@@ -338,6 +338,7 @@ fn open_credential(context: &EngineContext, claim: &Claim, policy: &Policy) -> R
         secret: open(SecretField::Secret, &claim.sealed_secret)?,
         refresh_token: open(SecretField::RefreshToken, &claim.sealed_refresh_token)?,
         requested_expiry: requested_gitlab_expiry(context.clock.now(), policy),
+        requested_at: context.clock.now(),
     })
 }
 

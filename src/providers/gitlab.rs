@@ -175,7 +175,7 @@ impl TokenProvider for GitlabAccessTokens {
             secret: SecretString::from(token),
             refresh_token: None,
             expires_at: Some(expiry_instant(expiry)),
-            issued_at: parsed.created_at.as_deref().and_then(parse_time).unwrap_or_else(Utc::now),
+            issued_at: parsed.created_at.as_deref().and_then(parse_time).unwrap_or(credential.requested_at),
             external_id: Some(id_text(&parsed.id)),
         })
     }

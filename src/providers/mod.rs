@@ -26,6 +26,9 @@ pub struct Credential {
     pub refresh_token: Option<SecretString>,
     /// The expiry date to request when rotating a GitLab token.
     pub requested_expiry: NaiveDate,
+    /// The engine's time when the request is made; a new secret's lifetime counts from here
+    /// (never later than the provider's own clock started it, so expiry is never overestimated).
+    pub requested_at: DateTime<Utc>,
 }
 
 /// A renewed credential, as the provider returned it.

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -125,7 +124,7 @@ impl TokenProvider for OauthRefresher {
         if let Some(refresh) = &parsed.refresh_token {
             validate_token_text("refresh_token", refresh)?;
         }
-        let issued_at = Utc::now();
+        let issued_at = credential.requested_at;
         let lifetime = parsed.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_EXPIRES_IN);
         let expires_at = chrono::TimeDelta::from_std(lifetime).ok().and_then(|d| issued_at.checked_add_signed(d));
         Ok(Renewed {
@@ -158,6 +157,23 @@ mod tests {
     fn bare_401_is_invalid_client() {
         let err = classify_oauth_error(StatusCode::UNAUTHORIZED, &HeaderMap::new(), b"nope");
         assert!(matches!(err, ProviderError::Permanent { ref reason, .. } if reason == "invalid_client"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_error_never_reached_the_provider_so_it_is_transient() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/oauth/token", closed.local_addr().unwrap());
+        drop(closed);
+        let client = crate::providers::build_http_client(crate::providers::HttpSettings::default()).unwrap();
+        let refresher = OauthRefresher::new(client, &url, "app", None, None);
+        let credential = Credential {
+            secret: None,
+            refresh_token: Some(SecretString::from("glrt-x")),
+            requested_expiry: chrono::Utc::now().date_naive(),
+            requested_at: chrono::Utc::now(),
+        };
+        let err = refresher.renew(&credential).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Transient { .. }), "{err:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod faults;
 mod gitlab_api;
+pub mod harness;
 pub mod state;
 
 use std::net::SocketAddr;

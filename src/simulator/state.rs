@@ -86,6 +86,8 @@ struct RefreshRecord {
     client_id: String,
     used: bool,
     revoked: bool,
+    /// The access token issued with it, invalidated when it is used.
+    access_token: Option<String>,
 }
 
 /// An OAuth access token issued by a refresh.
@@ -285,7 +287,7 @@ impl GitlabState {
             return None;
         }
         let refresh_token = random_secret("glrt-");
-        let record = RefreshRecord { client_id: client_id.to_owned(), used: false, revoked: false };
+        let record = RefreshRecord { client_id: client_id.to_owned(), used: false, revoked: false, access_token: None };
         self.refresh_tokens.insert(refresh_token.clone(), record);
         Some(refresh_token)
     }
@@ -314,9 +316,18 @@ impl GitlabState {
             return Err(RefreshError::InvalidGrant);
         }
         record.used = true;
-        let next = RefreshRecord { client_id: client_id.to_owned(), used: false, revoked: false };
+        let previous_access = record.access_token.take();
+        if let Some(access) = previous_access.and_then(|token| self.oauth_access.get_mut(&token)) {
+            access.revoked = true;
+        }
         let new_refresh = random_secret("glrt-");
         let access_token = random_secret("gloat-");
+        let next = RefreshRecord {
+            client_id: client_id.to_owned(),
+            used: false,
+            revoked: false,
+            access_token: Some(access_token.clone()),
+        };
         self.refresh_tokens.insert(new_refresh.clone(), next);
         let lifetime = chrono::TimeDelta::seconds(i64::try_from(self.expires_in).unwrap_or(i64::MAX / 1000));
         self.oauth_access.insert(access_token.clone(), OauthAccess { expires_at: now + lifetime, revoked: false });
@@ -502,6 +513,11 @@ mod tests {
         assert_eq!(state.stats.refresh_token_reuses, 1);
         let second = state.refresh(&client_id, Some(&client_secret), &first.refresh_token, now()).unwrap();
         assert_ne!(second.refresh_token, first.refresh_token);
+        assert!(
+            !state.oauth_access_is_active(&first.access_token, now()),
+            "a refresh invalidates the old access token"
+        );
+        assert!(state.oauth_access_is_active(&second.access_token, now()));
     }
 
     #[test]

@@ -1,0 +1,358 @@
+//! The rotation engine against the GitLab simulator, on a manual clock: tokens rotate on
+//! time, and every failure class ends where the protocol says — without ever costing a
+//! token family or presenting a dead refresh token twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use tokenwarden::domain::{TokenName, TokenState};
+use tokenwarden::engine::backoff::Backoff;
+use tokenwarden::engine::{
+    EngineContext, EngineSettings, ForcedRotation, Limits, ManualClock, RotationOutcome, Scheduler, rotate_now,
+};
+use tokenwarden::providers::HttpSettings;
+use tokenwarden::providers::gitlab::expiry_instant;
+use tokenwarden::simulator::harness::EngineHarness;
+use tokenwarden::simulator::{Fault, FaultRates, FaultTarget, TokenOwner};
+use tokenwarden::store::models::Token;
+use tokenwarden::store::tokens;
+
+/// A fixed start so dates are predictable.
+fn start_time() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+fn settings() -> EngineSettings {
+    EngineSettings {
+        http: HttpSettings { timeout: Duration::from_secs(2), connect_timeout: Duration::from_secs(1) },
+        backoff: Backoff { base: Duration::from_secs(10), max: Duration::from_secs(600) },
+    }
+}
+
+struct Setup {
+    harness: EngineHarness,
+    clock: ManualClock,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start_time());
+    let harness = EngineHarness::start(dir.path(), Arc::new(clock.clone()), settings()).await.unwrap();
+    Setup { harness, clock, _dir: dir }
+}
+
+fn in_days(days: u64) -> NaiveDate {
+    start_time().date_naive() + Days::new(days)
+}
+
+fn token_name(name: &str) -> TokenName {
+    name.parse().unwrap()
+}
+
+/// Starts the scheduler; stops it when the returned sender is dropped.
+fn run_scheduler(context: Arc<EngineContext>) -> tokio::sync::watch::Sender<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(Scheduler::new(context, Limits::default()).run(stopped));
+    stop
+}
+
+/// Polls (in real time, briefly) until the token satisfies `done`.
+async fn wait_for(harness: &EngineHarness, name: &str, done: impl Fn(&Token) -> bool) -> Token {
+    for _ in 0..500 {
+        let token = harness.token(name).await.unwrap();
+        if done(&token) {
+            return token;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("token {name} never reached the expected state: {:?}", harness.token(name).await.unwrap());
+}
+
+/// Lets in-flight work run, to show that nothing happens.
+async fn settle_briefly() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn force(harness: &EngineHarness, name: &str) -> RotationOutcome {
+    match rotate_now(&harness.context, &token_name(name), "test").await.unwrap() {
+        ForcedRotation::Attempted(report) => report.outcome,
+        other => panic!("expected an attempt, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_token_kind_rotates_on_time_and_only_the_new_secret_works() {
+    let Setup { harness, clock, .. } = setup().await;
+    let owners = [
+        ("project", TokenOwner::Project("42".into())),
+        ("group", TokenOwner::Group("tools".into())),
+        ("personal", TokenOwner::Personal),
+    ];
+    let mut old_secrets = Vec::new();
+    for (name, owner) in owners {
+        old_secrets.push(harness.track_access_token(name, owner, in_days(20)).await.unwrap());
+    }
+    let _stop = run_scheduler(harness.context.clone());
+    settle_briefly().await;
+    assert_eq!(harness.sim.stats().rotations, 0, "nothing is due yet");
+
+    let planned = harness.token("project").await.unwrap().next_rotation_at.unwrap();
+    assert!(planned <= expiry_instant(in_days(20)) - TimeDelta::days(7), "never later than the margin");
+    clock.set(planned - TimeDelta::minutes(1));
+    settle_briefly().await;
+    assert_eq!(harness.token("project").await.unwrap().version, 1, "a minute early is too early");
+
+    clock.advance(TimeDelta::hours(2));
+    for (index, name) in ["project", "group", "personal"].into_iter().enumerate() {
+        let token = wait_for(&harness, name, |t| t.version == 2).await;
+        assert_eq!(token.state, TokenState::Active);
+        let new_secret = harness.secret(name).await.unwrap().unwrap();
+        assert!(harness.sim.accepts(&new_secret), "{name}: the new secret works");
+        assert!(!harness.sim.accepts(&old_secrets[index]), "{name}: the old secret is revoked");
+        let rotated_on = token.last_success_at.unwrap().date_naive();
+        let expected_expiry = expiry_instant(rotated_on + Days::new(30));
+        assert_eq!(token.expires_at, Some(expected_expiry), "{name}: rotated to the 30-day default lifetime");
+        assert!(token.next_rotation_at.unwrap() > token.last_success_at.unwrap(), "{name}: the next one is planned");
+        let history = history(&harness, name).await;
+        assert_eq!(history, vec![(1, "harness".to_owned()), (2, "scheduler".to_owned())]);
+    }
+    assert_eq!(harness.sim.stats().rotations, 3);
+    assert_eq!(harness.sim.stats().family_revocations, 0);
+}
+
+async fn history(harness: &EngineHarness, name: &str) -> Vec<(i64, String)> {
+    let name = token_name(name);
+    let entries = harness.context.store.run(move |conn| tokens::history(conn, &name)).await.unwrap();
+    entries.into_iter().map(|e| (e.version, e.actor)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_grant_is_refreshed_at_once_and_again_before_its_access_token_expires() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.sim.set_expires_in(Duration::from_secs(7200));
+    let first_refresh = harness.track_grant("grant").await.unwrap();
+    let _stop = run_scheduler(harness.context.clone());
+
+    let token = wait_for(&harness, "grant", |t| t.version == 2).await;
+    assert_eq!(token.expires_at, Some(start_time() + TimeDelta::hours(2)));
+    let planned = token.next_rotation_at.unwrap();
+    assert!(planned <= start_time() + TimeDelta::hours(2) - TimeDelta::minutes(5));
+    assert!(!harness.sim.with_state(|s| s.refresh_token_is_live(&first_refresh)));
+    let access = harness.secret("grant").await.unwrap().unwrap();
+    assert!(harness.sim.accepts(&access));
+
+    clock.set(planned);
+    wait_for(&harness, "grant", |t| t.version == 3).await;
+    let new_access = harness.secret("grant").await.unwrap().unwrap();
+    assert!(harness.sim.accepts(&new_access) && !harness.sim.accepts(&access), "only the new access token works");
+    let refresh = harness.refresh_token("grant").await.unwrap().unwrap();
+    assert!(harness.sim.with_state(|s| s.refresh_token_is_live(&refresh)), "the stored refresh token is the live one");
+    assert_eq!(harness.sim.stats().refreshes, 2);
+    assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_is_retried_no_sooner_than_retry_after() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_grant("grant").await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::RateLimited { retry_after_seconds: 120 });
+
+    let outcome = force(&harness, "grant").await;
+    let RotationOutcome::Retrying { next_attempt_at, .. } = outcome else { panic!("expected a retry: {outcome:?}") };
+    assert!(next_attempt_at >= start_time() + TimeDelta::seconds(120), "{next_attempt_at}");
+    let token = harness.token("grant").await.unwrap();
+    assert_eq!((token.state, token.attempt_count), (TokenState::Retrying, 1));
+
+    let _stop = run_scheduler(harness.context.clone());
+    clock.advance(TimeDelta::seconds(119));
+    settle_briefly().await;
+    assert_eq!(harness.sim.stats().refreshes, 0, "no request before Retry-After ran out");
+    clock.set(next_attempt_at);
+    let token = wait_for(&harness, "grant", |t| t.version == 2).await;
+    assert_eq!((token.state, token.attempt_count), (TokenState::Active, 0));
+    assert_eq!(harness.sim.stats().retry_after_violations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_back_off_exponentially_and_never_cost_the_grant() {
+    let Setup { harness, clock, .. } = setup().await;
+    let refresh_token = harness.track_grant("grant").await.unwrap();
+    for _ in 0..3 {
+        harness.sim.push_fault(FaultTarget::Renewal, Fault::Status { status: 502 });
+    }
+    let _stop = run_scheduler(harness.context.clone());
+    for attempt in 1..=3 {
+        let token =
+            wait_for(&harness, "grant", |t| t.attempt_count == attempt && t.state == TokenState::Retrying).await;
+        assert!(harness.sim.with_state(|s| s.refresh_token_is_live(&refresh_token)), "a 502 did not use the grant");
+        let wait = token.next_rotation_at.unwrap() - token.last_failure_at.unwrap();
+        let ceiling = TimeDelta::seconds(10 * (1 << (attempt - 1)));
+        assert!(wait >= TimeDelta::seconds(1) && wait <= ceiling, "attempt {attempt}: waited {wait}");
+        clock.set(token.next_rotation_at.unwrap());
+    }
+    let token = wait_for(&harness, "grant", |t| t.version == 2).await;
+    assert_eq!(token.state, TokenState::Active);
+    assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_need_attention_and_are_never_retried() {
+    let Setup { harness, clock, .. } = setup().await;
+    let secret = harness.track_access_token("revoked", TokenOwner::Personal, in_days(3)).await.unwrap();
+    harness.sim.with_state(|s| s.revoke(&secret));
+    let refresh = harness.track_grant("grant").await.unwrap();
+    harness.sim.with_state(|s| s.revoke_refresh_token(&refresh));
+
+    let _stop = run_scheduler(harness.context.clone());
+    let token = wait_for(&harness, "revoked", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(token.attention_reason.as_deref(), Some("revoked"));
+    let grant = wait_for(&harness, "grant", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(grant.attention_reason.as_deref(), Some("invalid_grant"));
+    let before = harness.sim.stats();
+    clock.advance(TimeDelta::days(2));
+    settle_briefly().await;
+    let after = harness.sim.stats();
+    assert_eq!((after.lookups, after.rotations, after.refreshes), (before.lookups, 0, 0), "never retried");
+    assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_gitlab_rotation_answer_needs_attention_without_revoking_the_family() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_access_token("project", TokenOwner::Project("42".into()), in_days(3)).await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::DropAfterCommit);
+
+    let outcome = force(&harness, "project").await;
+    assert!(matches!(outcome, RotationOutcome::Retrying { .. }), "an unknown outcome waits for a probe: {outcome:?}");
+    assert_eq!(harness.token("project").await.unwrap().recovery.as_deref(), Some("probe"));
+    clock.advance(TimeDelta::minutes(1));
+    let _stop = run_scheduler(harness.context.clone());
+    let token = wait_for(&harness, "project", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(token.attention_reason.as_deref(), Some("rotation_response_lost"));
+    let stats = harness.sim.stats();
+    assert_eq!((stats.rotations, stats.family_revocations), (1, 0), "probed, never rotated again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_where_gitlab_did_not_act_is_rotated_after_the_probe() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_access_token("project", TokenOwner::Project("42".into()), in_days(3)).await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::Status { status: 504 });
+
+    let outcome = force(&harness, "project").await;
+    assert!(matches!(outcome, RotationOutcome::Retrying { .. }), "{outcome:?}");
+    clock.advance(TimeDelta::minutes(1));
+    let _stop = run_scheduler(harness.context.clone());
+    let token = wait_for(&harness, "project", |t| t.version == 2).await;
+    assert_eq!(token.state, TokenState::Active);
+    assert!(harness.sim.accepts(&harness.secret("project").await.unwrap().unwrap()));
+    assert_eq!(harness.sim.stats().family_revocations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_oauth_answer_is_retried_exactly_once_then_the_grant_is_lost() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_grant("grant").await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::DropAfterCommit);
+
+    let outcome = force(&harness, "grant").await;
+    assert!(matches!(outcome, RotationOutcome::Retrying { .. }), "{outcome:?}");
+    clock.advance(TimeDelta::minutes(1));
+    let _stop = run_scheduler(harness.context.clone());
+    let token = wait_for(&harness, "grant", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(token.attention_reason.as_deref(), Some("grant_lost"));
+    clock.advance(TimeDelta::days(1));
+    settle_briefly().await;
+    let stats = harness.sim.stats();
+    assert_eq!(stats.refreshes, 1, "the first refresh went through at the provider");
+    assert_eq!(stats.refresh_token_reuses, 1, "the dead refresh token was sent exactly once more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_oauth_answer_past_the_timeout_gets_one_retry_and_a_clear_reason() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_grant("grant").await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::SlowAfterCommit { delay_ms: 3_000 });
+    let outcome = force(&harness, "grant").await;
+    let RotationOutcome::Retrying { error, .. } = outcome else { panic!("expected a retry: {outcome:?}") };
+    assert!(error.contains("outcome unknown"), "{error}");
+    clock.advance(TimeDelta::minutes(1));
+    let outcome = force(&harness, "grant").await;
+    let RotationOutcome::NeedsAttention { reason, .. } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(reason, "grant_lost");
+    assert_eq!(harness.sim.stats().refresh_token_reuses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_by_a_dead_worker_is_resolved_by_probing_never_by_rotating_blindly() {
+    let Setup { harness, clock, .. } = setup().await;
+    let rotated_away = harness.track_access_token("answered", TokenOwner::Personal, in_days(3)).await.unwrap();
+    harness.track_access_token("untouched", TokenOwner::Personal, in_days(3)).await.unwrap();
+    for name in ["answered", "untouched"] {
+        claim_as_a_worker_that_dies(&harness, name).await;
+    }
+    // The dead worker's rotation of `answered` reached GitLab; its answer died with it.
+    let now = harness.now();
+    harness.sim.with_state(|s| s.rotate(&rotated_away, &TokenOwner::Personal, None, now)).unwrap();
+
+    clock.advance(harness.context.lease() + TimeDelta::seconds(1));
+    let _stop = run_scheduler(harness.context.clone());
+    let answered = wait_for(&harness, "answered", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(answered.attention_reason.as_deref(), Some("rotation_response_lost"));
+    let untouched = wait_for(&harness, "untouched", |t| t.version == 2).await;
+    assert_eq!(untouched.state, TokenState::Active);
+    assert_eq!(harness.sim.stats().family_revocations, 0);
+}
+
+async fn claim_as_a_worker_that_dies(harness: &EngineHarness, name: &str) {
+    use tokenwarden::store::rotation::{self, ClaimMode, ClaimResult};
+    let (name, now, lease) = (token_name(name), harness.now(), harness.context.lease());
+    let result = harness
+        .context
+        .store
+        .run(move |conn| rotation::claim(conn, &name, ClaimMode::Forced, "dead-worker", lease, now))
+        .await
+        .unwrap();
+    assert!(matches!(result, ClaimResult::Claimed(_)), "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_and_a_forced_rotation_never_call_the_provider_twice_for_one_rotation() {
+    let Setup { harness, .. } = setup().await;
+    harness.sim.set_rates(FaultRates { latency_ms: 100, ..FaultRates::default() });
+    for index in 0..20 {
+        harness.track_access_token(&format!("t{index}"), TokenOwner::Personal, in_days(3)).await.unwrap();
+    }
+    let other = EngineContext::new(
+        harness.context.store.clone(),
+        harness.context.cipher.clone(),
+        harness.context.clock.clone(),
+        harness.context.policy,
+        settings(),
+        "second",
+    )
+    .unwrap();
+    let forced = {
+        let context = harness.context.clone();
+        tokio::spawn(async move { rotate_now(&context, &token_name("t0"), "operator").await })
+    };
+    let _first = run_scheduler(harness.context.clone());
+    let _second = run_scheduler(Arc::new(other));
+    for index in 0..20 {
+        wait_for(&harness, &format!("t{index}"), |t| t.version == 2).await;
+    }
+    let forced = forced.await.unwrap().unwrap();
+    assert!(
+        matches!(forced, ForcedRotation::Attempted(_) | ForcedRotation::CompletedElsewhere { version: 2, .. }),
+        "{forced:?}"
+    );
+    settle_briefly().await;
+    let stats = harness.sim.stats();
+    assert_eq!(stats.rotations, 20, "one provider call per due rotation");
+    assert_eq!(stats.family_revocations, 0);
+    for index in 0..20 {
+        assert_eq!(harness.token(&format!("t{index}")).await.unwrap().version, 2);
+    }
+}
