@@ -504,3 +504,72 @@ fn secrets_never_reach_the_logs_even_at_trace_level() {
         assert!(!transcript.contains(&secret), "{secret} reached the output");
     }
 }
+
+#[test]
+fn token_add_refuses_a_token_gitlab_reports_revoked_expired_or_unable_to_rotate() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    let sim = &sandbox.gitlab.sim;
+    let in_days = |days| chrono::Utc::now().date_naive() + chrono::Days::new(days);
+    let read_only = sim.create_access_token(TokenOwner::Personal, &["read_api"], in_days(30)).1;
+    let revoked = sandbox.gitlab.token(TokenOwner::Personal);
+    sim.with_state(|state| state.revoke(&revoked));
+    let add = ["token", "add", "t", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"];
+    let stderr = sandbox.fails(&add, &format!("{read_only}\n"), 2);
+    assert!(stderr.contains("read_api") && stderr.contains("self_rotate"), "{stderr}");
+    let stderr = sandbox.fails(&add, &format!("{revoked}\n"), 2);
+    assert!(stderr.contains("GitLab refused the token") && stderr.contains("revoked"), "{stderr}");
+    assert!(sandbox.token_list().is_empty(), "nothing was added");
+}
+
+#[test]
+fn token_add_learns_the_expiry_from_gitlab_and_rotate_replaces_the_secret() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    let old = sandbox.add_project_token("ci");
+    let shown = sandbox.token_show("ci");
+    let expected = (chrono::Utc::now().date_naive() + chrono::Days::new(60)).format("%Y-%m-%d").to_string();
+    assert!(shown["expires_at"].as_str().unwrap().starts_with(&expected), "{shown}");
+    assert!(shown["next_rotation_at"].is_string());
+
+    sandbox.ok(&["token", "rotate", "ci"], "");
+    let shown = sandbox.token_show("ci");
+    assert_eq!((shown["version"].as_i64(), shown["state"].as_str()), (Some(2), Some("active")));
+    assert!(!sandbox.gitlab.sim.accepts(&old), "the old secret was rotated away");
+    let history: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["token", "history", "ci", "--json"], "")).unwrap();
+    assert_eq!(history[1]["actor"], "cli");
+    assert_eq!(sandbox.gitlab.sim.stats().rotations, 1);
+}
+
+#[test]
+fn a_lost_grant_is_reported_by_rotate_and_revived_by_reauth() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_oauth_provider();
+    let client_id = sandbox.gitlab.sim.with_state(|state| state.application_ids().remove(0));
+    let refresh = sandbox.gitlab.sim.create_grant(&client_id);
+    let add = ["token", "add", "grant", "--provider", "gitlab", "--kind", "gitlab-oauth", "--refresh-token-stdin"];
+    sandbox.ok(&add, &format!("{refresh}\n"));
+    let live = sandbox.gitlab.sim.with_state(|state| {
+        state
+            .issued_secrets()
+            .into_iter()
+            .filter(|s| s.starts_with("glrt-") && state.refresh_token_is_live(s))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(live.len(), 1);
+    sandbox.gitlab.sim.with_state(|state| state.revoke_refresh_token(&live[0]));
+
+    let stderr = sandbox.fails(&["token", "rotate", "grant"], "", 1);
+    assert!(stderr.contains("invalid_grant"), "{stderr}");
+    assert_eq!(sandbox.token_show("grant")["state"], "needs_attention");
+    let stderr = sandbox.fails(&["token", "rotate", "grant"], "", 1);
+    assert!(stderr.contains("needs attention") && stderr.contains("reauth"), "{stderr}");
+
+    let fresh = sandbox.gitlab.sim.create_grant(&client_id);
+    sandbox.ok(&["token", "reauth", "grant", "--refresh-token-stdin"], &format!("{fresh}\n"));
+    let shown = sandbox.token_show("grant");
+    assert_eq!(shown["state"], "active");
+    assert!(!sandbox.gitlab.sim.with_state(|state| state.refresh_token_is_live(&fresh)), "reauth refreshed at once");
+    assert_eq!(sandbox.gitlab.sim.stats().refresh_token_reuses, 0);
+}
