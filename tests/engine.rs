@@ -252,7 +252,7 @@ async fn an_unknown_outcome_where_gitlab_did_not_act_is_rotated_after_the_probe(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_oauth_answer_is_retried_exactly_once_then_the_grant_is_lost() {
+async fn without_an_access_token_to_probe_a_lost_oauth_answer_gets_exactly_one_retry() {
     let Setup { harness, clock, .. } = setup().await;
     harness.track_grant("grant").await.unwrap();
     harness.sim.push_fault(FaultTarget::Renewal, Fault::DropAfterCommit);
@@ -355,4 +355,72 @@ async fn two_schedulers_and_a_forced_rotation_never_call_the_provider_twice_for_
     for index in 0..20 {
         assert_eq!(harness.token(&format!("t{index}")).await.unwrap().version, 2);
     }
+}
+
+/// A grant refreshed once, so it holds an access token a probe can ask about.
+async fn refreshed_grant(harness: &EngineHarness, name: &str) {
+    harness.track_grant(name).await.unwrap();
+    assert!(matches!(force(harness, name).await, RotationOutcome::Rotated { version: 2, .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_oauth_answer_is_detected_by_probing_so_the_dead_refresh_token_is_never_sent() {
+    let Setup { harness, clock, .. } = setup().await;
+    refreshed_grant(&harness, "grant").await;
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::DropAfterCommit);
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Retrying { .. }));
+
+    clock.advance(TimeDelta::minutes(1));
+    let outcome = force(&harness, "grant").await;
+    let RotationOutcome::NeedsAttention { reason, error } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(reason, "grant_lost");
+    assert!(error.contains("not sent again"), "{error}");
+    let stats = harness.sim.stats();
+    assert_eq!((stats.refreshes, stats.refresh_token_reuses), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_oauth_outcome_where_the_provider_did_not_act_is_refreshed_after_the_probe() {
+    let Setup { harness, clock, .. } = setup().await;
+    refreshed_grant(&harness, "grant").await;
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::Status { status: 504 });
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Retrying { .. }));
+
+    clock.advance(TimeDelta::minutes(1));
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Rotated { version: 3, .. }));
+    let access = harness.secret("grant").await.unwrap().unwrap();
+    assert!(harness.sim.accepts(&access));
+    assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_died_during_the_single_oauth_retry_leaves_the_grant_lost_without_a_third_send() {
+    use tokenwarden::domain::Recovery;
+    use tokenwarden::store::rotation::{self, ClaimMode, ClaimResult};
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_grant("grant").await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::DropAfterCommit);
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Retrying { .. }));
+    clock.advance(TimeDelta::minutes(1));
+
+    let (name, now, lease) = (token_name("grant"), harness.now(), harness.context.lease());
+    harness
+        .context
+        .store
+        .run(move |conn| {
+            let ClaimResult::Claimed(claim) = rotation::claim(conn, &name, ClaimMode::Scheduled, "dead", lease, now)?
+            else {
+                panic!("the retry is due");
+            };
+            assert_eq!(claim.recovery, Some(Recovery::RetryOnce));
+            rotation::mark_recovery(conn, &claim.lease(), Some(Recovery::RetryInFlight), now)
+        })
+        .await
+        .unwrap();
+    clock.advance(harness.context.lease() + TimeDelta::seconds(1));
+    let _stop = run_scheduler(harness.context.clone());
+    let token = wait_for(&harness, "grant", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(token.attention_reason.as_deref(), Some("grant_lost"));
+    let stats = harness.sim.stats();
+    assert_eq!((stats.refreshes, stats.refresh_token_reuses), (1, 0), "the dead refresh token was not sent again");
 }

@@ -129,13 +129,17 @@ pub fn build_provider(
                 .clone()
                 .ok_or_else(|| format!("provider '{}' has no OAuth client id", provider.name))?;
             let client_secret = open_client_secret(context, provider)?;
-            Ok(Box::new(OauthRefresher::new(
+            let refresher = OauthRefresher::new(
                 context.http.clone(),
                 &token_url,
                 &client_id,
                 client_secret,
                 provider.redirect_uri.clone(),
-            )))
+            );
+            Ok(Box::new(match provider_kind {
+                ProviderKind::Gitlab => refresher.with_token_info_url(format!("{}/oauth/token/info", base_url()?)),
+                ProviderKind::Oauth2 => refresher,
+            }))
         }
     }
 }

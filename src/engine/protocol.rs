@@ -29,10 +29,14 @@
 //!   detection), after waiting [`EngineContext::settle`] so a slow request has finished.
 //!   Still active → the rotation did not happen → rotate. 401 → the provider rotated it and
 //!   the new secret is lost → `needs_attention`, reason `rotation_response_lost`.
-//! - **OAuth grants** get exactly **one** retry with the stored refresh token (right when the
-//!   first request never reached the provider), marked `retry_in_flight` in the lease so a
-//!   crash during it is not retried again. `invalid_grant` or another unknown outcome then →
-//!   `needs_attention`, reason `grant_lost`; the dead refresh token is never sent again.
+//! - **OAuth grants**: a refresh invalidates the access token issued before it, so the next
+//!   attempt first asks GitLab's `/oauth/token/info` about the stored access token (when it has
+//!   not expired by itself). Still valid → the refresh never happened → refresh. Invalid → the
+//!   refresh consumed the grant → `needs_attention`, reason `grant_lost`, and the dead refresh
+//!   token is never sent. Where nobody can tell (a generic OAuth 2.0 server, an expired access
+//!   token), exactly **one** retry with the stored refresh token, marked `retry_in_flight` under
+//!   the lease before it is sent so a crash during it is not retried again; `invalid_grant` or
+//!   another unknown outcome then → `grant_lost`.
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +56,8 @@ use crate::store::tokens::{SecretField, secret_context};
 pub const ROTATION_RESPONSE_LOST: &str = "rotation_response_lost";
 /// Reason recorded when a GitLab token was found revoked or expired before rotating.
 pub const REVOKED: &str = "revoked";
+/// Least time an OAuth access token must have left for a token-info probe to prove anything.
+pub const PROBE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 /// How long the engine keeps trying to commit a renewed secret while the store fails.
 pub const COMMIT_RETRY_WINDOW: Duration = Duration::from_secs(300);
 
@@ -265,7 +271,9 @@ async fn gitlab_attempt(
     }
 }
 
-/// OAuth: one refresh; after an unknown outcome, exactly one retry (in a later claim).
+/// OAuth: one refresh. After an unknown outcome the next attempt first asks whether the old
+/// access token still works ([`probe_grant`]); only where nobody can tell is the stored refresh
+/// token sent again — exactly once, marked `retry_in_flight` before it leaves.
 async fn oauth_attempt(
     context: &EngineContext,
     claim: &Claim,
@@ -273,11 +281,33 @@ async fn oauth_attempt(
     credential: &Credential,
     now: DateTime<Utc>,
 ) -> Attempt {
-    let is_the_retry = claim.recovery == Some(Recovery::RetryOnce);
+    let after_unknown = claim.recovery == Some(Recovery::RetryOnce);
+    let mut single_retry = false;
+    if after_unknown {
+        match probe_grant(claim, provider, credential, now).await {
+            GrantProbe::Unused => {}
+            GrantProbe::Consumed(message) => {
+                return needs_attention(
+                    GRANT_LOST,
+                    format!(
+                        "the access token from before the lost refresh answer is invalid, so that refresh consumed the grant (or the application was revoked); the dead refresh token was not sent again. Re-authorise and run `tokenwarden token reauth` ({message})"
+                    ),
+                );
+            }
+            GrantProbe::Failed(err) => return retry(context, claim, now, &err, claim.recovery),
+            GrantProbe::CannotTell => {
+                if let Err(err) = mark_retry_in_flight(context, claim, now).await {
+                    let err = ProviderError::transient(format!("cannot record the single retry: {err}"));
+                    return retry(context, claim, now, &err, claim.recovery);
+                }
+                single_retry = true;
+            }
+        }
+    }
     match provider.renew(credential).await {
         Ok(renewed) => Attempt::Renewed(renewed),
         Err(err @ ProviderError::Transient { .. }) => retry(context, claim, now, &err, claim.recovery),
-        Err(ProviderError::Permanent { reason, message }) if is_the_retry && reason == "invalid_grant" => {
+        Err(ProviderError::Permanent { reason, message }) if after_unknown && reason == "invalid_grant" => {
             needs_attention(
                 GRANT_LOST,
                 format!(
@@ -286,7 +316,7 @@ async fn oauth_attempt(
             )
         }
         Err(ProviderError::Permanent { reason, message }) => needs_attention(&reason, message),
-        Err(err @ ProviderError::Unknown { .. }) if is_the_retry => needs_attention(
+        Err(err @ ProviderError::Unknown { .. }) if single_retry => needs_attention(
             GRANT_LOST,
             format!(
                 "the single retry after an unknown outcome had an unknown outcome too; re-authorise and run `tokenwarden token reauth` ({err})"
@@ -301,6 +331,45 @@ async fn oauth_attempt(
             Attempt::Failed(failure, None)
         }
     }
+}
+
+/// What the old access token says about a refresh whose outcome is unknown.
+enum GrantProbe {
+    /// It still works: the refresh never happened (a refresh invalidates it), so refreshing is safe.
+    Unused,
+    /// It is invalid: the refresh happened and its answer is lost.
+    Consumed(String),
+    /// The probe itself failed for a transient reason; try again later.
+    Failed(ProviderError),
+    /// No way to tell (no token-info endpoint, no access token, or it expired by itself).
+    CannotTell,
+}
+
+/// Asks the provider (GitLab's `/oauth/token/info`) about the stored access token, if it has
+/// more than [`PROBE_MARGIN`] left — an access token that expired by itself proves nothing.
+async fn probe_grant(
+    claim: &Claim,
+    provider: &dyn TokenProvider,
+    credential: &Credential,
+    now: DateTime<Utc>,
+) -> GrantProbe {
+    let valid_for_a_while = claim.token.expires_at.is_some_and(|at| at > now + PROBE_MARGIN);
+    if !valid_for_a_while {
+        return GrantProbe::CannotTell;
+    }
+    match provider.inspect(credential).await {
+        Ok(Some(_)) => GrantProbe::Unused,
+        Ok(None) => GrantProbe::CannotTell,
+        Err(ProviderError::Permanent { message, .. }) => GrantProbe::Consumed(message),
+        Err(err) => GrantProbe::Failed(err),
+    }
+}
+
+/// Records, under the lease, that the single retry is about to be sent: if its outcome is lost
+/// too (a crash), the next claim marks the grant lost instead of sending it a third time.
+async fn mark_retry_in_flight(context: &EngineContext, claim: &Claim, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let lease = claim.lease();
+    context.store.run(move |conn| rotation::mark_recovery(conn, &lease, Some(Recovery::RetryInFlight), now)).await
 }
 
 /// A transient failure: back off (full jitter, `Retry-After` honoured, capped before expiry).

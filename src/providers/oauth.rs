@@ -27,6 +27,7 @@ pub struct OauthRefresher {
     client_id: String,
     client_secret: Option<SecretString>,
     redirect_uri: Option<String>,
+    token_info_url: Option<String>,
 }
 
 /// A successful token response.
@@ -58,7 +59,21 @@ impl OauthRefresher {
         client_secret: Option<SecretString>,
         redirect_uri: Option<String>,
     ) -> Self {
-        Self { client, token_url: token_url.to_owned(), client_id: client_id.to_owned(), client_secret, redirect_uri }
+        Self {
+            client,
+            token_url: token_url.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret,
+            redirect_uri,
+            token_info_url: None,
+        }
+    }
+
+    /// Lets [`TokenProvider::inspect`] ask `url` (GitLab's `/oauth/token/info`) whether an
+    /// access token still works — which tells whether a refresh whose answer was lost happened.
+    pub fn with_token_info_url(mut self, url: String) -> Self {
+        self.token_info_url = Some(url);
+        self
     }
 }
 
@@ -136,8 +151,42 @@ impl TokenProvider for OauthRefresher {
         })
     }
 
-    async fn inspect(&self, _credential: &Credential) -> Result<Option<TokenInfo>, ProviderError> {
-        Ok(None)
+    /// Asks the token-info endpoint about the current access token: active → `Some`, 401 →
+    /// `Permanent("revoked")`. Without such an endpoint or an access token: `Ok(None)`.
+    async fn inspect(&self, credential: &Credential) -> Result<Option<TokenInfo>, ProviderError> {
+        let (Some(url), Some(access_token)) = (&self.token_info_url, &credential.secret) else {
+            return Ok(None);
+        };
+        let response = self
+            .client
+            .get(url)
+            .bearer_auth(access_token.expose_secret())
+            .send()
+            .await
+            .map_err(|err| ProviderError::transient(classify_send_error(&err).to_string()))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_body(response).await.map_err(|err| ProviderError::transient(err.to_string()))?;
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ProviderError::permanent(
+                "revoked",
+                format!("the access token is invalid: {}", body_snippet(&body)),
+            ));
+        }
+        if !status.is_success() {
+            return Err(match classify_status(status, &headers, &body) {
+                permanent @ ProviderError::Permanent { .. } => ProviderError::transient(permanent.to_string()),
+                other => other,
+            });
+        }
+        Ok(Some(TokenInfo {
+            id: String::new(),
+            scopes: Vec::new(),
+            active: true,
+            revoked: false,
+            expires_at: None,
+            created_at: None,
+        }))
     }
 }
 

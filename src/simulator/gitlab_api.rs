@@ -137,6 +137,27 @@ pub async fn look_up(State(shared): State<std::sync::Arc<Shared>>, headers: Head
     deliver(&shared, fault, response).await
 }
 
+/// `GET /oauth/token/info` with the access token as a bearer token.
+pub async fn oauth_token_info(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap) -> Response {
+    let fault = begin(&shared, FaultTarget::Lookup).await;
+    if let Some(response) = answer_before_acting(&shared, fault) {
+        return response;
+    }
+    let now = shared.now();
+    let expires_in = presented_token(&headers).and_then(|token| shared.with_state(|s| s.oauth_token_info(&token, now)));
+    let response = match expires_in {
+        Some(expires_in) => json_response(
+            StatusCode::OK,
+            json!({"resource_owner_id": 1, "scope": ["api"], "expires_in": expires_in, "created_at": now.timestamp()}),
+        ),
+        None => json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_token", "error_description": "The access token is invalid"}),
+        ),
+    };
+    deliver(&shared, fault, response).await
+}
+
 /// `POST /api/v4/personal_access_tokens/self/rotate`.
 pub async fn rotate_personal(
     State(shared): State<std::sync::Arc<Shared>>,

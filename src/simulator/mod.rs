@@ -95,6 +95,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/projects/{id}/access_tokens/self/rotate", post(gitlab_api::rotate_project))
         .route("/api/v4/groups/{id}/access_tokens/self/rotate", post(gitlab_api::rotate_group))
         .route("/oauth/token", post(gitlab_api::oauth_token))
+        .route("/oauth/token/info", get(gitlab_api::oauth_token_info))
         .merge(admin::router())
         .with_state(shared)
 }

@@ -368,6 +368,14 @@ impl GitlabState {
             .collect()
     }
 
+    /// `GET /oauth/token/info`: the seconds an active OAuth access token has left, or `None`
+    /// when it is unknown, expired or invalidated by a refresh.
+    pub fn oauth_token_info(&mut self, access_token: &str, now: DateTime<Utc>) -> Option<i64> {
+        self.stats.lookups += 1;
+        let access = self.oauth_access.get(access_token).filter(|access| !access.revoked && access.expires_at > now)?;
+        Some((access.expires_at - now).num_seconds())
+    }
+
     /// Whether an OAuth access token works at `now`.
     pub fn oauth_access_is_active(&self, access_token: &str, now: DateTime<Utc>) -> bool {
         self.oauth_access.get(access_token).is_some_and(|access| !access.revoked && access.expires_at > now)

@@ -203,10 +203,6 @@ pub fn claim(
                 });
             }
         }
-        let stored_recovery = match recovery {
-            Some(Recovery::RetryOnce) => Some(Recovery::RetryInFlight),
-            other => other,
-        };
         let attempt_id = new_id();
         let lease_expires_at = now + lease;
         diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
@@ -215,7 +211,7 @@ pub fn claim(
                 tokens::lease_owner.eq(owner),
                 tokens::lease_expires_at.eq(naive(lease_expires_at)),
                 tokens::attempt_id.eq(&attempt_id),
-                tokens::recovery.eq(stored_recovery.map(Recovery::as_str)),
+                tokens::recovery.eq(recovery.map(Recovery::as_str)),
                 tokens::updated_at.eq(naive(now)),
             ))
             .execute(conn)?;
