@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::http::{body_snippet, classify_send_error, classify_status, read_body};
+use super::http::{Answer, body_snippet, classify_status, look_up, send};
 use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
 
 /// Which self-rotate endpoint a token uses.
@@ -150,17 +150,12 @@ impl TokenProvider for GitlabAccessTokens {
     async fn renew(&self, credential: &Credential) -> Result<Renewed, ProviderError> {
         let secret = Self::secret(credential)?;
         let expires_at = credential.requested_expiry.format("%Y-%m-%d").to_string();
-        let response = self
+        let request = self
             .client
             .post(self.rotate_url())
             .header("PRIVATE-TOKEN", secret.expose_secret())
-            .form(&[("expires_at", expires_at.as_str())])
-            .send()
-            .await
-            .map_err(|err| classify_send_error(&err))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_body(response).await?;
+            .form(&[("expires_at", expires_at.as_str())]);
+        let Answer { status, headers, body } = send(request).await?;
         if !status.is_success() {
             return Err(classify_gitlab_error(status, &headers, &body));
         }
@@ -182,19 +177,11 @@ impl TokenProvider for GitlabAccessTokens {
 
     async fn inspect(&self, credential: &Credential) -> Result<Option<TokenInfo>, ProviderError> {
         let secret = Self::secret(credential)?;
-        let response = self
+        let request = self
             .client
             .get(format!("{}/api/v4/personal_access_tokens/self", self.base_url))
-            .header("PRIVATE-TOKEN", secret.expose_secret())
-            .send()
-            .await
-            .map_err(|err| match classify_send_error(&err) {
-                ProviderError::Unknown { message } => ProviderError::transient(message),
-                other => other,
-            })?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_body(response).await.map_err(|err| ProviderError::transient(err.to_string()))?;
+            .header("PRIVATE-TOKEN", secret.expose_secret());
+        let Answer { status, headers, body } = look_up(request).await?;
         if !status.is_success() {
             return Err(classify_gitlab_error(status, &headers, &body));
         }

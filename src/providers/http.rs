@@ -85,6 +85,35 @@ pub async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, Provi
     }
 }
 
+/// A provider's answer, read in full (up to [`MAX_RESPONSE_BYTES`]).
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Sends a request that may change something at the provider and reads the answer; failures
+/// are classified by whether the provider may have acted ([`classify_send_error`]).
+pub async fn send(request: reqwest::RequestBuilder) -> Result<Answer, ProviderError> {
+    let response = request.send().await.map_err(|err| classify_send_error(&err))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = read_body(response).await?;
+    Ok(Answer { status, headers, body })
+}
+
+/// Sends a look-up, which changes nothing, so any failure to get its answer is transient.
+pub async fn look_up(request: reqwest::RequestBuilder) -> Result<Answer, ProviderError> {
+    send(request).await.map_err(|err| match err {
+        ProviderError::Unknown { message } => ProviderError::transient(message),
+        other => other,
+    })
+}
+
 /// The `Retry-After` delay in seconds, if present and numeric.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?;

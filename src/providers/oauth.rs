@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::gitlab::validate_token_text;
-use super::http::{body_snippet, classify_send_error, classify_status, read_body};
+use super::http::{Answer, body_snippet, classify_status, look_up, send};
 use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
 
 /// Access-token lifetime assumed when a provider omits `expires_in`.
@@ -113,17 +113,8 @@ impl TokenProvider for OauthRefresher {
         if let Some(redirect_uri) = &self.redirect_uri {
             form.push(("redirect_uri", redirect_uri.as_str()));
         }
-        let response = self
-            .client
-            .post(&self.token_url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
-            .send()
-            .await
-            .map_err(|err| classify_send_error(&err))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_body(response).await?;
+        let request = self.client.post(&self.token_url).header(reqwest::header::ACCEPT, "application/json").form(&form);
+        let Answer { status, headers, body } = send(request).await?;
         if !status.is_success() {
             return Err(classify_oauth_error(status, &headers, &body));
         }
@@ -157,16 +148,8 @@ impl TokenProvider for OauthRefresher {
         let (Some(url), Some(access_token)) = (&self.token_info_url, &credential.secret) else {
             return Ok(None);
         };
-        let response = self
-            .client
-            .get(url)
-            .bearer_auth(access_token.expose_secret())
-            .send()
-            .await
-            .map_err(|err| ProviderError::transient(classify_send_error(&err).to_string()))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_body(response).await.map_err(|err| ProviderError::transient(err.to_string()))?;
+        let Answer { status, headers, body } =
+            look_up(self.client.get(url).bearer_auth(access_token.expose_secret())).await?;
         if status == StatusCode::UNAUTHORIZED {
             return Err(ProviderError::permanent(
                 "revoked",
