@@ -120,6 +120,9 @@ async fn each_token_kind_rotates_on_time_and_only_the_new_secret_works() {
     }
     assert_eq!(harness.sim.stats().rotations, 3);
     assert_eq!(harness.sim.stats().family_revocations, 0);
+    let agents = harness.sim.with_state(|s| s.user_agents.clone());
+    let expected = format!("tokenwarden/{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(agents.into_iter().collect::<Vec<_>>(), vec![expected], "every call names tokenwarden and its version");
 }
 
 async fn history(harness: &EngineHarness, name: &str) -> Vec<(i64, String)> {
@@ -423,4 +426,59 @@ async fn a_worker_that_died_during_the_single_oauth_retry_leaves_the_grant_lost_
     assert_eq!(token.attention_reason.as_deref(), Some("grant_lost"));
     let stats = harness.sim.stats();
     assert_eq!((stats.refreshes, stats.refresh_token_reuses), (1, 0), "the dead refresh token was not sent again");
+}
+
+/// Subscribes an operator client with a webhook, so events are queued in the outbox.
+async fn subscribe_operator(harness: &EngineHarness) {
+    use tokenwarden::domain::ClientRole;
+    use tokenwarden::store::clients::{self, NewClient};
+    let new = NewClient {
+        name: "ops".parse().unwrap(),
+        role: ClientRole::Operator,
+        grants: Vec::new(),
+        webhook_url: Some("http://127.0.0.1:9/hook".to_owned()),
+    };
+    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
+    let secret = Some(secrecy::SecretString::from("whsec_test"));
+    harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, secret, "test", now)).await.unwrap();
+}
+
+async fn queued_events(harness: &EngineHarness, name: &str) -> Vec<String> {
+    let name = name.to_owned();
+    let pending = harness
+        .context
+        .store
+        .run(move |conn| tokenwarden::store::outbox::pending_for_token(conn, &name))
+        .await
+        .unwrap();
+    pending.into_iter().map(|(event, _)| event).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cron_sweep_marks_a_token_that_expired_while_failing_and_tells_subscribers() {
+    use tokenwarden::engine::maintenance;
+    let Setup { harness, clock, .. } = setup().await;
+    subscribe_operator(&harness).await;
+    harness.track_access_token("failing", TokenOwner::Personal, in_days(1)).await.unwrap();
+    harness.sim.set_rates(FaultRates { server_error: 1.0, ..FaultRates::default() });
+    assert!(matches!(force(&harness, "failing").await, RotationOutcome::Retrying { .. }));
+    let handle = Scheduler::new(harness.context.clone(), Limits::default()).handle();
+    let mut jobs = maintenance::start("* * * * * *", harness.context.clone(), handle).await.unwrap();
+    assert_eq!(harness.token("failing").await.unwrap().state, TokenState::Retrying, "not expired yet");
+
+    clock.set(expiry_instant(in_days(1)));
+    let token = wait_for(&harness, "failing", |t| t.state == TokenState::Expired).await;
+    assert_eq!(token.next_rotation_at, None);
+    assert_eq!(queued_events(&harness, "failing").await.last().map(String::as_str), Some("token.needs_attention"));
+    jobs.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_and_its_webhook_delivery_are_committed_together() {
+    let Setup { harness, .. } = setup().await;
+    subscribe_operator(&harness).await;
+    harness.track_access_token("t", TokenOwner::Personal, in_days(3)).await.unwrap();
+    assert!(queued_events(&harness, "t").await.is_empty());
+    assert!(matches!(force(&harness, "t").await, RotationOutcome::Rotated { version: 2, .. }));
+    assert_eq!(queued_events(&harness, "t").await, vec!["token.rotated".to_owned()]);
 }

@@ -104,8 +104,12 @@ async fn deliver(shared: &Shared, fault: Option<Fault>, response: Response) -> R
     }
 }
 
-/// Common start of every request: latency, the fault draw, and the `Retry-After` check.
-async fn begin(shared: &Shared, target: FaultTarget) -> Option<Fault> {
+/// Common start of every request: latency, the `User-Agent`, the fault draw, and the
+/// `Retry-After` check.
+async fn begin(shared: &Shared, headers: &HeaderMap, target: FaultTarget) -> Option<Fault> {
+    if let Some(agent) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        shared.with_state(|state| state.user_agents.insert(agent.to_owned()));
+    }
     let latency = shared.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -122,7 +126,7 @@ async fn begin(shared: &Shared, target: FaultTarget) -> Option<Fault> {
 
 /// `GET /api/v4/personal_access_tokens/self`.
 pub async fn look_up(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap) -> Response {
-    let fault = begin(&shared, FaultTarget::Lookup).await;
+    let fault = begin(&shared, &headers, FaultTarget::Lookup).await;
     if let Some(response) = answer_before_acting(&shared, fault) {
         return response;
     }
@@ -139,7 +143,7 @@ pub async fn look_up(State(shared): State<std::sync::Arc<Shared>>, headers: Head
 
 /// `GET /oauth/token/info` with the access token as a bearer token.
 pub async fn oauth_token_info(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap) -> Response {
-    let fault = begin(&shared, FaultTarget::Lookup).await;
+    let fault = begin(&shared, &headers, FaultTarget::Lookup).await;
     if let Some(response) = answer_before_acting(&shared, fault) {
         return response;
     }
@@ -197,7 +201,7 @@ async fn rotate(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let fault = begin(shared, FaultTarget::Renewal).await;
+    let fault = begin(shared, headers, FaultTarget::Renewal).await;
     if let Some(response) = answer_before_acting(shared, fault) {
         return response;
     }
@@ -241,7 +245,7 @@ fn client_credentials(headers: &HeaderMap, fields: &[(String, String)]) -> (Opti
 
 /// `POST /oauth/token` with `grant_type=refresh_token`.
 pub async fn oauth_token(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let fault = begin(&shared, FaultTarget::Renewal).await;
+    let fault = begin(&shared, &headers, FaultTarget::Renewal).await;
     if let Some(response) = answer_before_acting(&shared, fault) {
         return response;
     }

@@ -154,6 +154,8 @@ pub struct GitlabState {
     pub blocked_until: Option<DateTime<Utc>>,
     /// The counters.
     pub stats: Stats,
+    /// Every `User-Agent` seen on GitLab's endpoints.
+    pub user_agents: std::collections::BTreeSet<String>,
 }
 
 /// A fresh random token text with `prefix`.
