@@ -1,9 +1,12 @@
 //! JSON error bodies: `{"error": "<machine code>", "message": "<human text>"}`.
 
 use axum::Json;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::store::StoreError;
 
 /// An error answered to an API client.
 #[derive(Debug)]
@@ -20,6 +23,47 @@ impl ApiError {
     /// An error with the given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
+    }
+
+    /// 404 for a token that does not exist (or that the caller may not know about).
+    pub fn unknown_token(name: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "unknown_token", format!("no token named '{name}'"))
+    }
+
+    /// 503: the store did not answer; the request changed nothing.
+    pub fn store_unavailable(err: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the store is unavailable: {err}"))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound { what: "token", name } => Self::unknown_token(&name),
+            StoreError::NotFound { .. } | StoreError::AlreadyExists { .. } | StoreError::InvalidInput(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "bad_request", err.to_string())
+            }
+            StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            other => Self::store_unavailable(other),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request bodies are limited to 64 KiB");
+        }
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request bodies are limited to 64 KiB");
+        }
+        Self::new(StatusCode::BAD_REQUEST, "bad_json", rejection.body_text())
     }
 }
 

@@ -35,7 +35,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let mut jobs = maintenance::start(&settings.maintenance.sweep, context.clone(), scheduler_handle.clone())
         .await
         .map_err(|err| CliError::Failed(format!("cannot start the maintenance jobs: {err}")))?;
-    let app = api::router(AppState { store });
+    let app = api::router(AppState { store, engine: context.clone(), scheduler: Some(scheduler_handle.clone()) });
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => info!("SIGTERM received; shutting down"),

@@ -169,6 +169,26 @@ pub fn find(conn: &mut DbConnection, name: &TokenName) -> Result<Token, StoreErr
     Token::from_row(row, &provider)
 }
 
+/// The token and its current secret, read in one statement so the version and the secret
+/// always belong together.
+pub fn read_current(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    name: &TokenName,
+) -> Result<(Token, Option<SecretString>), StoreError> {
+    let (row, provider, sealed) = tokens::table
+        .inner_join(providers_table::table)
+        .filter(tokens::name.eq(name.as_str()))
+        .select((TokenRow::as_select(), providers_table::name, tokens::secret))
+        .first::<(TokenRow, String, Option<Vec<u8>>)>(conn)
+        .optional()?
+        .ok_or_else(|| not_found(name))?;
+    let secret = sealed
+        .map(|bytes| cipher.open(secret_context(&row.id, SecretField::Secret), &bytes).map_err(StoreError::from))
+        .transpose()?;
+    Ok((Token::from_row(row, &provider)?, secret))
+}
+
 fn not_found(name: &TokenName) -> StoreError {
     StoreError::NotFound { what: "token", name: name.to_string() }
 }
