@@ -67,6 +67,34 @@ pub enum Command {
     /// Manage API clients
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Check every token for monitoring (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
+    Check(CheckArgs),
+    /// Show the audit log: rotations, secret reads, and every change made
+    Audit(AuditArgs),
+}
+
+/// `check` options.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// WARNING when a GitLab token expires within this (or a token is retrying)
+    #[arg(long, default_value = "3d")]
+    pub warn: HumanDuration,
+    /// CRITICAL when a GitLab token expires within this (or a token needs attention or expired)
+    #[arg(long, default_value = "1d")]
+    pub critical: HumanDuration,
+}
+
+/// `audit` options.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries about this token
+    #[arg(long)]
+    pub token: Option<TokenName>,
+    /// Only entries from this long ago until now (e.g. 7d)
+    #[arg(long)]
+    pub since: Option<HumanDuration>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `serve` options.

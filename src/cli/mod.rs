@@ -5,6 +5,8 @@
 //! failure with a one-line message on standard error saying what to fix.
 
 mod args;
+mod audit;
+mod check;
 mod client;
 mod context;
 mod engine;
@@ -31,12 +33,14 @@ pub const CLI_ACTOR: &str = "cli";
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let is_check = matches!(cli.command, Command::Check(_));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return report(&CliError::Failed(format!("cannot start the async runtime: {err}"))),
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
+        Err(err) if is_check => check::unknown(&err),
         Err(err) => report(&err),
     }
 }
@@ -47,8 +51,9 @@ fn report(err: &CliError) -> ExitCode {
     ExitCode::from(err.exit_code())
 }
 
-/// Loads settings, sets up logging and dispatches to the command.
-async fn run(cli: Cli) -> Result<(), CliError> {
+/// Loads settings, sets up logging and dispatches to the command; most commands exit 0 on
+/// success, `check` with its monitoring status.
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let settings = config::load(&cli.global.flag_values(&cli.command))?;
     let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     crate::telemetry::init(settings.log_format, default_level);
@@ -57,5 +62,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Provider(command) => provider::run(settings, command).await,
         Command::Token(command) => token::run(settings, command).await,
         Command::Client(command) => client::run(settings, command).await,
+        Command::Audit(args) => audit::run(settings, args).await,
+        Command::Check(args) => return check::run(settings, args).await,
     }
+    .map(|()| ExitCode::SUCCESS)
 }

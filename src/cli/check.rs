@@ -1,0 +1,144 @@
+//! `tokenwarden check`: a monitoring-plugin check of every token, with the usual exit codes
+//! (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN), one summary line, then a line per token not OK.
+
+use std::process::ExitCode;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::CliError;
+use super::args::CheckArgs;
+use super::context::open_store;
+use crate::config::Settings;
+use crate::domain::TokenState;
+use crate::store::models::Token;
+use crate::store::tokens;
+
+/// How late an OAuth grant's refresh may be before it is a warning.
+pub const GRANT_OVERDUE: TimeDelta = TimeDelta::minutes(5);
+
+/// A monitoring status, ordered by severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Healthy.
+    Ok,
+    /// Needs a look soon.
+    Warning,
+    /// Needs action now.
+    Critical,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warning => "WARNING",
+            Status::Critical => "CRITICAL",
+        }
+    }
+
+    fn exit_code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::Warning => 1,
+            Status::Critical => 2,
+        }
+    }
+}
+
+/// One token's verdict and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// How bad.
+    pub status: Status,
+    /// The token.
+    pub token: String,
+    /// What is wrong, for the operator.
+    pub reason: String,
+}
+
+/// Judges one token at `now`: its state first, then how close its secret is to expiry.
+/// GitLab tokens are judged against the `warn`/`critical` windows; an OAuth grant's access
+/// token lives hours, so a grant is judged by whether its refresh is overdue or its access
+/// token has already expired.
+pub fn judge(token: &Token, now: DateTime<Utc>, warn: TimeDelta, critical: TimeDelta) -> Finding {
+    let finding = |status, reason: String| Finding { status, token: token.name.to_string(), reason };
+    let detail = token.attention_reason.as_deref().or(token.last_error.as_deref()).unwrap_or("no reason recorded");
+    match token.state {
+        TokenState::NeedsAttention => return finding(Status::Critical, format!("needs attention: {detail}")),
+        TokenState::Expired => return finding(Status::Critical, "expired without a successful rotation".into()),
+        _ => {}
+    }
+    let left = token.expires_at.map(|at| at - now);
+    if token.kind.is_oauth_grant() {
+        if left.is_some_and(|left| left <= TimeDelta::zero()) && token.state != TokenState::Paused {
+            return finding(Status::Critical, "its access token has expired and was not refreshed".into());
+        }
+    } else if let Some(left) = left {
+        if left <= critical {
+            return finding(Status::Critical, format!("expires in {}", human(left)));
+        }
+        if left <= warn {
+            return finding(Status::Warning, format!("expires in {}", human(left)));
+        }
+    }
+    if token.state == TokenState::Retrying {
+        return finding(Status::Warning, format!("retrying after {} failed attempt(s): {detail}", token.attempt_count));
+    }
+    let overdue = token.next_rotation_at.is_some_and(|at| now - at > GRANT_OVERDUE);
+    if token.kind.is_oauth_grant() && token.state == TokenState::Active && overdue {
+        return finding(Status::Warning, "its refresh is overdue (is the daemon running?)".into());
+    }
+    finding(Status::Ok, String::new())
+}
+
+/// A duration as `3d 4h`, `5h 10m` or `42m`.
+fn human(delta: TimeDelta) -> String {
+    if delta <= TimeDelta::zero() {
+        return "0m (already expired)".into();
+    }
+    let (days, hours, minutes) = (delta.num_days(), delta.num_hours() % 24, delta.num_minutes() % 60);
+    match (days, hours) {
+        (0, 0) => format!("{minutes}m"),
+        (0, _) => format!("{hours}h {minutes}m"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
+/// The summary line and the lines for tokens that are not OK, worst first.
+pub fn report(tokens: &[Token], now: DateTime<Utc>, warn: TimeDelta, critical: TimeDelta) -> (Status, Vec<String>) {
+    let mut findings: Vec<Finding> = tokens.iter().map(|token| judge(token, now, warn, critical)).collect();
+    findings.sort_by(|a, b| b.status.cmp(&a.status).then_with(|| a.token.cmp(&b.token)));
+    let worst = findings.first().map_or(Status::Ok, |finding| finding.status);
+    let count = |status| findings.iter().filter(|finding| finding.status == status).count();
+    let mut lines = vec![format!(
+        "TOKENWARDEN {} - {} tokens: {} critical, {} warning, {} ok",
+        worst.label(),
+        tokens.len(),
+        count(Status::Critical),
+        count(Status::Warning),
+        count(Status::Ok)
+    )];
+    for finding in findings.iter().filter(|finding| finding.status != Status::Ok) {
+        lines.push(format!("{}: {}: {}", finding.status.label(), finding.token, finding.reason));
+    }
+    (worst, lines)
+}
+
+/// Runs the check; a store that cannot be read is UNKNOWN (exit 3), reported by the caller.
+pub async fn run(settings: Settings, args: CheckArgs) -> Result<ExitCode, CliError> {
+    let warn = TimeDelta::from_std(args.warn.get()).unwrap_or(TimeDelta::MAX);
+    let critical = TimeDelta::from_std(args.critical.get()).unwrap_or(TimeDelta::MAX);
+    let store = open_store(&settings).await?;
+    let all = store.run(tokens::list).await?;
+    let (status, lines) = report(&all, Utc::now(), warn, critical);
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(ExitCode::from(status.exit_code()))
+}
+
+/// The exit code and line for a check that could not read the store.
+pub fn unknown(err: &CliError) -> ExitCode {
+    println!("TOKENWARDEN UNKNOWN - {err}");
+    ExitCode::from(3)
+}
