@@ -73,7 +73,8 @@ fn migrations_apply_once_and_rerun_harmlessly(url: &DatabaseUrl) {
         .get_result::<Count>(&mut conn)
         .unwrap()
         .n;
-    assert_eq!(applied, 1);
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap().count();
+    assert_eq!(applied, i64::try_from(shipped).unwrap());
 }
 
 #[derive(QueryableByName)]

@@ -1,11 +1,17 @@
 //! The transactional outbox: webhook deliveries written in the same transaction as the
 //! change that caused them, so a crash never loses one.
+//!
+//! The engine writes rows ([`enqueue`]); the notify dispatcher claims due rows under a short
+//! lease ([`claim_due`]), sends them, and records each attempt ([`record_success`],
+//! [`record_failure`]). A delivery keeps its id across retries; a lease that runs out (its
+//! dispatcher died) makes the row claimable again, so delivery is at least once.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
+use diesel::dsl::min;
 use diesel::prelude::*;
 use serde_json::json;
 
-use super::models::{naive, new_id};
+use super::models::{naive, new_id, utc};
 use super::schema::{client_grants, clients, outbox};
 use super::{DbConnection, StoreError};
 use crate::domain::ClientRole;
@@ -74,12 +80,335 @@ pub fn enqueue(
     Ok(subscribers.len())
 }
 
-/// Pending deliveries for `token_name` (for tests and diagnostics): (event, payload).
+/// Pending (neither delivered nor abandoned) deliveries for `token_name` (for tests and
+/// diagnostics): (event, payload).
 pub fn pending_for_token(conn: &mut DbConnection, token_name: &str) -> Result<Vec<(String, String)>, StoreError> {
     Ok(outbox::table
         .filter(outbox::token_name.eq(token_name))
         .filter(outbox::delivered_at.is_null())
+        .filter(outbox::abandoned_at.is_null())
         .order(outbox::created_at.asc())
         .select((outbox::event, outbox::payload))
         .load(conn)?)
+}
+
+/// A delivery claimed for sending, with where to send it and the key to sign it with.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// The delivery id (also the payload's `id`; stable across retries).
+    pub id: String,
+    /// The receiving client's row id.
+    pub client_id: String,
+    /// The receiving client's name (for logs).
+    pub client_name: String,
+    /// The event name (`token.rotated`, …).
+    pub event: String,
+    /// The JSON body, byte for byte as it was committed.
+    pub payload: String,
+    /// When the change that caused it was committed.
+    pub created_at: DateTime<Utc>,
+    /// Attempts recorded before this one.
+    pub attempts: i32,
+    /// The client's webhook URL (`None` if it was removed since).
+    pub webhook_url: Option<String>,
+    /// The client's sealed webhook secret; open it with [`super::clients::webhook_secret_context`].
+    pub sealed_secret: Option<Vec<u8>>,
+}
+
+/// What happens to a delivery after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Try again at this moment.
+    RetryAt(DateTime<Utc>),
+    /// Stop trying: the retry window is over.
+    Abandon,
+}
+
+/// How a failed attempt was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureRecorded {
+    /// The delivery will be tried again.
+    Retrying,
+    /// The delivery was abandoned.
+    Abandoned,
+    /// Nothing was written: the lease had passed to another dispatcher, or the row is gone.
+    LeaseLost,
+}
+
+/// One delivery as stored, for tests and diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The delivery id.
+    pub id: String,
+    /// The receiving client's row id.
+    pub client_id: String,
+    /// The event name.
+    pub event: String,
+    /// The token it is about.
+    pub token_name: String,
+    /// The JSON body.
+    pub payload: String,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
+    /// When it is (or was) next due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Attempts recorded so far.
+    pub attempts: i32,
+    /// When a receiver accepted it.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The last failed attempt's error.
+    pub last_error: Option<String>,
+    /// Until when a dispatcher holds it.
+    pub leased_until: Option<DateTime<Utc>>,
+    /// Which dispatcher holds it.
+    pub lease_owner: Option<String>,
+    /// When it was given up.
+    pub abandoned_at: Option<DateTime<Utc>>,
+}
+
+/// A full `outbox` row as Diesel reads it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = outbox)]
+struct DeliveryRow {
+    id: String,
+    client_id: String,
+    event: String,
+    token_name: String,
+    payload: String,
+    created_at: NaiveDateTime,
+    next_attempt_at: NaiveDateTime,
+    attempts: i32,
+    delivered_at: Option<NaiveDateTime>,
+    last_error: Option<String>,
+    leased_until: Option<NaiveDateTime>,
+    lease_owner: Option<String>,
+    abandoned_at: Option<NaiveDateTime>,
+}
+
+impl From<DeliveryRow> for Delivery {
+    fn from(row: DeliveryRow) -> Self {
+        Self {
+            id: row.id,
+            client_id: row.client_id,
+            event: row.event,
+            token_name: row.token_name,
+            payload: row.payload,
+            created_at: utc(row.created_at),
+            next_attempt_at: utc(row.next_attempt_at),
+            attempts: row.attempts,
+            delivered_at: row.delivered_at.map(utc),
+            last_error: row.last_error,
+            leased_until: row.leased_until.map(utc),
+            lease_owner: row.lease_owner,
+            abandoned_at: row.abandoned_at.map(utc),
+        }
+    }
+}
+
+/// The columns of a delivery joined with its client's webhook settings.
+type ClaimColumns = (String, String, String, String, String, NaiveDateTime, i32, Option<String>, Option<Vec<u8>>);
+
+/// Neither delivered nor abandoned, and due at `now`.
+#[diesel::dsl::auto_type]
+fn due(now: NaiveDateTime) -> _ {
+    outbox::delivered_at.is_null().and(outbox::abandoned_at.is_null()).and(outbox::next_attempt_at.le(now))
+}
+
+/// Clients that have a delivery under a live lease (in flight somewhere), plus `busy_clients`.
+fn clients_in_flight(
+    conn: &mut DbConnection,
+    now: NaiveDateTime,
+    busy_clients: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut leased: Vec<String> =
+        outbox::table.filter(outbox::leased_until.gt(now)).select(outbox::client_id).distinct().load(conn)?;
+    leased.extend(busy_clients.iter().cloned());
+    Ok(leased)
+}
+
+/// Claims up to `limit` due deliveries for `owner` until `now + lease`, oldest first and at
+/// most one per client: clients with a delivery under a live lease (anywhere) and those in
+/// `busy_clients` (in flight in this process) are skipped. One write transaction, so two
+/// dispatchers on one database never claim the same row; when nothing is due, only a read.
+pub fn claim_due(
+    conn: &mut DbConnection,
+    owner: &str,
+    now: DateTime<Utc>,
+    lease: TimeDelta,
+    limit: usize,
+    busy_clients: &[String],
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (now, until) = (naive(now), naive(now + lease));
+    let anything_due = outbox::table.filter(due(now)).select(outbox::id).first::<String>(conn).optional()?.is_some();
+    if !anything_due {
+        return Ok(Vec::new());
+    }
+    conn.write_transaction(|conn| {
+        let in_flight = clients_in_flight(conn, now, busy_clients)?;
+        let ready: Vec<(String, Option<NaiveDateTime>)> = outbox::table
+            .filter(due(now))
+            .filter(outbox::client_id.ne_all(&in_flight))
+            .group_by(outbox::client_id)
+            .select((outbox::client_id, min(outbox::created_at)))
+            .order_by(min(outbox::created_at).asc())
+            .limit(limit)
+            .load(conn)?;
+        let mut claimed = Vec::with_capacity(ready.len());
+        for (client_id, _) in ready {
+            if let Some(delivery) = oldest_due_for_client(conn, &client_id, now)? {
+                claimed.push(delivery);
+            }
+        }
+        if claimed.is_empty() {
+            return Ok(claimed);
+        }
+        let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+        diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
+            .set((outbox::leased_until.eq(until), outbox::lease_owner.eq(owner)))
+            .execute(conn)?;
+        Ok(claimed)
+    })
+}
+
+/// The oldest due delivery of one client, with the client's webhook URL and sealed secret.
+fn oldest_due_for_client(
+    conn: &mut DbConnection,
+    client_id: &str,
+    now: NaiveDateTime,
+) -> Result<Option<ClaimedDelivery>, StoreError> {
+    let row: Option<ClaimColumns> = outbox::table
+        .inner_join(clients::table)
+        .filter(outbox::client_id.eq(client_id))
+        .filter(due(now))
+        .order((outbox::created_at.asc(), outbox::id.asc()))
+        .select((
+            outbox::id,
+            outbox::client_id,
+            clients::name,
+            outbox::event,
+            outbox::payload,
+            outbox::created_at,
+            outbox::attempts,
+            clients::webhook_url,
+            clients::webhook_secret,
+        ))
+        .first(conn)
+        .optional()?;
+    Ok(row.map(|(id, client_id, client_name, event, payload, created_at, attempts, webhook_url, sealed_secret)| {
+        ClaimedDelivery {
+            id,
+            client_id,
+            client_name,
+            event,
+            payload,
+            created_at: utc(created_at),
+            attempts,
+            webhook_url,
+            sealed_secret,
+        }
+    }))
+}
+
+/// When a dispatcher should look again: the earliest moment a pending delivery of a client
+/// not in `busy_clients` falls due, or a live lease held elsewhere runs out.
+pub fn next_wake_at(
+    conn: &mut DbConnection,
+    now: DateTime<Utc>,
+    busy_clients: &[String],
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let now = naive(now);
+    let in_flight = clients_in_flight(conn, now, busy_clients)?;
+    let next_due: Option<NaiveDateTime> = outbox::table
+        .filter(outbox::delivered_at.is_null())
+        .filter(outbox::abandoned_at.is_null())
+        .filter(outbox::client_id.ne_all(&in_flight))
+        .select(min(outbox::next_attempt_at))
+        .first(conn)?;
+    let lease_ends: Option<NaiveDateTime> = outbox::table
+        .filter(outbox::leased_until.gt(now))
+        .filter(outbox::client_id.ne_all(busy_clients))
+        .select(min(outbox::leased_until))
+        .first(conn)?;
+    Ok(next_due.into_iter().chain(lease_ends).min().map(utc))
+}
+
+/// Records that a receiver accepted the delivery: delivered now, one more attempt, lease
+/// released. A success counts even if the lease had passed to another dispatcher (which may
+/// have abandoned it meanwhile). Returns whether the row was still undelivered.
+pub fn record_success(conn: &mut DbConnection, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    conn.write_transaction(|conn| {
+        let updated = diesel::update(outbox::table.filter(outbox::id.eq(id)).filter(outbox::delivered_at.is_null()))
+            .set((
+                outbox::delivered_at.eq(naive(now)),
+                outbox::attempts.eq(outbox::attempts + 1),
+                outbox::leased_until.eq(None::<NaiveDateTime>),
+                outbox::lease_owner.eq(None::<String>),
+                outbox::abandoned_at.eq(None::<NaiveDateTime>),
+            ))
+            .execute(conn)?;
+        Ok(updated > 0)
+    })
+}
+
+/// Records a failed attempt by `owner`: one more attempt, its error, and either the next
+/// attempt's time or abandonment; releases the lease. Fenced by the lease owner, so a
+/// dispatcher whose lease ran out cannot reschedule a delivery another one is sending.
+pub fn record_failure(
+    conn: &mut DbConnection,
+    id: &str,
+    owner: &str,
+    error: &str,
+    now: DateTime<Utc>,
+    after: AfterFailure,
+) -> Result<FailureRecorded, StoreError> {
+    let (next_attempt_at, abandoned_at, recorded) = match after {
+        AfterFailure::RetryAt(at) => (naive(at), None, FailureRecorded::Retrying),
+        AfterFailure::Abandon => (naive(now), Some(naive(now)), FailureRecorded::Abandoned),
+    };
+    conn.write_transaction(|conn| {
+        let target = outbox::table
+            .filter(outbox::id.eq(id))
+            .filter(outbox::lease_owner.eq(owner))
+            .filter(outbox::delivered_at.is_null())
+            .filter(outbox::abandoned_at.is_null());
+        let updated = diesel::update(target)
+            .set((
+                outbox::attempts.eq(outbox::attempts + 1),
+                outbox::last_error.eq(error),
+                outbox::leased_until.eq(None::<NaiveDateTime>),
+                outbox::lease_owner.eq(None::<String>),
+                outbox::next_attempt_at.eq(next_attempt_at),
+                outbox::abandoned_at.eq(abandoned_at),
+            ))
+            .execute(conn)?;
+        Ok(if updated == 0 { FailureRecorded::LeaseLost } else { recorded })
+    })
+}
+
+/// Deletes deliveries delivered before `older_than`; returns how many.
+pub fn prune_delivered(conn: &mut DbConnection, older_than: DateTime<Utc>) -> Result<usize, StoreError> {
+    conn.write_transaction(|conn| {
+        Ok(diesel::delete(outbox::table.filter(outbox::delivered_at.lt(naive(older_than)))).execute(conn)?)
+    })
+}
+
+/// Every delivery about `token_name`, oldest first (for tests and diagnostics).
+pub fn deliveries_for_token(conn: &mut DbConnection, token_name: &str) -> Result<Vec<Delivery>, StoreError> {
+    let rows: Vec<DeliveryRow> = outbox::table
+        .filter(outbox::token_name.eq(token_name))
+        .order((outbox::created_at.asc(), outbox::id.asc()))
+        .select(DeliveryRow::as_select())
+        .load(conn)?;
+    Ok(rows.into_iter().map(Delivery::from).collect())
+}
+
+/// One delivery by id (for tests and diagnostics).
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<Delivery>, StoreError> {
+    let row: Option<DeliveryRow> =
+        outbox::table.filter(outbox::id.eq(id)).select(DeliveryRow::as_select()).first(conn).optional()?;
+    Ok(row.map(Delivery::from))
 }

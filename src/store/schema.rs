@@ -98,7 +98,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Webhook deliveries written in the same transaction as their cause.
+    /// Webhook deliveries written in the same transaction as their cause, with their
+    /// delivery state: attempts, a short claim lease, and when delivered or abandoned.
     outbox (id) {
         id -> Text,
         client_id -> Text,
@@ -110,6 +111,9 @@ diesel::table! {
         attempts -> Integer,
         delivered_at -> Nullable<Timestamp>,
         last_error -> Nullable<Text>,
+        leased_until -> Nullable<Timestamp>,
+        lease_owner -> Nullable<Text>,
+        abandoned_at -> Nullable<Timestamp>,
     }
 }
 
@@ -133,3 +137,4 @@ diesel::joinable!(outbox -> clients (client_id));
 
 diesel::allow_tables_to_appear_in_same_query!(tokens, providers);
 diesel::allow_tables_to_appear_in_same_query!(client_grants, clients);
+diesel::allow_tables_to_appear_in_same_query!(outbox, clients);

@@ -1,0 +1,520 @@
+//! Webhook delivery from the outbox to real HTTP receivers on loopback, on a manual clock:
+//! every request is signed, retries keep the delivery id, a dead or hanging receiver never
+//! holds up another client, a delivery failing for a day is abandoned, a crash loses
+//! nothing, and two dispatchers on one database never send one delivery twice at once.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use secrecy::SecretString;
+use tokenwarden::domain::ClientRole;
+use tokenwarden::engine::backoff::Backoff;
+use tokenwarden::engine::{Clock, EngineSettings, ForcedRotation, ManualClock, RotationOutcome, rotate_now};
+use tokenwarden::notify::signature::DEFAULT_TOLERANCE;
+use tokenwarden::notify::{Dispatcher, DispatcherHandle, DispatcherSettings, SignatureError, verify};
+use tokenwarden::providers::HttpSettings;
+use tokenwarden::simulator::TokenOwner;
+use tokenwarden::simulator::harness::EngineHarness;
+use tokenwarden::store::clients::{self, NewClient};
+use tokenwarden::store::outbox::{self, AfterFailure, Delivery, Event, FailureRecorded};
+use tokenwarden::store::{Store, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A fixed start so dates are predictable.
+fn start_time() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+fn in_days(days: u64) -> NaiveDate {
+    start_time().date_naive() + Days::new(days)
+}
+
+fn engine_settings() -> EngineSettings {
+    EngineSettings {
+        http: HttpSettings { timeout: Duration::from_secs(2), connect_timeout: Duration::from_secs(1) },
+        backoff: Backoff { base: Duration::from_secs(10), max: Duration::from_secs(600) },
+    }
+}
+
+struct Setup {
+    harness: EngineHarness,
+    clock: ManualClock,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start_time());
+    let harness = EngineHarness::start(dir.path(), Arc::new(clock.clone()), engine_settings()).await.unwrap();
+    Setup { harness, clock, _dir: dir }
+}
+
+/// What a test receiver does with one request.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    /// Answer with this status.
+    Status(u16),
+    /// Never answer.
+    Hang,
+}
+
+/// One request as a receiver saw it, with its signature checked on arrival.
+#[derive(Debug, Clone)]
+struct Received {
+    event: String,
+    delivery: String,
+    content_type: String,
+    body: Vec<u8>,
+    verified: Result<(), SignatureError>,
+}
+
+#[derive(Debug, Default)]
+struct ReceiverState {
+    script: VecDeque<Reply>,
+    received: Vec<Received>,
+}
+
+#[derive(Debug, Clone)]
+struct ReceiverContext {
+    state: Arc<Mutex<ReceiverState>>,
+    secret: SecretString,
+    clock: ManualClock,
+}
+
+/// A webhook receiver on loopback: checks each signature with [`verify`] at the test
+/// clock's time, then answers as scripted (200 once the script is used up).
+#[derive(Debug, Clone)]
+struct Receiver {
+    url: String,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers.get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+async fn receive(State(context): State<ReceiverContext>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let signature = header(&headers, "x-tokenwarden-signature");
+    let verified = verify(&context.secret, &signature, &body, context.clock.now(), DEFAULT_TOLERANCE);
+    let reply = {
+        let mut state = context.state.lock().unwrap();
+        state.received.push(Received {
+            event: header(&headers, "x-tokenwarden-event"),
+            delivery: header(&headers, "x-tokenwarden-delivery"),
+            content_type: header(&headers, "content-type"),
+            body: body.to_vec(),
+            verified,
+        });
+        state.script.pop_front().unwrap_or(Reply::Status(200))
+    };
+    match reply {
+        Reply::Status(status) => StatusCode::from_u16(status).unwrap(),
+        Reply::Hang => std::future::pending().await,
+    }
+}
+
+impl Receiver {
+    async fn start(secret: &str, clock: &ManualClock, script: Vec<Reply>) -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState { script: script.into(), received: Vec::new() }));
+        let context = ReceiverContext {
+            state: state.clone(),
+            secret: SecretString::from(secret.to_owned()),
+            clock: clock.clone(),
+        };
+        let app = Router::new().route("/hook", post(receive)).with_state(context);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, state }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Polls (in real time, briefly) until at least `count` requests arrived.
+    async fn wait_for(&self, count: usize, within: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let received = self.received();
+            if received.len() >= count {
+                return received;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "only {} of {count} requests arrived", received.len());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A URL where nothing listens.
+fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/hook")
+}
+
+/// Subscribes an operator client (it receives every token's events) with a webhook.
+async fn subscribe(harness: &EngineHarness, name: &str, url: &str, secret: &str) {
+    let new = NewClient {
+        name: name.parse().unwrap(),
+        role: ClientRole::Operator,
+        grants: Vec::new(),
+        webhook_url: Some(url.to_owned()),
+    };
+    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
+    let secret = Some(SecretString::from(secret.to_owned()));
+    harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, secret, "test", now)).await.unwrap();
+}
+
+/// Tracks a personal access token and rotates it now, which queues `token.rotated`.
+async fn rotate(harness: &EngineHarness, name: &str) {
+    if harness.token(name).await.is_err() {
+        harness.track_access_token(name, TokenOwner::Personal, in_days(3)).await.unwrap();
+    }
+    match rotate_now(&harness.context, &name.parse().unwrap(), "test").await.unwrap() {
+        ForcedRotation::Attempted(report) => {
+            assert!(matches!(report.outcome, RotationOutcome::Rotated { .. }), "{:?}", report.outcome)
+        }
+        other => panic!("expected a rotation, got {other:?}"),
+    }
+}
+
+/// A running dispatcher; it stops when this is dropped.
+struct Running {
+    handle: DispatcherHandle,
+    task: JoinHandle<()>,
+    _stop: watch::Sender<bool>,
+}
+
+fn start_dispatcher(harness: &EngineHarness, store: Store) -> Running {
+    let context = &harness.context;
+    let dispatcher = Dispatcher::new(store, context.cipher.clone(), context.clock.clone(), context.http.clone())
+        .with_settings(DispatcherSettings::default());
+    let handle = dispatcher.handle();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(dispatcher.run(stopped));
+    handle.wake();
+    Running { handle, task, _stop: stop }
+}
+
+async fn deliveries(harness: &EngineHarness, token: &str) -> Vec<Delivery> {
+    let token = token.to_owned();
+    harness.context.store.run(move |conn| outbox::deliveries_for_token(conn, &token)).await.unwrap()
+}
+
+/// Polls (in real time, briefly) until the token's only delivery satisfies `done`.
+async fn wait_for_delivery(harness: &EngineHarness, token: &str, done: impl Fn(&Delivery) -> bool) -> Delivery {
+    for _ in 0..500 {
+        let mut all = deliveries(harness, token).await;
+        assert_eq!(all.len(), 1, "one subscriber, one delivery");
+        let delivery = all.remove(0);
+        if done(&delivery) {
+            return delivery;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the delivery never reached the expected state: {:?}", deliveries(harness, token).await);
+}
+
+/// Polls (in real time, briefly) until the counters read (delivered, failed, abandoned); an
+/// attempt is counted as it is recorded, so a counter may trail the row by a moment.
+async fn wait_for_counters(handle: &DispatcherHandle, expected: (u64, u64, u64)) {
+    let counters = handle.counters();
+    let read = || (counters.delivered(), counters.failed(), counters.abandoned());
+    for _ in 0..500 {
+        if read() == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(read(), expected, "(delivered, failed, abandoned)");
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_is_delivered_signed_with_the_committed_payload() {
+    let Setup { harness, clock, _dir } = setup().await;
+    let receiver = Receiver::start("whsec_ops", &clock, Vec::new()).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_ops").await;
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+
+    rotate(&harness, "t").await;
+    running.handle.wake();
+    let received = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let delivery = wait_for_delivery(&harness, "t", |d| d.delivered_at.is_some()).await;
+
+    let request = &received[0];
+    assert_eq!(request.verified, Ok(()), "the receiver verifies the signature");
+    assert_eq!(request.event, "token.rotated");
+    assert_eq!(request.content_type, "application/json");
+    assert_eq!(request.body, delivery.payload.as_bytes(), "the body is the committed payload, byte for byte");
+    let body = json(&request.body);
+    assert_eq!(body["id"], request.delivery.as_str());
+    assert_eq!(request.delivery, delivery.id);
+    assert_eq!(
+        (body["event"].as_str(), body["token"].as_str(), body["version"].as_i64()),
+        (Some("token.rotated"), Some("t"), Some(2))
+    );
+    assert!(body.get("secret").is_none(), "never the secret");
+    assert_eq!((delivery.attempts, delivery.delivered_at), (1, Some(start_time())));
+    assert_eq!((delivery.leased_until, delivery.lease_owner), (None, None), "the lease is released");
+    wait_for_counters(&running.handle, (1, 0, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_the_same_delivery_id_on_every_retry_until_it_accepts() {
+    let Setup { harness, clock, _dir } = setup().await;
+    let script = vec![Reply::Status(500), Reply::Status(500), Reply::Status(500)];
+    let receiver = Receiver::start("whsec_ops", &clock, script).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_ops").await;
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+    rotate(&harness, "t").await;
+    running.handle.wake();
+
+    for attempt in 1..=3 {
+        let delivery = wait_for_delivery(&harness, "t", |d| d.attempts == attempt && d.lease_owner.is_none()).await;
+        assert_eq!(delivery.delivered_at, None);
+        assert_eq!(delivery.last_error.as_deref(), Some("the receiver answered HTTP 500"));
+        let wait = delivery.next_attempt_at - clock.now();
+        let ceiling = TimeDelta::seconds(10 << (attempt - 1));
+        assert!(wait >= TimeDelta::seconds(1) && wait <= ceiling, "attempt {attempt}: waits {wait}, at most {ceiling}");
+        clock.set(delivery.next_attempt_at);
+    }
+    let delivery = wait_for_delivery(&harness, "t", |d| d.delivered_at.is_some()).await;
+    assert_eq!(delivery.attempts, 4);
+    let received = receiver.received();
+    assert_eq!(received.len(), 4);
+    for request in &received {
+        assert_eq!(request.delivery, delivery.id, "one delivery id across retries");
+        assert_eq!(json(&request.body)["id"], delivery.id.as_str());
+        assert_eq!(request.verified, Ok(()), "each retry is signed afresh");
+    }
+    wait_for_counters(&running.handle, (1, 3, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_or_hanging_receiver_does_not_delay_delivery_to_a_healthy_one() {
+    let Setup { harness, clock, _dir } = setup().await;
+    let hanging = Receiver::start("whsec_hanging", &clock, vec![Reply::Hang; 10]).await;
+    let healthy = Receiver::start("whsec_healthy", &clock, Vec::new()).await;
+    subscribe(&harness, "dead", &dead_url(), "whsec_dead").await;
+    subscribe(&harness, "hanging", &hanging.url, "whsec_hanging").await;
+    subscribe(&harness, "healthy", &healthy.url, "whsec_healthy").await;
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+
+    rotate(&harness, "t").await;
+    running.handle.wake();
+    let quickly = Duration::from_secs(3);
+    healthy.wait_for(1, quickly).await;
+    hanging.wait_for(1, quickly).await;
+    rotate(&harness, "t").await;
+    running.handle.wake();
+    let received = healthy.wait_for(2, quickly).await;
+    assert!(received.iter().all(|r| r.verified.is_ok()));
+    assert_eq!(hanging.received().len(), 1, "the hanging client has one delivery in flight, not two");
+
+    let dead =
+        wait_for_client(&harness, "dead", |ds| ds.iter().any(|d| d.attempts == 1 && d.lease_owner.is_none())).await;
+    assert!(dead.iter().all(|d| d.delivered_at.is_none()));
+    let failed = dead.iter().find(|d| d.attempts == 1).unwrap();
+    assert!(failed.last_error.as_deref().unwrap().starts_with("cannot connect to the receiver"), "{failed:?}");
+    wait_for_client(&harness, "healthy", |ds| ds.iter().all(|d| d.delivered_at.is_some() && d.attempts == 1)).await;
+    let stuck = wait_for_client(&harness, "hanging", |_| true).await;
+    assert_eq!(stuck.iter().filter(|d| d.lease_owner.is_some()).count(), 1, "{stuck:?}");
+    assert!(stuck.iter().all(|d| d.attempts == 0 && d.delivered_at.is_none()), "{stuck:?}");
+}
+
+/// Polls (in real time, briefly) until the deliveries about token `t` to `client` satisfy `done`.
+async fn wait_for_client(harness: &EngineHarness, client: &str, done: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
+    let clients = harness.context.store.run(clients::list).await.unwrap();
+    let id = clients.into_iter().find(|c| c.name.as_str() == client).unwrap().id;
+    for _ in 0..500 {
+        let mine: Vec<Delivery> = deliveries(harness, "t").await.into_iter().filter(|d| d.client_id == id).collect();
+        if done(&mine) {
+            return mine;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("deliveries to {client} never reached the expected state: {:?}", deliveries(harness, "t").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_still_failing_a_day_after_it_was_queued_is_abandoned() {
+    let Setup { harness, clock, _dir } = setup().await;
+    let receiver = Receiver::start("whsec_ops", &clock, vec![Reply::Status(503); 10]).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_ops").await;
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+    rotate(&harness, "t").await;
+    running.handle.wake();
+    let queued = wait_for_delivery(&harness, "t", |d| d.attempts == 1 && d.lease_owner.is_none()).await;
+
+    clock.set(queued.created_at + TimeDelta::hours(23));
+    let delivery = wait_for_delivery(&harness, "t", |d| d.attempts == 2 && d.lease_owner.is_none()).await;
+    assert_eq!(delivery.abandoned_at, None, "still retried 23 hours in");
+    assert!(delivery.next_attempt_at <= clock.now() + TimeDelta::hours(1), "no wait is longer than an hour");
+
+    clock.set(queued.created_at + TimeDelta::hours(24));
+    let delivery = wait_for_delivery(&harness, "t", |d| d.abandoned_at.is_some()).await;
+    assert_eq!((delivery.attempts, delivery.delivered_at), (3, None));
+    assert_eq!(delivery.abandoned_at, Some(clock.now()));
+    assert_eq!(delivery.last_error.as_deref(), Some("the receiver answered HTTP 503"));
+    wait_for_counters(&running.handle, (0, 3, 1)).await;
+
+    let later = clock.now() + TimeDelta::days(2);
+    let claimed = harness
+        .context
+        .store
+        .run(move |conn| outbox::claim_due(conn, "probe", later, TimeDelta::minutes(1), 10, &[]))
+        .await;
+    assert!(claimed.unwrap().is_empty(), "an abandoned delivery is never sent again");
+    let pending = harness.context.store.run(|conn| outbox::pending_for_token(conn, "t")).await.unwrap();
+    assert!(pending.is_empty());
+    assert_eq!(receiver.received().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_sending_loses_nothing_and_the_next_dispatcher_sends_the_same_id() {
+    let Setup { harness, clock, _dir } = setup().await;
+    let receiver = Receiver::start("whsec_ops", &clock, vec![Reply::Hang]).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_ops").await;
+    rotate(&harness, "t").await;
+    let queued = wait_for_delivery(&harness, "t", |_| true).await;
+
+    let first = start_dispatcher(&harness, harness.context.store.clone());
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    let claimed = wait_for_delivery(&harness, "t", |d| d.lease_owner.is_some()).await;
+    first.task.abort();
+    assert!(first.task.await.unwrap_err().is_cancelled(), "the first dispatcher died without recording anything");
+    assert_eq!((claimed.attempts, claimed.delivered_at), (0, None));
+
+    let second = start_dispatcher(&harness, harness.context.store.clone());
+    clock.set(claimed.leased_until.unwrap());
+    let delivery = wait_for_delivery(&harness, "t", |d| d.delivered_at.is_some()).await;
+    assert_eq!(delivery.id, queued.id);
+    assert_eq!(delivery.attempts, 1);
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "sent again once the dead dispatcher's lease ran out");
+    assert!(received.iter().all(|r| r.delivery == queued.id && r.verified.is_ok()));
+    assert_eq!(second.handle.counters().delivered(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_dispatchers_on_one_database_send_each_delivery_once() {
+    let Setup { harness, clock, _dir } = setup().await;
+    let receiver = Receiver::start("whsec_shared", &clock, Vec::new()).await;
+    for client in ["a", "b", "c", "d"] {
+        subscribe(&harness, client, &receiver.url, "whsec_shared").await;
+    }
+    for token in ["t1", "t2", "t3", "t4", "t5"] {
+        rotate(&harness, token).await;
+    }
+    let other_process = Store::open(harness.context.store.url()).unwrap();
+    let first = start_dispatcher(&harness, harness.context.store.clone());
+    let second = start_dispatcher(&harness, other_process);
+
+    receiver.wait_for(20, Duration::from_secs(10)).await;
+    for token in ["t1", "t2", "t3", "t4", "t5"] {
+        for delivery in deliveries(&harness, token).await {
+            wait_for_row(&harness, &delivery.id, |d| d.delivered_at.is_some() && d.attempts == 1).await;
+        }
+    }
+    let received = receiver.received();
+    assert_eq!(received.len(), 20, "each of 4 clients × 5 rotations is sent exactly once");
+    let ids: HashSet<String> = received.into_iter().map(|r| r.delivery).collect();
+    assert_eq!(ids.len(), 20);
+    let (a, b) = (first.handle.counters().delivered(), second.handle.counters().delivered());
+    assert_eq!(a + b, 20, "{a} + {b}");
+}
+
+/// Polls (in real time, briefly) until delivery `id` satisfies `done`.
+async fn wait_for_row(harness: &EngineHarness, id: &str, done: impl Fn(&Delivery) -> bool) -> Delivery {
+    for _ in 0..500 {
+        let id = id.to_owned();
+        let delivery = harness.context.store.run(move |conn| outbox::find(conn, &id)).await.unwrap().unwrap();
+        if done(&delivery) {
+            return delivery;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("delivery {id} never reached the expected state");
+}
+
+/// Queues one `token.rotated` for token `t` to every subscriber, as a rotation commit would.
+async fn enqueue(harness: &EngineHarness) -> Result<usize, StoreError> {
+    let now = harness.now();
+    harness
+        .context
+        .store
+        .run(move |conn| conn.write_transaction(|conn| outbox::enqueue(conn, Event::Rotated, "t", 2, None, now)))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_gives_each_client_one_delivery_and_an_expired_lease_fences_its_old_holder() {
+    let Setup { harness, _dir, .. } = setup().await;
+    subscribe(&harness, "a", "http://127.0.0.1:9/a", "whsec_a").await;
+    subscribe(&harness, "b", "http://127.0.0.1:9/b", "whsec_b").await;
+    for _ in 0..3 {
+        assert_eq!(enqueue(&harness).await.unwrap(), 2);
+    }
+    let store = harness.context.store.clone();
+    let now = harness.now();
+    let lease = TimeDelta::minutes(1);
+    let claim = |owner: &'static str, at: DateTime<Utc>| {
+        let store = store.clone();
+        async move { store.run(move |conn| outbox::claim_due(conn, owner, at, lease, 10, &[])).await.unwrap() }
+    };
+
+    let (first, second) = tokio::join!(claim("one", now), claim("two", now));
+    assert_eq!(first.len() + second.len(), 2, "one delivery per client, whoever claims");
+    let held: Vec<_> = first.iter().chain(&second).collect();
+    assert_ne!(held[0].client_id, held[1].client_id);
+    let oldest = deliveries(&harness, "t").await;
+    assert!(held.iter().all(|d| oldest.iter().take(2).any(|o| o.id == d.id)), "oldest first");
+    assert!(claim("three", now + TimeDelta::seconds(59)).await.is_empty(), "clients with a live lease wait");
+
+    let taken_over = claim("three", now + lease).await;
+    assert_eq!(taken_over.len(), 2, "a lease that ran out passes on");
+    let stale = held[0];
+    let (id, retry) = (stale.id.clone(), AfterFailure::RetryAt(now + TimeDelta::hours(1)));
+    let owner = if first.iter().any(|d| d.id == stale.id) { "one" } else { "two" };
+    let recorded =
+        store.run(move |conn| outbox::record_failure(conn, &id, owner, "late", now + lease, retry)).await.unwrap();
+    assert_eq!(recorded, FailureRecorded::LeaseLost, "the old holder cannot reschedule it");
+    let row = wait_for_row(&harness, &stale.id, |_| true).await;
+    assert_eq!((row.lease_owner.as_deref(), row.attempts), (Some("three"), 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_rows_are_pruned_after_the_retention_and_pending_ones_never() {
+    let Setup { harness, _dir, .. } = setup().await;
+    subscribe(&harness, "a", "http://127.0.0.1:9/a", "whsec_a").await;
+    enqueue(&harness).await.unwrap();
+    enqueue(&harness).await.unwrap();
+    let store = harness.context.store.clone();
+    let now = harness.now();
+    let claimed =
+        store.run(move |conn| outbox::claim_due(conn, "one", now, TimeDelta::minutes(1), 10, &[])).await.unwrap();
+    let id = claimed[0].id.clone();
+    assert!(store.run(move |conn| outbox::record_success(conn, &id, now)).await.unwrap());
+
+    let kept = store.run(move |conn| outbox::prune_delivered(conn, now)).await.unwrap();
+    assert_eq!(kept, 0, "delivered at the cut-off is kept");
+    let pruned = store.run(move |conn| outbox::prune_delivered(conn, now + TimeDelta::days(30))).await.unwrap();
+    assert_eq!(pruned, 1);
+    let left = deliveries(&harness, "t").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].delivered_at, None, "the pending delivery stays");
+}
