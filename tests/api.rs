@@ -60,7 +60,12 @@ async fn start(scheduler: bool) -> Api {
         other_reader: add_client(&harness, "bi", ClientRole::Reader, &["beta"]).await,
     };
     let handle = scheduler.then(|| Scheduler::new(harness.context.clone(), Default::default()).handle());
-    let state = AppState { store: harness.context.store.clone(), engine: harness.context.clone(), scheduler: handle };
+    let state = AppState {
+        store: harness.context.store.clone(),
+        engine: harness.context.clone(),
+        scheduler: handle,
+        metrics: tokenwarden::telemetry::metrics::install().ok(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
@@ -238,4 +243,28 @@ async fn readiness_fails_when_the_store_does_not_answer_or_the_scheduler_never_t
     }
     let (status, _) = api.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK, "ready again once the store answers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_without_a_key_and_count_rotations_and_token_states() {
+    let api = start(false).await;
+    let (status, _) = api.call(Method::POST, "/v1/tokens/alpha/rotate", Some(&api.keys.operator), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let rows = api.harness.context.store.run(tokens::gauges).await.unwrap();
+    tokenwarden::telemetry::metrics::refresh_token_gauges(&rows);
+    let response = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    for expected in [
+        r#"tokenwarden_rotations_total{kind="gitlab-personal-access-token",outcome="success"}"#,
+        r#"tokenwarden_tokens{state="active"} 2"#,
+        r#"tokenwarden_tokens{state="needs_attention"} 0"#,
+        r#"tokenwarden_token_expiry_timestamp_seconds{token="alpha"}"#,
+        "tokenwarden_rotation_commit_gap_seconds_bucket",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    let secret = api.harness.secret("alpha").await.unwrap().unwrap();
+    assert!(!text.contains(&secret), "no secret in metrics");
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use tokenwarden::config::MaintenanceConfig;
 use tokenwarden::domain::{TokenName, TokenState};
 use tokenwarden::engine::backoff::Backoff;
 use tokenwarden::engine::{
@@ -428,6 +429,52 @@ async fn a_worker_that_died_during_the_single_oauth_retry_leaves_the_grant_lost_
     assert_eq!((stats.refreshes, stats.refresh_token_reuses), (1, 0), "the dead refresh token was not sent again");
 }
 
+const EVERY_SECOND: &str = "* * * * * *";
+
+fn maintenance_context(harness: &EngineHarness) -> tokenwarden::engine::maintenance::MaintenanceContext {
+    tokenwarden::engine::maintenance::MaintenanceContext {
+        engine: harness.context.clone(),
+        scheduler: Scheduler::new(harness.context.clone(), Limits::default()).handle(),
+        deliveries: None,
+        audit_retention: TimeDelta::days(30),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_validation_sweep_flags_a_token_revoked_outside_tokenwarden_without_rotating_it() {
+    use tokenwarden::engine::maintenance;
+    let Setup { harness, .. } = setup().await;
+    subscribe_operator(&harness).await;
+    let revoked = harness.track_access_token("revoked", TokenOwner::Project("42".into()), in_days(60)).await.unwrap();
+    harness.track_access_token("fine", TokenOwner::Personal, in_days(60)).await.unwrap();
+    harness.sim.with_state(|state| state.revoke(&revoked));
+    let config = MaintenanceConfig { validate: EVERY_SECOND.into(), ..MaintenanceConfig::default() };
+    let mut jobs = maintenance::start(&config, maintenance_context(&harness)).await.unwrap();
+
+    let token = wait_for(&harness, "revoked", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(token.attention_reason.as_deref(), Some("revoked"));
+    assert!(token.last_error.unwrap().contains("validation sweep"));
+    assert_eq!(queued_events(&harness, "revoked").await, vec!["token.needs_attention".to_owned()]);
+    jobs.shutdown().await.unwrap();
+    assert_eq!(harness.token("fine").await.unwrap().state, TokenState::Active);
+    let stats = harness.sim.stats();
+    assert!(stats.lookups >= 2, "both tokens were looked up");
+    assert_eq!((stats.rotations, stats.family_revocations), (0, 0), "validation never rotates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_deletes_audit_rows_past_their_retention_only() {
+    use tokenwarden::engine::maintenance;
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_access_token("old", TokenOwner::Personal, in_days(60)).await.unwrap();
+    clock.advance(TimeDelta::days(31));
+    harness.track_access_token("new", TokenOwner::Personal, in_days(90)).await.unwrap();
+    maintenance::prune(&maintenance_context(&harness)).await;
+    let rows = harness.context.store.run(|conn| tokenwarden::store::audit::list(conn, None)).await.unwrap();
+    let targets: Vec<&str> = rows.iter().map(|row| row.target_name.as_str()).collect();
+    assert!(targets.contains(&"new") && !targets.contains(&"old"), "{targets:?}");
+}
+
 /// Subscribes an operator client with a webhook, so events are queued in the outbox.
 async fn subscribe_operator(harness: &EngineHarness) {
     use tokenwarden::domain::ClientRole;
@@ -462,8 +509,8 @@ async fn the_cron_sweep_marks_a_token_that_expired_while_failing_and_tells_subsc
     harness.track_access_token("failing", TokenOwner::Personal, in_days(1)).await.unwrap();
     harness.sim.set_rates(FaultRates { server_error: 1.0, ..FaultRates::default() });
     assert!(matches!(force(&harness, "failing").await, RotationOutcome::Retrying { .. }));
-    let handle = Scheduler::new(harness.context.clone(), Limits::default()).handle();
-    let mut jobs = maintenance::start("* * * * * *", harness.context.clone(), handle).await.unwrap();
+    let config = MaintenanceConfig { sweep: EVERY_SECOND.into(), ..MaintenanceConfig::default() };
+    let mut jobs = maintenance::start(&config, maintenance_context(&harness)).await.unwrap();
     assert_eq!(harness.token("failing").await.unwrap().state, TokenState::Retrying, "not expired yet");
 
     clock.set(expiry_instant(in_days(1)));

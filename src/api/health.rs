@@ -13,6 +13,14 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// The Prometheus text exposition of every metric.
+pub async fn metrics(State(state): State<AppState>) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let Some(handle) = &state.metrics else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_metrics", "metrics are not enabled"));
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()))
+}
+
 /// 200 when the store answers within the timeout and the scheduler loop ticked recently;
 /// 503 with the reason otherwise.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

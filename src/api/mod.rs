@@ -18,6 +18,8 @@ use axum::routing::{get, post};
 pub use auth::Caller;
 pub use error::ApiError;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::engine::{EngineContext, SchedulerHandle};
 use crate::store::{DbConnection, Store, StoreError};
 
@@ -39,6 +41,8 @@ pub struct AppState {
     pub engine: Arc<EngineContext>,
     /// The running scheduler (its heartbeat for readiness, and waking it), if any.
     pub scheduler: Option<SchedulerHandle>,
+    /// The Prometheus recorder `/metrics` renders, if installed.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
@@ -60,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route("/v1/tokens", get(tokens::list))
         .route("/v1/tokens/{name}", get(tokens::show))
         .route("/v1/tokens/{name}/secret", get(tokens::secret))

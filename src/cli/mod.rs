@@ -15,6 +15,7 @@ mod output;
 mod provider;
 mod secret_input;
 mod serve;
+mod systemd;
 mod token;
 mod token_rotate;
 

@@ -1,54 +1,81 @@
-//! `tokenwarden serve`: open the store, then serve the API until SIGINT or SIGTERM.
+//! `tokenwarden serve`: open the store, then run the scheduler, the webhook dispatcher, the
+//! maintenance jobs and the API until SIGINT or SIGTERM.
+
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-use std::sync::Arc;
-
 use super::CliError;
 use super::context::{open_cipher, open_store};
 use super::engine::{engine_context, limits};
+use super::systemd;
 use crate::api::{self, AppState};
 use crate::config::Settings;
-use crate::engine::{Scheduler, maintenance};
+use crate::engine::maintenance::{self, MaintenanceContext};
+use crate::engine::{Scheduler, SystemClock};
+use crate::notify::Dispatcher;
+use crate::telemetry::metrics;
 
 /// Runs the daemon until a shutdown signal arrives.
 pub async fn run(settings: Settings) -> Result<(), CliError> {
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|err| CliError::Failed(format!("cannot listen for SIGTERM: {err}")))?;
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|err| CliError::Failed(format!("cannot listen for SIGINT: {err}")))?;
+    let failed = |what: &str| {
+        let what = what.to_owned();
+        move |err: std::io::Error| CliError::Failed(format!("{what}: {err}"))
+    };
+    let mut terminate = signal(SignalKind::terminate()).map_err(failed("cannot listen for SIGTERM"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(failed("cannot listen for SIGINT"))?;
+    let metrics_handle = metrics::install().map_err(CliError::Failed)?;
     let store = open_store(&settings).await?;
     let cipher = open_cipher(&settings, &store).await?;
     let context = Arc::new(engine_context(&settings, store.clone(), cipher, "serve")?);
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", settings.listen)))?;
-    let local =
-        listener.local_addr().map_err(|err| CliError::Failed(format!("cannot read the listening address: {err}")))?;
+    let local = listener.local_addr().map_err(failed("cannot read the listening address"))?;
     info!(listen = %local, database = %settings.database_url, "tokenwarden is serving");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let scheduler = Scheduler::new(context.clone(), limits(&settings));
     let scheduler_handle = scheduler.handle();
-    let (stop_scheduler, stopped) = tokio::sync::watch::channel(false);
-    let scheduler_task = tokio::spawn(scheduler.run(stopped));
-    let mut jobs = maintenance::start(&settings.maintenance.sweep, context.clone(), scheduler_handle.clone())
+    let scheduler_task = tokio::spawn(scheduler.run(stopped.clone()));
+    let dispatcher =
+        Dispatcher::new(store.clone(), context.cipher.clone(), Arc::new(SystemClock), context.http.clone());
+    let deliveries = dispatcher.handle().counters();
+    let dispatcher_task = tokio::spawn(dispatcher.run(stopped));
+    let maintenance_context = MaintenanceContext {
+        engine: context.clone(),
+        scheduler: scheduler_handle.clone(),
+        deliveries: Some(deliveries),
+        audit_retention: chrono::TimeDelta::from_std(settings.maintenance.audit_retention.get())
+            .unwrap_or(chrono::TimeDelta::MAX),
+    };
+    let mut jobs = maintenance::start(&settings.maintenance, maintenance_context)
         .await
         .map_err(|err| CliError::Failed(format!("cannot start the maintenance jobs: {err}")))?;
-    let app = api::router(AppState { store, engine: context.clone(), scheduler: Some(scheduler_handle.clone()) });
+    let watchdog = systemd::spawn_watchdog(scheduler_handle.clone());
+
+    let state = AppState { store, engine: context, scheduler: Some(scheduler_handle), metrics: Some(metrics_handle) };
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => info!("SIGTERM received; shutting down"),
             _ = interrupt.recv() => info!("SIGINT received; shutting down"),
         }
+        systemd::notify_stopping();
     };
-    axum::serve(listener, app)
+    systemd::notify_ready();
+    axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|err| CliError::Failed(format!("the API server failed: {err}")))?;
-    let _ = stop_scheduler.send(true);
+    let _ = stop.send(true);
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     let _ = jobs.shutdown().await;
     let _ = scheduler_task.await;
+    let _ = dispatcher_task.await;
     info!("stopped");
     Ok(())
 }

@@ -41,4 +41,8 @@ pub(super) struct FileScheduler {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileMaintenance {
     pub sweep: Option<String>,
+    pub validate: Option<String>,
+    pub prune: Option<String>,
+    pub metrics: Option<String>,
+    pub audit_retention: Option<String>,
 }

@@ -90,14 +90,34 @@ impl Default for SchedulerConfig {
 pub struct MaintenanceConfig {
     /// The sweep that resolves stuck leases and marks expired tokens.
     pub sweep: String,
+    /// The validation sweep that asks GitLab whether each access token still works.
+    pub validate: String,
+    /// Pruning of old audit rows.
+    pub prune: String,
+    /// Refreshing the gauges `/metrics` exports.
+    pub metrics: String,
+    /// How long audit rows are kept.
+    pub audit_retention: HumanDuration,
 }
 
 /// Default sweep schedule: every minute.
 pub const DEFAULT_SWEEP_CRON: &str = "0 * * * * *";
+/// Default validation schedule: every hour.
+pub const DEFAULT_VALIDATE_CRON: &str = "0 17 * * * *";
+/// Default pruning schedule: daily at 03:30 UTC.
+pub const DEFAULT_PRUNE_CRON: &str = "0 30 3 * * *";
+/// Default metrics refresh: every minute (a light read of name, state and expiry).
+pub const DEFAULT_METRICS_CRON: &str = "30 * * * * *";
 
 impl Default for MaintenanceConfig {
     fn default() -> Self {
-        Self { sweep: DEFAULT_SWEEP_CRON.to_owned() }
+        Self {
+            sweep: DEFAULT_SWEEP_CRON.to_owned(),
+            validate: DEFAULT_VALIDATE_CRON.to_owned(),
+            prune: DEFAULT_PRUNE_CRON.to_owned(),
+            metrics: DEFAULT_METRICS_CRON.to_owned(),
+            audit_retention: HumanDuration::days(365),
+        }
     }
 }
 
@@ -384,13 +404,24 @@ fn resolve_maintenance(
     file: &FileMaintenance,
     file_origin: &dyn Fn() -> Origin,
 ) -> Result<MaintenanceConfig, ConfigError> {
-    let sweep = file.sweep.clone().unwrap_or_else(|| DEFAULT_SWEEP_CRON.to_owned());
-    validate_cron(&sweep).map_err(|message| ConfigError::Invalid {
-        key: "maintenance.sweep",
-        origin: file_origin(),
-        message,
-    })?;
-    Ok(MaintenanceConfig { sweep })
+    let cron = |key: &'static str, value: &Option<String>, default: &str| {
+        let expression = value.clone().unwrap_or_else(|| default.to_owned());
+        validate_cron(&expression).map_err(|message| ConfigError::Invalid { key, origin: file_origin(), message })?;
+        Ok::<String, ConfigError>(expression)
+    };
+    let defaults = MaintenanceConfig::default();
+    Ok(MaintenanceConfig {
+        sweep: cron("maintenance.sweep", &file.sweep, DEFAULT_SWEEP_CRON)?,
+        validate: cron("maintenance.validate", &file.validate, DEFAULT_VALIDATE_CRON)?,
+        prune: cron("maintenance.prune", &file.prune, DEFAULT_PRUNE_CRON)?,
+        metrics: cron("maintenance.metrics", &file.metrics, DEFAULT_METRICS_CRON)?,
+        audit_retention: file_duration(
+            "maintenance.audit_retention",
+            &file.audit_retention,
+            defaults.audit_retention,
+            file_origin,
+        )?,
+    })
 }
 
 /// Checks a six-field cron expression (seconds first), as tokio-cron-scheduler reads it.

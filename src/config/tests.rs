@@ -168,6 +168,10 @@ fn scheduler_and_maintenance_tables_override_defaults() {
 fn bad_cron_and_bad_limits_are_named() {
     let (message, _) = error_for_file("[maintenance]\nsweep = \"every minute\"\n");
     assert!(message.contains("maintenance.sweep"), "{message}");
+    let (message, _) = error_for_file("[maintenance]\nvalidate = \"hourly\"\n");
+    assert!(message.contains("maintenance.validate"), "{message}");
+    let (message, _) = error_for_file("[maintenance]\naudit_retention = \"a year\"\n");
+    assert!(message.contains("maintenance.audit_retention"), "{message}");
     let (message, _) = error_for_file("[scheduler]\nprovider_concurrency = 0\n");
     assert!(message.contains("scheduler.provider_concurrency"), "{message}");
     let (message, _) = error_for_file("[scheduler]\nprovider_timeout = \"soon\"\n");

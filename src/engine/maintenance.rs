@@ -1,47 +1,206 @@
-//! Periodic maintenance on tokio-cron-scheduler: idempotent, state-based sweeps ("everything
-//! due as of now"), each run once at start-up, guarded against overlapping itself, and
-//! never able to stop the scheduler by failing.
+//! Periodic maintenance on tokio-cron-scheduler: idempotent, state-based jobs ("everything
+//! due as of now"), guarded against overlapping themselves, never able to stop the scheduler
+//! by failing (a failed run is logged and simply runs again at its next tick).
+//!
+//! - **sweep**: marks GitLab tokens that expired without a rotation, then wakes the scheduler
+//!   so overdue tokens and leases that ran out are claimed (and resolved by the recovery rules);
+//! - **validate**: asks GitLab (`GET …/self`, which never triggers reuse detection) whether each
+//!   tracked access token still works, so one revoked outside tokenwarden needs attention
+//!   within one run instead of at its next rotation;
+//! - **prune**: deletes audit rows past their retention (delivered webhooks are pruned by the
+//!   dispatcher);
+//! - **metrics**: refreshes the per-state and per-token gauges.
+//!
+//! The sweep, pruning and metrics also run once at start-up (the cron scheduler does not
+//! replay runs missed while the daemon was down).
 
+use std::future::Future;
 use std::sync::Arc;
 
+use chrono::TimeDelta;
 use tokio::sync::Mutex;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use super::context::EngineContext;
+use super::context::{EngineContext, build_provider};
 use super::scheduler::SchedulerHandle;
-use crate::store::rotation;
+use crate::config::MaintenanceConfig;
+use crate::domain::TokenState;
+use crate::notify::DeliveryCounters;
+use crate::providers::{Credential, ProviderError};
+use crate::store::models::Token;
+use crate::store::{audit, providers, rotation, tokens};
+use crate::telemetry::metrics;
 
-/// Starts the maintenance jobs; keep the returned scheduler alive (dropping it stops them).
-pub async fn start(
-    sweep_cron: &str,
-    context: Arc<EngineContext>,
-    handle: SchedulerHandle,
-) -> Result<JobScheduler, JobSchedulerError> {
+/// Most validation look-ups in flight at once (GitLab rate-limits per user).
+pub const VALIDATION_CONCURRENCY: usize = 4;
+
+/// What the jobs need besides the engine.
+#[derive(Debug, Clone)]
+pub struct MaintenanceContext {
+    /// The engine (store, cipher, clock, HTTP client).
+    pub engine: Arc<EngineContext>,
+    /// To wake the scheduler after a sweep.
+    pub scheduler: SchedulerHandle,
+    /// The webhook dispatcher's counters, exported as metrics.
+    pub deliveries: Option<Arc<DeliveryCounters>>,
+    /// How long audit rows are kept.
+    pub audit_retention: TimeDelta,
+}
+
+/// Starts the jobs on `config`'s schedules; keep the returned scheduler alive (dropping it
+/// stops them).
+pub async fn start(config: &MaintenanceConfig, context: MaintenanceContext) -> Result<JobScheduler, JobSchedulerError> {
     let scheduler = JobScheduler::new().await?;
-    let guard = Arc::new(Mutex::new(()));
-    sweep(&context, &handle, &guard).await;
-    let job = Job::new_async(sweep_cron, move |_, _| {
-        let (context, handle, guard) = (context.clone(), handle.clone(), guard.clone());
-        Box::pin(async move { sweep(&context, &handle, &guard).await })
-    })?;
-    scheduler.add(job).await?;
+    let context = Arc::new(context);
+    sweep(&context).await;
+    prune(&context).await;
+    refresh_metrics(&context).await;
+    add(&scheduler, &config.sweep, "sweep", &context, |c| async move { sweep(&c).await }).await?;
+    add(&scheduler, &config.validate, "validate", &context, |c| async move { validate(&c).await }).await?;
+    add(&scheduler, &config.prune, "prune", &context, |c| async move { prune(&c).await }).await?;
+    add(&scheduler, &config.metrics, "metrics", &context, |c| async move { refresh_metrics(&c).await }).await?;
     scheduler.start().await?;
     Ok(scheduler)
 }
 
-/// The sweep: marks GitLab tokens that expired without a rotation, then wakes the scheduler
-/// so overdue tokens and leases that ran out are claimed (and resolved by the recovery rules).
-pub async fn sweep(context: &EngineContext, handle: &SchedulerHandle, guard: &Mutex<()>) {
-    let Ok(_running) = guard.try_lock() else {
-        info!("previous sweep still running; skipping this tick");
-        return;
-    };
-    let now = context.clock.now();
-    match context.store.run(move |conn| rotation::expire_overdue(conn, now)).await {
+/// Adds one job that skips a tick while its previous run is still going.
+async fn add<F, Fut>(
+    scheduler: &JobScheduler,
+    cron: &str,
+    name: &'static str,
+    context: &Arc<MaintenanceContext>,
+    run: F,
+) -> Result<(), JobSchedulerError>
+where
+    F: Fn(Arc<MaintenanceContext>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let guard = Arc::new(Mutex::new(()));
+    let context = context.clone();
+    let job = Job::new_async(cron, move |_, _| {
+        let (guard, context, run) = (guard.clone(), context.clone(), run.clone());
+        Box::pin(async move {
+            let Ok(_running) = guard.try_lock() else {
+                info!(job = name, "previous run still going; skipping this tick");
+                return;
+            };
+            run(context).await;
+        })
+    })?;
+    scheduler.add(job).await?;
+    Ok(())
+}
+
+/// Marks GitLab tokens that expired without a rotation, then wakes the scheduler.
+pub async fn sweep(context: &MaintenanceContext) {
+    let now = context.engine.clock.now();
+    match context.engine.store.run(move |conn| rotation::expire_overdue(conn, now)).await {
         Ok(expired) if !expired.is_empty() => error!(tokens = ?expired, "tokens expired without a successful rotation"),
         Ok(_) => {}
         Err(err) => error!(error = %err, "sweep failed; it runs again at its next tick"),
     }
-    handle.wake();
+    context.scheduler.wake();
+}
+
+/// Asks GitLab about every settled access token; a dead one needs attention at once.
+pub async fn validate(context: &MaintenanceContext) {
+    let all = match context.engine.store.run(tokens::list).await {
+        Ok(all) => all,
+        Err(err) => return error!(error = %err, "validation could not list tokens; it runs again at its next tick"),
+    };
+    let checked: Vec<Token> = all
+        .into_iter()
+        .filter(|t| t.kind.is_gitlab_access_token() && matches!(t.state, TokenState::Active | TokenState::Retrying))
+        .collect();
+    let limit = Arc::new(tokio::sync::Semaphore::new(VALIDATION_CONCURRENCY));
+    let mut runs = tokio::task::JoinSet::new();
+    for token in checked {
+        let (engine, limit) = (context.engine.clone(), limit.clone());
+        runs.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            validate_one(&engine, token).await
+        });
+    }
+    let mut flagged = 0;
+    while let Some(result) = runs.join_next().await {
+        flagged += usize::from(result.unwrap_or(false));
+    }
+    info!(flagged, "validation sweep finished");
+}
+
+/// Looks one token up; a 401 flags it `needs_attention` (unless a rotation changed it
+/// meanwhile). Returns whether it was flagged.
+async fn validate_one(engine: &EngineContext, token: Token) -> bool {
+    let name = token.name.clone();
+    let (cipher, lookup) = (engine.cipher.clone(), name.clone());
+    let provider_name = token.provider.clone();
+    let read = engine
+        .store
+        .run(move |conn| {
+            let (current, secret) = tokens::read_current(conn, &cipher, &lookup)?;
+            let provider = providers::find_row(conn, &provider_name)?;
+            Ok((current, secret, provider))
+        })
+        .await;
+    let (current, secret, provider_row) = match read {
+        Ok(read) => read,
+        Err(err) => {
+            warn!(token = %name, error = %err, "validation could not read the token");
+            return false;
+        }
+    };
+    let resource = current.project.as_deref().or(current.group.as_deref());
+    let provider = match build_provider(engine, &provider_row, current.kind, resource) {
+        Ok(provider) => provider,
+        Err(err) => {
+            warn!(token = %name, error = %err, "validation could not build the provider");
+            return false;
+        }
+    };
+    let now = engine.clock.now();
+    let credential = Credential { secret, refresh_token: None, requested_expiry: now.date_naive(), requested_at: now };
+    let reason = match provider.inspect(&credential).await {
+        Ok(Some(info)) if info.active && !info.revoked => return false,
+        Ok(None) => return false,
+        Ok(Some(_)) => "GitLab reports the token inactive or revoked".to_owned(),
+        Err(ProviderError::Permanent { message, .. }) => message,
+        Err(err) => {
+            warn!(token = %name, error = %err, "validation look-up failed; trying again next run");
+            return false;
+        }
+    };
+    let error = format!("revoked outside tokenwarden (found by the validation sweep): {reason}");
+    let version = current.version;
+    let flagged = engine
+        .store
+        .run(move |conn| rotation::flag_needs_attention(conn, &name, version, "revoked", &error, now))
+        .await;
+    match flagged {
+        Ok(true) => error!(token = %current.name, "token was revoked outside tokenwarden; needs attention"),
+        Ok(false) => info!(token = %current.name, "token changed while it was validated; left as it is"),
+        Err(ref err) => warn!(token = %current.name, error = %err, "could not flag a revoked token"),
+    }
+    matches!(flagged, Ok(true))
+}
+
+/// Deletes audit rows past their retention.
+pub async fn prune(context: &MaintenanceContext) {
+    let older_than = context.engine.clock.now() - context.audit_retention;
+    match context.engine.store.run(move |conn| audit::prune(conn, older_than)).await {
+        Ok(0) => {}
+        Ok(pruned) => info!(pruned, "pruned old audit rows"),
+        Err(err) => error!(error = %err, "pruning failed; it runs again at its next tick"),
+    }
+}
+
+/// Refreshes the gauges `/metrics` exports from the store and the dispatcher.
+pub async fn refresh_metrics(context: &MaintenanceContext) {
+    match context.engine.store.run(tokens::gauges).await {
+        Ok(all) => metrics::refresh_token_gauges(&all),
+        Err(err) => warn!(error = %err, "metrics refresh could not list tokens"),
+    }
+    if let Some(deliveries) = &context.deliveries {
+        metrics::refresh_webhook_counters(deliveries);
+    }
 }

@@ -46,11 +46,12 @@ use tracing::{error, info, warn};
 
 use super::context::{EngineContext, build_provider};
 use super::policy::{plan_rotation, requested_gitlab_expiry};
-use crate::domain::{Policy, Recovery, TokenName, TokenState};
+use crate::domain::{Policy, Recovery, TokenKind, TokenName, TokenState};
 use crate::providers::{Credential, ProviderError, Renewed, TokenProvider};
 use crate::store::StoreError;
 use crate::store::rotation::{self, Claim, ClaimMode, ClaimResult, Failure, GRANT_LOST, Success};
 use crate::store::tokens::{SecretField, secret_context};
+use crate::telemetry::metrics as telemetry;
 
 /// Reason recorded when GitLab rotated a token but its answer (the new secret) was lost.
 pub const ROTATION_RESPONSE_LOST: &str = "rotation_response_lost";
@@ -100,6 +101,8 @@ pub enum RotationOutcome {
 pub struct RotationReport {
     /// The token.
     pub token: TokenName,
+    /// Its kind.
+    pub kind: TokenKind,
     /// How it ended.
     pub outcome: RotationOutcome,
     /// When the rotation was planned.
@@ -181,6 +184,7 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
     let started_at = context.clock.now();
     let mut report = RotationReport {
         token: claim.token.name.clone(),
+        kind: claim.token.kind,
         outcome: RotationOutcome::LeaseLost,
         planned_at: claim.planned_at,
         started_at,
@@ -202,6 +206,7 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
         }
     };
     log_outcome(&report);
+    record_metrics(&report);
     report
 }
 
@@ -485,6 +490,25 @@ where
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Counts the attempt by kind and outcome, and records its lag and commit gap.
+fn record_metrics(report: &RotationReport) {
+    let outcome = match report.outcome {
+        RotationOutcome::Rotated { .. } => "success",
+        RotationOutcome::Retrying { .. } => "transient_error",
+        RotationOutcome::NeedsAttention { .. } => "permanent_error",
+        RotationOutcome::LeaseLost => "lease_lost",
+        RotationOutcome::StoreFailed { .. } => "store_error",
+    };
+    metrics::counter!(telemetry::ROTATIONS, "kind" => report.kind.as_str(), "outcome" => outcome).increment(1);
+    let lag = report.planned_at.and_then(|planned| (report.started_at - planned).to_std().ok());
+    if let Some(lag) = lag {
+        metrics::histogram!(telemetry::ROTATION_LAG).record(lag.as_secs_f64());
+    }
+    if let Some(gap) = report.commit_gap {
+        metrics::histogram!(telemetry::COMMIT_GAP).record(gap.as_secs_f64());
     }
 }
 

@@ -117,7 +117,10 @@ impl Scheduler {
                     self.context.clock.now() + TimeDelta::from_std(IDLE_POLL).unwrap_or_default()
                 }
             };
-            self.handle.last_tick.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+            let tick = Utc::now();
+            self.handle.last_tick.store(tick.timestamp_millis(), Ordering::Relaxed);
+            metrics::gauge!(crate::telemetry::metrics::SCHEDULER_LAST_TICK)
+                .set(tick.timestamp_millis() as f64 / 1000.0);
             tokio::select! {
                 () = self.context.clock.sleep_until(wake_at) => {}
                 () = self.handle.wake.notified() => {}

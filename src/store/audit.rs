@@ -38,6 +38,13 @@ pub fn record(
     Ok(())
 }
 
+/// Deletes audit rows older than `older_than`; returns how many.
+pub fn prune(conn: &mut DbConnection, older_than: DateTime<Utc>) -> Result<usize, StoreError> {
+    conn.write_transaction(|conn| {
+        Ok(diesel::delete(audit_log::table.filter(audit_log::occurred_at.lt(naive(older_than)))).execute(conn)?)
+    })
+}
+
 /// Audit rows about `target_name` (or all, when `None`), newest first.
 pub fn list(conn: &mut DbConnection, target_name: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
     let mut query = audit_log::table.select(AuditRow::as_select()).into_boxed();

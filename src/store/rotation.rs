@@ -393,6 +393,46 @@ pub fn commit_failure(
     })
 }
 
+/// Flags a token `needs_attention` because a check outside rotation found its secret dead
+/// (revoked at GitLab) — only if it is still at `seen_version` and not being rotated, so a
+/// rotation that raced the check wins. Returns whether the token was flagged.
+pub fn flag_needs_attention(
+    conn: &mut DbConnection,
+    name: &TokenName,
+    seen_version: i64,
+    reason: &str,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    conn.write_transaction(|conn| {
+        let settled = [TokenState::Active.as_str(), TokenState::Retrying.as_str()];
+        let changed = diesel::update(
+            tokens::table
+                .filter(tokens::name.eq(name.as_str()))
+                .filter(tokens::version.eq(seen_version))
+                .filter(tokens::state.eq_any(settled)),
+        )
+        .set((
+            tokens::state.eq(TokenState::NeedsAttention.as_str()),
+            tokens::attention_reason.eq(reason),
+            tokens::last_error.eq(error),
+            tokens::last_failure_at.eq(naive(now)),
+            tokens::next_rotation_at.eq(None::<chrono::NaiveDateTime>),
+            tokens::updated_at.eq(naive(now)),
+        ))
+        .execute(conn)?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        let expires_at: Option<chrono::NaiveDateTime> =
+            tokens::table.filter(tokens::name.eq(name.as_str())).select(tokens::expires_at).first(conn)?;
+        outbox::enqueue(conn, Event::NeedsAttention, name.as_str(), seen_version, expires_at.map(utc), now)?;
+        let target = AuditTarget { kind: "token", name: name.as_str() };
+        audit::record(conn, now, "validator", "token.needs_attention", target, Some(reason.to_owned()))?;
+        Ok(true)
+    })
+}
+
 /// A token the scheduler should look at soon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueToken {

@@ -169,6 +169,29 @@ pub fn find(conn: &mut DbConnection, name: &TokenName) -> Result<Token, StoreErr
     Token::from_row(row, &provider)
 }
 
+/// What the exported gauges need of one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGauge {
+    /// The token's name.
+    pub name: String,
+    /// Its state, as stored.
+    pub state: String,
+    /// When its secret expires.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Each token's name, state and expiry: the light read behind the exported gauges.
+pub fn gauges(conn: &mut DbConnection) -> Result<Vec<TokenGauge>, StoreError> {
+    let rows: Vec<(String, String, Option<chrono::NaiveDateTime>)> =
+        tokens::table.select((tokens::name, tokens::state, tokens::expires_at)).load(conn)?;
+    let gauge = |(name, state, expires_at): (String, String, Option<chrono::NaiveDateTime>)| TokenGauge {
+        name,
+        state,
+        expires_at: expires_at.map(super::models::utc),
+    };
+    Ok(rows.into_iter().map(gauge).collect())
+}
+
 /// The token and its current secret, read in one statement so the version and the secret
 /// always belong together.
 pub fn read_current(

@@ -1,7 +1,10 @@
-//! Logging set-up: `RUST_LOG`-style filtering, human lines on a terminal, JSON for shippers.
+//! Logging set-up: `RUST_LOG`-style filtering, human lines on a terminal, JSON for shippers;
+//! and the Prometheus [`metrics`].
 //!
 //! Secrets never reach a log line because they are only ever held in `secrecy` types,
 //! whose `Debug` prints `[REDACTED]`, and no code formats an exposed secret into a message.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
