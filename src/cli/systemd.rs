@@ -6,10 +6,6 @@
 //! the process itself is still alive and `/healthz` still answers). Outside systemd — no
 //! `NOTIFY_SOCKET` in the environment — every function here does nothing but log at debug level.
 
-// Wired into `serve::run` separately (see the systemd section of README.md); the allow keeps the
-// build warning-free until that lands and is harmless afterwards.
-#![allow(dead_code, reason = "called from serve::run once the serve.rs change lands")]
-
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
