@@ -4,7 +4,8 @@
 //! It never scans the whole table: each pass reads at most [`BATCH`] tokens due within
 //! [`LOOKAHEAD`] through the `next_rotation_at` index, and an idle pass is one small indexed
 //! query per [`IDLE_POLL`] — which is also how changes made by the CLI in another process
-//! are noticed within a second.
+//! are noticed within a second. While every worker is busy it does not query at all: a worker
+//! that finishes wakes it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -132,6 +133,9 @@ impl Scheduler {
     /// One pass: dispatch what is due now, and say when to look again.
     async fn pass(&self) -> Result<DateTime<Utc>, crate::store::StoreError> {
         let now = self.context.clock.now();
+        if self.overall.available_permits() == 0 {
+            return Ok(now + TimeDelta::from_std(IDLE_POLL).unwrap_or_default());
+        }
         let horizon = now + LOOKAHEAD;
         let due = self.context.store.run(move |conn| rotation::due_by(conn, horizon, BATCH)).await?;
         let mut wake_at = now + TimeDelta::from_std(IDLE_POLL).unwrap_or_default();

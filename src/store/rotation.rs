@@ -4,7 +4,9 @@
 //! The engine (`crate::engine::protocol`) explains the protocol as a whole.
 
 use chrono::{DateTime, TimeDelta, Utc};
+use diesel::dsl::sql;
 use diesel::prelude::*;
+use diesel::sql_types::Bool;
 
 use super::audit::{self, AuditTarget};
 use super::models::{HistoryRow, ProviderRow, Token, TokenRow, naive, new_id, utc};
@@ -12,6 +14,11 @@ use super::outbox::{self, Event};
 use super::schema::{providers, token_history, tokens};
 use super::{DbConnection, StoreError};
 use crate::domain::{Recovery, TokenKind, TokenName, TokenState};
+
+/// The states the scheduler rotates, as the partial index `tokens_due` spells them.
+const SCHEDULED_STATES: &str = "tokens.state IN ('active', 'retrying')";
+/// The state holding a lease, as the partial index `tokens_lease` spells it.
+const LEASED_STATE: &str = "tokens.state = 'rotating'";
 
 /// Consecutive transient failures after which clients get a `token.failed` event.
 pub const FAILED_EVENT_THRESHOLD: i32 = 3;
@@ -446,16 +453,27 @@ pub struct DueToken {
 
 /// Up to `limit` tokens due by `horizon`, most urgent first: planned rotations of active and
 /// retrying tokens, and leases that ran out (a worker died mid-rotation).
+///
+/// The state conditions are literal SQL matching the partial indexes `tokens_due` and
+/// `tokens_lease` word for word: SQLite uses a partial index only when it can prove the query
+/// implies the index's condition, which it cannot for bound parameters — with them every pass
+/// scanned the whole table (22 ms at 100,000 tokens instead of 0.01 ms).
 pub fn due_by(conn: &mut DbConnection, horizon: DateTime<Utc>, limit: i64) -> Result<Vec<DueToken>, StoreError> {
     let planned: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
-        .filter(tokens::state.eq_any([TokenState::Active.as_str(), TokenState::Retrying.as_str()]))
-        .filter(tokens::next_rotation_at.le(naive(horizon)).or(tokens::next_rotation_at.is_null()))
+        .filter(sql::<Bool>(SCHEDULED_STATES))
+        .filter(tokens::next_rotation_at.le(naive(horizon)))
         .order(tokens::next_rotation_at.asc())
         .limit(limit)
         .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
         .load(conn)?;
+    let unplanned: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
+        .filter(sql::<Bool>(SCHEDULED_STATES))
+        .filter(tokens::next_rotation_at.is_null())
+        .limit(limit)
+        .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
+        .load(conn)?;
     let stale: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
-        .filter(tokens::state.eq(TokenState::Rotating.as_str()))
+        .filter(sql::<Bool>(LEASED_STATE))
         .filter(tokens::lease_expires_at.le(naive(horizon)))
         .order(tokens::lease_expires_at.asc())
         .limit(limit)
@@ -463,6 +481,7 @@ pub fn due_by(conn: &mut DbConnection, horizon: DateTime<Utc>, limit: i64) -> Re
         .load(conn)?;
     let mut due = planned
         .into_iter()
+        .chain(unplanned)
         .chain(stale)
         .map(|(name, provider_id, at)| {
             Ok(DueToken {
@@ -491,33 +510,47 @@ pub fn next_due_at(conn: &mut DbConnection) -> Result<Option<DateTime<Utc>>, Sto
 }
 
 /// Marks GitLab access tokens whose expiry passed without a successful rotation as
-/// `expired` (an OAuth grant outlives its access token, so grants are left alone).
+/// `expired` (an OAuth grant outlives its access token, so grants are left alone). The
+/// candidates are read first, without the write lock; each is then updated only if it is still
+/// at the version and in the state it was read in (a rotation that committed meanwhile wins).
 pub fn expire_overdue(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
     let access_token_kinds = [
         TokenKind::GitlabProjectAccessToken.as_str(),
         TokenKind::GitlabGroupAccessToken.as_str(),
         TokenKind::GitlabPersonalAccessToken.as_str(),
     ];
+    let candidates: Vec<(String, String, i64, Option<chrono::NaiveDateTime>)> = tokens::table
+        .filter(tokens::kind.eq_any(access_token_kinds))
+        .filter(sql::<Bool>(SCHEDULED_STATES))
+        .filter(tokens::expires_at.le(naive(now)))
+        .select((tokens::id, tokens::name, tokens::version, tokens::expires_at))
+        .load(conn)?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
     conn.write_transaction(|conn| {
-        let overdue: Vec<(String, String, i64, Option<chrono::NaiveDateTime>)> = tokens::table
-            .filter(tokens::kind.eq_any(access_token_kinds))
-            .filter(tokens::state.eq_any([TokenState::Active.as_str(), TokenState::Retrying.as_str()]))
-            .filter(tokens::expires_at.le(naive(now)))
-            .select((tokens::id, tokens::name, tokens::version, tokens::expires_at))
-            .load(conn)?;
-        for (id, name, version, expires_at) in &overdue {
-            diesel::update(tokens::table.filter(tokens::id.eq(id)))
+        let mut expired = Vec::new();
+        for (id, name, version, expires_at) in candidates {
+            let still_overdue = tokens::table
+                .filter(tokens::id.eq(&id))
+                .filter(tokens::version.eq(version))
+                .filter(sql::<Bool>(SCHEDULED_STATES));
+            let changed = diesel::update(still_overdue)
                 .set((
                     tokens::state.eq(TokenState::Expired.as_str()),
                     tokens::next_rotation_at.eq(None::<chrono::NaiveDateTime>),
                     tokens::updated_at.eq(naive(now)),
                 ))
                 .execute(conn)?;
-            outbox::enqueue(conn, Event::NeedsAttention, name, *version, expires_at.map(utc), now)?;
-            let target = AuditTarget { kind: "token", name };
+            if changed == 0 {
+                continue;
+            }
+            outbox::enqueue(conn, Event::NeedsAttention, &name, version, expires_at.map(utc), now)?;
+            let target = AuditTarget { kind: "token", name: &name };
             audit::record(conn, now, "scheduler", "token.expired", target, None)?;
+            expired.push(name);
         }
-        Ok(overdue.into_iter().map(|(_, name, _, _)| name).collect())
+        Ok(expired)
     })
 }
 
