@@ -50,17 +50,12 @@ pub async fn secret(
     let name = token_name(&raw)?;
     caller.require_access(&name)?;
     let (cipher, actor) = (state.engine.cipher.clone(), caller.actor().to_owned());
-    let (token, secret) = state
-        .store_call(move |conn| {
-            let current = tokens::read_current(conn, &cipher, &name)?;
-            let target = AuditTarget { kind: "token", name: name.as_str() };
-            let detail = Some(format!("version={}", current.0.version));
-            conn.write_transaction(|conn| {
-                audit::record(conn, Utc::now(), &actor, "token.secret_read", target, detail)
-            })?;
-            Ok(current)
-        })
-        .await?;
+    let (token, secret) = state.store_call(move |conn| tokens::read_current(conn, &cipher, &name)).await?;
+    let target = AuditTarget { kind: "token", name: token.name.as_str() };
+    let row = audit::row(Utc::now(), &actor, "token.secret_read", target, Some(format!("version={}", token.version)));
+    tokio::time::timeout(super::STORE_CALL_TIMEOUT, state.store.record_audit(row))
+        .await
+        .map_err(|_| ApiError::store_unavailable("the audit log did not answer in time"))??;
     let Some(secret) = secret else {
         let message = format!("token '{}' has no secret yet (its first refresh has not succeeded)", token.name);
         return Err(ApiError::new(StatusCode::CONFLICT, "no_secret", message));

@@ -16,6 +16,19 @@ pub struct AuditTarget<'a> {
     pub name: &'a str,
 }
 
+/// An audit row, ready to insert.
+pub fn row(now: DateTime<Utc>, actor: &str, action: &str, target: AuditTarget<'_>, detail: Option<String>) -> AuditRow {
+    AuditRow {
+        id: new_id(),
+        occurred_at: naive(now),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target_kind: target.kind.to_owned(),
+        target_name: target.name.to_owned(),
+        detail,
+    }
+}
+
 /// Appends one audit row; call it inside the transaction that made the change.
 pub fn record(
     conn: &mut DbConnection,
@@ -25,16 +38,7 @@ pub fn record(
     target: AuditTarget<'_>,
     detail: Option<String>,
 ) -> Result<(), StoreError> {
-    let row = AuditRow {
-        id: new_id(),
-        occurred_at: naive(now),
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        target_kind: target.kind.to_owned(),
-        target_name: target.name.to_owned(),
-        detail,
-    };
-    diesel::insert_into(audit_log::table).values(&row).execute(conn)?;
+    diesel::insert_into(audit_log::table).values(&row(now, actor, action, target, detail)).execute(conn)?;
     Ok(())
 }
 

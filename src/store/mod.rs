@@ -5,6 +5,7 @@
 //! one of the submodules. Writes go through [`DbConnection::write_transaction`].
 
 pub mod audit;
+mod audit_batch;
 pub mod clients;
 mod connection;
 mod error;
@@ -36,6 +37,7 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 pub struct Store {
     pool: Pool<Manager>,
     url: DatabaseUrl,
+    audit: audit_batch::AuditBatcher,
 }
 
 impl std::fmt::Debug for Store {
@@ -59,7 +61,7 @@ impl Store {
             .connection_timeout(POOL_WAIT)
             .test_on_check_out(false)
             .build_unchecked(Manager::new(url.clone()));
-        Ok(Self { pool, url: url.clone() })
+        Ok(Self { pool, url: url.clone(), audit: audit_batch::AuditBatcher::default() })
     }
 
     /// The URL this store was opened with.
@@ -80,6 +82,13 @@ impl Store {
         })
         .await
         .map_err(|err| StoreError::TaskFailed(err.to_string()))?
+    }
+
+    /// Appends an audit row through a group commit shared with concurrent callers; returns once
+    /// it is committed. For hot paths (secret reads); changes record their audit row inside
+    /// their own transaction instead.
+    pub async fn record_audit(&self, row: models::AuditRow) -> Result<(), StoreError> {
+        self.audit.record(&self.pool, row).await
     }
 
     /// Checks that the database answers a trivial query.

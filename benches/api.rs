@@ -1,0 +1,126 @@
+//! Secret reads over HTTP on loopback, next to `/healthz` on the same server in the same run:
+//! requests per second and latency percentiles with 100,000 tokens in SQLite. Prints figures;
+//! asserts nothing. Run with `cargo bench --bench api`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{Days, Utc};
+use tokenwarden::api::{AppState, router};
+use tokenwarden::domain::ClientRole;
+use tokenwarden::engine::{EngineSettings, SystemClock};
+use tokenwarden::providers::{HttpSettings, build_http_client};
+use tokenwarden::simulator::harness::{EngineHarness, SeedToken};
+use tokenwarden::store::clients::{self, NewClient};
+
+/// Tokens tracked in the store.
+const TOKENS: usize = 100_000;
+/// Concurrent client connections.
+const CONNECTIONS: usize = 32;
+/// How long each measurement runs.
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// Rate and latency percentiles of one measured endpoint.
+struct Figures {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+/// Hammers `paths` (round robin per connection) for [`WINDOW`] with [`CONNECTIONS`] clients.
+async fn measure(base: &str, key: &str, paths: Arc<Vec<String>>) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for connection in 0..CONNECTIONS {
+        let client = build_http_client(HttpSettings::default()).expect("client");
+        let (base, key, paths, stop) = (base.to_owned(), key.to_owned(), paths.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors, mut next) = (Vec::new(), 0usize, connection * 7919);
+            while !stop.load(Ordering::Relaxed) {
+                let path = &paths[next % paths.len()];
+                next += CONNECTIONS;
+                let started = Instant::now();
+                let ok = match client.get(format!("{base}{path}")).bearer_auth(&key).send().await {
+                    Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                latencies.push(started.elapsed());
+                errors += usize::from(!ok);
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(WINDOW).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (latencies, failed) = task.await.expect("load task");
+        all.extend(latencies);
+        errors += failed;
+    }
+    all.sort();
+    let percentile = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    Figures {
+        rate: all.len() as f64 / WINDOW.as_secs_f64(),
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        errors,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let harness =
+        EngineHarness::start(dir.path(), Arc::new(SystemClock), EngineSettings::default()).await.expect("harness");
+    let expires = Utc::now().date_naive() + Days::new(30);
+    let later = Utc::now() + chrono::TimeDelta::days(20);
+    let seeds: Vec<SeedToken> =
+        (0..TOKENS).map(|i| SeedToken { name: format!("token-{i:06}"), next_rotation_at: later }).collect();
+    let started = Instant::now();
+    harness.track_access_tokens_bulk(seeds, expires, false).await.expect("seed");
+    println!("seeded {TOKENS} tokens in {:.1} s", started.elapsed().as_secs_f64());
+    let new =
+        NewClient { name: "bench".parse().unwrap(), role: ClientRole::Operator, grants: vec![], webhook_url: None };
+    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
+    let created =
+        harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, None, "bench", now)).await.unwrap();
+    let key = created.api_key.expose().to_owned();
+
+    let state = AppState {
+        store: harness.context.store.clone(),
+        engine: harness.context.clone(),
+        scheduler: None,
+        metrics: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+
+    let secrets: Vec<String> = (0..TOKENS).step_by(7).map(|i| format!("/v1/tokens/token-{i:06}/secret")).collect();
+    let health = Arc::new(vec!["/healthz".to_owned()]);
+    println!(
+        "{CONNECTIONS} connections, {} s per endpoint, server and load generator share {} cores",
+        WINDOW.as_secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let healthz = measure(&base, &key, health).await;
+    let reads = measure(&base, &key, Arc::new(secrets)).await;
+    println!("endpoint                      requests/s   p50 ms   p99 ms   errors");
+    for (name, f) in [("GET /healthz", &healthz), ("GET /v1/tokens/{name}/secret", &reads)] {
+        println!("{name:<29} {:>10.0} {:>8.2} {:>8.2} {:>8}", f.rate, f.p50_ms, f.p99_ms, f.errors);
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "targets: reads >= 10000/s: {} | p99 <= 5 ms: {} | reads >= 0.5 x healthz ({:.2} x): {}",
+        verdict(reads.rate >= 10_000.0),
+        verdict(reads.p99_ms <= 5.0),
+        reads.rate / healthz.rate,
+        verdict(reads.rate >= 0.5 * healthz.rate)
+    );
+    let audited = harness.context.store.run(|conn| tokenwarden::store::audit::list(conn, None)).await.unwrap();
+    let reads_audited = audited.iter().filter(|row| row.action == "token.secret_read").count();
+    println!("audit rows for secret reads: {reads_audited} (one per successful read)");
+}
