@@ -560,7 +560,7 @@ async fn idle_costs(harness: &EngineHarness, handle: &SchedulerHandle) -> BenchR
         .run(move |conn| {
             let started = Instant::now();
             for _ in 0..RUNS {
-                rotation::due_by(conn, horizon, 512)?;
+                rotation::due_by(conn, horizon, 512, &[])?;
             }
             Ok(started.elapsed().as_secs_f64() * 1000.0 / f64::from(RUNS))
         })

@@ -316,7 +316,9 @@ async fn claim_as_a_worker_that_dies(harness: &EngineHarness, name: &str) {
     let result = harness
         .context
         .store
-        .run(move |conn| rotation::claim(conn, &name, ClaimMode::Forced, "dead-worker", lease, now))
+        .run(move |conn| {
+            rotation::claim(conn, &name, ClaimMode::Forced { settle: TimeDelta::zero() }, "dead-worker", lease, now)
+        })
         .await
         .unwrap();
     assert!(matches!(result, ClaimResult::Claimed(_)), "{result:?}");
@@ -528,4 +530,126 @@ async fn a_rotation_and_its_webhook_delivery_are_committed_together() {
     assert!(queued_events(&harness, "t").await.is_empty());
     assert!(matches!(force(&harness, "t").await, RotationOutcome::Rotated { version: 2, .. }));
     assert_eq!(queued_events(&harness, "t").await, vec!["token.rotated".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_oauth2_grant_is_refreshed_at_its_token_url_and_only_the_new_access_token_works() {
+    let Setup { harness, clock, .. } = setup().await;
+    let first_refresh = harness.track_generic_grant("generic").await.unwrap();
+    let _stop = run_scheduler(harness.context.clone());
+
+    let token = wait_for(&harness, "generic", |t| t.version == 2).await;
+    assert_eq!(token.kind.as_str(), "oauth2");
+    assert!(!harness.sim.with_state(|s| s.refresh_token_is_live(&first_refresh)), "the used refresh token is spent");
+    let access = harness.secret("generic").await.unwrap().unwrap();
+    assert!(harness.sim.accepts(&access));
+
+    clock.set(token.next_rotation_at.unwrap());
+    wait_for(&harness, "generic", |t| t.version == 3).await;
+    assert!(!harness.sim.accepts(&access), "the old access token no longer works");
+    assert!(harness.sim.accepts(&harness.secret("generic").await.unwrap().unwrap()));
+    let refresh = harness.refresh_token("generic").await.unwrap().unwrap();
+    assert!(harness.sim.with_state(|s| s.refresh_token_is_live(&refresh)), "the stored refresh token is the live one");
+    assert_eq!(history(&harness, "generic").await.len(), 3, "added, then two refreshes");
+    assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_answers_without_a_refresh_token_leaves_the_stored_one_in_place() {
+    let Setup { harness, .. } = setup().await;
+    harness.sim.set_keep_refresh_tokens(true);
+    let refresh = harness.track_generic_grant("generic").await.unwrap();
+
+    assert!(matches!(force(&harness, "generic").await, RotationOutcome::Rotated { version: 2, .. }));
+    assert!(matches!(force(&harness, "generic").await, RotationOutcome::Rotated { version: 3, .. }));
+    assert_eq!(harness.refresh_token("generic").await.unwrap().as_deref(), Some(refresh.as_str()));
+    assert!(harness.sim.accepts(&harness.secret("generic").await.unwrap().unwrap()));
+    assert_eq!(harness.sim.stats().refreshes, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_gitlab_rotation_sends_the_rotate_request_alone_without_a_probe() {
+    let Setup { harness, .. } = setup().await;
+    harness.track_access_token("personal", TokenOwner::Personal, in_days(3)).await.unwrap();
+
+    assert!(matches!(force(&harness, "personal").await, RotationOutcome::Rotated { version: 2, .. }));
+    let stats = harness.sim.stats();
+    assert_eq!((stats.lookups, stats.rotations), (0, 1), "one request per rotation: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_server_error_makes_the_next_attempt_probe_before_rotating() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_access_token("project", TokenOwner::Project("42".into()), in_days(3)).await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::Status { status: 500 });
+
+    let outcome = force(&harness, "project").await;
+    let RotationOutcome::Retrying { next_attempt_at, .. } = outcome else { panic!("expected a retry: {outcome:?}") };
+    assert_eq!(harness.token("project").await.unwrap().recovery.as_deref(), Some("probe"));
+    clock.set(next_attempt_at);
+    let _stop = run_scheduler(harness.context.clone());
+    let token = wait_for(&harness, "project", |t| t.version == 2).await;
+    assert_eq!((token.state, token.recovery), (TokenState::Active, None));
+    let stats = harness.sim.stats();
+    assert_eq!((stats.lookups, stats.rotations, stats.family_revocations), (1, 1, 0), "probed once, then rotated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_rotation_right_after_an_unknown_outcome_waits_until_it_has_settled() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_access_token("project", TokenOwner::Project("42".into()), in_days(3)).await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::Status { status: 504 });
+    assert!(matches!(force(&harness, "project").await, RotationOutcome::Retrying { .. }));
+    let failed_at = harness.token("project").await.unwrap().last_failure_at.unwrap();
+
+    let forced = {
+        let context = harness.context.clone();
+        tokio::spawn(async move { rotate_now(&context, &token_name("project"), "operator").await })
+    };
+    clock.set(failed_at + harness.context.settle() - TimeDelta::milliseconds(1));
+    settle_briefly().await;
+    assert!(!forced.is_finished(), "the forced rotation waits while the unknown outcome settles");
+    assert_eq!(harness.sim.stats().lookups, 0, "nothing was sent while a slow request could still be running");
+    clock.set(failed_at + harness.context.settle());
+    let ForcedRotation::Attempted(report) = forced.await.unwrap().unwrap() else { panic!("expected an attempt") };
+    assert!(matches!(report.outcome, RotationOutcome::Rotated { version: 2, .. }), "{:?}", report.outcome);
+    let stats = harness.sim.stats();
+    assert_eq!((stats.lookups, stats.rotations, stats.family_revocations), (1, 1, 0), "probed first, then rotated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_keeps_every_rotation_of_that_provider_waiting_even_a_forced_one() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.track_grant("limited").await.unwrap();
+    harness.track_grant("other").await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::RateLimited { retry_after_seconds: 120 });
+    assert!(matches!(force(&harness, "limited").await, RotationOutcome::Retrying { .. }));
+
+    let forced = {
+        let context = harness.context.clone();
+        tokio::spawn(async move { rotate_now(&context, &token_name("other"), "operator").await })
+    };
+    clock.advance(TimeDelta::seconds(119));
+    settle_briefly().await;
+    assert!(!forced.is_finished(), "a forced rotation of another token at that provider waits as well");
+    assert_eq!(harness.sim.stats().refreshes, 0);
+    clock.set(start_time() + TimeDelta::seconds(120));
+    let ForcedRotation::Attempted(report) = forced.await.unwrap().unwrap() else { panic!("expected an attempt") };
+    assert!(matches!(report.outcome, RotationOutcome::Rotated { version: 2, .. }), "{:?}", report.outcome);
+    assert_eq!(harness.sim.stats().retry_after_violations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_expires_in_is_capped_so_the_grant_keeps_a_planned_refresh() {
+    let Setup { harness, .. } = setup().await;
+    harness.sim.set_expires_in(Duration::from_secs(u64::MAX / 2));
+    harness.track_grant("grant").await.unwrap();
+    let _stop = run_scheduler(harness.context.clone());
+
+    let token = wait_for(&harness, "grant", |t| t.version == 2).await;
+    let expires_at = token.expires_at.expect("an expiry is recorded");
+    assert!(expires_at <= start_time() + TimeDelta::days(366), "{expires_at}");
+    assert!(token.next_rotation_at.is_some_and(|at| at < expires_at), "{token:?}");
+    settle_briefly().await;
+    assert_eq!(harness.sim.stats().refreshes, 1, "refreshed once, not again and again");
 }

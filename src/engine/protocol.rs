@@ -24,11 +24,18 @@
 //! When the outcome is **unknown** (timeout after sending, connection cut mid-answer, an
 //! unreadable success body, a result we could not commit, or a lease found expired):
 //! - **GitLab access tokens** are never rotated again blindly — presenting a rotated token to a
-//!   rotate endpoint makes GitLab revoke the whole token family. Every GitLab attempt first
+//!   rotate endpoint makes GitLab revoke the whole token family. The attempt after an unknown
+//!   outcome (or after any failed rotate request: a 5xx may follow a commit at GitLab) first
 //!   probes `GET /personal_access_tokens/self` with the old token (which never triggers reuse
-//!   detection), after waiting [`EngineContext::settle`] so a slow request has finished.
-//!   Still active → the rotation did not happen → rotate. 401 → the provider rotated it and
-//!   the new secret is lost → `needs_attention`, reason `rotation_response_lost`.
+//!   detection), after waiting [`EngineContext::settle`] from the failure so a slow request has
+//!   finished. Still active → the rotation did not happen → rotate. 401 → the provider rotated
+//!   it and the new secret is lost → `needs_attention`, reason `rotation_response_lost`. A
+//!   first attempt sends the rotate request alone: one request per rotation.
+//!
+//! Waits apply to every process alike because they live in the store: an attempt's next time
+//! (`next_rotation_at`, which a forced rotation after an unknown outcome also waits for, up to
+//! the settle time) and a provider's `Retry-After` (`providers.not_before`, honoured by every
+//! claim for every token of that provider).
 //! - **OAuth grants**: a refresh invalidates the access token issued before it, so the next
 //!   attempt first asks GitLab's `/oauth/token/info` about the stored access token (when it has
 //!   not expired by itself). Still valid → the refresh never happened → refresh. Invalid → the
@@ -40,7 +47,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::SecretString;
 use tracing::{error, info, warn};
 
@@ -134,17 +141,20 @@ pub enum ForcedRotation {
 }
 
 /// Rotates `name` now through the same lease as the scheduler. If a rotation is in flight,
-/// waits for it to finish instead of calling the provider a second time.
+/// waits for it to finish instead of calling the provider a second time; if the provider asked
+/// for a pause (`Retry-After`) or an unknown outcome is still settling, waits for that first.
 pub async fn rotate_now(context: &EngineContext, name: &TokenName, actor: &str) -> Result<ForcedRotation, StoreError> {
     loop {
         let (owner, lease, now) = (context.owner.clone(), context.lease(), context.clock.now());
         let claimed = {
             let name = name.clone();
-            context.store.run(move |conn| rotation::claim(conn, &name, ClaimMode::Forced, &owner, lease, now)).await?
+            let mode = ClaimMode::Forced { settle: context.settle() };
+            context.store.run(move |conn| rotation::claim(conn, &name, mode, &owner, lease, now)).await?
         };
         match claimed {
             ClaimResult::Claimed(claim) => return Ok(ForcedRotation::Attempted(execute(context, *claim, actor).await)),
             ClaimResult::Refused(state) => return Ok(ForcedRotation::Refused(state)),
+            ClaimResult::Wait { until } => context.clock.sleep_until(until).await,
             ClaimResult::NotDue | ClaimResult::GrantLost => {
                 return Ok(ForcedRotation::Refused(current(context, name).await?.state));
             }
@@ -218,7 +228,6 @@ enum Attempt {
 
 /// Opens the credential and calls the provider by the rules in the module doc.
 async fn attempt(context: &EngineContext, claim: &Claim, policy: &Policy) -> Attempt {
-    let now = context.clock.now();
     let credential = match open_credential(context, claim, policy) {
         Ok(credential) => credential,
         Err(err) => return needs_attention("secret_unreadable", err),
@@ -231,48 +240,60 @@ async fn attempt(context: &EngineContext, claim: &Claim, policy: &Policy) -> Att
             Err(err) => return needs_attention("provider_misconfigured", err),
         };
     if token.kind.is_gitlab_access_token() {
-        gitlab_attempt(context, claim, provider.as_ref(), &credential, now).await
+        gitlab_attempt(context, claim, provider.as_ref(), &credential).await
     } else {
-        oauth_attempt(context, claim, provider.as_ref(), &credential, now).await
+        oauth_attempt(context, claim, provider.as_ref(), &credential).await
     }
 }
 
-/// GitLab: probe with the old token, then rotate; an unknown outcome schedules a probe.
+/// GitLab: rotate; after an earlier attempt whose outcome is not known, probe with the old
+/// token first. Any rotate request that failed without a definite refusal makes the next attempt
+/// probe: a 5xx may come from a GitLab that committed before it failed, and a probe is one
+/// harmless look-up.
 async fn gitlab_attempt(
     context: &EngineContext,
     claim: &Claim,
     provider: &dyn TokenProvider,
     credential: &Credential,
-    now: DateTime<Utc>,
 ) -> Attempt {
-    let lost_reason = if claim.recovery == Some(Recovery::Probe) { ROTATION_RESPONSE_LOST } else { REVOKED };
-    match provider.inspect(credential).await {
-        Ok(Some(info)) if !info.active || info.revoked => {
-            return needs_attention(lost_reason, "GitLab reports the token inactive or revoked".to_owned());
-        }
-        Ok(_) => {}
-        Err(ProviderError::Permanent { reason, message }) if reason == REVOKED => {
-            let explanation = if lost_reason == ROTATION_RESPONSE_LOST {
-                format!(
-                    "the earlier rotation went through at GitLab but its answer was lost, so the new token is unknown; issue a new token and add it again ({message})"
-                )
-            } else {
-                message
-            };
-            return needs_attention(lost_reason, explanation);
-        }
-        Err(ProviderError::Permanent { reason, message }) => return needs_attention(&reason, message),
-        Err(err) => return retry(context, claim, now, &err, claim.recovery),
+    if claim.recovery == Some(Recovery::Probe)
+        && let Some(answer) = probe_before_rotating(context, claim, provider, credential).await
+    {
+        return answer;
     }
     match provider.renew(credential).await {
         Ok(renewed) => Attempt::Renewed(renewed),
         Err(ProviderError::Permanent { reason, message }) => needs_attention(&reason, message),
-        Err(err @ ProviderError::Unknown { .. }) => {
-            let next_attempt_at = now + context.settle();
-            let failure = Failure::Retry { next_attempt_at, error: err.to_string(), recovery: Some(Recovery::Probe) };
-            Attempt::Failed(failure, None)
+        Err(err @ ProviderError::Unknown { .. }) => unknown_outcome(context, claim, &err, Recovery::Probe),
+        Err(err) => retry(context, claim, &err, Some(Recovery::Probe)),
+    }
+}
+
+/// The probe after an unknown outcome (`GET …/self` with the old token, which never triggers
+/// reuse detection): `None` when the old token is still active, so the rotation never
+/// happened and rotating is safe; otherwise the attempt's end.
+async fn probe_before_rotating(
+    context: &EngineContext,
+    claim: &Claim,
+    provider: &dyn TokenProvider,
+    credential: &Credential,
+) -> Option<Attempt> {
+    let lost = |message: String| {
+        needs_attention(
+            ROTATION_RESPONSE_LOST,
+            format!(
+                "the earlier rotation went through at GitLab but its answer was lost, so the new token is unknown; issue a new token and add it again ({message})"
+            ),
+        )
+    };
+    match provider.inspect(credential).await {
+        Ok(Some(info)) if !info.active || info.revoked => {
+            Some(lost("GitLab reports the old token inactive or revoked".to_owned()))
         }
-        Err(err) => retry(context, claim, now, &err, None),
+        Ok(_) => None,
+        Err(ProviderError::Permanent { reason, message }) if reason == REVOKED => Some(lost(message)),
+        Err(ProviderError::Permanent { reason, message }) => Some(needs_attention(&reason, message)),
+        Err(err) => Some(retry(context, claim, &err, claim.recovery)),
     }
 }
 
@@ -284,12 +305,11 @@ async fn oauth_attempt(
     claim: &Claim,
     provider: &dyn TokenProvider,
     credential: &Credential,
-    now: DateTime<Utc>,
 ) -> Attempt {
     let after_unknown = claim.recovery == Some(Recovery::RetryOnce);
     let mut single_retry = false;
     if after_unknown {
-        match probe_grant(claim, provider, credential, now).await {
+        match probe_grant(context, claim, provider, credential).await {
             GrantProbe::Unused => {}
             GrantProbe::Consumed(message) => {
                 return needs_attention(
@@ -299,11 +319,11 @@ async fn oauth_attempt(
                     ),
                 );
             }
-            GrantProbe::Failed(err) => return retry(context, claim, now, &err, claim.recovery),
+            GrantProbe::Failed(err) => return retry(context, claim, &err, claim.recovery),
             GrantProbe::CannotTell => {
-                if let Err(err) = mark_retry_in_flight(context, claim, now).await {
+                if let Err(err) = mark_retry_in_flight(context, claim).await {
                     let err = ProviderError::transient(format!("cannot record the single retry: {err}"));
-                    return retry(context, claim, now, &err, claim.recovery);
+                    return retry(context, claim, &err, claim.recovery);
                 }
                 single_retry = true;
             }
@@ -311,7 +331,7 @@ async fn oauth_attempt(
     }
     match provider.renew(credential).await {
         Ok(renewed) => Attempt::Renewed(renewed),
-        Err(err @ ProviderError::Transient { .. }) => retry(context, claim, now, &err, claim.recovery),
+        Err(err @ ProviderError::Transient { .. }) => retry(context, claim, &err, claim.recovery),
         Err(ProviderError::Permanent { reason, message }) if after_unknown && reason == "invalid_grant" => {
             needs_attention(
                 GRANT_LOST,
@@ -327,14 +347,7 @@ async fn oauth_attempt(
                 "the single retry after an unknown outcome had an unknown outcome too; re-authorise and run `tokenwarden token reauth` ({err})"
             ),
         ),
-        Err(err @ ProviderError::Unknown { .. }) => {
-            let failure = Failure::Retry {
-                next_attempt_at: now + context.settle(),
-                error: err.to_string(),
-                recovery: Some(Recovery::RetryOnce),
-            };
-            Attempt::Failed(failure, None)
-        }
+        Err(err @ ProviderError::Unknown { .. }) => unknown_outcome(context, claim, &err, Recovery::RetryOnce),
     }
 }
 
@@ -353,11 +366,12 @@ enum GrantProbe {
 /// Asks the provider (GitLab's `/oauth/token/info`) about the stored access token, if it has
 /// more than [`PROBE_MARGIN`] left — an access token that expired by itself proves nothing.
 async fn probe_grant(
+    context: &EngineContext,
     claim: &Claim,
     provider: &dyn TokenProvider,
     credential: &Credential,
-    now: DateTime<Utc>,
 ) -> GrantProbe {
+    let now = context.clock.now();
     let valid_for_a_while = claim.token.expires_at.is_some_and(|at| at > now + PROBE_MARGIN);
     if !valid_for_a_while {
         return GrantProbe::CannotTell;
@@ -372,28 +386,39 @@ async fn probe_grant(
 
 /// Records, under the lease, that the single retry is about to be sent: if its outcome is lost
 /// too (a crash), the next claim marks the grant lost instead of sending it a third time.
-async fn mark_retry_in_flight(context: &EngineContext, claim: &Claim, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let lease = claim.lease();
+async fn mark_retry_in_flight(context: &EngineContext, claim: &Claim) -> Result<(), StoreError> {
+    let (lease, now) = (claim.lease(), context.clock.now());
     context.store.run(move |conn| rotation::mark_recovery(conn, &lease, Some(Recovery::RetryInFlight), now)).await
 }
 
-/// A transient failure: back off (full jitter, `Retry-After` honoured, capped before expiry).
-fn retry(
-    context: &EngineContext,
-    claim: &Claim,
-    now: DateTime<Utc>,
-    err: &ProviderError,
-    recovery: Option<Recovery>,
-) -> Attempt {
+/// A transient failure: back off from now (full jitter, `Retry-After` honoured, capped
+/// before expiry).
+fn retry(context: &EngineContext, claim: &Claim, err: &ProviderError, recovery: Option<Recovery>) -> Attempt {
     let retry_after = match err {
         ProviderError::Transient { retry_after, .. } => *retry_after,
         _ => None,
     };
+    let now = context.clock.now();
     let attempt_number = claim.token.attempt_count + 1;
     let next_attempt_at =
         context.settings.backoff.next_attempt(attempt_number, now, claim.token.expires_at, retry_after);
-    let failure = Failure::Retry { next_attempt_at, error: err.to_string(), recovery };
+    let provider_not_before = retry_after.and_then(|wait| TimeDelta::from_std(wait).ok()).map(|wait| now + wait);
+    let failure = Failure::Retry { next_attempt_at, error: err.to_string(), recovery, provider_not_before };
     Attempt::Failed(failure, retry_after)
+}
+
+/// An unknown outcome: the next attempt must start with `recovery`, and not before
+/// [`EngineContext::settle`] has passed since this request gave up (counted from now, after the
+/// call, so a request the provider is still working on has finished by then) — nor sooner than
+/// the ordinary backoff.
+fn unknown_outcome(context: &EngineContext, claim: &Claim, err: &ProviderError, recovery: Recovery) -> Attempt {
+    let now = context.clock.now();
+    let attempt_number = claim.token.attempt_count + 1;
+    let backoff = context.settings.backoff.next_attempt(attempt_number, now, claim.token.expires_at, None);
+    let next_attempt_at = backoff.max(now + context.settle());
+    let failure =
+        Failure::Retry { next_attempt_at, error: err.to_string(), recovery: Some(recovery), provider_not_before: None };
+    Attempt::Failed(failure, None)
 }
 
 fn needs_attention(reason: &str, error: String) -> Attempt {
@@ -468,7 +493,9 @@ async fn commit_failure(context: &EngineContext, claim: &Claim, failure: Failure
 }
 
 /// Runs a fenced write, retrying while the store fails (locked, full, briefly down) for up
-/// to [`COMMIT_RETRY_WINDOW`]; a lost lease is final at once.
+/// to [`COMMIT_RETRY_WINDOW`]; a lost lease is final at once. Retrying past the lease's expiry
+/// is safe and worth it: the write is fenced by the attempt id, so it lands only if no one has
+/// claimed the token since — and a store that fails for us has usually failed for everyone.
 async fn commit_with_retries<T, F>(context: &EngineContext, write: F) -> Result<T, StoreError>
 where
     T: Send + 'static,

@@ -1,11 +1,12 @@
 //! The scheduler: keeps the next-due tokens in view, sleeps until the earliest is due or
 //! something changes, and hands due tokens to workers under concurrency limits.
 //!
-//! It never scans the whole table: each pass reads at most [`BATCH`] tokens due within
-//! [`LOOKAHEAD`] through the `next_rotation_at` index, and an idle pass is one small indexed
-//! query per [`IDLE_POLL`] — which is also how changes made by the CLI in another process
-//! are noticed within a second. While every worker is busy it does not query at all: a worker
-//! that finishes wakes it.
+//! It never scans the whole table: each pass reads, through the `next_rotation_at` index, only
+//! as many tokens due within [`LOOKAHEAD`] as there are free workers (at most [`BATCH`]),
+//! leaving out providers whose workers are all busy or that asked for a pause (`Retry-After`).
+//! An idle pass is one small indexed query per [`IDLE_POLL`] — which is also how changes made
+//! by the CLI in another process are noticed within a second. While every worker is busy it
+//! does not query at all: a worker that finishes wakes it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -133,17 +134,20 @@ impl Scheduler {
     /// One pass: dispatch what is due now, and say when to look again.
     async fn pass(&self) -> Result<DateTime<Utc>, crate::store::StoreError> {
         let now = self.context.clock.now();
-        if self.overall.available_permits() == 0 {
-            return Ok(now + TimeDelta::from_std(IDLE_POLL).unwrap_or_default());
-        }
-        let horizon = now + LOOKAHEAD;
-        let due = self.context.store.run(move |conn| rotation::due_by(conn, horizon, BATCH)).await?;
         let mut wake_at = now + TimeDelta::from_std(IDLE_POLL).unwrap_or_default();
+        let free = self.overall.available_permits();
+        if free == 0 {
+            return Ok(wake_at);
+        }
+        let (excluded, held_until) = self.unavailable_providers(now);
+        if let Some(until) = held_until {
+            wake_at = wake_at.min(until);
+        }
+        let (horizon, limit) = (now + LOOKAHEAD, i64::try_from(free).unwrap_or(BATCH).min(BATCH));
+        let due = self.context.store.run(move |conn| rotation::due_by(conn, horizon, limit, &excluded)).await?;
         for token in due {
-            let provider_free_at = self.provider_blocked_until(&token.provider_id).unwrap_or(token.due_at);
-            let ready_at = token.due_at.max(provider_free_at);
-            if ready_at > now {
-                wake_at = wake_at.min(ready_at);
+            if token.due_at > now {
+                wake_at = wake_at.min(token.due_at);
                 continue;
             }
             if !self.dispatch(token) {
@@ -153,8 +157,21 @@ impl Scheduler {
         Ok(wake_at)
     }
 
-    fn provider_blocked_until(&self, provider_id: &str) -> Option<DateTime<Utc>> {
-        self.blocked_until.lock().unwrap_or_else(PoisonError::into_inner).get(provider_id).copied()
+    /// Providers a pass must leave out: every worker for them is busy, or they asked for a
+    /// pause that has not ended (and the earliest such end). Ended pauses are forgotten.
+    fn unavailable_providers(&self, now: DateTime<Utc>) -> (Vec<String>, Option<DateTime<Utc>>) {
+        let mut excluded: Vec<String> = self
+            .per_provider
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, semaphore)| semaphore.available_permits() == 0)
+            .map(|(provider_id, _)| provider_id.clone())
+            .collect();
+        let mut blocked = self.blocked_until.lock().unwrap_or_else(PoisonError::into_inner);
+        blocked.retain(|_, until| *until > now);
+        excluded.extend(blocked.keys().cloned());
+        (excluded, blocked.values().min().copied())
     }
 
     fn provider_semaphore(&self, provider_id: &str) -> Arc<Semaphore> {
@@ -184,17 +201,23 @@ impl Scheduler {
         let blocked_until = self.blocked_until.clone();
         let reports = self.reports.clone();
         tokio::spawn(async move {
-            let report = claim_and_execute(&context, &token.name).await;
-            if let Some(report) = report {
-                if let Some(retry_after) = report.retry_after {
-                    let until = context.clock.now() + TimeDelta::from_std(retry_after).unwrap_or_default();
-                    let mut blocked = blocked_until.lock().unwrap_or_else(PoisonError::into_inner);
-                    let entry = blocked.entry(token.provider_id.clone()).or_insert(until);
-                    *entry = (*entry).max(until);
+            let outcome = claim_and_execute(&context, &token.name).await;
+            let (report, hold_until) = match outcome {
+                Some(ClaimOutcome::Executed(report)) => {
+                    let now = context.clock.now();
+                    let until = report.retry_after.and_then(|wait| TimeDelta::from_std(wait).ok()).map(|w| now + w);
+                    (Some(report), until)
                 }
-                if let Some(reports) = reports {
-                    let _ = reports.send(report);
-                }
+                Some(ClaimOutcome::ProviderHeld(until)) => (None, Some(until)),
+                None => (None, None),
+            };
+            if let Some(until) = hold_until {
+                let mut blocked = blocked_until.lock().unwrap_or_else(PoisonError::into_inner);
+                let entry = blocked.entry(token.provider_id.clone()).or_insert(until);
+                *entry = (*entry).max(until);
+            }
+            if let (Some(report), Some(reports)) = (report, reports) {
+                let _ = reports.send(report);
             }
             in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&token.name);
             drop((overall, provider));
@@ -204,8 +227,16 @@ impl Scheduler {
     }
 }
 
+/// What a worker's claim led to.
+enum ClaimOutcome {
+    /// The claim was taken and the attempt ran.
+    Executed(RotationReport),
+    /// The provider asked for a pause (its `Retry-After`, recorded in the store) until then.
+    ProviderHeld(DateTime<Utc>),
+}
+
 /// Claims `name` for a scheduled rotation and runs it; `None` when there was nothing to do.
-async fn claim_and_execute(context: &EngineContext, name: &TokenName) -> Option<RotationReport> {
+async fn claim_and_execute(context: &EngineContext, name: &TokenName) -> Option<ClaimOutcome> {
     let (owner, lease, now) = (context.owner.clone(), context.lease(), context.clock.now());
     let claim_name = name.clone();
     let claimed = context
@@ -213,7 +244,10 @@ async fn claim_and_execute(context: &EngineContext, name: &TokenName) -> Option<
         .run(move |conn| rotation::claim(conn, &claim_name, ClaimMode::Scheduled, &owner, lease, now))
         .await;
     match claimed {
-        Ok(ClaimResult::Claimed(claim)) => Some(execute(context, *claim, SCHEDULER_ACTOR).await),
+        Ok(ClaimResult::Claimed(claim)) => {
+            Some(ClaimOutcome::Executed(execute(context, *claim, SCHEDULER_ACTOR).await))
+        }
+        Ok(ClaimResult::Wait { until }) => Some(ClaimOutcome::ProviderHeld(until)),
         Ok(_) => None,
         Err(err) => {
             error!(token = %name, error = %err, "cannot claim a due token");

@@ -18,6 +18,9 @@ use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
 
 /// Access-token lifetime assumed when a provider omits `expires_in`.
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
+/// Longest access-token lifetime believed: a larger `expires_in` is cut to this, so every
+/// grant keeps a planned refresh.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Runs the refresh-token grant at one token endpoint with one client's credentials.
 #[derive(Debug, Clone)]
@@ -131,7 +134,7 @@ impl TokenProvider for OauthRefresher {
             validate_token_text("refresh_token", refresh)?;
         }
         let issued_at = credential.requested_at;
-        let lifetime = parsed.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_EXPIRES_IN);
+        let lifetime = parsed.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_EXPIRES_IN).min(MAX_EXPIRES_IN);
         let expires_at = chrono::TimeDelta::from_std(lifetime).ok().and_then(|d| issued_at.checked_add_signed(d));
         Ok(Renewed {
             secret: SecretString::from(parsed.access_token),

@@ -261,17 +261,19 @@ pub async fn oauth_token(State(shared): State<std::sync::Arc<Shared>>, headers: 
         state.refresh(client_id.as_deref().unwrap_or_default(), client_secret.as_deref(), &refresh_token, now)
     });
     let response = match result {
-        Ok(refreshed) => json_response(
-            StatusCode::OK,
-            json!({
+        Ok(refreshed) => {
+            let mut body = json!({
                 "access_token": refreshed.access_token,
                 "token_type": "Bearer",
                 "expires_in": refreshed.expires_in,
-                "refresh_token": refreshed.refresh_token,
                 "scope": "api",
                 "created_at": refreshed.created_at,
-            }),
-        ),
+            });
+            if let Some(refresh_token) = refreshed.refresh_token {
+                body["refresh_token"] = json!(refresh_token);
+            }
+            json_response(StatusCode::OK, body)
+        }
         Err(RefreshError::InvalidClient) => json_response(
             StatusCode::UNAUTHORIZED,
             json!({"error": "invalid_client", "error_description": "Client authentication failed due to unknown client, no client authentication included, or unsupported authentication method."}),

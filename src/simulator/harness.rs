@@ -26,6 +26,9 @@ use crate::store::{Store, StoreError};
 
 /// The provider name the harness registers.
 pub const PROVIDER: &str = "gitlab";
+/// A generic OAuth 2.0 provider the harness also registers: the simulator's token endpoint,
+/// reached by its `token_url` with the same application's credentials.
+pub const GENERIC_PROVIDER: &str = "generic-oauth";
 /// The actor the harness records for what it seeds.
 pub const ACTOR: &str = "harness";
 
@@ -90,11 +93,26 @@ impl EngineHarness {
             url: Some(sim.url().to_owned()),
             token_url: None,
             client_id: Some(client_id.clone()),
+            client_secret: Some(SecretString::from(client_secret.clone())),
+            redirect_uri: None,
+        };
+        let generic = NewProvider {
+            name: name::<ProviderName>(GENERIC_PROVIDER),
+            kind: ProviderKind::Oauth2,
+            url: None,
+            token_url: Some(format!("{}/oauth/token", sim.url())),
+            client_id: Some(client_id.clone()),
             client_secret: Some(SecretString::from(client_secret)),
             redirect_uri: None,
         };
         let (cipher, now) = (context.cipher.clone(), context.clock.now());
-        context.store.run(move |conn| providers::insert(conn, &cipher, &provider, ACTOR, now)).await?;
+        context
+            .store
+            .run(move |conn| {
+                providers::insert(conn, &cipher, &provider, ACTOR, now)?;
+                providers::insert(conn, &cipher, &generic, ACTOR, now)
+            })
+            .await?;
         Ok(Self { sim, context: Arc::new(context), client_id })
     }
 
@@ -239,6 +257,20 @@ impl EngineHarness {
             refresh_token: Some(SecretString::from(refresh_token.clone())),
             next_rotation_at: Some(self.now()),
             ..self.new_token(token_name, TokenKind::GitlabOauth)
+        };
+        self.insert(new).await?;
+        Ok(refresh_token)
+    }
+
+    /// Like [`EngineHarness::track_grant`], at the generic OAuth 2.0 provider
+    /// ([`GENERIC_PROVIDER`], token kind `oauth2`).
+    pub async fn track_generic_grant(&self, token_name: &str) -> Result<String, StoreError> {
+        let refresh_token = self.sim.create_grant(&self.client_id);
+        let new = NewToken {
+            provider: name::<ProviderName>(GENERIC_PROVIDER),
+            refresh_token: Some(SecretString::from(refresh_token.clone())),
+            next_rotation_at: Some(self.now()),
+            ..self.new_token(token_name, TokenKind::Oauth2)
         };
         self.insert(new).await?;
         Ok(refresh_token)

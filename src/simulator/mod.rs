@@ -156,6 +156,12 @@ impl Simulator {
         self.with_state(|state| state.expires_in = lifetime.as_secs());
     }
 
+    /// Makes refreshes keep the presented refresh token (and answer without a new one), as
+    /// providers that do not rotate refresh tokens do.
+    pub fn set_keep_refresh_tokens(&self, keep: bool) {
+        self.with_state(|state| state.keep_refresh_tokens = keep);
+    }
+
     /// Queues a fault for the next request of `target`.
     pub fn push_fault(&self, target: FaultTarget, fault: Fault) {
         self.shared.with_faults(|plan| plan.push(target, fault));

@@ -111,8 +111,9 @@ pub enum RefreshError {
 pub struct Refreshed {
     /// The new access token.
     pub access_token: String,
-    /// The new refresh token.
-    pub refresh_token: String,
+    /// The new refresh token; `None` when the provider keeps the old one
+    /// ([`GitlabState::keep_refresh_tokens`]).
+    pub refresh_token: Option<String>,
     /// Its lifetime in seconds.
     pub expires_in: u64,
     /// When it was created (Unix seconds).
@@ -150,6 +151,9 @@ pub struct GitlabState {
     oauth_access: HashMap<String, OauthAccess>,
     /// Lifetime of OAuth access tokens issued by refreshes, in seconds.
     pub expires_in: u64,
+    /// Answer refreshes like providers that do not rotate refresh tokens: no `refresh_token`
+    /// in the answer, and the one presented stays usable.
+    pub keep_refresh_tokens: bool,
     /// No renewal request should arrive before this moment (the last `Retry-After`).
     pub blocked_until: Option<DateTime<Utc>>,
     /// The counters.
@@ -317,22 +321,27 @@ impl GitlabState {
         if record.revoked || record.client_id != client_id {
             return Err(RefreshError::InvalidGrant);
         }
-        record.used = true;
-        let previous_access = record.access_token.take();
+        let access_token = random_secret("gloat-");
+        let previous_access = record.access_token.replace(access_token.clone());
+        record.used = !self.keep_refresh_tokens;
         if let Some(access) = previous_access.and_then(|token| self.oauth_access.get_mut(&token)) {
             access.revoked = true;
         }
-        let new_refresh = random_secret("glrt-");
-        let access_token = random_secret("gloat-");
-        let next = RefreshRecord {
-            client_id: client_id.to_owned(),
-            used: false,
-            revoked: false,
-            access_token: Some(access_token.clone()),
-        };
-        self.refresh_tokens.insert(new_refresh.clone(), next);
-        let lifetime = chrono::TimeDelta::seconds(i64::try_from(self.expires_in).unwrap_or(i64::MAX / 1000));
-        self.oauth_access.insert(access_token.clone(), OauthAccess { expires_at: now + lifetime, revoked: false });
+        let new_refresh = (!self.keep_refresh_tokens).then(|| {
+            let new_refresh = random_secret("glrt-");
+            let next = RefreshRecord {
+                client_id: client_id.to_owned(),
+                used: false,
+                revoked: false,
+                access_token: Some(access_token.clone()),
+            };
+            self.refresh_tokens.insert(new_refresh.clone(), next);
+            new_refresh
+        });
+        let lifetime = i64::try_from(self.expires_in).ok().and_then(chrono::TimeDelta::try_seconds);
+        let expires_at =
+            lifetime.and_then(|lifetime| now.checked_add_signed(lifetime)).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        self.oauth_access.insert(access_token.clone(), OauthAccess { expires_at, revoked: false });
         self.stats.refreshes += 1;
         Ok(Refreshed {
             access_token,
@@ -513,6 +522,20 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_that_keeps_refresh_tokens_answers_without_one_and_the_old_one_still_works() {
+        let mut state = GitlabState::new();
+        state.keep_refresh_tokens = true;
+        let (client_id, client_secret) = state.create_application();
+        let refresh = state.create_grant(&client_id).unwrap();
+        let first = state.refresh(&client_id, Some(&client_secret), &refresh, now()).unwrap();
+        assert_eq!(first.refresh_token, None);
+        let second = state.refresh(&client_id, Some(&client_secret), &refresh, now()).unwrap();
+        assert!(!state.oauth_access_is_active(&first.access_token, now()), "the old access token is replaced");
+        assert!(state.oauth_access_is_active(&second.access_token, now()));
+        assert_eq!(state.stats.refresh_token_reuses, 0);
+    }
+
+    #[test]
     fn a_refresh_token_works_once_and_its_reuse_is_counted() {
         let mut state = GitlabState::new();
         let (client_id, client_secret) = state.create_application();
@@ -521,7 +544,8 @@ mod tests {
         assert!(state.oauth_access_is_active(&first.access_token, now()));
         assert_eq!(state.refresh(&client_id, Some(&client_secret), &refresh, now()), Err(RefreshError::InvalidGrant));
         assert_eq!(state.stats.refresh_token_reuses, 1);
-        let second = state.refresh(&client_id, Some(&client_secret), &first.refresh_token, now()).unwrap();
+        let first_refresh = first.refresh_token.clone().expect("GitLab issues a new refresh token");
+        let second = state.refresh(&client_id, Some(&client_secret), &first_refresh, now()).unwrap();
         assert_ne!(second.refresh_token, first.refresh_token);
         assert!(
             !state.oauth_access_is_active(&first.access_token, now()),

@@ -62,6 +62,8 @@ pub struct ProviderRow {
     pub redirect_uri: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// No request goes to this provider before this time (its last `Retry-After`).
+    pub not_before: Option<NaiveDateTime>,
 }
 
 /// A provider as the rest of tokenwarden sees it (without its sealed client secret).

@@ -55,6 +55,7 @@ pub fn insert(
         redirect_uri: new.redirect_uri.clone(),
         created_at: naive(now),
         updated_at: naive(now),
+        not_before: None,
     };
     conn.write_transaction(|conn| {
         diesel::insert_into(providers::table)

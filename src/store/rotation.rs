@@ -28,8 +28,12 @@ pub const FAILED_EVENT_THRESHOLD: i32 = 3;
 pub enum ClaimMode {
     /// The scheduler: only when due (or when a stale lease must be resolved).
     Scheduled,
-    /// An operator: now, unless paused or beyond automatic repair.
-    Forced,
+    /// An operator: now, unless paused or beyond automatic repair — but never before the
+    /// provider's `Retry-After`, nor within `settle` of an attempt whose outcome is unknown.
+    Forced {
+        /// How long an unknown outcome must lie in the past before the token is touched.
+        settle: TimeDelta,
+    },
 }
 
 /// A held rotation lease and everything the attempt needs.
@@ -64,6 +68,8 @@ pub struct Lease {
     pub token_name: String,
     /// The fencing token.
     pub attempt_id: String,
+    /// The token's provider's row id.
+    pub provider_id: String,
     /// The version before this attempt.
     pub version: i64,
     /// Failed attempts before this one.
@@ -81,6 +87,7 @@ impl Claim {
             token_id: self.token.id.clone(),
             token_name: self.token.name.to_string(),
             attempt_id: self.attempt_id.clone(),
+            provider_id: self.provider.id.clone(),
             version: self.token.version,
             attempt_count: self.token.attempt_count,
             expires_at: self.token.expires_at,
@@ -105,6 +112,12 @@ pub enum ClaimResult {
     },
     /// A forced rotation is not allowed in this state.
     Refused(TokenState),
+    /// Not now: the provider asked for a pause (`Retry-After`), or — for a forced rotation —
+    /// an attempt whose outcome is unknown has not settled yet. Claim again at `until`.
+    Wait {
+        /// When the claim may be taken.
+        until: DateTime<Utc>,
+    },
     /// Resolved without calling the provider: the single OAuth retry was in flight when its
     /// worker died, so the grant is lost (`needs_attention`, reason `grant_lost`).
     GrantLost,
@@ -138,6 +151,8 @@ pub enum Failure {
         error: String,
         /// The recovery marker the next attempt must honour.
         recovery: Option<Recovery>,
+        /// The provider's `Retry-After`, as a time: no request to the provider before it.
+        provider_not_before: Option<DateTime<Utc>>,
     },
     /// Permanent: a human must act.
     NeedsAttention {
@@ -198,17 +213,27 @@ pub fn claim(
                 };
             }
             TokenState::Active | TokenState::Retrying => {
-                let due = row.next_rotation_at.is_none_or(|at| utc(at) <= now);
-                if mode == ClaimMode::Scheduled && !due {
-                    return Ok(ClaimResult::NotDue);
+                let planned = row.next_rotation_at.map(utc);
+                let due = planned.is_none_or(|at| at <= now);
+                match mode {
+                    ClaimMode::Scheduled if !due => return Ok(ClaimResult::NotDue),
+                    ClaimMode::Forced { settle } => {
+                        if let Some(until) = forced_wait(&row, &provider, recovery, settle).filter(|&at| at > now) {
+                            return Ok(ClaimResult::Wait { until });
+                        }
+                    }
+                    ClaimMode::Scheduled => {}
                 }
             }
             TokenState::Paused | TokenState::NeedsAttention | TokenState::Expired => {
                 return Ok(match mode {
                     ClaimMode::Scheduled => ClaimResult::NotDue,
-                    ClaimMode::Forced => ClaimResult::Refused(state),
+                    ClaimMode::Forced { .. } => ClaimResult::Refused(state),
                 });
             }
+        }
+        if let Some(until) = provider.not_before.map(utc).filter(|&at| at > now) {
+            return Ok(ClaimResult::Wait { until });
         }
         let attempt_id = new_id();
         let lease_expires_at = now + lease;
@@ -236,6 +261,22 @@ pub fn claim(
             sealed_refresh_token,
         })))
     })
+}
+
+/// How long a forced rotation of a scheduled token must wait: until the provider's
+/// `Retry-After` has passed and, after an unknown outcome, until `settle` has passed since it
+/// (but no longer than the planned retry). `None` when it may go now.
+fn forced_wait(
+    row: &TokenRow,
+    provider: &ProviderRow,
+    recovery: Option<Recovery>,
+    settle: TimeDelta,
+) -> Option<DateTime<Utc>> {
+    let settling = recovery.and(row.last_failure_at).map(|failed| {
+        let settled = utc(failed) + settle;
+        row.next_rotation_at.map_or(settled, |planned| settled.min(utc(planned)))
+    });
+    settling.into_iter().chain(provider.not_before.map(utc)).max()
 }
 
 /// Marks a grant lost because its single retry's outcome was lost with its worker.
@@ -363,7 +404,7 @@ pub fn commit_failure(
         let name = lease.token_name.as_str();
         let target = AuditTarget { kind: "token", name };
         match failure {
-            Failure::Retry { next_attempt_at, error, recovery } => {
+            Failure::Retry { next_attempt_at, error, recovery, provider_not_before } => {
                 let changed = diesel::update(fenced)
                     .set((
                         release,
@@ -375,6 +416,9 @@ pub fn commit_failure(
                     ))
                     .execute(conn)?;
                 ensure_fenced(changed, lease)?;
+                if let Some(not_before) = provider_not_before {
+                    hold_provider(conn, &lease.provider_id, *not_before, now)?;
+                }
                 if lease.attempt_count + 1 == FAILED_EVENT_THRESHOLD {
                     outbox::enqueue(conn, Event::Failed, name, lease.version, lease.expires_at, now)?;
                 }
@@ -398,6 +442,25 @@ pub fn commit_failure(
             }
         }
     })
+}
+
+/// Records a provider's `Retry-After`: no process makes a request to it before `not_before`
+/// (an earlier hold is never shortened).
+fn hold_provider(
+    conn: &mut DbConnection,
+    provider_id: &str,
+    not_before: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let later = naive(not_before);
+    diesel::update(
+        providers::table
+            .filter(providers::id.eq(provider_id))
+            .filter(providers::not_before.is_null().or(providers::not_before.lt(later))),
+    )
+    .set((providers::not_before.eq(later), providers::updated_at.eq(naive(now))))
+    .execute(conn)?;
+    Ok(())
 }
 
 /// Flags a token `needs_attention` because a check outside rotation found its secret dead
@@ -451,17 +514,24 @@ pub struct DueToken {
     pub due_at: DateTime<Utc>,
 }
 
-/// Up to `limit` tokens due by `horizon`, most urgent first: planned rotations of active and
-/// retrying tokens, and leases that ran out (a worker died mid-rotation).
+/// Up to `limit` tokens due by `horizon`, most urgent first, of providers other than
+/// `excluded_providers`: planned rotations of active and retrying tokens, and leases that ran
+/// out (a worker died mid-rotation).
 ///
 /// The state conditions are literal SQL matching the partial indexes `tokens_due` and
 /// `tokens_lease` word for word: SQLite uses a partial index only when it can prove the query
 /// implies the index's condition, which it cannot for bound parameters — with them every pass
 /// scanned the whole table (22 ms at 100,000 tokens instead of 0.01 ms).
-pub fn due_by(conn: &mut DbConnection, horizon: DateTime<Utc>, limit: i64) -> Result<Vec<DueToken>, StoreError> {
+pub fn due_by(
+    conn: &mut DbConnection,
+    horizon: DateTime<Utc>,
+    limit: i64,
+    excluded_providers: &[String],
+) -> Result<Vec<DueToken>, StoreError> {
     let planned: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
         .filter(sql::<Bool>(SCHEDULED_STATES))
         .filter(tokens::next_rotation_at.le(naive(horizon)))
+        .filter(tokens::provider_id.ne_all(excluded_providers))
         .order(tokens::next_rotation_at.asc())
         .limit(limit)
         .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
@@ -469,12 +539,14 @@ pub fn due_by(conn: &mut DbConnection, horizon: DateTime<Utc>, limit: i64) -> Re
     let unplanned: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
         .filter(sql::<Bool>(SCHEDULED_STATES))
         .filter(tokens::next_rotation_at.is_null())
+        .filter(tokens::provider_id.ne_all(excluded_providers))
         .limit(limit)
         .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
         .load(conn)?;
     let stale: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
         .filter(sql::<Bool>(LEASED_STATE))
         .filter(tokens::lease_expires_at.le(naive(horizon)))
+        .filter(tokens::provider_id.ne_all(excluded_providers))
         .order(tokens::lease_expires_at.asc())
         .limit(limit)
         .select((tokens::name, tokens::provider_id, tokens::lease_expires_at))
@@ -494,19 +566,6 @@ pub fn due_by(conn: &mut DbConnection, horizon: DateTime<Utc>, limit: i64) -> Re
     due.sort_by_key(|token| token.due_at);
     due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(due)
-}
-
-/// The earliest moment anything becomes due (a planned rotation or a lease running out).
-pub fn next_due_at(conn: &mut DbConnection) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let planned: Option<chrono::NaiveDateTime> = tokens::table
-        .filter(tokens::state.eq_any([TokenState::Active.as_str(), TokenState::Retrying.as_str()]))
-        .select(diesel::dsl::min(tokens::next_rotation_at))
-        .first(conn)?;
-    let lease: Option<chrono::NaiveDateTime> = tokens::table
-        .filter(tokens::state.eq(TokenState::Rotating.as_str()))
-        .select(diesel::dsl::min(tokens::lease_expires_at))
-        .first(conn)?;
-    Ok(planned.into_iter().chain(lease).min().map(utc))
 }
 
 /// Marks GitLab access tokens whose expiry passed without a successful rotation as

@@ -24,6 +24,7 @@ diesel::table! {
         redirect_uri -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        not_before -> Nullable<Timestamp>,
     }
 }
 
