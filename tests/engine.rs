@@ -653,3 +653,50 @@ async fn an_absurd_expires_in_is_capped_so_the_grant_keeps_a_planned_refresh() {
     settle_briefly().await;
     assert_eq!(harness.sim.stats().refreshes, 1, "refreshed once, not again and again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_may_not_rotate_itself_or_a_rejected_client_needs_attention_without_a_retry() {
+    let Setup { harness, clock, .. } = setup().await;
+    let secret = harness.track_access_token("no-scope", TokenOwner::Personal, in_days(3)).await.unwrap();
+    harness.sim.with_state(|s| s.set_scopes(&secret, &["read_api"]));
+    harness.track_grant("grant").await.unwrap();
+    harness.sim.with_state(|s| s.rotate_application_secret(&harness.client_id));
+
+    let _stop = run_scheduler(harness.context.clone());
+    let token = wait_for(&harness, "no-scope", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(token.attention_reason.as_deref(), Some("forbidden"));
+    let grant = wait_for(&harness, "grant", |t| t.state == TokenState::NeedsAttention).await;
+    assert_eq!(grant.attention_reason.as_deref(), Some("invalid_client"));
+    let before = harness.sim.stats();
+    clock.advance(TimeDelta::days(2));
+    settle_briefly().await;
+    assert_eq!(harness.sim.stats(), before, "never retried");
+    assert!(harness.sim.accepts(&secret), "the refused token was left as it was");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_refused_before_sending_is_retried_later_and_never_costs_the_grant() {
+    let Setup { harness, .. } = setup().await;
+    let refresh_token = harness.track_grant("grant").await.unwrap();
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let unreachable = format!("http://{closed}");
+    let context = harness.context.clone();
+    context
+        .store
+        .run(move |conn| {
+            use diesel::prelude::*;
+            use tokenwarden::store::schema::providers;
+            diesel::update(providers::table.filter(providers::name.eq("gitlab")))
+                .set(providers::url.eq(unreachable))
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    let outcome = force(&harness, "grant").await;
+    assert!(matches!(outcome, RotationOutcome::Retrying { .. }), "{outcome:?}");
+    let token = harness.token("grant").await.unwrap();
+    assert_eq!((token.state, token.recovery, token.attempt_count), (TokenState::Retrying, None, 1));
+    assert!(harness.sim.with_state(|s| s.refresh_token_is_live(&refresh_token)), "the grant is intact");
+}

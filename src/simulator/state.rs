@@ -271,6 +271,26 @@ impl GitlabState {
         }
     }
 
+    /// Replaces the scopes of the token presented with `secret` (a token issued without the
+    /// scope that lets it rotate itself).
+    pub fn set_scopes(&mut self, secret: &str, scopes: &[&str]) -> bool {
+        match self.access_tokens.get_mut(secret) {
+            Some(token) => {
+                token.scopes = scopes.iter().map(|scope| (*scope).to_owned()).collect();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives the application `client_id` a new secret (an admin rotated it); the old one stops
+    /// working at once. Returns the new secret.
+    pub fn rotate_application_secret(&mut self, client_id: &str) -> Option<String> {
+        let application = self.applications.get_mut(client_id)?;
+        application.secret = random_secret("gloas-");
+        Some(application.secret.clone())
+    }
+
     /// Registers an OAuth application and returns its client id and secret.
     pub fn create_application(&mut self) -> (String, String) {
         let client_id = random_secret("app-");
