@@ -700,3 +700,17 @@ async fn a_connection_refused_before_sending_is_retried_later_and_never_costs_th
     assert_eq!((token.state, token.recovery, token.attempt_count), (TokenState::Retrying, None, 1));
     assert!(harness.sim.with_state(|s| s.refresh_token_is_live(&refresh_token)), "the grant is intact");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_added_through_another_connection_is_noticed_without_a_wake_up() {
+    let Setup { harness, .. } = setup().await;
+    harness.track_access_token("early", TokenOwner::Personal, in_days(30)).await.unwrap();
+    let _stop = run_scheduler(harness.context.clone());
+    settle_briefly().await;
+    assert_eq!(harness.sim.stats().rotations, 0, "nothing is due; the engine's clock stands still");
+
+    harness.track_access_token("due", TokenOwner::Personal, in_days(3)).await.unwrap();
+    let token = wait_for(&harness, "due", |t| t.version == 2).await;
+    assert_eq!(token.state, TokenState::Active);
+    assert_eq!(harness.token("early").await.unwrap().version, 1);
+}

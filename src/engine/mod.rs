@@ -12,6 +12,7 @@ pub mod maintenance;
 pub mod policy;
 pub mod protocol;
 pub mod scheduler;
+pub mod window;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use context::{EngineContext, EngineSettings, build_provider};

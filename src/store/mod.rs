@@ -6,6 +6,7 @@
 
 pub mod audit;
 mod audit_batch;
+pub mod changes;
 pub mod clients;
 mod connection;
 mod error;
@@ -89,6 +90,12 @@ impl Store {
     /// their own transaction instead.
     pub async fn record_audit(&self, row: models::AuditRow) -> Result<(), StoreError> {
         self.audit.record(&self.pool, row).await
+    }
+
+    /// A watch on this database that notices commits made by any other connection.
+    /// Blocking: opens a connection of its own.
+    pub fn watch_changes(&self) -> Result<changes::ChangeWatch, StoreError> {
+        changes::ChangeWatch::open(&self.url)
     }
 
     /// Checks that the database answers a trivial query.
