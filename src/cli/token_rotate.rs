@@ -14,6 +14,7 @@ use crate::engine::policy::plan_rotation;
 use crate::engine::{EngineContext, ForcedRotation, RotationOutcome, build_provider, rotate_now};
 use crate::providers::gitlab::expiry_instant;
 use crate::providers::{Credential, ProviderError, TokenInfo};
+use crate::store::models::ProviderRow;
 use crate::store::rotation;
 use crate::store::tokens::{self, NewToken, SecretField, secret_context};
 use crate::store::{Store, providers};
@@ -21,6 +22,7 @@ use crate::store::{Store, providers};
 /// `token rotate NAME`: a forced rotation; exit 0 only when the token ends rotated.
 pub async fn rotate(settings: Settings, name: TokenName, json: bool) -> Result<(), CliError> {
     let store = open_store(&settings).await?;
+    ensure_token_exists(&store, &name).await?;
     let cipher = open_cipher(&settings, &store).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
     let result = rotate_now(&context, &name, CLI_ACTOR).await?;
@@ -86,6 +88,7 @@ fn refusal(name: &TokenName, state: TokenState, reason: Option<&str>) -> String 
 pub async fn reauth(settings: Settings, name: TokenName) -> Result<(), CliError> {
     let refresh_token = read_secret_line("refresh token")?;
     let store = open_store(&settings).await?;
+    ensure_token_exists(&store, &name).await?;
     let cipher = open_cipher(&settings, &store).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
     {
@@ -105,13 +108,26 @@ pub async fn reauth(settings: Settings, name: TokenName) -> Result<(), CliError>
 /// Stores a new token after first contact with its provider: a GitLab token is looked up
 /// (`…/self`) to learn its id, scopes and expiry; an OAuth grant is refreshed once, through
 /// the same claim/commit path as any rotation.
+///
+/// The name and the provider are checked before the master key is opened, so that a command
+/// refused for them never generates a key file.
 pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), CliError> {
     let store = open_store(&settings).await?;
+    ensure_name_is_free(&store, &new.name).await?;
+    let provider = {
+        let (provider_name, kind) = (new.provider.clone(), new.kind);
+        store
+            .run(move |conn| {
+                let row = providers::find_row(conn, &provider_name)?;
+                tokens::check_compatible(kind, &row)?;
+                Ok(row)
+            })
+            .await?
+    };
     let cipher = open_cipher(&settings, &store).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
-    ensure_name_is_free(&store, &new.name).await?;
     if new.kind.is_gitlab_access_token() {
-        let info = look_up_gitlab_token(&context, &new).await?;
+        let info = look_up_gitlab_token(&context, &provider, &new).await?;
         describe_gitlab_token(&mut new, &info, &settings);
         let token = insert(&context, new).await?;
         eprintln!("added token '{}' ({}, expires {})", token.name, token.kind, super::output::time(token.expires_at));
@@ -144,6 +160,13 @@ pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), Cl
     }
 }
 
+/// Refuses an unknown token before the master key is opened.
+async fn ensure_token_exists(store: &Store, name: &TokenName) -> Result<(), CliError> {
+    let name = name.clone();
+    store.run(move |conn| tokens::find(conn, &name).map(|_| ())).await?;
+    Ok(())
+}
+
 /// Refuses a taken name before the provider is contacted (an OAuth refresh would use the grant).
 async fn ensure_name_is_free(store: &Store, name: &TokenName) -> Result<(), CliError> {
     let name = name.clone();
@@ -161,12 +184,13 @@ async fn insert(context: &EngineContext, new: NewToken) -> Result<crate::store::
 }
 
 /// Asks GitLab about the token and refuses one that is revoked, expired or cannot rotate itself.
-async fn look_up_gitlab_token(context: &EngineContext, new: &NewToken) -> Result<TokenInfo, CliError> {
-    let provider_name = new.provider.clone();
-    let row = context.store.run(move |conn| providers::find_row(conn, &provider_name)).await?;
-    tokens::check_compatible(new.kind, &row)?;
+async fn look_up_gitlab_token(
+    context: &EngineContext,
+    row: &ProviderRow,
+    new: &NewToken,
+) -> Result<TokenInfo, CliError> {
     let resource = new.resource.as_deref();
-    let provider = build_provider(context, &row, new.kind, resource).map_err(CliError::Usage)?;
+    let provider = build_provider(context, row, new.kind, resource).map_err(CliError::Usage)?;
     let credential = Credential {
         secret: new.secret.clone(),
         refresh_token: None,
