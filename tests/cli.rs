@@ -600,6 +600,7 @@ fn every_refused_invocation_exits_2_with_one_line_on_stderr_that_never_repeats_a
         ("missing command", vec!["token"], "", None),
         ("unknown command", vec!["tokn", "list"], "", None),
         ("bad duration", with(&["--secret-stdin", "--lifetime", "30x"]), "glpat-x\n", None),
+        ("duration beyond any date", vec!["audit", "--since", "300000000d"], "", None),
         ("unknown config key", vec!["token", "list"], "", Some("colour = \"blue\"\n".into())),
         (
             "secret-looking value under a mistyped config key",

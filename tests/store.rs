@@ -330,3 +330,89 @@ fn debug_output_of_structs_holding_secrets_is_redacted() {
     }
     assert!(shown.contains("[REDACTED]"));
 }
+
+/// Records audit rows about `name` as a token, a provider and a client, `hours_ago` hours back.
+fn audit_rows_named(conn: &mut DbConnection, name: &str, hours_ago: i64) {
+    let at = Utc::now() - TimeDelta::hours(hours_ago);
+    for kind in ["token", "provider", "client"] {
+        let target = audit::AuditTarget { kind, name };
+        audit::record(conn, at, "test", &format!("{kind}.add"), target, None).unwrap();
+    }
+}
+
+#[test]
+fn audit_search_for_a_token_ignores_providers_and_clients_of_the_same_name() {
+    let mut f = sqlite_fixture();
+    audit_rows_named(&mut f.conn, "shared", 1);
+    audit_rows_named(&mut f.conn, "other", 1);
+    let query = audit::AuditQuery { token: Some("shared".into()), ..Default::default() };
+    let rows = audit::search(&mut f.conn, &query).unwrap();
+    let found: Vec<(&str, &str)> = rows.iter().map(|r| (r.target_kind.as_str(), r.target_name.as_str())).collect();
+    assert_eq!(found, [("token", "shared")]);
+}
+
+#[test]
+fn audit_search_keeps_rows_since_the_given_time_newest_first_up_to_the_limit() {
+    let mut f = sqlite_fixture();
+    for hours_ago in [30, 3, 2, 1] {
+        audit_rows_named(&mut f.conn, &format!("t{hours_ago}"), hours_ago);
+    }
+    let since = Some(Utc::now() - TimeDelta::hours(24));
+    let recent = audit::search(&mut f.conn, &audit::AuditQuery { since, ..Default::default() }).unwrap();
+    assert_eq!(recent.len(), 9, "three rows for each of the three recent names");
+    assert!(recent.iter().all(|r| r.target_name != "t30"));
+    assert!(recent.windows(2).all(|w| w[0].occurred_at >= w[1].occurred_at), "newest first");
+
+    let query = audit::AuditQuery { token: Some("t2".into()), since, limit: Some(5) };
+    assert_eq!(audit::search(&mut f.conn, &query).unwrap().len(), 1);
+    let newest = audit::search(&mut f.conn, &audit::AuditQuery { limit: Some(4), ..Default::default() }).unwrap();
+    let names: Vec<&str> = newest.iter().map(|r| r.target_name.as_str()).collect();
+    assert_eq!(names, ["t1", "t1", "t1", "t2"]);
+}
+
+#[derive(QueryableByName)]
+struct PlanStep {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    detail: String,
+}
+
+/// The SQL of the statements `run` sends, captured through Diesel's instrumentation.
+fn statements_of(conn: &mut DbConnection, run: impl FnOnce(&mut DbConnection)) -> Vec<String> {
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = captured.clone();
+    conn.set_instrumentation(move |event: diesel::connection::InstrumentationEvent<'_>| {
+        if let diesel::connection::InstrumentationEvent::StartQuery { query, .. } = event {
+            let text = query.to_string();
+            sink.lock().unwrap().push(text.split(" -- binds:").next().unwrap_or_default().to_owned());
+        }
+    });
+    run(conn);
+    conn.set_instrumentation(None::<fn(diesel::connection::InstrumentationEvent<'_>)>);
+    captured.lock().unwrap().clone()
+}
+
+#[test]
+fn audit_search_reads_an_index_backwards_instead_of_loading_or_sorting_the_table() {
+    let mut f = sqlite_fixture();
+    let since = Some(Utc::now() - TimeDelta::days(7));
+    let queries = [
+        (audit::AuditQuery { token: Some("t".into()), since, limit: Some(50) }, "audit_log_target"),
+        (audit::AuditQuery { token: None, since, limit: Some(50) }, "audit_log_time"),
+    ];
+    for (query, index) in queries {
+        let statements = statements_of(&mut f.conn, |conn| {
+            audit::search(conn, &query).unwrap();
+        });
+        assert_eq!(statements.len(), 1, "{statements:?}");
+        assert!(statements[0].contains("LIMIT"), "{statements:?}");
+        let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {}", statements[0]))
+            .load::<PlanStep>(&mut f.conn)
+            .unwrap()
+            .into_iter()
+            .map(|step| step.detail)
+            .collect();
+        let plan = plan.join(" | ");
+        assert!(plan.contains(&format!("USING INDEX {index}")), "{query:?}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "no sort of every matching row: {query:?}: {plan}");
+    }
+}
