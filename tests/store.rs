@@ -293,13 +293,82 @@ fn sqlite_master_key_check_is_recorded_then_enforced() {
     assert!(f.url.default_master_key_file().is_some());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn sqlite_store_runs_queries_off_the_async_threads() {
     let f = sqlite_fixture();
     let store = Store::open(&f.url).unwrap();
-    store.ping().await.unwrap();
-    let list = store.run(tokens::list).await.unwrap();
-    assert!(list.is_empty());
+    let runtime_thread = std::thread::current().id();
+    // The query waits for a message that only the runtime's one thread can send: if it ran on
+    // that thread, the sender could never run and the query would time out.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let query = store.run(move |conn| {
+        let thread = std::thread::current().id();
+        let released = rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok();
+        Ok((thread, released, tokens::list(conn)?.len()))
+    });
+    let release = async move {
+        tokio::task::yield_now().await;
+        tx.send(()).unwrap();
+    };
+    let (result, ()) = tokio::join!(query, release);
+    let (query_thread, released, tokens) = result.unwrap();
+    assert_ne!(query_thread, runtime_thread, "the query ran on the async thread");
+    assert!(released, "the async thread was blocked while the query ran");
+    assert_eq!(tokens, 0);
+}
+
+#[derive(QueryableByName)]
+struct JournalMode {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    journal_mode: String,
+}
+
+#[derive(QueryableByName)]
+struct BusyTimeout {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    timeout: i32,
+}
+
+#[derive(QueryableByName)]
+struct ForeignKeys {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    foreign_keys: i32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pooled_sqlite_connection_uses_wal_a_busy_timeout_and_foreign_keys() {
+    let f = sqlite_fixture();
+    let store = Store::open(&f.url).unwrap();
+    let size = usize::try_from(tokenwarden::store::POOL_SIZE).unwrap();
+    // Each query holds its connection until all of them hold one: the pool must hand out
+    // every connection it has, and each is checked.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(size));
+    let mut queries = tokio::task::JoinSet::new();
+    for _ in 0..size {
+        let (barrier, store) = (barrier.clone(), store.clone());
+        queries.spawn(async move {
+            store
+                .run(move |conn| {
+                    barrier.wait();
+                    let mode = diesel::sql_query("PRAGMA journal_mode").get_result::<JournalMode>(conn)?.journal_mode;
+                    let timeout = diesel::sql_query("PRAGMA busy_timeout").get_result::<BusyTimeout>(conn)?.timeout;
+                    let foreign_keys =
+                        diesel::sql_query("PRAGMA foreign_keys").get_result::<ForeignKeys>(conn)?.foreign_keys;
+                    Ok((mode, timeout, foreign_keys))
+                })
+                .await
+        });
+    }
+    let settings = queries.join_all().await;
+    assert_eq!(settings.len(), size);
+    let expected_timeout = i32::try_from(tokenwarden::store::SQLITE_BUSY_TIMEOUT_MS).unwrap();
+    for setting in settings {
+        let (mode, timeout, foreign_keys) = setting.unwrap();
+        assert_eq!(mode.to_lowercase(), "wal");
+        assert!(timeout > 0);
+        assert_eq!(timeout, expected_timeout);
+        assert_eq!(foreign_keys, 1);
+    }
 }
 
 #[test]
