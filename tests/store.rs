@@ -485,3 +485,43 @@ fn audit_search_reads_an_index_backwards_instead_of_loading_or_sorting_the_table
         assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "no sort of every matching row: {query:?}: {plan}");
     }
 }
+
+/// A reader client named `name` granted the tokens in `grants`.
+fn reader_client(f: &mut Fixture, name: &str, grants: &[&str]) -> String {
+    let new = NewClient {
+        name: ClientName::new(name).unwrap(),
+        role: ClientRole::Reader,
+        grants: grants.iter().map(|g| TokenName::new(*g).unwrap()).collect(),
+        webhook_url: None,
+    };
+    clients::insert(&mut f.conn, &f.cipher, &new, None, "test", Utc::now()).unwrap().api_key.expose().to_owned()
+}
+
+#[test]
+fn removing_a_token_revokes_its_grants_so_a_new_token_of_that_name_is_not_readable() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let old = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-old"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &old, "test", Utc::now()).unwrap();
+    let key = reader_client(&mut f, "ci", &["t", "keep"]);
+    assert_eq!(tokens::remove(&mut f.conn, &old.name, "ops", Utc::now()).unwrap(), 1);
+
+    let again = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-new"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &again, "test", Utc::now()).unwrap();
+    let client = clients::authenticate(&mut f.conn, &key).unwrap().expect("the key still authenticates");
+    assert_eq!(client.grants, ["keep"], "the grant to the removed token is gone, other grants stay");
+    let rows = audit::search(&mut f.conn, &audit::AuditQuery { token: Some("t".into()), ..Default::default() });
+    assert!(rows.unwrap().iter().any(|r| r.detail.as_deref() == Some("version=1 grants_removed=1")));
+}
+
+#[test]
+fn undoing_a_refused_add_keeps_the_grants_made_for_its_name_before() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let key = reader_client(&mut f, "ci", &["t"]);
+    let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+    tokens::undo_add(&mut f.conn, &new.name, "cli", Utc::now(), "refused").unwrap();
+    assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
+    assert_eq!(clients::authenticate(&mut f.conn, &key).unwrap().unwrap().grants, ["t"]);
+}

@@ -144,7 +144,8 @@ pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), Cl
             }
             RotationOutcome::NeedsAttention { reason, error } => {
                 let forget = name.clone();
-                store.run(move |conn| tokens::remove(conn, &forget, CLI_ACTOR, Utc::now())).await?;
+                let why = format!("the provider refused the refresh token ({reason})");
+                store.run(move |conn| tokens::undo_add(conn, &forget, CLI_ACTOR, Utc::now(), &why)).await?;
                 Err(CliError::Failed(format!(
                     "the provider refused the refresh token ({reason}): {error}; nothing was added"
                 )))
