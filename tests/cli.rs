@@ -519,6 +519,11 @@ fn token_add_refuses_a_token_gitlab_reports_revoked_expired_or_unable_to_rotate(
     assert!(stderr.contains("read_api") && stderr.contains("self_rotate"), "{stderr}");
     let stderr = sandbox.fails(&add, &format!("{revoked}\n"), 2);
     assert!(stderr.contains("GitLab refused the token") && stderr.contains("revoked"), "{stderr}");
+    assert!(!stderr.contains("as expired"), "{stderr}");
+    let expired = sim.create_access_token(TokenOwner::Personal, &["api"], chrono::Utc::now().date_naive()).1;
+    let stderr = sandbox.fails(&add, &format!("{expired}\n"), 2);
+    assert!(stderr.contains("GitLab reports this token as expired; issue a new one"), "{stderr}");
+    assert!(!stderr.contains("revoked"), "{stderr}");
     assert!(sandbox.token_list().is_empty(), "nothing was added");
 }
 

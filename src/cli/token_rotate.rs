@@ -184,6 +184,11 @@ async fn insert(context: &EngineContext, new: NewToken) -> Result<crate::store::
     Ok(context.store.run(move |conn| tokens::insert(conn, &cipher, &new, CLI_ACTOR, Utc::now())).await?)
 }
 
+/// GitLab's `error_description` when an expired token is presented (its API answers 401).
+const GITLAB_EXPIRED_DESCRIPTION: &str = "Token has expired";
+/// Why `token add` refuses an expired GitLab token.
+const EXPIRED: &str = "GitLab reports this token as expired; issue a new one and add that";
+
 /// Asks GitLab about the token and refuses one that is revoked, expired or cannot rotate itself.
 async fn look_up_gitlab_token(
     context: &EngineContext,
@@ -201,6 +206,9 @@ async fn look_up_gitlab_token(
     let info = match provider.inspect(&credential).await {
         Ok(Some(info)) => info,
         Ok(None) => return Err(CliError::Failed("the provider cannot look tokens up".into())),
+        Err(ProviderError::Permanent { message, .. }) if message.contains(GITLAB_EXPIRED_DESCRIPTION) => {
+            return Err(CliError::Usage(EXPIRED.into()));
+        }
         Err(ProviderError::Permanent { message, .. }) => {
             return Err(CliError::Usage(format!("GitLab refused the token: {message}")));
         }
@@ -210,7 +218,7 @@ async fn look_up_gitlab_token(
         return Err(CliError::Usage("GitLab reports this token as revoked or inactive; issue a new one".into()));
     }
     if info.expires_at.is_some_and(|date| expiry_instant(date) <= Utc::now()) {
-        return Err(CliError::Usage("GitLab reports this token as expired; issue a new one".into()));
+        return Err(CliError::Usage(EXPIRED.into()));
     }
     if !info.can_rotate_itself() {
         return Err(CliError::Usage(format!(
