@@ -96,9 +96,11 @@ pub fn insert(
     now: DateTime<Utc>,
 ) -> Result<Token, StoreError> {
     let id = new_id();
-    let seal = |field, value: &Option<SecretString>| value.as_ref().map(|s| cipher.seal(secret_context(&id, field), s));
-    let secret = seal(SecretField::Secret, &new.secret);
-    let refresh_token = seal(SecretField::RefreshToken, &new.refresh_token);
+    let seal = |field, value: &Option<SecretString>| {
+        value.as_ref().map(|s| cipher.try_seal(secret_context(&id, field), s)).transpose()
+    };
+    let secret = seal(SecretField::Secret, &new.secret)?;
+    let refresh_token = seal(SecretField::RefreshToken, &new.refresh_token)?;
     conn.write_transaction(|conn| {
         let provider = providers::find_row(conn, &new.provider)?;
         check_compatible(new.kind, &provider)?;
