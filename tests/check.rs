@@ -99,3 +99,38 @@ fn audit_lists_rotations_and_changes_newest_first_and_filters_by_token() {
     assert_eq!(text.lines().count(), all.len() + 1);
     assert!(!text.contains(&secret));
 }
+
+#[test]
+fn audit_token_filter_shows_only_the_token_not_a_provider_or_client_of_the_same_name() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.ok(&["provider", "add", "ci", "--kind", "gitlab", "--url", &sandbox.gitlab_url()], "");
+    add_token_expiring_in(&sandbox, "ci", 60);
+    sandbox.ok(&["client", "add", "ci", "--role", "operator"], "");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&sandbox.ok(&["audit", "--token", "ci", "--json"], "")).unwrap();
+    let targets: Vec<(&str, &str)> =
+        rows.iter().map(|e| (e["target_kind"].as_str().unwrap(), e["action"].as_str().unwrap())).collect();
+    assert_eq!(targets, [("token", "token.add")]);
+}
+
+#[test]
+fn audit_since_and_limit_keep_the_newest_entries_and_an_impossible_since_is_refused_on_one_line() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    add_token_expiring_in(&sandbox, "a", 60);
+    add_token_expiring_in(&sandbox, "b", 60);
+    let newest: Vec<serde_json::Value> =
+        serde_json::from_str(&sandbox.ok(&["audit", "--since", "1h", "--limit", "1", "--json"], "")).unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!((newest[0]["action"].as_str(), newest[0]["target"].as_str()), (Some("token.add"), Some("b")));
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&sandbox.ok(&["audit", "--since", "300000d", "--json"], "")).unwrap();
+    assert_eq!(all.len(), 3, "provider and two tokens");
+
+    let out = sandbox.run(&["audit", "--since", "300000000d"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--since 300000000d reaches back further than any date"), "{stderr}");
+}

@@ -519,6 +519,11 @@ fn token_add_refuses_a_token_gitlab_reports_revoked_expired_or_unable_to_rotate(
     assert!(stderr.contains("read_api") && stderr.contains("self_rotate"), "{stderr}");
     let stderr = sandbox.fails(&add, &format!("{revoked}\n"), 2);
     assert!(stderr.contains("GitLab refused the token") && stderr.contains("revoked"), "{stderr}");
+    assert!(!stderr.contains("as expired"), "{stderr}");
+    let expired = sim.create_access_token(TokenOwner::Personal, &["api"], chrono::Utc::now().date_naive()).1;
+    let stderr = sandbox.fails(&add, &format!("{expired}\n"), 2);
+    assert!(stderr.contains("GitLab reports this token as expired; issue a new one"), "{stderr}");
+    assert!(!stderr.contains("revoked"), "{stderr}");
     assert!(sandbox.token_list().is_empty(), "nothing was added");
 }
 
@@ -572,4 +577,193 @@ fn a_lost_grant_is_reported_by_rotate_and_revived_by_reauth() {
     assert_eq!(shown["state"], "active");
     assert!(!sandbox.gitlab.sim.with_state(|state| state.refresh_token_is_live(&fresh)), "reauth refreshed at once");
     assert_eq!(sandbox.gitlab.sim.stats().refresh_token_reuses, 0);
+}
+
+/// Asserts that standard error is exactly one non-empty line and returns it.
+fn one_line(stderr: &[u8], what: &str) -> String {
+    let text = String::from_utf8_lossy(stderr).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one line on stderr, got: {text:?}");
+    assert!(!lines[0].trim().is_empty(), "{what}: the line is empty");
+    lines[0].to_owned()
+}
+
+#[test]
+fn every_refused_invocation_exits_2_with_one_line_on_stderr_that_never_repeats_a_secret() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path().join("tw.toml");
+    let config_arg = config.to_str().unwrap().to_owned();
+    let pat = ["token", "add", "t", "--provider", "gitlab", "--kind", "gitlab-personal-access-token"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> { [&pat[..], extra].concat() };
+    let secret = "glpat-NeverShowThis";
+    // (what, arguments, standard input, config file text)
+    let cases: Vec<(&str, Vec<&str>, &str, Option<String>)> = vec![
+        ("unknown flag", vec!["token", "list", "--bogus"], "", None),
+        ("secret as a flag's value", with(&["--secret", "glpat-NeverShowThis"]), "", None),
+        ("secret as an extra argument", with(&["--secret-stdin", "glpat-NeverShowThis"]), "", None),
+        ("missing required flag", vec!["token", "add", "t", "--provider", "gitlab"], "", None),
+        ("missing command", vec!["token"], "", None),
+        ("unknown command", vec!["tokn", "list"], "", None),
+        ("bad duration", with(&["--secret-stdin", "--lifetime", "30x"]), "glpat-x\n", None),
+        ("duration beyond any date", vec!["audit", "--since", "300000000d"], "", None),
+        ("unknown config key", vec!["token", "list"], "", Some("colour = \"blue\"\n".into())),
+        (
+            "secret-looking value under a mistyped config key",
+            vec!["token", "list"],
+            "",
+            Some(format!("listen = \"127.0.0.1:8787\"\ndatabse_url = \"postgres://tw:{secret}@db/tw\"\n")),
+        ),
+        (
+            "secret-looking value of the wrong type",
+            vec!["token", "list"],
+            "",
+            Some(format!("[policy]\nrotate_at_fraction = \"{secret}\"\n")),
+        ),
+        (
+            "mistyped database URL with a password",
+            vec!["token", "list"],
+            "",
+            Some(format!("database_url = \"postgress://tw:{secret}@db/tw\"\n")),
+        ),
+        ("broken config syntax", vec!["token", "list"], "", Some(format!("database_url = \"{secret}\n"))),
+        ("unknown token", vec!["token", "show", "nope"], "", None),
+        ("empty standard input", with(&["--secret-stdin"]), "", None),
+    ];
+    for (what, args, stdin, config_text) in cases {
+        let mut cmd = sandbox.cmd();
+        if let Some(text) = &config_text {
+            std::fs::write(&config, text).unwrap();
+            cmd.env_remove("TOKENWARDEN_DATABASE_URL").args(["--config", &config_arg]);
+        }
+        let out = cmd.args(&args).write_stdin(stdin).output().unwrap();
+        let line = one_line(&out.stderr, what);
+        assert_eq!(out.status.code(), Some(2), "{what}: {line}");
+        assert!(!line.contains("NeverShowThis"), "{what}: the secret was repeated: {line}");
+        assert!(out.stdout.is_empty(), "{what}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[test]
+fn usage_errors_say_what_to_fix_and_which_help_to_read() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["token", "add", "t", "--provider", "gitlab", "--secret", "x"], "");
+    let line = one_line(&out.stderr, "--secret");
+    assert!(line.contains("unexpected argument '--secret'") && line.contains("'--secret-stdin'"), "{line}");
+    assert!(line.ends_with("(see 'tokenwarden token add --help')"), "{line}");
+    let out = sandbox.run(&["token", "add", "t", "--provider", "gitlab"], "");
+    let line = one_line(&out.stderr, "missing --kind");
+    assert!(line.contains("--kind <KIND>"), "{line}");
+    let out = sandbox.run(&["--config", "tw.toml", "token", "list"], "");
+    assert!(one_line(&out.stderr, "missing config").contains("cannot read config file tw.toml"));
+}
+
+#[test]
+fn a_config_error_names_the_file_line_and_column_without_quoting_the_file() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path().join("tw.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:8787\"\ndatabse_url = \"postgres://tw:hunter2@db/tw\"\n").unwrap();
+    let out = sandbox.cmd().args(["--config", config.to_str().unwrap(), "token", "list"]).output().unwrap();
+    let line = one_line(&out.stderr, "mistyped key");
+    let expected = format!("config file {}: line 2, column 1: unknown field `databse_url`", config.display());
+    assert!(line.contains(&expected), "{line}");
+    assert!(!line.contains("hunter2") && !line.contains("postgres://"), "{line}");
+}
+
+#[test]
+fn help_and_version_print_clap_text_on_standard_output_and_exit_0() {
+    let sandbox = Sandbox::new();
+    for args in [&["--help"][..], &["token", "add", "--help"], &["help", "token"], &["--version"]] {
+        let out = sandbox.run(args, "");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("tokenwarden"), "{args:?}: {stdout}");
+    }
+    let help = sandbox.ok(&["token", "add", "--help"], "");
+    assert!(help.contains("Usage: tokenwarden token add") && help.contains("--secret-stdin"), "{help}");
+}
+
+#[test]
+fn check_reports_a_bad_command_line_as_unknown_like_monitoring_plugins_do() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["check", "--warn", "3x"], "");
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("TOKENWARDEN UNKNOWN - invalid value '3x' for '--warn"), "{stdout}");
+}
+
+#[test]
+fn a_command_refused_before_anything_is_sealed_creates_no_master_key_and_the_first_that_creates_it_says_so_once() {
+    let sandbox = Sandbox::new();
+    let refused: [&[&str]; 3] = [
+        &["token", "add", "t", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"],
+        &["token", "rotate", "t"],
+        &["token", "reauth", "t", "--refresh-token-stdin"],
+    ];
+    for args in refused {
+        let out = sandbox.run(args, "glpat-x\n");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let line = one_line(&out.stderr, &format!("{args:?}"));
+        assert!(line.contains("no provider named 'gitlab'") || line.contains("no token named 't'"), "{line}");
+        assert!(!sandbox.key_path().exists(), "{args:?} created a master key");
+    }
+    let out = sandbox.run(&["provider", "add", "gitlab", "--kind", "gitlab", "--url", &sandbox.gitlab_url()], "");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let notice = format!("created a new master key file {}", sandbox.key_path().display());
+    assert!(stderr.contains(&notice) && stderr.contains("back it up"), "{stderr}");
+    assert_eq!(stderr.matches("master key").count(), 1, "{stderr}");
+    let out = sandbox.run(&["provider", "add", "other", "--kind", "gitlab", "--url", &sandbox.gitlab_url()], "");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("master key"), "announced once");
+}
+
+#[test]
+fn a_failing_command_that_created_the_master_key_says_so_on_its_one_error_line() {
+    let sandbox = Sandbox::new();
+    // A provider stored without any secret sealed (as by an older version): no key yet.
+    let url = tokenwarden::config::DatabaseUrl::Sqlite(sandbox.db_path());
+    let store = tokenwarden::store::Store::open(&url).unwrap();
+    drop(store);
+    let mut conn = tokenwarden::store::connect(&url).unwrap();
+    let unused_cipher = tokenwarden::crypto::Cipher::new(&tokenwarden::crypto::MasterKey::generate());
+    let provider = tokenwarden::store::providers::NewProvider {
+        name: tokenwarden::domain::ProviderName::new("gitlab").unwrap(),
+        kind: tokenwarden::domain::ProviderKind::Gitlab,
+        url: Some(sandbox.gitlab_url()),
+        token_url: None,
+        client_id: None,
+        client_secret: None,
+        redirect_uri: None,
+    };
+    tokenwarden::store::providers::insert(&mut conn, &unused_cipher, &provider, "test", chrono::Utc::now()).unwrap();
+    drop(conn);
+
+    let out = sandbox.run(&["provider", "add", "gitlab", "--kind", "gitlab", "--url", &sandbox.gitlab_url()], "");
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line(&out.stderr, "duplicate provider");
+    assert!(line.contains("a provider named 'gitlab' already exists"), "{line}");
+    assert!(line.contains(&format!("created a new master key file {}", sandbox.key_path().display())), "{line}");
+    assert!(sandbox.key_path().exists());
+}
+
+#[test]
+fn a_rotation_the_provider_refuses_is_reported_on_one_line_with_exit_1() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("busy");
+    let revoked = sandbox.add_project_token("revoked");
+    sandbox.gitlab.sim.push_fault(
+        tokenwarden::simulator::FaultTarget::Renewal,
+        tokenwarden::simulator::Fault::Status { status: 503 },
+    );
+    let out = sandbox.run(&["token", "rotate", "busy"], "");
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_line(&out.stderr, "transient failure");
+    assert!(line.contains("failed for now") && line.contains("503"), "{line}");
+    sandbox.gitlab.sim.with_state(|state| state.revoke(&revoked));
+    let out = sandbox.run(&["token", "rotate", "revoked"], "");
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_line(&out.stderr, "permanent failure");
+    assert!(line.contains("failed permanently (revoked)"), "{line}");
 }

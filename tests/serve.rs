@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::Sandbox;
 
-/// A running daemon and the address it listens on.
+/// A running daemon, the address it listens on, and the log lines it wrote until it served.
 struct Daemon {
     child: Child,
     addr: SocketAddr,
+    startup: Vec<serde_json::Value>,
 }
 
 impl Daemon {
@@ -31,15 +32,18 @@ impl Daemon {
             .expect("start serve");
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
+        let mut startup = Vec::new();
         let addr = loop {
             let line = lines.next().expect("serve exited before serving").unwrap();
             let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(listen) = entry["fields"]["listen"].as_str() {
+            let listen = entry["fields"]["listen"].as_str().map(str::to_owned);
+            startup.push(entry);
+            if let Some(listen) = listen {
                 break listen.parse().unwrap();
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        Daemon { child, addr }
+        Daemon { child, addr, startup }
     }
 
     /// Sends a signal by name and waits up to `limit` for the process to exit.
@@ -98,10 +102,43 @@ fn serve_stops_on_sigint_and_restarts_on_the_same_store() {
 }
 
 #[test]
-fn serve_refuses_a_busy_port_with_exit_1() {
+fn serve_refuses_a_busy_port_with_exit_1_on_one_line_before_creating_anything() {
     let sandbox = Sandbox::new();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let stderr = sandbox.fails(&["serve", "--listen", &addr], "", 1);
     assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!sandbox.db_path().exists() && !sandbox.key_path().exists(), "nothing was created");
+}
+
+/// The startup log entries at WARN level whose message mentions the master key.
+fn key_warnings(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .startup
+        .iter()
+        .filter(|entry| entry["level"] == "WARN")
+        .filter_map(|entry| entry["fields"]["message"].as_str())
+        .filter(|message| message.contains("master key"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn serve_warns_when_it_generates_the_master_key_and_writes_it_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let first = Daemon::start(&sandbox);
+    let warnings = key_warnings(&first);
+    assert_eq!(warnings.len(), 1, "{:?}", first.startup);
+    let key = sandbox.key_path();
+    assert!(warnings[0].contains(&format!("created a new master key file {}", key.display())), "{warnings:?}");
+    assert!(warnings[0].contains("back it up"), "{warnings:?}");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "key file mode {mode:o}");
+    assert!(first.stop_with("TERM", Duration::from_secs(2)).success());
+
+    let second = Daemon::start(&sandbox);
+    assert!(key_warnings(&second).is_empty(), "an existing key is not announced again: {:?}", second.startup);
+    assert!(second.stop_with("TERM", Duration::from_secs(2)).success());
 }

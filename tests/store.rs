@@ -293,13 +293,82 @@ fn sqlite_master_key_check_is_recorded_then_enforced() {
     assert!(f.url.default_master_key_file().is_some());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn sqlite_store_runs_queries_off_the_async_threads() {
     let f = sqlite_fixture();
     let store = Store::open(&f.url).unwrap();
-    store.ping().await.unwrap();
-    let list = store.run(tokens::list).await.unwrap();
-    assert!(list.is_empty());
+    let runtime_thread = std::thread::current().id();
+    // The query waits for a message that only the runtime's one thread can send: if it ran on
+    // that thread, the sender could never run and the query would time out.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let query = store.run(move |conn| {
+        let thread = std::thread::current().id();
+        let released = rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok();
+        Ok((thread, released, tokens::list(conn)?.len()))
+    });
+    let release = async move {
+        tokio::task::yield_now().await;
+        tx.send(()).unwrap();
+    };
+    let (result, ()) = tokio::join!(query, release);
+    let (query_thread, released, tokens) = result.unwrap();
+    assert_ne!(query_thread, runtime_thread, "the query ran on the async thread");
+    assert!(released, "the async thread was blocked while the query ran");
+    assert_eq!(tokens, 0);
+}
+
+#[derive(QueryableByName)]
+struct JournalMode {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    journal_mode: String,
+}
+
+#[derive(QueryableByName)]
+struct BusyTimeout {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    timeout: i32,
+}
+
+#[derive(QueryableByName)]
+struct ForeignKeys {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    foreign_keys: i32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pooled_sqlite_connection_uses_wal_a_busy_timeout_and_foreign_keys() {
+    let f = sqlite_fixture();
+    let store = Store::open(&f.url).unwrap();
+    let size = usize::try_from(tokenwarden::store::POOL_SIZE).unwrap();
+    // Each query holds its connection until all of them hold one: the pool must hand out
+    // every connection it has, and each is checked.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(size));
+    let mut queries = tokio::task::JoinSet::new();
+    for _ in 0..size {
+        let (barrier, store) = (barrier.clone(), store.clone());
+        queries.spawn(async move {
+            store
+                .run(move |conn| {
+                    barrier.wait();
+                    let mode = diesel::sql_query("PRAGMA journal_mode").get_result::<JournalMode>(conn)?.journal_mode;
+                    let timeout = diesel::sql_query("PRAGMA busy_timeout").get_result::<BusyTimeout>(conn)?.timeout;
+                    let foreign_keys =
+                        diesel::sql_query("PRAGMA foreign_keys").get_result::<ForeignKeys>(conn)?.foreign_keys;
+                    Ok((mode, timeout, foreign_keys))
+                })
+                .await
+        });
+    }
+    let settings = queries.join_all().await;
+    assert_eq!(settings.len(), size);
+    let expected_timeout = i32::try_from(tokenwarden::store::SQLITE_BUSY_TIMEOUT_MS).unwrap();
+    for setting in settings {
+        let (mode, timeout, foreign_keys) = setting.unwrap();
+        assert_eq!(mode.to_lowercase(), "wal");
+        assert!(timeout > 0);
+        assert_eq!(timeout, expected_timeout);
+        assert_eq!(foreign_keys, 1);
+    }
 }
 
 #[test]
@@ -329,4 +398,130 @@ fn debug_output_of_structs_holding_secrets_is_redacted() {
         assert!(!shown.contains(plain), "{plain} leaked into Debug output");
     }
     assert!(shown.contains("[REDACTED]"));
+}
+
+/// Records audit rows about `name` as a token, a provider and a client, `hours_ago` hours back.
+fn audit_rows_named(conn: &mut DbConnection, name: &str, hours_ago: i64) {
+    let at = Utc::now() - TimeDelta::hours(hours_ago);
+    for kind in ["token", "provider", "client"] {
+        let target = audit::AuditTarget { kind, name };
+        audit::record(conn, at, "test", &format!("{kind}.add"), target, None).unwrap();
+    }
+}
+
+#[test]
+fn audit_search_for_a_token_ignores_providers_and_clients_of_the_same_name() {
+    let mut f = sqlite_fixture();
+    audit_rows_named(&mut f.conn, "shared", 1);
+    audit_rows_named(&mut f.conn, "other", 1);
+    let query = audit::AuditQuery { token: Some("shared".into()), ..Default::default() };
+    let rows = audit::search(&mut f.conn, &query).unwrap();
+    let found: Vec<(&str, &str)> = rows.iter().map(|r| (r.target_kind.as_str(), r.target_name.as_str())).collect();
+    assert_eq!(found, [("token", "shared")]);
+}
+
+#[test]
+fn audit_search_keeps_rows_since_the_given_time_newest_first_up_to_the_limit() {
+    let mut f = sqlite_fixture();
+    for hours_ago in [30, 3, 2, 1] {
+        audit_rows_named(&mut f.conn, &format!("t{hours_ago}"), hours_ago);
+    }
+    let since = Some(Utc::now() - TimeDelta::hours(24));
+    let recent = audit::search(&mut f.conn, &audit::AuditQuery { since, ..Default::default() }).unwrap();
+    assert_eq!(recent.len(), 9, "three rows for each of the three recent names");
+    assert!(recent.iter().all(|r| r.target_name != "t30"));
+    assert!(recent.windows(2).all(|w| w[0].occurred_at >= w[1].occurred_at), "newest first");
+
+    let query = audit::AuditQuery { token: Some("t2".into()), since, limit: Some(5) };
+    assert_eq!(audit::search(&mut f.conn, &query).unwrap().len(), 1);
+    let newest = audit::search(&mut f.conn, &audit::AuditQuery { limit: Some(4), ..Default::default() }).unwrap();
+    let names: Vec<&str> = newest.iter().map(|r| r.target_name.as_str()).collect();
+    assert_eq!(names, ["t1", "t1", "t1", "t2"]);
+}
+
+#[derive(QueryableByName)]
+struct PlanStep {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    detail: String,
+}
+
+/// The SQL of the statements `run` sends, captured through Diesel's instrumentation.
+fn statements_of(conn: &mut DbConnection, run: impl FnOnce(&mut DbConnection)) -> Vec<String> {
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = captured.clone();
+    conn.set_instrumentation(move |event: diesel::connection::InstrumentationEvent<'_>| {
+        if let diesel::connection::InstrumentationEvent::StartQuery { query, .. } = event {
+            let text = query.to_string();
+            sink.lock().unwrap().push(text.split(" -- binds:").next().unwrap_or_default().to_owned());
+        }
+    });
+    run(conn);
+    conn.set_instrumentation(None::<fn(diesel::connection::InstrumentationEvent<'_>)>);
+    captured.lock().unwrap().clone()
+}
+
+#[test]
+fn audit_search_reads_an_index_backwards_instead_of_loading_or_sorting_the_table() {
+    let mut f = sqlite_fixture();
+    let since = Some(Utc::now() - TimeDelta::days(7));
+    let queries = [
+        (audit::AuditQuery { token: Some("t".into()), since, limit: Some(50) }, "audit_log_target"),
+        (audit::AuditQuery { token: None, since, limit: Some(50) }, "audit_log_time"),
+    ];
+    for (query, index) in queries {
+        let statements = statements_of(&mut f.conn, |conn| {
+            audit::search(conn, &query).unwrap();
+        });
+        assert_eq!(statements.len(), 1, "{statements:?}");
+        assert!(statements[0].contains("LIMIT"), "{statements:?}");
+        let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {}", statements[0]))
+            .load::<PlanStep>(&mut f.conn)
+            .unwrap()
+            .into_iter()
+            .map(|step| step.detail)
+            .collect();
+        let plan = plan.join(" | ");
+        assert!(plan.contains(&format!("USING INDEX {index}")), "{query:?}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "no sort of every matching row: {query:?}: {plan}");
+    }
+}
+
+/// A reader client named `name` granted the tokens in `grants`.
+fn reader_client(f: &mut Fixture, name: &str, grants: &[&str]) -> String {
+    let new = NewClient {
+        name: ClientName::new(name).unwrap(),
+        role: ClientRole::Reader,
+        grants: grants.iter().map(|g| TokenName::new(*g).unwrap()).collect(),
+        webhook_url: None,
+    };
+    clients::insert(&mut f.conn, &f.cipher, &new, None, "test", Utc::now()).unwrap().api_key.expose().to_owned()
+}
+
+#[test]
+fn removing_a_token_revokes_its_grants_so_a_new_token_of_that_name_is_not_readable() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let old = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-old"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &old, "test", Utc::now()).unwrap();
+    let key = reader_client(&mut f, "ci", &["t", "keep"]);
+    assert_eq!(tokens::remove(&mut f.conn, &old.name, "ops", Utc::now()).unwrap(), 1);
+
+    let again = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-new"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &again, "test", Utc::now()).unwrap();
+    let client = clients::authenticate(&mut f.conn, &key).unwrap().expect("the key still authenticates");
+    assert_eq!(client.grants, ["keep"], "the grant to the removed token is gone, other grants stay");
+    let rows = audit::search(&mut f.conn, &audit::AuditQuery { token: Some("t".into()), ..Default::default() });
+    assert!(rows.unwrap().iter().any(|r| r.detail.as_deref() == Some("version=1 grants_removed=1")));
+}
+
+#[test]
+fn undoing_a_refused_add_keeps_the_grants_made_for_its_name_before() {
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let key = reader_client(&mut f, "ci", &["t"]);
+    let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+    tokens::undo_add(&mut f.conn, &new.name, "cli", Utc::now(), "refused").unwrap();
+    assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
+    assert_eq!(clients::authenticate(&mut f.conn, &key).unwrap().unwrap().grants, ["t"]);
 }

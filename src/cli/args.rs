@@ -93,6 +93,9 @@ pub struct AuditArgs {
     /// Only entries from this long ago until now (e.g. 7d)
     #[arg(long)]
     pub since: Option<HumanDuration>,
+    /// At most this many entries (the newest)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -139,6 +139,6 @@ pub async fn run(settings: Settings, args: CheckArgs) -> Result<ExitCode, CliErr
 
 /// The exit code and line for a check that could not read the store.
 pub fn unknown(err: &CliError) -> ExitCode {
-    println!("TOKENWARDEN UNKNOWN - {err}");
+    println!("TOKENWARDEN UNKNOWN - {}", super::one_line(&err.to_string()));
     ExitCode::from(3)
 }

@@ -1,13 +1,29 @@
 //! Opening the store and the master key for a command.
 
-use std::path::Path;
-
-use tracing::warn;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use super::CliError;
 use crate::config::Settings;
 use crate::crypto::{Cipher, CryptoError, KeyLocation, MasterKey, locate_master_key};
 use crate::store::{Store, StoreError, meta};
+
+/// A master key file this process generated and has not announced yet.
+static CREATED_KEY: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Takes the path of the master key file this process generated, if it did and nobody has
+/// announced it yet (`serve` logs it at once; other commands report it when they end).
+pub fn created_key_file() -> Option<PathBuf> {
+    CREATED_KEY.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
+/// What to tell the operator about a generated master key file.
+pub fn created_key_notice(path: &Path) -> String {
+    format!(
+        "created a new master key file {} (mode 0600); back it up: without it the stored secrets cannot be read",
+        path.display()
+    )
+}
 
 /// Opens the store named by the settings (running migrations) on the blocking pool.
 pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
@@ -21,8 +37,9 @@ pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
 /// Loads the master key and checks it against the database.
 ///
 /// With the SQLite default and no key anywhere, a key file is created beside the database
-/// (mode 0600, with a warning) — but only while the database holds no sealed secret; a
-/// database sealed with a key that has gone missing is an error, never a silent new key.
+/// (mode 0600) — but only while the database holds no sealed secret; a database sealed with
+/// a key that has gone missing is an error, never a silent new key. The new file is
+/// recorded for [`created_key_file`], so that the command announces it exactly once.
 pub async fn open_cipher(settings: &Settings, store: &Store) -> Result<Cipher, CliError> {
     let credentials_directory = std::env::var_os("CREDENTIALS_DIRECTORY");
     let location = locate_master_key(
@@ -34,10 +51,7 @@ pub async fn open_cipher(settings: &Settings, store: &Store) -> Result<Cipher, C
     let key = match (&location, sealed_with) {
         (KeyLocation::BesideDatabase(path), None) if !path.exists() => {
             let key = MasterKey::create(path)?;
-            warn!(
-                path = %path.display(),
-                "created a new master key file; back it up: without it the stored secrets cannot be read"
-            );
+            *CREATED_KEY.lock().unwrap_or_else(PoisonError::into_inner) = Some(path.clone());
             key
         }
         (KeyLocation::BesideDatabase(path), Some(expected)) if !path.exists() => {

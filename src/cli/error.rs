@@ -23,6 +23,14 @@ impl CliError {
             CliError::Failed(_) => 1,
         }
     }
+
+    /// The same error with `note` appended to its one-line message.
+    pub fn with_note(self, note: &str) -> Self {
+        match self {
+            CliError::Usage(message) => CliError::Usage(format!("{message}; {note}")),
+            CliError::Failed(message) => CliError::Failed(format!("{message}; {note}")),
+        }
+    }
 }
 
 impl From<ConfigError> for CliError {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::CliError;
-use super::context::{open_cipher, open_store};
+use super::context::{created_key_file, created_key_notice, open_cipher, open_store};
 use super::engine::{engine_context, limits};
 use super::systemd;
 use crate::api::{self, AppState};
@@ -27,13 +27,18 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(failed("cannot listen for SIGTERM"))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(failed("cannot listen for SIGINT"))?;
     let metrics_handle = metrics::install().map_err(CliError::Failed)?;
-    let store = open_store(&settings).await?;
-    let cipher = open_cipher(&settings, &store).await?;
-    let context = Arc::new(engine_context(&settings, store.clone(), cipher, "serve")?);
+    // The address first: a busy port is the likeliest failure, and it should stop the daemon
+    // before anything (the database, a new master key) is created.
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", settings.listen)))?;
     let local = listener.local_addr().map_err(failed("cannot read the listening address"))?;
+    let store = open_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store).await?;
+    if let Some(path) = created_key_file() {
+        warn!(path = %path.display(), "{}", created_key_notice(&path));
+    }
+    let context = Arc::new(engine_context(&settings, store.clone(), cipher, "serve")?);
     info!(listen = %local, database = %settings.database_url, "tokenwarden is serving");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -38,8 +38,12 @@ pub async fn run(settings: Settings, command: TokenCommand) -> Result<(), CliErr
         TokenCommand::Remove { name } => {
             let store = open_store(&settings).await?;
             let shown = name.clone();
-            store.run(move |conn| tokens::remove(conn, &name, CLI_ACTOR, Utc::now())).await?;
-            eprintln!("removed token '{shown}'");
+            let grants = store.run(move |conn| tokens::remove(conn, &name, CLI_ACTOR, Utc::now())).await?;
+            match grants {
+                0 => eprintln!("removed token '{shown}'"),
+                1 => eprintln!("removed token '{shown}' and the one client grant to read it"),
+                n => eprintln!("removed token '{shown}' and the {n} client grants to read it"),
+            }
             Ok(())
         }
     }

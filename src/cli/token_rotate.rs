@@ -14,6 +14,7 @@ use crate::engine::policy::plan_rotation;
 use crate::engine::{EngineContext, ForcedRotation, RotationOutcome, build_provider, rotate_now};
 use crate::providers::gitlab::expiry_instant;
 use crate::providers::{Credential, ProviderError, TokenInfo};
+use crate::store::models::ProviderRow;
 use crate::store::rotation;
 use crate::store::tokens::{self, NewToken, SecretField, secret_context};
 use crate::store::{Store, providers};
@@ -21,6 +22,7 @@ use crate::store::{Store, providers};
 /// `token rotate NAME`: a forced rotation; exit 0 only when the token ends rotated.
 pub async fn rotate(settings: Settings, name: TokenName, json: bool) -> Result<(), CliError> {
     let store = open_store(&settings).await?;
+    ensure_token_exists(&store, &name).await?;
     let cipher = open_cipher(&settings, &store).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
     let result = rotate_now(&context, &name, CLI_ACTOR).await?;
@@ -86,6 +88,7 @@ fn refusal(name: &TokenName, state: TokenState, reason: Option<&str>) -> String 
 pub async fn reauth(settings: Settings, name: TokenName) -> Result<(), CliError> {
     let refresh_token = read_secret_line("refresh token")?;
     let store = open_store(&settings).await?;
+    ensure_token_exists(&store, &name).await?;
     let cipher = open_cipher(&settings, &store).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
     {
@@ -105,13 +108,26 @@ pub async fn reauth(settings: Settings, name: TokenName) -> Result<(), CliError>
 /// Stores a new token after first contact with its provider: a GitLab token is looked up
 /// (`…/self`) to learn its id, scopes and expiry; an OAuth grant is refreshed once, through
 /// the same claim/commit path as any rotation.
+///
+/// The name and the provider are checked before the master key is opened, so that a command
+/// refused for them never generates a key file.
 pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), CliError> {
     let store = open_store(&settings).await?;
+    ensure_name_is_free(&store, &new.name).await?;
+    let provider = {
+        let (provider_name, kind) = (new.provider.clone(), new.kind);
+        store
+            .run(move |conn| {
+                let row = providers::find_row(conn, &provider_name)?;
+                tokens::check_compatible(kind, &row)?;
+                Ok(row)
+            })
+            .await?
+    };
     let cipher = open_cipher(&settings, &store).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
-    ensure_name_is_free(&store, &new.name).await?;
     if new.kind.is_gitlab_access_token() {
-        let info = look_up_gitlab_token(&context, &new).await?;
+        let info = look_up_gitlab_token(&context, &provider, &new).await?;
         describe_gitlab_token(&mut new, &info, &settings);
         let token = insert(&context, new).await?;
         eprintln!("added token '{}' ({}, expires {})", token.name, token.kind, super::output::time(token.expires_at));
@@ -128,7 +144,8 @@ pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), Cl
             }
             RotationOutcome::NeedsAttention { reason, error } => {
                 let forget = name.clone();
-                store.run(move |conn| tokens::remove(conn, &forget, CLI_ACTOR, Utc::now())).await?;
+                let why = format!("the provider refused the refresh token ({reason})");
+                store.run(move |conn| tokens::undo_add(conn, &forget, CLI_ACTOR, Utc::now(), &why)).await?;
                 Err(CliError::Failed(format!(
                     "the provider refused the refresh token ({reason}): {error}; nothing was added"
                 )))
@@ -142,6 +159,13 @@ pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), Cl
         },
         other => Err(CliError::Failed(format!("added grant '{name}', but could not refresh it: {other:?}"))),
     }
+}
+
+/// Refuses an unknown token before the master key is opened.
+async fn ensure_token_exists(store: &Store, name: &TokenName) -> Result<(), CliError> {
+    let name = name.clone();
+    store.run(move |conn| tokens::find(conn, &name).map(|_| ())).await?;
+    Ok(())
 }
 
 /// Refuses a taken name before the provider is contacted (an OAuth refresh would use the grant).
@@ -160,13 +184,19 @@ async fn insert(context: &EngineContext, new: NewToken) -> Result<crate::store::
     Ok(context.store.run(move |conn| tokens::insert(conn, &cipher, &new, CLI_ACTOR, Utc::now())).await?)
 }
 
+/// GitLab's `error_description` when an expired token is presented (its API answers 401).
+const GITLAB_EXPIRED_DESCRIPTION: &str = "Token has expired";
+/// Why `token add` refuses an expired GitLab token.
+const EXPIRED: &str = "GitLab reports this token as expired; issue a new one and add that";
+
 /// Asks GitLab about the token and refuses one that is revoked, expired or cannot rotate itself.
-async fn look_up_gitlab_token(context: &EngineContext, new: &NewToken) -> Result<TokenInfo, CliError> {
-    let provider_name = new.provider.clone();
-    let row = context.store.run(move |conn| providers::find_row(conn, &provider_name)).await?;
-    tokens::check_compatible(new.kind, &row)?;
+async fn look_up_gitlab_token(
+    context: &EngineContext,
+    row: &ProviderRow,
+    new: &NewToken,
+) -> Result<TokenInfo, CliError> {
     let resource = new.resource.as_deref();
-    let provider = build_provider(context, &row, new.kind, resource).map_err(CliError::Usage)?;
+    let provider = build_provider(context, row, new.kind, resource).map_err(CliError::Usage)?;
     let credential = Credential {
         secret: new.secret.clone(),
         refresh_token: None,
@@ -176,6 +206,9 @@ async fn look_up_gitlab_token(context: &EngineContext, new: &NewToken) -> Result
     let info = match provider.inspect(&credential).await {
         Ok(Some(info)) => info,
         Ok(None) => return Err(CliError::Failed("the provider cannot look tokens up".into())),
+        Err(ProviderError::Permanent { message, .. }) if message.contains(GITLAB_EXPIRED_DESCRIPTION) => {
+            return Err(CliError::Usage(EXPIRED.into()));
+        }
         Err(ProviderError::Permanent { message, .. }) => {
             return Err(CliError::Usage(format!("GitLab refused the token: {message}")));
         }
@@ -185,7 +218,7 @@ async fn look_up_gitlab_token(context: &EngineContext, new: &NewToken) -> Result
         return Err(CliError::Usage("GitLab reports this token as revoked or inactive; issue a new one".into()));
     }
     if info.expires_at.is_some_and(|date| expiry_instant(date) <= Utc::now()) {
-        return Err(CliError::Usage("GitLab reports this token as expired; issue a new one".into()));
+        return Err(CliError::Usage(EXPIRED.into()));
     }
     if !info.can_rotate_itself() {
         return Err(CliError::Usage(format!(

@@ -15,10 +15,26 @@ pub enum DatabaseUrl {
     Postgres(String),
 }
 
-/// A database URL of neither accepted form.
+/// A database URL of neither accepted form. Its message shows the URL without a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a database URL: use sqlite://PATH (e.g. sqlite://tokenwarden.db) or postgres://USER@HOST/DB")]
+#[error(
+    "'{}' is not a database URL: use sqlite://PATH (e.g. sqlite://tokenwarden.db) or postgres://USER@HOST/DB",
+    without_credentials(.0)
+)]
 pub struct InvalidDatabaseUrl(pub String);
+
+/// `text` with whatever precedes an `@` after the scheme (user and password) replaced by `…`,
+/// so that a mistyped URL is never echoed with its password.
+fn without_credentials(text: &str) -> String {
+    let Some(at) = text.rfind('@') else {
+        return text.to_owned();
+    };
+    let start = text.find("://").map_or(0, |scheme_end| scheme_end + 3);
+    if start > at {
+        return text.to_owned();
+    }
+    format!("{}…{}", &text[..start], &text[at..])
+}
 
 impl DatabaseUrl {
     /// Parses `sqlite://PATH` (relative or, with a third slash, absolute) or `postgres://…`.
@@ -99,6 +115,17 @@ mod tests {
         for bad in ["", "tokenwarden.db", "sqlite://", "mysql://x/y", "postgres://", "http://x"] {
             assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_rejected_url_is_echoed_without_its_password() {
+        for bad in ["postgress://u:hunter2@db/tw", "postgres//u:hunter2@db/tw", "mysql://u:hunter2@db/tw"] {
+            let message = DatabaseUrl::parse(bad).unwrap_err().to_string();
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(message.contains("@db/tw"), "the rest of the URL is shown: {message}");
+        }
+        let message = DatabaseUrl::parse("tokenwarden.db").unwrap_err().to_string();
+        assert!(message.contains("'tokenwarden.db'"), "{message}");
     }
 
     #[test]

@@ -65,7 +65,8 @@ impl fmt::Display for HumanDuration {
     /// Prints the largest unit that divides the duration evenly.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let seconds = self.0.as_secs();
-        let (unit, size) = UNITS.iter().find(|(_, size)| seconds % size == 0 && seconds != 0).unwrap_or(&('s', 1));
+        let (unit, size) =
+            UNITS.iter().find(|(_, size)| seconds.is_multiple_of(*size) && seconds != 0).unwrap_or(&('s', 1));
         write!(f, "{}{}", seconds / size, unit)
     }
 }

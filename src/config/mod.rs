@@ -195,7 +195,8 @@ pub enum ConfigError {
     Syntax {
         /// The file.
         path: PathBuf,
-        /// The parser's explanation, naming the key and line.
+        /// `line N, column M: ` and the parser's explanation, on one line and without the
+        /// file's text (which may hold a password).
         message: String,
     },
     /// A value is present but invalid.
@@ -282,8 +283,7 @@ pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Resu
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::UnreadableFile { path: path.to_owned(), source })?;
-    toml::from_str(&text)
-        .map_err(|err| ConfigError::Syntax { path: path.to_owned(), message: err.to_string().trim_end().to_owned() })
+    file::parse(&text).map_err(|message| ConfigError::Syntax { path: path.to_owned(), message })
 }
 
 /// Rejects an empty path, which would otherwise silently mean "the current directory".

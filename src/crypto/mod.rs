@@ -88,4 +88,14 @@ pub enum CryptoError {
         /// The column.
         field: &'static str,
     },
+    /// AES-GCM refused to encrypt the value (it does so only past 64 GiB).
+    #[error("cannot seal the {field} of {table} row {row}: the value is too long to encrypt")]
+    CannotSeal {
+        /// The table.
+        table: &'static str,
+        /// The row id.
+        row: String,
+        /// The column.
+        field: &'static str,
+    },
 }

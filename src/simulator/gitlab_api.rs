@@ -66,6 +66,14 @@ fn unauthorized() -> Response {
     )
 }
 
+/// GitLab's answer to a token that is known and not revoked but past its expiry date.
+fn expired() -> Response {
+    json_response(
+        StatusCode::UNAUTHORIZED,
+        json!({"error": "invalid_token", "error_description": "Token has expired."}),
+    )
+}
+
 /// Applies the fault drawn for a request before acting: an error status or a rate limit
 /// answers at once; `None` lets the request through.
 fn answer_before_acting(shared: &Shared, fault: Option<Fault>) -> Option<Response> {
@@ -136,6 +144,7 @@ pub async fn look_up(State(shared): State<std::sync::Arc<Shared>>, headers: Head
     let now = shared.now();
     let response = match shared.with_state(|state| state.look_up(&secret, now)) {
         Some(token) => json_response(StatusCode::OK, token_json(&token, now)),
+        None if shared.with_state(|state| state.access_token(&secret).is_some_and(|t| !t.revoked)) => expired(),
         None => unauthorized(),
     };
     deliver(&shared, fault, response).await

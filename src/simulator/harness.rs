@@ -190,8 +190,8 @@ impl EngineHarness {
             .zip(secrets)
             .map(|(seed, (external_id, secret))| {
                 let id = new_id();
-                let sealed = cipher.seal(secret_context(&id, SecretField::Secret), &SecretString::from(secret));
-                NewTokenRow {
+                let sealed = cipher.try_seal(secret_context(&id, SecretField::Secret), &SecretString::from(secret))?;
+                Ok(NewTokenRow {
                     name: name::<TokenName>(&seed.name).to_string(),
                     provider_id: String::new(),
                     kind: kind.to_string(),
@@ -212,9 +212,9 @@ impl EngineHarness {
                     created_at: naive(now),
                     updated_at: naive(now),
                     id,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
         self.context
             .store
             .run(move |conn| {

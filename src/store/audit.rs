@@ -49,7 +49,38 @@ pub fn prune(conn: &mut DbConnection, older_than: DateTime<Utc>) -> Result<usize
     })
 }
 
-/// Audit rows about `target_name` (or all, when `None`), newest first.
+/// Which audit rows [`search`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only rows about the token of this name (not a provider or client that shares it).
+    pub token: Option<String>,
+    /// Only rows that occurred at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many rows (the newest).
+    pub limit: Option<u32>,
+}
+
+/// Audit rows matching `query`, newest first. The filter, the order and the limit are all
+/// applied by the database: a token's rows come from the index `audit_log_target
+/// (target_name, occurred_at)`, the others from `audit_log_time (occurred_at)`, read
+/// backwards, so neither the whole table nor a sort of it is ever needed.
+pub fn search(conn: &mut DbConnection, query: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+    let mut sql = audit_log::table.select(AuditRow::as_select()).into_boxed();
+    if let Some(token) = &query.token {
+        sql = sql.filter(audit_log::target_name.eq(token.clone())).filter(audit_log::target_kind.eq("token"));
+    }
+    if let Some(since) = query.since {
+        sql = sql.filter(audit_log::occurred_at.ge(naive(since)));
+    }
+    sql = sql.order((audit_log::occurred_at.desc(), audit_log::id.desc()));
+    if let Some(limit) = query.limit {
+        sql = sql.limit(i64::from(limit));
+    }
+    Ok(sql.load(conn)?)
+}
+
+/// Audit rows about anything named `target_name` (token, provider or client; all rows when
+/// `None`), newest first. For the operator's view of one token, use [`search`].
 pub fn list(conn: &mut DbConnection, target_name: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
     let mut query = audit_log::table.select(AuditRow::as_select()).into_boxed();
     if let Some(name) = target_name {

@@ -58,7 +58,10 @@ pub fn insert(
     let id = new_id();
     let api_key = ApiKey::generate();
     let row = ClientRow {
-        webhook_secret: webhook_secret.as_ref().map(|secret| cipher.seal(webhook_secret_context(&id), secret)),
+        webhook_secret: webhook_secret
+            .as_ref()
+            .map(|secret| cipher.try_seal(webhook_secret_context(&id), secret))
+            .transpose()?,
         id: id.clone(),
         name: new.name.to_string(),
         role: new.role.to_string(),

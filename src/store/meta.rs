@@ -31,7 +31,7 @@ pub fn verify_or_record_key(conn: &mut DbConnection, cipher: &Cipher) -> Result<
                 Ok(())
             }
             None => {
-                let sealed = cipher.seal(KEY_CHECK_CONTEXT, &SecretString::from("tokenwarden"));
+                let sealed = cipher.try_seal(KEY_CHECK_CONTEXT, &SecretString::from("tokenwarden"))?;
                 diesel::insert_into(meta::table)
                     .values((meta::name.eq(KEY_CHECK), meta::value.eq(sealed)))
                     .execute(conn)?;

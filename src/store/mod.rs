@@ -23,13 +23,13 @@ use std::time::Duration;
 
 use diesel::r2d2::Pool;
 
-pub use connection::{DbConnection, Manager, connect};
+pub use connection::{DbConnection, Manager, SQLITE_BUSY_TIMEOUT_MS, connect};
 pub use error::StoreError;
 
 use crate::config::DatabaseUrl;
 
-/// Connections kept in the pool.
-const POOL_SIZE: u32 = 8;
+/// Connections kept in the pool (at most).
+pub const POOL_SIZE: u32 = 8;
 /// Longest wait for a pooled connection before the store is reported unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 

@@ -45,7 +45,11 @@ pub fn insert(
 ) -> Result<Provider, StoreError> {
     let id = new_id();
     let row = ProviderRow {
-        client_secret: new.client_secret.as_ref().map(|secret| cipher.seal(client_secret_context(&id), secret)),
+        client_secret: new
+            .client_secret
+            .as_ref()
+            .map(|secret| cipher.try_seal(client_secret_context(&id), secret))
+            .transpose()?,
         id,
         name: new.name.to_string(),
         kind: new.kind.to_string(),

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use super::audit::{self, AuditTarget};
 use super::models::{HistoryEntry, HistoryRow, NewTokenRow, Token, TokenRow, naive, new_id};
 use super::providers;
-use super::schema::{providers as providers_table, token_history, tokens};
+use super::schema::{client_grants, providers as providers_table, token_history, tokens};
 use super::{DbConnection, StoreError};
 use crate::crypto::{Cipher, SealContext};
 use crate::domain::{PolicyOverrides, ProviderName, TokenKind, TokenName, TokenState};
@@ -96,9 +96,11 @@ pub fn insert(
     now: DateTime<Utc>,
 ) -> Result<Token, StoreError> {
     let id = new_id();
-    let seal = |field, value: &Option<SecretString>| value.as_ref().map(|s| cipher.seal(secret_context(&id, field), s));
-    let secret = seal(SecretField::Secret, &new.secret);
-    let refresh_token = seal(SecretField::RefreshToken, &new.refresh_token);
+    let seal = |field, value: &Option<SecretString>| {
+        value.as_ref().map(|s| cipher.try_seal(secret_context(&id, field), s)).transpose()
+    };
+    let secret = seal(SecretField::Secret, &new.secret)?;
+    let refresh_token = seal(SecretField::RefreshToken, &new.refresh_token)?;
     conn.write_transaction(|conn| {
         let provider = providers::find_row(conn, &new.provider)?;
         check_compatible(new.kind, &provider)?;
@@ -291,12 +293,36 @@ fn token_target(name: &TokenName) -> AuditTarget<'_> {
 }
 
 /// Stops tracking a token and forgets its secrets and history (the audit log keeps a row).
-pub fn remove(conn: &mut DbConnection, name: &TokenName, actor: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+/// Every client's grant to read it goes in the same transaction: grants are by name, and a
+/// token added later under the same name is another credential, readable only by clients
+/// granted it anew. Returns how many grants were removed.
+pub fn remove(conn: &mut DbConnection, name: &TokenName, actor: &str, now: DateTime<Utc>) -> Result<usize, StoreError> {
     conn.write_transaction(|conn| {
         let token = find(conn, name)?;
         ensure_settled(&token, "remove")?;
         diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
-        audit::record(conn, now, actor, "token.remove", token_target(name), Some(format!("version={}", token.version)))
+        let grants =
+            diesel::delete(client_grants::table.filter(client_grants::token_name.eq(name.as_str()))).execute(conn)?;
+        let detail = format!("version={} grants_removed={grants}", token.version);
+        audit::record(conn, now, actor, "token.remove", token_target(name), Some(detail))?;
+        Ok(grants)
+    })
+}
+
+/// Takes back a `token add` whose first contact with the provider failed: the token row
+/// goes, but grants made for its name before it was added stay, as they were.
+pub fn undo_add(
+    conn: &mut DbConnection,
+    name: &TokenName,
+    actor: &str,
+    now: DateTime<Utc>,
+    why: &str,
+) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        let token = find(conn, name)?;
+        ensure_settled(&token, "remove")?;
+        diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
+        audit::record(conn, now, actor, "token.remove", token_target(name), Some(format!("add undone: {why}")))
     })
 }
 

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber writing to standard error. `default_level` applies when
-/// `RUST_LOG` is unset or invalid (e.g. `info` for the daemon, `warn` for one-shot commands).
+/// `RUST_LOG` is unset or invalid (e.g. `info` for the daemon, `off` for one-shot commands, which report their own outcome).
 pub fn init(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
