@@ -96,7 +96,7 @@ pub async fn reauth(settings: Settings, name: TokenName) -> Result<(), CliError>
         store
             .run(move |conn| {
                 let seal =
-                    |row_id: &str| cipher.seal(secret_context(row_id, SecretField::RefreshToken), &refresh_token);
+                    |row_id: &str| cipher.try_seal(secret_context(row_id, SecretField::RefreshToken), &refresh_token);
                 rotation::reauthorize(conn, &name, seal, CLI_ACTOR, Utc::now())
             })
             .await?;

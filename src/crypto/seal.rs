@@ -116,13 +116,6 @@ impl Cipher {
         Ok(sealed)
     }
 
-    /// [`Cipher::try_seal`] for callers whose types cannot carry the error yet (the rotation
-    /// commit in `engine::protocol` and `store::rotation::reauthorize`). Prefer `try_seal`.
-    pub fn seal(&self, context: SealContext<'_>, secret: &SecretString) -> Vec<u8> {
-        // TODO(issue 2): remove once the engine's seal closures return `Result`.
-        self.try_seal(context, secret).expect("AES-GCM encryption cannot fail for inputs under 64 GiB")
-    }
-
     /// The key id recorded in a sealed value, if it is in tokenwarden's format.
     pub fn sealed_key_id(sealed: &[u8]) -> Option<KeyId> {
         if sealed.len() < HEADER_LEN || sealed[0] != FORMAT_VERSION {

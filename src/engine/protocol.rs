@@ -451,13 +451,20 @@ async fn commit_renewed(
     renewed: Renewed,
     actor: &str,
 ) -> RotationOutcome {
-    let seal = |field, secret: &SecretString| context.cipher.seal(secret_context(&claim.token.id, field), secret);
+    let seal = |field, secret: &SecretString| context.cipher.try_seal(secret_context(&claim.token.id, field), secret);
     let next_rotation_at = renewed
         .expires_at
         .map(|expires_at| plan_rotation(claim.token.name.as_str(), renewed.issued_at, expires_at, policy));
+    let sealed = seal(SecretField::Secret, &renewed.secret).and_then(|secret| {
+        Ok((secret, renewed.refresh_token.as_ref().map(|r| seal(SecretField::RefreshToken, r)).transpose()?))
+    });
+    let (secret, refresh_token) = match sealed {
+        Ok(sealed) => sealed,
+        Err(err) => return RotationOutcome::StoreFailed { error: err.to_string() },
+    };
     let success = Success {
-        secret: seal(SecretField::Secret, &renewed.secret),
-        refresh_token: renewed.refresh_token.as_ref().map(|r| seal(SecretField::RefreshToken, r)),
+        secret,
+        refresh_token,
         expires_at: renewed.expires_at,
         issued_at: renewed.issued_at,
         external_id: renewed.external_id,

@@ -618,7 +618,7 @@ pub fn expire_overdue(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec
 pub fn reauthorize(
     conn: &mut DbConnection,
     name: &TokenName,
-    sealed_refresh_token: impl FnOnce(&str) -> Vec<u8>,
+    sealed_refresh_token: impl FnOnce(&str) -> Result<Vec<u8>, crate::crypto::CryptoError>,
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -643,7 +643,7 @@ pub fn reauthorize(
                 "token '{name}' is being rotated right now; reauth it when the rotation has finished"
             )));
         }
-        let sealed = sealed_refresh_token(&row.id);
+        let sealed = sealed_refresh_token(&row.id)?;
         diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
             .set((
                 tokens::refresh_token.eq(sealed),
