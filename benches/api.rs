@@ -89,12 +89,7 @@ async fn main() {
         harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, None, "bench", now)).await.unwrap();
     let key = created.api_key.expose().to_owned();
 
-    let state = AppState {
-        store: harness.context.store.clone(),
-        engine: harness.context.clone(),
-        scheduler: None,
-        metrics: None,
-    };
+    let state = AppState::new(harness.context.store.clone(), harness.context.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });

@@ -56,7 +56,8 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         .map_err(|err| CliError::Failed(format!("cannot start the maintenance jobs: {err}")))?;
     let watchdog = systemd::spawn_watchdog(scheduler_handle.clone());
 
-    let state = AppState { store, engine: context, scheduler: Some(scheduler_handle), metrics: Some(metrics_handle) };
+    let state =
+        AppState { scheduler: Some(scheduler_handle), metrics: Some(metrics_handle), ..AppState::new(store, context) };
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => info!("SIGTERM received; shutting down"),
