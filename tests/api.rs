@@ -1,5 +1,5 @@
-//! The internal HTTP API end to end: the full authorisation matrix, forced rotation, secret
-//! reads (audited), bad input that changes nothing
+//! The internal HTTP API end to end: the full authorisation matrix, forced rotation (which a
+//! client going away never cancels), secret reads (audited), bad input that changes nothing
 //! and is answered in JSON, readiness, and the OpenAPI document describing all of it.
 
 use std::collections::BTreeSet;
@@ -9,12 +9,12 @@ use std::time::Duration;
 use chrono::{DateTime, Days, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokenwarden::api::{AppState, router, routes};
+use tokenwarden::api::{AppState, DetachedRotations, router, routes};
 use tokenwarden::crypto::ApiKey;
 use tokenwarden::domain::ClientRole;
 use tokenwarden::engine::{EngineSettings, ManualClock, Scheduler};
-use tokenwarden::simulator::TokenOwner;
 use tokenwarden::simulator::harness::EngineHarness;
+use tokenwarden::simulator::{FaultRates, TokenOwner};
 use tokenwarden::store::clients::{self, NewClient};
 use tokenwarden::store::{audit, tokens};
 
@@ -23,6 +23,7 @@ struct Api {
     url: String,
     http: reqwest::Client,
     keys: Keys,
+    rotations: DetachedRotations,
     _dir: tempfile::TempDir,
 }
 
@@ -75,10 +76,11 @@ async fn start_with(scheduler: bool, configure: impl FnOnce(&mut AppState)) -> A
         ..AppState::new(harness.context.store.clone(), harness.context.clone())
     };
     configure(&mut state);
+    let rotations = state.rotations.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    Api { harness, url, http: reqwest::Client::new(), keys, _dir: dir }
+    Api { harness, url, http: reqwest::Client::new(), keys, rotations, _dir: dir }
 }
 
 impl Api {
@@ -105,6 +107,19 @@ impl Api {
         let (status, document) = self.call(Method::GET, "/openapi.json", None, None).await;
         assert_eq!(status, StatusCode::OK, "{document}");
         document
+    }
+
+    /// Polls (in real time, bounded) until `name` is active at `version`.
+    async fn wait_for_version(&self, name: &str, version: i64) {
+        for _ in 0..200 {
+            let token = self.harness.token(name).await.unwrap();
+            if token.version == version && token.state.as_str() == "active" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let token = self.harness.token(name).await.unwrap();
+        panic!("{name} never reached version {version}: version {} in state {}", token.version, token.state);
     }
 }
 
@@ -454,4 +469,43 @@ async fn the_documented_token_metadata_has_no_secret_and_matches_what_is_served(
     assert!(required.iter().all(|field| served.contains(field.as_str().unwrap())), "{required:?} vs {served:?}");
     let secret = api.harness.secret("alpha").await.unwrap().unwrap();
     assert!(!document.to_string().contains(&secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_rotation_does_not_cancel_it() {
+    let api = start(false).await;
+    api.harness.sim.set_rates(FaultRates { latency_ms: 1500, ..FaultRates::default() });
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let url = format!("{}/v1/tokens/alpha/rotate", api.url);
+    let gave_up = impatient.post(url).bearer_auth(&api.keys.operator).send().await.unwrap_err();
+    assert!(gave_up.is_timeout(), "{gave_up}");
+    assert_eq!(api.harness.sim.stats().rotations, 0, "the client left before GitLab answered");
+
+    api.wait_for_version("alpha", 2).await;
+    let stats = api.harness.sim.stats();
+    assert_eq!(stats.rotations, 1);
+    assert_eq!((stats.family_revocations, stats.refresh_token_reuses), (0, 0), "{stats:?}");
+    let secret = api.harness.secret("alpha").await.unwrap().unwrap();
+    assert!(api.harness.sim.accepts(&secret), "the committed secret is the one GitLab issued");
+    let token = api.harness.token("alpha").await.unwrap();
+    assert_eq!((token.lease_owner, token.last_error), (None, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_rotation_that_outlasts_the_wait_answers_503_and_still_commits() {
+    let api = start_with(false, |state| state.forced_rotation_wait = Duration::from_millis(200)).await;
+    api.harness.sim.set_rates(FaultRates { latency_ms: 1000, ..FaultRates::default() });
+    let (status, body) = api.call(Method::POST, "/v1/tokens/alpha/rotate", Some(&api.keys.operator), None).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("rotation_in_progress")));
+    assert_eq!(body["message"], "rotation still in progress; see GET /v1/tokens/alpha");
+    assert_eq!(api.rotations.running(), 1, "the rotation carries on");
+    assert_eq!(api.harness.token("alpha").await.unwrap().state.as_str(), "rotating");
+
+    tokio::time::timeout(Duration::from_secs(15), api.rotations.idle()).await.expect("the rotation finishes");
+    let token = api.harness.token("alpha").await.unwrap();
+    assert_eq!((token.version, token.state.as_str()), (2, "active"), "committed before it counted as finished");
+    let stats = api.harness.sim.stats();
+    assert_eq!((stats.rotations, stats.family_revocations), (1, 0), "{stats:?}");
+    let (status, body) = api.call(Method::GET, "/v1/tokens/alpha", Some(&api.keys.operator), None).await;
+    assert_eq!((status, body["version"].as_i64()), (StatusCode::OK, Some(2)));
 }

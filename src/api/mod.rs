@@ -18,6 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::{MethodRouter, get, post};
+use tokio::sync::watch;
 
 pub use auth::Caller;
 pub use error::{ApiError, ErrorBody};
@@ -36,6 +37,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The scheduler is not ready when its loop has not completed a pass for this long.
 pub const SCHEDULER_STALL: Duration = Duration::from_secs(30);
 
+/// A forced rotation's HTTP request waits this many engine leases for the outcome before it
+/// is answered 503 (the rotation carries on): one lease to wait out a rotation already in
+/// flight, one for this one.
+pub const FORCED_ROTATION_WAIT_LEASES: u32 = 2;
+
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -47,12 +53,25 @@ pub struct AppState {
     pub scheduler: Option<SchedulerHandle>,
     /// The Prometheus recorder `/metrics` renders, if installed.
     pub metrics: Option<PrometheusHandle>,
+    /// How long `POST /v1/tokens/{name}/rotate` waits for the outcome before answering 503
+    /// (the rotation carries on); [`FORCED_ROTATION_WAIT_LEASES`] × the engine's lease by default.
+    pub forced_rotation_wait: Duration,
+    /// Forced rotations running on their own tasks; shutdown waits for them.
+    pub rotations: DetachedRotations,
 }
 
 impl AppState {
-    /// State with no scheduler and no metrics.
+    /// State with no scheduler and no metrics, and the default forced-rotation wait.
     pub fn new(store: Store, engine: Arc<EngineContext>) -> Self {
-        Self { store, engine, scheduler: None, metrics: None }
+        let lease = engine.lease().to_std().unwrap_or(Duration::from_secs(300));
+        Self {
+            store,
+            scheduler: None,
+            metrics: None,
+            forced_rotation_wait: lease.saturating_mul(FORCED_ROTATION_WAIT_LEASES),
+            rotations: DetachedRotations::default(),
+            engine,
+        }
     }
 
     /// Runs a store call with [`STORE_CALL_TIMEOUT`]; a failure or a timeout is a 503.
@@ -131,6 +150,50 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Counts forced rotations running on tasks of their own, so shutdown can wait for them.
+#[derive(Debug, Clone)]
+pub struct DetachedRotations {
+    running: Arc<watch::Sender<usize>>,
+}
+
+impl Default for DetachedRotations {
+    fn default() -> Self {
+        Self { running: Arc::new(watch::Sender::new(0)) }
+    }
+}
+
+/// Held by one running forced rotation; dropping it counts the rotation as finished.
+#[derive(Debug)]
+pub struct RunningRotation {
+    running: Arc<watch::Sender<usize>>,
+}
+
+impl Drop for RunningRotation {
+    fn drop(&mut self) {
+        self.running.send_modify(|count| *count = count.saturating_sub(1));
+    }
+}
+
+impl DetachedRotations {
+    /// Counts one more running rotation until the returned guard is dropped.
+    pub fn enter(&self) -> RunningRotation {
+        self.running.send_modify(|count| *count += 1);
+        RunningRotation { running: self.running.clone() }
+    }
+
+    /// How many are running now.
+    pub fn running(&self) -> usize {
+        *self.running.borrow()
+    }
+
+    /// Returns once none is running.
+    pub async fn idle(&self) {
+        let mut watcher = self.running.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = watcher.wait_for(|count| *count == 0).await;
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -1,5 +1,7 @@
 //! `/v1/tokens`: list and inspect tokens, read the current secret, force a rotation.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -160,6 +162,11 @@ pub struct RotateRequest {
 /// `POST /v1/tokens/{name}/rotate` (operator): rotates now through the scheduler's lease and
 /// answers when it finished — 200 with the new metadata, 409 when the token may not be rotated
 /// now, 502 with the provider's error.
+///
+/// The rotation runs on a task of its own, so a client that disconnects (which drops this
+/// handler) never cancels it between the provider's answer and the commit. The request waits
+/// for it at most two rotation leases (3 minutes with the default 30 s provider timeout); past
+/// that it is answered 503 `rotation_in_progress` while the rotation carries on.
 #[utoipa::path(
     post,
     path = "/v1/tokens/{name}/rotate",
@@ -180,8 +187,9 @@ pub struct RotateRequest {
         (status = 404, description = "`unknown_token`: no such token", body = ErrorBody),
         (status = 409, description = "`conflict`: paused, needs attention or expired, or another worker took the rotation over", body = ErrorBody),
         (status = 413, description = "`body_too_large`: the body is over 64 KiB", body = ErrorBody),
+        (status = 500, description = "`internal_error`: the rotation task failed; see the daemon's log", body = ErrorBody),
         (status = 502, description = "`provider_error`: the provider refused or failed; the message has its error", body = ErrorBody),
-        (status = 503, description = "`store_unavailable`: the store did not answer", body = ErrorBody),
+        (status = 503, description = "`rotation_in_progress`: still running when the wait ran out (see GET /v1/tokens/{name}); or `store_unavailable`", body = ErrorBody),
     )
 )]
 pub async fn rotate(
@@ -196,12 +204,47 @@ pub async fn rotate(
     if let Some(reason) = request.reason {
         tracing::info!(token = %name, actor = caller.actor(), %reason, "forced rotation requested");
     }
-    let result = rotate_now(&state.engine, &name, caller.actor()).await?;
-    if let Some(handle) = &state.scheduler {
-        handle.wake();
-    }
+    let result = run_detached(&state, &name, caller.actor()).await?;
     let token = state.store_call(move |conn| tokens::find(conn, &name)).await?;
     forced_rotation_response(result, token)
+}
+
+/// Runs the forced rotation on its own task and waits for it at most
+/// [`AppState::forced_rotation_wait`]. Dropping the returned future (the client went away)
+/// or running out of time detaches the task; it always runs to its commit.
+async fn run_detached(state: &AppState, name: &TokenName, actor: &str) -> Result<ForcedRotation, ApiError> {
+    let (engine, scheduler) = (state.engine.clone(), state.scheduler.clone());
+    let (task_name, actor) = (name.clone(), actor.to_owned());
+    let running = state.rotations.enter();
+    let task = tokio::spawn(async move {
+        let _running = running;
+        let result = rotate_now(&engine, &task_name, &actor).await;
+        if let Some(handle) = scheduler {
+            handle.wake();
+        }
+        if let Err(err) = &result {
+            tracing::warn!(token = %task_name, error = %err, "a forced rotation could not be run");
+        }
+        result
+    });
+    match tokio::time::timeout(state.forced_rotation_wait, task).await {
+        Ok(Ok(result)) => result.map_err(ApiError::from),
+        Ok(Err(err)) => {
+            tracing::error!(token = %name, error = %err, "the forced rotation task failed");
+            Err(ApiError::internal())
+        }
+        Err(_) => Err(still_in_progress(name, state.forced_rotation_wait)),
+    }
+}
+
+/// 503 for a forced rotation that outlived the request's wait; it is still running.
+fn still_in_progress(name: &TokenName, waited: Duration) -> ApiError {
+    tracing::warn!(token = %name, waited_s = waited.as_secs_f64(), "a forced rotation is still running; answering 503");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rotation_in_progress",
+        format!("rotation still in progress; see GET /v1/tokens/{name}"),
+    )
 }
 
 fn parse_rotate_request(body: &[u8]) -> Result<RotateRequest, ApiError> {
