@@ -45,4 +45,5 @@ pub(super) struct FileMaintenance {
     pub prune: Option<String>,
     pub metrics: Option<String>,
     pub audit_retention: Option<String>,
+    pub outbox_retention: Option<String>,
 }
