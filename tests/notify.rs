@@ -338,6 +338,70 @@ async fn a_dead_or_hanging_receiver_does_not_delay_delivery_to_a_healthy_one() {
     assert!(stuck.iter().all(|d| d.attempts == 0 && d.delivered_at.is_none()), "{stuck:?}");
 }
 
+/// The JSON body a receiver must get for `event` about token `t` at `version`, given the
+/// delivery id and the token's expiry.
+fn expected_body(id: &str, event: &str, version: i64, expires_at: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "event": event,
+        "token": "t",
+        "version": version,
+        "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "occurred_at": start_time().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+/// Forces a rotation of `t` and returns how it ended.
+async fn force(harness: &EngineHarness) -> RotationOutcome {
+    match rotate_now(&harness.context, &"t".parse().unwrap(), "test").await.unwrap() {
+        ForcedRotation::Attempted(report) => report.outcome,
+        other => panic!("expected an attempt, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_streak_and_a_permanent_failure_are_delivered_signed_with_their_bodies() {
+    use tokenwarden::simulator::{Fault, FaultTarget};
+    use tokenwarden::store::rotation::FAILED_EVENT_THRESHOLD;
+
+    let Setup { harness, clock, _dir } = setup().await;
+    let receiver = Receiver::start("whsec_ops", &clock, Vec::new()).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_ops").await;
+    let secret = harness.track_access_token("t", TokenOwner::Personal, in_days(30)).await.unwrap();
+    let expires_at = harness.token("t").await.unwrap().expires_at.unwrap();
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+
+    for failure in 1..=FAILED_EVENT_THRESHOLD {
+        harness.sim.push_fault(FaultTarget::Renewal, Fault::Status { status: 503 });
+        assert!(matches!(force(&harness).await, RotationOutcome::Retrying { .. }), "failure {failure}");
+        let queued = deliveries(&harness, "t").await;
+        let expected = usize::from(failure == FAILED_EVENT_THRESHOLD);
+        assert_eq!(queued.len(), expected, "token.failed is queued at failure number {FAILED_EVENT_THRESHOLD} only");
+    }
+    running.handle.wake();
+    let failed = wait_for_delivery(&harness, "t", |d| d.delivered_at.is_some()).await;
+    let received = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let request = &received[0];
+    assert_eq!((request.event.as_str(), request.verified.clone()), ("token.failed", Ok(())));
+    assert_eq!(request.delivery, failed.id);
+    assert_eq!(json(&request.body), expected_body(&failed.id, "token.failed", 1, expires_at));
+
+    harness.sim.with_state(|state| state.revoke(&secret));
+    assert!(matches!(force(&harness).await, RotationOutcome::NeedsAttention { .. }));
+    running.handle.wake();
+    let received = receiver.wait_for(2, Duration::from_secs(5)).await;
+    let request = &received[1];
+    let all = deliveries(&harness, "t").await;
+    let attention = all.iter().find(|d| d.event == "token.needs_attention").expect("queued");
+    assert_eq!((request.event.as_str(), request.verified.clone()), ("token.needs_attention", Ok(())));
+    assert_eq!(request.delivery, attention.id);
+    assert_eq!(json(&request.body), expected_body(&attention.id, "token.needs_attention", 1, expires_at));
+    wait_for_row(&harness, &attention.id, |d| d.delivered_at.is_some() && d.attempts == 1).await;
+    assert_eq!(receiver.received().len(), 2, "one delivery per event");
+    let stats = harness.sim.stats();
+    assert_eq!((stats.rotations, stats.family_revocations), (0, 0), "{stats:?}");
+}
+
 /// Polls (in real time, briefly) until the deliveries about token `t` to `client` satisfy `done`.
 async fn wait_for_client(harness: &EngineHarness, client: &str, done: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
     let clients = harness.context.store.run(clients::list).await.unwrap();
