@@ -712,3 +712,78 @@ async fn wait_for_client_deliveries(
     }
     panic!("deliveries about {token} never reached the expected state: {:?}", deliveries(harness, token).await);
 }
+
+/// The fenced code block of README.md in `language` that contains `needle`.
+fn readme_block(language: &str, needle: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let fence = format!("```{language}\n");
+    let block = readme
+        .split(fence.as_str())
+        .skip(1)
+        .map(|rest| rest.split("\n```").next().unwrap())
+        .find(|block| block.contains(needle));
+    block.unwrap_or_else(|| panic!("no ```{language} block with {needle:?} in README.md")).to_owned()
+}
+
+/// What the README's Python and shell snippets say about one delivery: (python, shell) exit codes.
+fn run_readme_snippets(dir: &std::path::Path, secret: &str, signature: &str, body: &[u8]) -> (i32, i32) {
+    use std::process::Command;
+    let python = format!(
+        "{}\n\nimport os, sys\nbody = open(sys.argv[1], 'rb').read()\nsecret, signature = os.environ['WEBHOOK_SECRET'], os.environ['SIGNATURE']\nok = verify_signature(secret, signature, body)\nseen = set()\nfirst, again = handle(secret, signature, body, seen), handle(secret, signature, body, seen)\nassert (first, again) == ((204, 200) if ok else (401, 401)), (first, again)\nsys.exit(0 if ok else 1)\n",
+        readme_block("python", "def verify_signature")
+    );
+    std::fs::write(dir.join("verify.py"), python).unwrap();
+    std::fs::write(dir.join("verify.sh"), readme_block("sh", "openssl dgst")).unwrap();
+    std::fs::write(dir.join("body.json"), body).unwrap();
+    let run = |program: &str, script: &str| {
+        let out = Command::new(program)
+            .current_dir(dir)
+            .arg(script)
+            .arg("body.json")
+            .env("WEBHOOK_SECRET", secret)
+            .env("SIGNATURE", signature)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("Traceback") && !stderr.contains("not found"), "{program} {script}: {stderr}");
+        out.status.code().unwrap()
+    };
+    (run("python3", "verify.py"), run("sh", "verify.sh"))
+}
+
+#[test]
+fn the_readme_verification_snippets_accept_tokenwardens_signatures_and_reject_forged_stale_or_altered_ones() {
+    use tokenwarden::notify::sign;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "whsec_5f1c0e9a7b3d2c4e6f8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e";
+    let key = SecretString::from(secret.to_owned());
+    let body = br#"{"id":"0193a7c4-5b1e-7d2a-9c41-2f0e8b6d1a37","event":"token.rotated","token":"dbt-ci","version":8,"expires_at":"2027-02-23T00:00:00Z","occurred_at":"2026-11-25T10:00:03Z"}"#;
+    let now = Utc::now();
+    let valid = sign(&key, now, body);
+    assert_eq!(run_readme_snippets(dir.path(), secret, &valid, body), (0, 0), "a real signature: {valid}");
+
+    let (t, v1) = valid.split_once(',').unwrap();
+    let rotated = format!("{t},v1={},{v1},scheme=future", "0".repeat(64));
+    assert_eq!(
+        run_readme_snippets(dir.path(), secret, &rotated, body),
+        (0, 0),
+        "any matching v1; unknown parts ignored"
+    );
+
+    let other_secret = sign(&SecretString::from("whsec_other".to_owned()), now, body);
+    let stale = sign(&key, now - TimeDelta::minutes(6), body);
+    let future = sign(&key, now + TimeDelta::minutes(6), body);
+    let mut altered = body.to_vec();
+    altered.extend_from_slice(b" ");
+    for (what, signature, body) in [
+        ("signed with another secret", other_secret.as_str(), &body[..]),
+        ("six minutes old", stale.as_str(), &body[..]),
+        ("six minutes ahead", future.as_str(), &body[..]),
+        ("the body was altered", valid.as_str(), &altered[..]),
+        ("no timestamp", v1, &body[..]),
+        ("garbage", "t=soon,v1=nope", &body[..]),
+    ] {
+        assert_eq!(run_readme_snippets(dir.path(), secret, signature, body), (1, 1), "{what} must be rejected");
+    }
+    assert_eq!(verify(&key, &valid, body, now, DEFAULT_TOLERANCE), Ok(()), "and tokenwarden's own check agrees");
+}
