@@ -82,7 +82,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct Body_ {
+    struct Counted {
         #[allow(dead_code)]
         count: u32,
     }
@@ -96,7 +96,7 @@ mod tests {
     }
 
     fn json_router() -> Router {
-        Router::new().route("/", post(|ApiJson(_): ApiJson<Body_>| async { "ok" }))
+        Router::new().route("/", post(|ApiJson(_): ApiJson<Counted>| async { "ok" }))
     }
 
     fn post_json(content_type: Option<&str>, body: &'static str) -> Request<Body> {
