@@ -1,6 +1,7 @@
 //! Secret reads over HTTP on loopback, next to `/healthz` on the same server in the same run:
-//! requests per second and latency percentiles with 100,000 tokens in SQLite. Prints figures;
-//! asserts nothing. Run with `cargo bench --bench api`.
+//! requests per second and latency percentiles with 100,000 tokens in SQLite. The reads use a
+//! reader client granted exactly the tokens it reads, as a dependent service would (not the
+//! operator key). Prints figures; asserts nothing. Run with `cargo bench --bench api`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,24 +83,25 @@ async fn main() {
     let started = Instant::now();
     harness.track_access_tokens_bulk(seeds, expires, false).await.expect("seed");
     println!("seeded {TOKENS} tokens in {:.1} s", started.elapsed().as_secs_f64());
-    let new =
-        NewClient { name: "bench".parse().unwrap(), role: ClientRole::Operator, grants: vec![], webhook_url: None };
+    let read: Vec<String> = (0..TOKENS).step_by(7).map(|i| format!("token-{i:06}")).collect();
+    let new = NewClient {
+        name: "bench-reader".parse().unwrap(),
+        role: ClientRole::Reader,
+        grants: read.iter().map(|name| name.parse().unwrap()).collect(),
+        webhook_url: None,
+    };
     let (cipher, now) = (harness.context.cipher.clone(), harness.now());
     let created =
         harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, None, "bench", now)).await.unwrap();
     let key = created.api_key.expose().to_owned();
+    println!("reader client granted the {} tokens it reads", read.len());
 
-    let state = AppState {
-        store: harness.context.store.clone(),
-        engine: harness.context.clone(),
-        scheduler: None,
-        metrics: None,
-    };
+    let state = AppState::new(harness.context.store.clone(), harness.context.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
 
-    let secrets: Vec<String> = (0..TOKENS).step_by(7).map(|i| format!("/v1/tokens/token-{i:06}/secret")).collect();
+    let secrets: Vec<String> = read.iter().map(|name| format!("/v1/tokens/{name}/secret")).collect();
     let health = Arc::new(vec!["/healthz".to_owned()]);
     println!(
         "{CONNECTIONS} connections, {} s per endpoint, server and load generator share {} cores",

@@ -1,22 +1,33 @@
 //! The daemon as a whole (`tokenwarden serve` as a process, the simulator, a webhook receiver):
 //! a rotation committed while no daemon runs is delivered once one starts, signed, and the
-//! receiver then reads the new secret with its own key; and at trace level nothing the
-//! simulator issued, no API key and no webhook secret reaches the daemon's output.
+//! receiver then reads the new secret with its own key; a rotation the scheduler makes on its
+//! own is delivered with a signature a receiver checks by the documented scheme alone; a
+//! daemon killed before its delivery succeeded leaves it to the next one, same delivery id;
+//! and at trace level nothing the simulator issued, no API key and no webhook secret reaches
+//! the daemon's output.
 
 mod common;
 
 use std::fs::File;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use chrono::{Days, Utc};
 use common::Sandbox;
+use hmac::{Hmac, KeyInit, Mac};
 use secrecy::SecretString;
+use sha2::Sha256;
+use tokenwarden::config::DatabaseUrl;
 use tokenwarden::notify::verify;
+use tokenwarden::simulator::TokenOwner;
+use tokenwarden::store::Store;
+use tokenwarden::store::outbox::{self, Delivery};
 
 /// What the receiver got: (delivery id header, signature header, body).
 type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
@@ -190,4 +201,202 @@ async fn nothing_secret_in_trace_output(sandbox: &Sandbox) {
     for secret in secrets {
         assert!(!output.contains(&secret), "a secret reached the daemon's output");
     }
+}
+
+/// Checks a signature header the way the README tells a receiver to, without tokenwarden's
+/// code: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` keyed with the webhook
+/// secret's bytes, and `t` within 5 minutes of now.
+fn check_documented_signature(secret: &str, header: &str, body: &[u8]) {
+    let parts: Vec<(&str, &str)> = header.split(',').filter_map(|part| part.split_once('=')).collect();
+    let timestamp = parts.iter().find(|(key, _)| *key == "t").map(|(_, value)| *value).expect("t=");
+    let signatures: Vec<&str> = parts.iter().filter(|(key, _)| *key == "v1").map(|(_, value)| *value).collect();
+    let age = Utc::now().timestamp() - timestamp.parse::<i64>().expect("t is unix seconds");
+    assert!(age.abs() <= 300, "signed {age} s ago");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = hex::encode(mac.finalize().into_bytes());
+    assert!(signatures.contains(&expected.as_str()), "no v1 in {header:?} matches the HMAC {expected}");
+}
+
+/// Polls `GET /readyz` until the daemon answers 200.
+async fn wait_until_ready(base: &str) {
+    let client = http_client();
+    for _ in 0..200 {
+        if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the daemon at {base} never became ready");
+}
+
+#[test]
+fn a_scheduled_rotation_is_delivered_signed_by_the_documented_scheme_and_the_receiver_reads_the_new_secret() {
+    let sandbox = Sandbox::new();
+    runtime().block_on(scheduled_rotation_delivered(&sandbox));
+}
+
+async fn scheduled_rotation_delivered(sandbox: &Sandbox) {
+    sandbox.add_gitlab_provider();
+    let expires_soon = Utc::now().date_naive() + Days::new(2);
+    let (_, old_secret) =
+        sandbox.gitlab.sim.create_access_token(TokenOwner::Project("42".into()), &["api"], expires_soon);
+    let add =
+        ["token", "add", "ci", "--provider", "gitlab", "--kind", "gitlab-project-access-token", "--project", "42"];
+    sandbox.ok(&[&add[..], &["--secret-stdin"]].concat(), &format!("{old_secret}\n"));
+    let (hook, received) = start_receiver().await;
+    let created: serde_json::Value = serde_json::from_str(
+        &sandbox.ok(&["client", "add", "dbt", "--role", "reader", "--grant", "ci", "--webhook", &hook], ""),
+    )
+    .unwrap();
+    let (api_key, webhook_secret) = (created["api_key"].as_str().unwrap(), created["webhook_secret"].as_str().unwrap());
+
+    let port = free_port();
+    let daemon = start_daemon(sandbox, port, "info", &sandbox.path().join("serve.log"));
+    eventually("the delivery", Duration::from_secs(20), || !received.lock().unwrap().is_empty()).await;
+    let (delivery, signature, body) = received.lock().unwrap()[0].clone();
+    check_documented_signature(webhook_secret, &signature, &body);
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (event["event"].as_str(), event["token"].as_str(), event["version"].as_i64(), event["id"].as_str()),
+        (Some("token.rotated"), Some("ci"), Some(2), Some(delivery.as_str()))
+    );
+
+    let history: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["token", "history", "ci", "--json"], "")).unwrap();
+    let rotated = &history.as_array().unwrap()[1];
+    assert_eq!((rotated["version"].as_i64(), rotated["actor"].as_str()), (Some(2), Some("scheduler")), "{history}");
+
+    let base = format!("http://127.0.0.1:{port}");
+    let (status, answer) = get_json(&format!("{base}/v1/tokens/ci/secret"), api_key).await;
+    assert_eq!((status, answer["version"].as_i64()), (StatusCode::OK, Some(2)), "{answer}");
+    let new_secret = answer["secret"].as_str().unwrap();
+    assert!(sandbox.gitlab.sim.accepts(new_secret), "the secret the receiver fetched works");
+    assert!(!sandbox.gitlab.sim.accepts(&old_secret), "the old one was rotated away");
+    stop(daemon);
+}
+
+/// What the switchable receiver got: (delivery id, signature, body, the status it answered).
+type Attempts = Arc<Mutex<Vec<(String, String, Vec<u8>, u16)>>>;
+
+/// A receiver that answers 500 until `accepting` is set, then 204, recording every request.
+async fn start_switchable_receiver() -> (String, Attempts, Arc<AtomicBool>) {
+    let (attempts, accepting): (Attempts, Arc<AtomicBool>) = (Arc::default(), Arc::default());
+    let (sink, switch) = (attempts.clone(), accepting.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let (sink, switch) = (sink.clone(), switch.clone());
+            async move {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let status = if switch.load(Ordering::SeqCst) {
+                    StatusCode::NO_CONTENT
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                let entry = (
+                    header("x-tokenwarden-delivery"),
+                    header("x-tokenwarden-signature"),
+                    body.to_vec(),
+                    status.as_u16(),
+                );
+                sink.lock().unwrap().push(entry);
+                status
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, attempts, accepting)
+}
+
+/// The only delivery about `token`, read straight from the database.
+async fn only_delivery(store: &Store, token: &str) -> Delivery {
+    let token = token.to_owned();
+    let mut all = store.run(move |conn| outbox::deliveries_for_token(conn, &token)).await.unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.remove(0)
+}
+
+#[test]
+fn a_daemon_killed_before_its_delivery_succeeded_leaves_it_to_the_next_one_with_the_same_id() {
+    let sandbox = Sandbox::new();
+    runtime().block_on(delivery_survives_sigkill(&sandbox));
+}
+
+async fn delivery_survives_sigkill(sandbox: &Sandbox) {
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("ci");
+    let (hook, attempts, accepting) = start_switchable_receiver().await;
+    let created: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["client", "add", "ops", "--role", "operator", "--webhook", &hook], ""))
+            .unwrap();
+    let (key, webhook_secret) = (created["api_key"].as_str().unwrap(), created["webhook_secret"].as_str().unwrap());
+    let url = DatabaseUrl::parse(&sandbox.database_url()).unwrap();
+    let store = tokio::task::spawn_blocking(move || Store::open(&url)).await.unwrap().unwrap();
+
+    let port = free_port();
+    let mut first = start_daemon(sandbox, port, "info", &sandbox.path().join("first.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_ready(&base).await;
+    let rotated = http_client().post(format!("{base}/v1/tokens/ci/rotate")).bearer_auth(key).send().await.unwrap();
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let mut failed = None;
+    for _ in 0..300 {
+        let delivery = only_delivery(&store, "ci").await;
+        if delivery.attempts >= 1 && delivery.lease_owner.is_none() {
+            failed = Some(delivery);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let failed = failed.expect("the first daemon recorded a failed attempt");
+    assert_eq!(failed.last_error.as_deref(), Some("the receiver answered HTTP 500"));
+    let before_kill: Vec<_> = attempts.lock().unwrap().clone();
+    assert!(!before_kill.is_empty() && before_kill.iter().all(|(_, _, _, status)| *status == 500));
+    assert!(before_kill.iter().all(|(id, ..)| *id == failed.id), "the first daemon sent only this delivery");
+
+    accepting.store(true, Ordering::SeqCst);
+    let killed = only_delivery(&store, "ci").await;
+    assert_eq!(killed.delivered_at, None, "nothing was delivered before the kill");
+    let due = killed.next_attempt_at.max(killed.leased_until.unwrap_or(killed.next_attempt_at));
+    let wait = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
+    let port = free_port();
+    let second = start_daemon(sandbox, port, "info", &sandbox.path().join("second.log"));
+    eventually("the delivery by the restarted daemon", wait, || {
+        attempts.lock().unwrap().iter().any(|(_, _, _, status)| *status == 204)
+    })
+    .await;
+
+    let all = attempts.lock().unwrap().clone();
+    let (id, signature, body, _) = all.iter().find(|(.., status)| *status == 204).unwrap().clone();
+    assert_eq!(id, failed.id, "the same delivery id the first daemon attempted");
+    assert!(all.iter().all(|(other, ..)| *other == id), "one delivery, one id, across both daemons");
+    check_documented_signature(webhook_secret, &signature, &body);
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((event["id"].as_str(), event["event"].as_str()), (Some(id.as_str()), Some("token.rotated")));
+    assert_eq!(event["version"], 2);
+    assert_eq!(body, before_kill[0].2, "byte for byte the body the first daemon sent");
+
+    let mut delivered = only_delivery(&store, "ci").await;
+    for _ in 0..100 {
+        if delivered.delivered_at.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        delivered = only_delivery(&store, "ci").await;
+    }
+    assert!(delivered.delivered_at.is_some(), "recorded as delivered: {delivered:?}");
+    let recorded = {
+        let id = id.clone();
+        store.run(move |conn| outbox::attempts(conn, &id)).await.unwrap()
+    };
+    let statuses: Vec<Option<u16>> = recorded.iter().map(|attempt| attempt.status).collect();
+    assert_eq!(statuses.last(), Some(&Some(204)), "{recorded:?}");
+    assert!(statuses[..statuses.len() - 1].iter().all(|status| *status == Some(500)), "{recorded:?}");
+    stop(second);
 }

@@ -1,7 +1,9 @@
 //! Webhook delivery from the outbox to real HTTP receivers on loopback, on a manual clock:
-//! every request is signed, retries keep the delivery id, a dead or hanging receiver never
-//! holds up another client, a delivery failing for a day is abandoned, a crash loses
-//! nothing, and two dispatchers on one database never send one delivery twice at once.
+//! every request is signed, retries keep the delivery id, every attempt is recorded, a dead
+//! or hanging receiver never holds up another client, a delivery failing for a day is
+//! abandoned, a crash loses nothing, two dispatchers on one database never send one delivery
+//! twice at once, `token.failed` and `token.needs_attention` reach receivers, and the
+//! maintenance job prunes delivered rows with their attempts.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,7 @@ use tokenwarden::providers::HttpSettings;
 use tokenwarden::simulator::TokenOwner;
 use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::store::clients::{self, NewClient};
-use tokenwarden::store::outbox::{self, AfterFailure, Delivery, Event, FailureRecorded};
+use tokenwarden::store::outbox::{self, AfterFailure, Attempt, Delivery, Event, FailureRecorded};
 use tokenwarden::store::{Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -336,6 +338,70 @@ async fn a_dead_or_hanging_receiver_does_not_delay_delivery_to_a_healthy_one() {
     assert!(stuck.iter().all(|d| d.attempts == 0 && d.delivered_at.is_none()), "{stuck:?}");
 }
 
+/// The JSON body a receiver must get for `event` about token `t` at `version`, given the
+/// delivery id and the token's expiry.
+fn expected_body(id: &str, event: &str, version: i64, expires_at: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "event": event,
+        "token": "t",
+        "version": version,
+        "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "occurred_at": start_time().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+/// Forces a rotation of `t` and returns how it ended.
+async fn force(harness: &EngineHarness) -> RotationOutcome {
+    match rotate_now(&harness.context, &"t".parse().unwrap(), "test").await.unwrap() {
+        ForcedRotation::Attempted(report) => report.outcome,
+        other => panic!("expected an attempt, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_streak_and_a_permanent_failure_are_delivered_signed_with_their_bodies() {
+    use tokenwarden::simulator::{Fault, FaultTarget};
+    use tokenwarden::store::rotation::FAILED_EVENT_THRESHOLD;
+
+    let Setup { harness, clock, _dir } = setup().await;
+    let receiver = Receiver::start("whsec_ops", &clock, Vec::new()).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_ops").await;
+    let secret = harness.track_access_token("t", TokenOwner::Personal, in_days(30)).await.unwrap();
+    let expires_at = harness.token("t").await.unwrap().expires_at.unwrap();
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+
+    for failure in 1..=FAILED_EVENT_THRESHOLD {
+        harness.sim.push_fault(FaultTarget::Renewal, Fault::Status { status: 503 });
+        assert!(matches!(force(&harness).await, RotationOutcome::Retrying { .. }), "failure {failure}");
+        let queued = deliveries(&harness, "t").await;
+        let expected = usize::from(failure == FAILED_EVENT_THRESHOLD);
+        assert_eq!(queued.len(), expected, "token.failed is queued at failure number {FAILED_EVENT_THRESHOLD} only");
+    }
+    running.handle.wake();
+    let failed = wait_for_delivery(&harness, "t", |d| d.delivered_at.is_some()).await;
+    let received = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let request = &received[0];
+    assert_eq!((request.event.as_str(), request.verified.clone()), ("token.failed", Ok(())));
+    assert_eq!(request.delivery, failed.id);
+    assert_eq!(json(&request.body), expected_body(&failed.id, "token.failed", 1, expires_at));
+
+    harness.sim.with_state(|state| state.revoke(&secret));
+    assert!(matches!(force(&harness).await, RotationOutcome::NeedsAttention { .. }));
+    running.handle.wake();
+    let received = receiver.wait_for(2, Duration::from_secs(5)).await;
+    let request = &received[1];
+    let all = deliveries(&harness, "t").await;
+    let attention = all.iter().find(|d| d.event == "token.needs_attention").expect("queued");
+    assert_eq!((request.event.as_str(), request.verified.clone()), ("token.needs_attention", Ok(())));
+    assert_eq!(request.delivery, attention.id);
+    assert_eq!(json(&request.body), expected_body(&attention.id, "token.needs_attention", 1, expires_at));
+    wait_for_row(&harness, &attention.id, |d| d.delivered_at.is_some() && d.attempts == 1).await;
+    assert_eq!(receiver.received().len(), 2, "one delivery per event");
+    let stats = harness.sim.stats();
+    assert_eq!((stats.rotations, stats.family_revocations), (0, 0), "{stats:?}");
+}
+
 /// Polls (in real time, briefly) until the deliveries about token `t` to `client` satisfy `done`.
 async fn wait_for_client(harness: &EngineHarness, client: &str, done: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
     let clients = harness.context.store.run(clients::list).await.unwrap();
@@ -490,15 +556,26 @@ async fn a_claim_gives_each_client_one_delivery_and_an_expired_lease_fences_its_
     let stale = held[0];
     let (id, retry) = (stale.id.clone(), AfterFailure::RetryAt(now + TimeDelta::hours(1)));
     let owner = if first.iter().any(|d| d.id == stale.id) { "one" } else { "two" };
+    let late = attempt_at(now + lease, None, Some("late"));
     let recorded =
-        store.run(move |conn| outbox::record_failure(conn, &id, owner, "late", now + lease, retry)).await.unwrap();
+        store.run(move |conn| outbox::record_failure(conn, &id, owner, &late, now + lease, retry)).await.unwrap();
     assert_eq!(recorded, FailureRecorded::LeaseLost, "the old holder cannot reschedule it");
     let row = wait_for_row(&harness, &stale.id, |_| true).await;
     assert_eq!((row.lease_owner.as_deref(), row.attempts), (Some("three"), 0));
 }
 
+/// An attempt made at `at` that took 5 ms.
+fn attempt_at(at: DateTime<Utc>, status: Option<u16>, error: Option<&str>) -> Attempt {
+    Attempt { attempted_at: at, status, error: error.map(str::to_owned), duration: Duration::from_millis(5) }
+}
+
+async fn attempts(harness: &EngineHarness, id: &str) -> Vec<Attempt> {
+    let id = id.to_owned();
+    harness.context.store.run(move |conn| outbox::attempts(conn, &id)).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivered_rows_are_pruned_after_the_retention_and_pending_ones_never() {
+async fn delivered_rows_and_their_attempts_are_pruned_after_the_retention_and_pending_ones_never() {
     let Setup { harness, _dir, .. } = setup().await;
     subscribe(&harness, "a", "http://127.0.0.1:9/a", "whsec_a").await;
     enqueue(&harness).await.unwrap();
@@ -508,7 +585,10 @@ async fn delivered_rows_are_pruned_after_the_retention_and_pending_ones_never() 
     let claimed =
         store.run(move |conn| outbox::claim_due(conn, "one", now, TimeDelta::minutes(1), 10, &[])).await.unwrap();
     let id = claimed[0].id.clone();
-    assert!(store.run(move |conn| outbox::record_success(conn, &id, now)).await.unwrap());
+    let delivered = id.clone();
+    let ok = attempt_at(now, Some(204), None);
+    assert!(store.run(move |conn| outbox::record_success(conn, &delivered, &ok, now)).await.unwrap());
+    assert_eq!(attempts(&harness, &id).await.len(), 1);
 
     let kept = store.run(move |conn| outbox::prune_delivered(conn, now)).await.unwrap();
     assert_eq!(kept, 0, "delivered at the cut-off is kept");
@@ -517,4 +597,193 @@ async fn delivered_rows_are_pruned_after_the_retention_and_pending_ones_never() 
     let left = deliveries(&harness, "t").await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].delivered_at, None, "the pending delivery stays");
+    assert!(attempts(&harness, &id).await.is_empty(), "the pruned delivery's attempts went with it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_is_recorded_with_its_status_or_error_and_duration_and_no_url() {
+    let Setup { harness, clock, _dir } = setup().await;
+    let script = vec![Reply::Status(500), Reply::Status(502), Reply::Status(500)];
+    let receiver = Receiver::start("whsec_ops", &clock, script).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_ops").await;
+    let dead = dead_url();
+    subscribe(&harness, "dead", &dead, "whsec_dead").await;
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+    rotate(&harness, "t").await;
+    running.handle.wake();
+
+    let ops =
+        wait_for_client(&harness, "ops", |ds| ds.iter().all(|d| d.attempts == 1 && d.lease_owner.is_none())).await;
+    let mut sent_at = vec![clock.now()];
+    for attempt in 2..=4 {
+        clock.set(ops[0].next_attempt_at.max(clock.now()));
+        let delivery =
+            wait_for_row(&harness, &ops[0].id, |d| d.attempts >= attempt - 1 && d.lease_owner.is_none()).await;
+        clock.set(delivery.next_attempt_at);
+        sent_at.push(clock.now());
+        wait_for_row(&harness, &ops[0].id, |d| d.attempts == attempt && d.lease_owner.is_none()).await;
+    }
+    let delivery = wait_for_row(&harness, &ops[0].id, |d| d.delivered_at.is_some()).await;
+    assert_eq!(delivery.attempts, 4);
+    assert_eq!(receiver.received().len(), 4);
+
+    let recorded = attempts(&harness, &delivery.id).await;
+    assert_eq!(recorded.len(), 4, "3 failures then a success are 4 attempts: {recorded:?}");
+    let outcomes: Vec<(Option<u16>, Option<&str>)> = recorded.iter().map(|a| (a.status, a.error.as_deref())).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Some(500), Some("the receiver answered HTTP 500")),
+            (Some(502), Some("the receiver answered HTTP 502")),
+            (Some(500), Some("the receiver answered HTTP 500")),
+            (Some(200), None),
+        ]
+    );
+    let times: Vec<DateTime<Utc>> = recorded.iter().map(|a| a.attempted_at).collect();
+    assert_eq!(times, sent_at, "each attempt at the moment it was sent");
+    assert!(recorded.iter().all(|a| a.duration < Duration::from_secs(5)), "{recorded:?}");
+
+    let failed = wait_for_client(&harness, "dead", |ds| ds.iter().all(|d| d.attempts >= 1)).await;
+    let refused = attempts(&harness, &failed[0].id).await;
+    assert_eq!(refused[0].status, None, "no answer, no status");
+    let error = refused[0].error.as_deref().unwrap();
+    assert!(error.starts_with("cannot connect to the receiver"), "{error}");
+    let port = dead.rsplit(':').next().unwrap().trim_end_matches("/hook");
+    assert!(!error.contains("/hook") && !error.contains(port), "no URL in the stored error: {error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prune_job_removes_delivered_rows_and_their_attempts_past_the_retention_and_keeps_pending_ones() {
+    use tokenwarden::config::{HumanDuration, MaintenanceConfig};
+    use tokenwarden::engine::maintenance::{self, MaintenanceContext};
+    use tokenwarden::engine::{Limits, Scheduler};
+
+    let Setup { harness, clock, _dir } = setup().await;
+    let receiver = Receiver::start("whsec_ops", &clock, Vec::new()).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_ops").await;
+    subscribe(&harness, "later", "http://127.0.0.1:9/later", "whsec_later").await;
+    harness.track_access_token("recent", TokenOwner::Personal, in_days(60)).await.unwrap();
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+    rotate(&harness, "old").await;
+    running.handle.wake();
+    wait_for_client_deliveries(&harness, "old", |ds| ds.iter().any(|d| d.delivered_at.is_some())).await;
+    clock.advance(TimeDelta::days(5));
+    rotate(&harness, "recent").await;
+    running.handle.wake();
+    wait_for_client_deliveries(&harness, "recent", |ds| ds.iter().any(|d| d.delivered_at.is_some())).await;
+    drop(running);
+    let old = deliveries(&harness, "old").await;
+    let delivered_old = old.iter().find(|d| d.delivered_at.is_some()).unwrap().clone();
+    assert_eq!(attempts(&harness, &delivered_old.id).await.len(), 1);
+
+    clock.advance(TimeDelta::days(1));
+    let config = MaintenanceConfig { outbox_retention: HumanDuration::days(4), ..MaintenanceConfig::default() };
+    let context = MaintenanceContext {
+        engine: harness.context.clone(),
+        scheduler: Scheduler::new(harness.context.clone(), Limits::default()).handle(),
+        deliveries: None,
+        audit_retention: TimeDelta::days(365),
+    };
+    let mut jobs = maintenance::start(&config, context).await.unwrap();
+    jobs.shutdown().await.unwrap();
+
+    let old = deliveries(&harness, "old").await;
+    assert_eq!(old.len(), 1, "delivered 6 days ago, past the 4-day retention: gone; the pending one stays: {old:?}");
+    assert_eq!(old[0].delivered_at, None);
+    assert!(attempts(&harness, &delivered_old.id).await.is_empty(), "its attempts went with it");
+    let recent = deliveries(&harness, "recent").await;
+    assert_eq!(recent.len(), 2, "delivered a day ago: kept");
+    let kept = recent.iter().find(|d| d.delivered_at.is_some()).unwrap();
+    assert_eq!(attempts(&harness, &kept.id).await.len(), 1);
+}
+
+/// Polls (in real time, briefly) until the deliveries about `token` satisfy `done`.
+async fn wait_for_client_deliveries(
+    harness: &EngineHarness,
+    token: &str,
+    done: impl Fn(&[Delivery]) -> bool,
+) -> Vec<Delivery> {
+    for _ in 0..500 {
+        let all = deliveries(harness, token).await;
+        if done(&all) {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("deliveries about {token} never reached the expected state: {:?}", deliveries(harness, token).await);
+}
+
+/// The fenced code block of README.md in `language` that contains `needle`.
+fn readme_block(language: &str, needle: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let fence = format!("```{language}\n");
+    let block = readme
+        .split(fence.as_str())
+        .skip(1)
+        .map(|rest| rest.split("\n```").next().unwrap())
+        .find(|block| block.contains(needle));
+    block.unwrap_or_else(|| panic!("no ```{language} block with {needle:?} in README.md")).to_owned()
+}
+
+/// What the README's Python and shell snippets say about one delivery: (python, shell) exit codes.
+fn run_readme_snippets(dir: &std::path::Path, secret: &str, signature: &str, body: &[u8]) -> (i32, i32) {
+    use std::process::Command;
+    let python = format!(
+        "{}\n\nimport os, sys\nbody = open(sys.argv[1], 'rb').read()\nsecret, signature = os.environ['WEBHOOK_SECRET'], os.environ['SIGNATURE']\nok = verify_signature(secret, signature, body)\nseen = set()\nfirst, again = handle(secret, signature, body, seen), handle(secret, signature, body, seen)\nassert (first, again) == ((204, 200) if ok else (401, 401)), (first, again)\nsys.exit(0 if ok else 1)\n",
+        readme_block("python", "def verify_signature")
+    );
+    std::fs::write(dir.join("verify.py"), python).unwrap();
+    std::fs::write(dir.join("verify.sh"), readme_block("sh", "openssl dgst")).unwrap();
+    std::fs::write(dir.join("body.json"), body).unwrap();
+    let run = |program: &str, script: &str| {
+        let out = Command::new(program)
+            .current_dir(dir)
+            .arg(script)
+            .arg("body.json")
+            .env("WEBHOOK_SECRET", secret)
+            .env("SIGNATURE", signature)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("Traceback") && !stderr.contains("not found"), "{program} {script}: {stderr}");
+        out.status.code().unwrap()
+    };
+    (run("python3", "verify.py"), run("sh", "verify.sh"))
+}
+
+#[test]
+fn the_readme_verification_snippets_accept_tokenwardens_signatures_and_reject_forged_stale_or_altered_ones() {
+    use tokenwarden::notify::sign;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "whsec_5f1c0e9a7b3d2c4e6f8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e";
+    let key = SecretString::from(secret.to_owned());
+    let body = br#"{"id":"0193a7c4-5b1e-7d2a-9c41-2f0e8b6d1a37","event":"token.rotated","token":"dbt-ci","version":8,"expires_at":"2027-02-23T00:00:00Z","occurred_at":"2026-11-25T10:00:03Z"}"#;
+    let now = Utc::now();
+    let valid = sign(&key, now, body);
+    assert_eq!(run_readme_snippets(dir.path(), secret, &valid, body), (0, 0), "a real signature: {valid}");
+
+    let (t, v1) = valid.split_once(',').unwrap();
+    let rotated = format!("{t},v1={},{v1},scheme=future", "0".repeat(64));
+    assert_eq!(
+        run_readme_snippets(dir.path(), secret, &rotated, body),
+        (0, 0),
+        "any matching v1; unknown parts ignored"
+    );
+
+    let other_secret = sign(&SecretString::from("whsec_other".to_owned()), now, body);
+    let stale = sign(&key, now - TimeDelta::minutes(6), body);
+    let future = sign(&key, now + TimeDelta::minutes(6), body);
+    let mut altered = body.to_vec();
+    altered.extend_from_slice(b" ");
+    for (what, signature, body) in [
+        ("signed with another secret", other_secret.as_str(), &body[..]),
+        ("six minutes old", stale.as_str(), &body[..]),
+        ("six minutes ahead", future.as_str(), &body[..]),
+        ("the body was altered", valid.as_str(), &altered[..]),
+        ("no timestamp", v1, &body[..]),
+        ("garbage", "t=soon,v1=nope", &body[..]),
+    ] {
+        assert_eq!(run_readme_snippets(dir.path(), secret, signature, body), (1, 1), "{what} must be rejected");
+    }
+    assert_eq!(verify(&key, &valid, body, now, DEFAULT_TOLERANCE), Ok(()), "and tokenwarden's own check agrees");
 }

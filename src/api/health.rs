@@ -1,19 +1,47 @@
-//! `/healthz` (the process serves) and `/readyz` (the store answers and the scheduler ticks).
+//! `/healthz` (the process serves), `/readyz` (the store answers and the scheduler ticks) and
+//! `/metrics` (Prometheus text): no key needed, so bind the API to a private address.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState, SCHEDULER_STALL, STORE_CHECK_TIMEOUT};
 
+/// The body of a healthy `/healthz` or `/readyz` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StatusBody {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
 /// 200 while the process serves requests.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    responses((status = 200, description = "The process serves requests", body = StatusBody))
+)]
+pub async fn healthz() -> Json<StatusBody> {
+    Json(StatusBody { status: "ok" })
 }
 
 /// The Prometheus text exposition of every metric.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 503, description = "`no_metrics`: no metrics recorder is installed", body = ErrorBody),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl axum::response::IntoResponse, ApiError> {
     let Some(handle) = &state.metrics else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_metrics", "metrics are not enabled"));
@@ -23,7 +51,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl axum::respons
 
 /// 200 when the store answers within the timeout and the scheduler loop ticked recently;
 /// 503 with the reason otherwise.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "The store answers and the scheduler ticked recently", body = StatusBody),
+        (status = 503, description = "`not_ready`: the message says whether the store or the scheduler", body = ErrorBody),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
     let unavailable = |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
     match tokio::time::timeout(STORE_CHECK_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => {}
@@ -40,5 +78,5 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             Some(_) => {}
         }
     }
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(StatusBody { status: "ready" }))
 }

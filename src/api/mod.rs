@@ -1,10 +1,13 @@
 //! The internal HTTP API (axum): health, tokens, secrets and forced rotation, with JSON
 //! errors `{"error","message"}` and `Authorization: Bearer <api_key>` authentication.
 //! Bind it to a private address: `/metrics` and the health endpoints need no key.
+//! `GET /openapi.json` describes it all ([`openapi`]).
 
 mod auth;
 mod error;
+pub mod extract;
 mod health;
+pub mod openapi;
 mod tokens;
 
 use std::sync::Arc;
@@ -12,11 +15,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
+use tokio::sync::watch;
 
 pub use auth::Caller;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -32,6 +37,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The scheduler is not ready when its loop has not completed a pass for this long.
 pub const SCHEDULER_STALL: Duration = Duration::from_secs(30);
 
+/// A forced rotation's HTTP request waits this many engine leases for the outcome before it
+/// is answered 503 (the rotation carries on): one lease to wait out a rotation already in
+/// flight, one for this one.
+pub const FORCED_ROTATION_WAIT_LEASES: u32 = 2;
+
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -43,9 +53,27 @@ pub struct AppState {
     pub scheduler: Option<SchedulerHandle>,
     /// The Prometheus recorder `/metrics` renders, if installed.
     pub metrics: Option<PrometheusHandle>,
+    /// How long `POST /v1/tokens/{name}/rotate` waits for the outcome before answering 503
+    /// (the rotation carries on); [`FORCED_ROTATION_WAIT_LEASES`] × the engine's lease by default.
+    pub forced_rotation_wait: Duration,
+    /// Forced rotations running on their own tasks; shutdown waits for them.
+    pub rotations: DetachedRotations,
 }
 
 impl AppState {
+    /// State with no scheduler and no metrics, and the default forced-rotation wait.
+    pub fn new(store: Store, engine: Arc<EngineContext>) -> Self {
+        let lease = engine.lease().to_std().unwrap_or(Duration::from_secs(300));
+        Self {
+            store,
+            scheduler: None,
+            metrics: None,
+            forced_rotation_wait: lease.saturating_mul(FORCED_ROTATION_WAIT_LEASES),
+            rotations: DetachedRotations::default(),
+            engine,
+        }
+    }
+
     /// Runs a store call with [`STORE_CALL_TIMEOUT`]; a failure or a timeout is a 503.
     pub async fn store_call<T, F>(&self, f: F) -> Result<T, ApiError>
     where
@@ -59,20 +87,113 @@ impl AppState {
     }
 }
 
+/// One route the API serves: a method (lower case, as OpenAPI spells it) and a path (with
+/// `{param}` placeholders, as both axum and OpenAPI spell them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    /// `get`, `post`, …
+    pub method: &'static str,
+    /// E.g. `/v1/tokens/{name}`.
+    pub path: &'static str,
+}
+
+/// The router being built, with the list of what it serves.
+struct RouteTable {
+    router: Router<AppState>,
+    served: Vec<Route>,
+}
+
+impl RouteTable {
+    fn new() -> Self {
+        Self { router: Router::new(), served: Vec::new() }
+    }
+
+    fn add(mut self, method: &'static str, path: &'static str, route: MethodRouter<AppState>) -> Self {
+        self.router = self.router.route(path, route);
+        self.served.push(Route { method, path });
+        self
+    }
+
+    fn get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Self {
+        self.add("get", path, get(handler))
+    }
+
+    fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Self {
+        self.add("post", path, post(handler))
+    }
+}
+
+/// Every route, in one place: [`router`] serves exactly these and [`routes`] lists them (a
+/// test checks each one is in the OpenAPI document).
+fn table() -> RouteTable {
+    RouteTable::new()
+        .get("/healthz", health::healthz)
+        .get("/readyz", health::readyz)
+        .get("/metrics", health::metrics)
+        .get("/openapi.json", openapi::document)
+        .get("/v1/tokens", tokens::list)
+        .get("/v1/tokens/{name}", tokens::show)
+        .get("/v1/tokens/{name}/secret", tokens::secret)
+        .post("/v1/tokens/{name}/rotate", tokens::rotate)
+}
+
+/// Every method and path the router serves.
+pub fn routes() -> Vec<Route> {
+    table().served
+}
+
 /// Builds the API router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/v1/tokens", get(tokens::list))
-        .route("/v1/tokens/{name}", get(tokens::show))
-        .route("/v1/tokens/{name}/secret", get(tokens::secret))
-        .route("/v1/tokens/{name}/rotate", post(tokens::rotate))
+    table()
+        .router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Counts forced rotations running on tasks of their own, so shutdown can wait for them.
+#[derive(Debug, Clone)]
+pub struct DetachedRotations {
+    running: Arc<watch::Sender<usize>>,
+}
+
+impl Default for DetachedRotations {
+    fn default() -> Self {
+        Self { running: Arc::new(watch::Sender::new(0)) }
+    }
+}
+
+/// Held by one running forced rotation; dropping it counts the rotation as finished.
+#[derive(Debug)]
+pub struct RunningRotation {
+    running: Arc<watch::Sender<usize>>,
+}
+
+impl Drop for RunningRotation {
+    fn drop(&mut self) {
+        self.running.send_modify(|count| *count = count.saturating_sub(1));
+    }
+}
+
+impl DetachedRotations {
+    /// Counts one more running rotation until the returned guard is dropped.
+    pub fn enter(&self) -> RunningRotation {
+        self.running.send_modify(|count| *count += 1);
+        RunningRotation { running: self.running.clone() }
+    }
+
+    /// How many are running now.
+    pub fn running(&self) -> usize {
+        *self.running.borrow()
+    }
+
+    /// Returns once none is running.
+    pub async fn idle(&self) {
+        let mut watcher = self.running.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = watcher.wait_for(|count| *count == 0).await;
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -1,16 +1,20 @@
 //! `/v1/tokens`: list and inspect tokens, read the current secret, force a rotation.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chrono::Utc;
-use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
+use super::error::ErrorBody;
+use super::extract::{ApiPath, ApiQuery};
 use super::{ApiError, AppState};
 use crate::domain::{TokenName, TokenState};
 use crate::engine::{ForcedRotation, RotationOutcome, rotate_now};
@@ -23,30 +27,113 @@ fn token_name(raw: &str) -> Result<TokenName, ApiError> {
     raw.parse().map_err(|_| ApiError::unknown_token(raw))
 }
 
-/// `GET /v1/tokens` (operator): every token's metadata.
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Token>>, ApiError> {
+/// The query of `GET /v1/tokens`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only tokens in this state (e.g. `needs_attention`).
+    state: Option<TokenState>,
+}
+
+/// `GET /v1/tokens` (operator): every token's metadata, optionally only those in one state.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    operation_id = "list_tokens",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every token's metadata (never a secret), by name", body = Vec<Token>),
+        (status = 400, description = "`bad_query`: an unknown query parameter or state", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a reader's key (this needs an operator)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: the store did not answer", body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Token>>, ApiError> {
     caller.require_operator()?;
-    Ok(Json(state.store_call(tokens::list).await?))
+    let mut all = state.store_call(tokens::list).await?;
+    if let Some(wanted) = query.state {
+        all.retain(|token| token.state == wanted);
+    }
+    Ok(Json(all))
 }
 
 /// `GET /v1/tokens/{name}` (operator, or a reader granted it): metadata, never the secret.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens/{name}",
+    tag = "tokens",
+    operation_id = "show_token",
+    params(("name" = TokenName, Path, description = "The token's name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token's metadata (never its secret)", body = Token),
+        (status = 400, description = "`bad_path`: the name cannot be decoded (e.g. `%FF`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ErrorBody),
+        (status = 404, description = "`unknown_token`: no such token, or a reader not granted it", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: the store did not answer", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<Token>, ApiError> {
     let name = token_name(&raw)?;
     caller.require_access(&name)?;
     Ok(Json(state.store_call(move |conn| tokens::find(conn, &name)).await?))
 }
 
+/// The body of `GET /v1/tokens/{name}/secret`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenSecret {
+    /// The token's name.
+    name: TokenName,
+    /// The version of this secret (starts at 1, +1 on every rotation).
+    version: i64,
+    /// The current secret: the GitLab token, or for OAuth grants the current access token.
+    #[serde(serialize_with = "expose")]
+    #[schema(value_type = String)]
+    secret: SecretString,
+    /// When this secret stops working.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Writes a secret into a response body (the one place the API exposes one).
+fn expose<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose_secret())
+}
+
 /// `GET /v1/tokens/{name}/secret` (operator, or a reader granted it): the current secret, its
 /// version and expiry; every read is an audit row naming the client.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens/{name}/secret",
+    tag = "tokens",
+    operation_id = "read_token_secret",
+    params(("name" = TokenName, Path, description = "The token's name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The current secret; the read is recorded in the audit log", body = TokenSecret),
+        (status = 400, description = "`bad_path`: the name cannot be decoded (e.g. `%FF`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ErrorBody),
+        (status = 404, description = "`unknown_token`: no such token, or a reader not granted it", body = ErrorBody),
+        (status = 409, description = "`no_secret`: an OAuth grant whose first refresh has not succeeded", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`: the store or the audit log did not answer", body = ErrorBody),
+    )
+)]
 pub async fn secret(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<TokenSecret>, ApiError> {
     let name = token_name(&raw)?;
     caller.require_access(&name)?;
     let (cipher, actor) = (state.engine.cipher.clone(), caller.actor().to_owned());
@@ -60,19 +147,14 @@ pub async fn secret(
         let message = format!("token '{}' has no secret yet (its first refresh has not succeeded)", token.name);
         return Err(ApiError::new(StatusCode::CONFLICT, "no_secret", message));
     };
-    Ok(Json(json!({
-        "name": token.name,
-        "version": token.version,
-        "secret": secret.expose_secret(),
-        "expires_at": token.expires_at,
-    })))
+    Ok(Json(TokenSecret { name: token.name, version: token.version, secret, expires_at: token.expires_at }))
 }
 
 /// The optional body of a forced rotation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RotateRequest {
-    /// Why, recorded in the audit log.
+pub struct RotateRequest {
+    /// Why, written to the log with the operator's name.
     #[serde(default)]
     reason: Option<String>,
 }
@@ -80,10 +162,40 @@ struct RotateRequest {
 /// `POST /v1/tokens/{name}/rotate` (operator): rotates now through the scheduler's lease and
 /// answers when it finished — 200 with the new metadata, 409 when the token may not be rotated
 /// now, 502 with the provider's error.
+///
+/// The rotation runs on a task of its own, so a client that disconnects (which drops this
+/// handler) never cancels it between the provider's answer and the commit. The request waits
+/// for it at most two rotation leases (3 minutes with the default 30 s provider timeout); past
+/// that it is answered 503 `rotation_in_progress` while the rotation carries on.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens/{name}/rotate",
+    tag = "tokens",
+    operation_id = "rotate_token",
+    params(("name" = TokenName, Path, description = "The token's name")),
+    request_body(
+        content = Option<RotateRequest>,
+        content_type = "application/json",
+        description = "Optional; an empty body is the same as `{}`"
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rotated: the token's new metadata (version + 1)", body = Token),
+        (status = 400, description = "`bad_json` or `bad_path`: the body or the name cannot be read", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a reader's key (this needs an operator)", body = ErrorBody),
+        (status = 404, description = "`unknown_token`: no such token", body = ErrorBody),
+        (status = 409, description = "`conflict`: paused, needs attention or expired, or another worker took the rotation over", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: the body is over 64 KiB", body = ErrorBody),
+        (status = 500, description = "`internal_error`: the rotation task failed; see the daemon's log", body = ErrorBody),
+        (status = 502, description = "`provider_error`: the provider refused or failed; the message has its error", body = ErrorBody),
+        (status = 503, description = "`rotation_in_progress`: still running when the wait ran out (see GET /v1/tokens/{name}); or `store_unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Token>, ApiError> {
     caller.require_operator()?;
@@ -92,12 +204,47 @@ pub async fn rotate(
     if let Some(reason) = request.reason {
         tracing::info!(token = %name, actor = caller.actor(), %reason, "forced rotation requested");
     }
-    let result = rotate_now(&state.engine, &name, caller.actor()).await?;
-    if let Some(handle) = &state.scheduler {
-        handle.wake();
-    }
+    let result = run_detached(&state, &name, caller.actor()).await?;
     let token = state.store_call(move |conn| tokens::find(conn, &name)).await?;
     forced_rotation_response(result, token)
+}
+
+/// Runs the forced rotation on its own task and waits for it at most
+/// [`AppState::forced_rotation_wait`]. Dropping the returned future (the client went away)
+/// or running out of time detaches the task; it always runs to its commit.
+async fn run_detached(state: &AppState, name: &TokenName, actor: &str) -> Result<ForcedRotation, ApiError> {
+    let (engine, scheduler) = (state.engine.clone(), state.scheduler.clone());
+    let (task_name, actor) = (name.clone(), actor.to_owned());
+    let running = state.rotations.enter();
+    let task = tokio::spawn(async move {
+        let _running = running;
+        let result = rotate_now(&engine, &task_name, &actor).await;
+        if let Some(handle) = scheduler {
+            handle.wake();
+        }
+        if let Err(err) = &result {
+            tracing::warn!(token = %task_name, error = %err, "a forced rotation could not be run");
+        }
+        result
+    });
+    match tokio::time::timeout(state.forced_rotation_wait, task).await {
+        Ok(Ok(result)) => result.map_err(ApiError::from),
+        Ok(Err(err)) => {
+            tracing::error!(token = %name, error = %err, "the forced rotation task failed");
+            Err(ApiError::internal())
+        }
+        Err(_) => Err(still_in_progress(name, state.forced_rotation_wait)),
+    }
+}
+
+/// 503 for a forced rotation that outlived the request's wait; it is still running.
+fn still_in_progress(name: &TokenName, waited: Duration) -> ApiError {
+    tracing::warn!(token = %name, waited_s = waited.as_secs_f64(), "a forced rotation is still running; answering 503");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rotation_in_progress",
+        format!("rotation still in progress; see GET /v1/tokens/{name}"),
+    )
 }
 
 fn parse_rotate_request(body: &[u8]) -> Result<RotateRequest, ApiError> {

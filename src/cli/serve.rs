@@ -61,7 +61,9 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         .map_err(|err| CliError::Failed(format!("cannot start the maintenance jobs: {err}")))?;
     let watchdog = systemd::spawn_watchdog(scheduler_handle.clone());
 
-    let state = AppState { store, engine: context, scheduler: Some(scheduler_handle), metrics: Some(metrics_handle) };
+    let state =
+        AppState { scheduler: Some(scheduler_handle), metrics: Some(metrics_handle), ..AppState::new(store, context) };
+    let forced_rotations = state.rotations.clone();
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => info!("SIGTERM received; shutting down"),
@@ -74,6 +76,10 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|err| CliError::Failed(format!("the API server failed: {err}")))?;
+    if forced_rotations.running() > 0 {
+        info!(running = forced_rotations.running(), "waiting for forced rotations to commit");
+    }
+    forced_rotations.idle().await;
     let _ = stop.send(true);
     if let Some(watchdog) = watchdog {
         watchdog.abort();

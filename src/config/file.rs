@@ -117,6 +117,7 @@ pub(super) struct FileMaintenance {
     pub prune: Option<String>,
     pub metrics: Option<String>,
     pub audit_retention: Option<String>,
+    pub outbox_retention: Option<String>,
 }
 
 #[cfg(test)]

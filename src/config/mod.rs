@@ -98,6 +98,8 @@ pub struct MaintenanceConfig {
     pub metrics: String,
     /// How long audit rows are kept.
     pub audit_retention: HumanDuration,
+    /// How long delivered webhook deliveries (and their recorded attempts) are kept.
+    pub outbox_retention: HumanDuration,
 }
 
 /// Default sweep schedule: every minute.
@@ -117,6 +119,7 @@ impl Default for MaintenanceConfig {
             prune: DEFAULT_PRUNE_CRON.to_owned(),
             metrics: DEFAULT_METRICS_CRON.to_owned(),
             audit_retention: HumanDuration::days(365),
+            outbox_retention: HumanDuration::days(7),
         }
     }
 }
@@ -419,6 +422,12 @@ fn resolve_maintenance(
             "maintenance.audit_retention",
             &file.audit_retention,
             defaults.audit_retention,
+            file_origin,
+        )?,
+        outbox_retention: file_duration(
+            "maintenance.outbox_retention",
+            &file.outbox_retention,
+            defaults.outbox_retention,
             file_origin,
         )?,
     })

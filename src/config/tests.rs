@@ -165,6 +165,18 @@ fn scheduler_and_maintenance_tables_override_defaults() {
 }
 
 #[test]
+fn delivered_webhooks_are_kept_seven_days_unless_configured() {
+    let settings = resolve(&FlagValues::default(), &env_from(&[])).unwrap();
+    assert_eq!(settings.maintenance.outbox_retention, HumanDuration::days(7));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[maintenance]\noutbox_retention = \"36h\"\n");
+    let flags = FlagValues { config: Some(path), ..FlagValues::default() };
+    let settings = resolve(&flags, &env_from(&[])).unwrap();
+    assert_eq!(settings.maintenance.outbox_retention, "36h".parse().unwrap());
+    assert_eq!(settings.maintenance.audit_retention, HumanDuration::days(365), "the audit retention is separate");
+}
+
+#[test]
 fn bad_cron_and_bad_limits_are_named() {
     let (message, _) = error_for_file("[maintenance]\nsweep = \"every minute\"\n");
     assert!(message.contains("maintenance.sweep"), "{message}");
@@ -172,6 +184,8 @@ fn bad_cron_and_bad_limits_are_named() {
     assert!(message.contains("maintenance.validate"), "{message}");
     let (message, _) = error_for_file("[maintenance]\naudit_retention = \"a year\"\n");
     assert!(message.contains("maintenance.audit_retention"), "{message}");
+    let (message, _) = error_for_file("[maintenance]\noutbox_retention = \"a week\"\n");
+    assert!(message.contains("maintenance.outbox_retention") && message.contains("a week"), "{message}");
     let (message, _) = error_for_file("[scheduler]\nprovider_concurrency = 0\n");
     assert!(message.contains("scheduler.provider_concurrency"), "{message}");
     let (message, _) = error_for_file("[scheduler]\nprovider_timeout = \"soon\"\n");

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 /// Longest name accepted, in characters.
 const MAX_NAME_LEN: usize = 64;
+/// What [`is_slug`] accepts, as a regular expression (for the OpenAPI description).
+const SLUG_PATTERN: &str = "^[a-z0-9][a-z0-9._-]*$";
 
 /// A name that is not a valid slug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +74,20 @@ macro_rules! slug_type {
                 &self.0
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some(concat!("The unique name of a ", $what, ".")))
+                    .pattern(Some(SLUG_PATTERN))
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_NAME_LEN))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 

@@ -6,11 +6,13 @@ use super::TokenKind;
 use crate::config::{HumanDuration, PolicyDefaults};
 
 /// Per-token policy settings; `None` means "use the configured default".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PolicyOverrides {
     /// Expiry requested when a GitLab access token is rotated.
+    #[schema(value_type = Option<String>, example = "90d")]
     pub lifetime: Option<HumanDuration>,
     /// Minimum margin before expiry.
+    #[schema(value_type = Option<String>, example = "10d")]
     pub rotate_before: Option<HumanDuration>,
     /// Fraction of the lifetime after which to rotate.
     pub rotate_at_fraction: Option<f64>,

@@ -7,8 +7,9 @@
 //! - **validate**: asks GitLab (`GET …/self`, which never triggers reuse detection) whether each
 //!   tracked access token still works, so one revoked outside tokenwarden needs attention
 //!   within one run instead of at its next rotation;
-//! - **prune**: deletes audit rows past their retention (delivered webhooks are pruned by the
-//!   dispatcher);
+//! - **prune**: deletes audit rows past their retention, and webhook deliveries delivered longer
+//!   ago than `maintenance.outbox_retention` with their recorded attempts (pending deliveries
+//!   are never pruned);
 //! - **metrics**: refreshes the per-state and per-token gauges.
 //!
 //! The sweep, pruning and metrics also run once at start-up (the cron scheduler does not
@@ -29,7 +30,7 @@ use crate::domain::TokenState;
 use crate::notify::DeliveryCounters;
 use crate::providers::{Credential, ProviderError};
 use crate::store::models::Token;
-use crate::store::{audit, providers, rotation, tokens};
+use crate::store::{audit, outbox, providers, rotation, tokens};
 use crate::telemetry::metrics;
 
 /// Most validation look-ups in flight at once (GitLab rate-limits per user).
@@ -53,12 +54,17 @@ pub struct MaintenanceContext {
 pub async fn start(config: &MaintenanceConfig, context: MaintenanceContext) -> Result<JobScheduler, JobSchedulerError> {
     let scheduler = JobScheduler::new().await?;
     let context = Arc::new(context);
+    let outbox_retention = TimeDelta::from_std(config.outbox_retention.get()).unwrap_or(TimeDelta::MAX);
+    let prune_all = move |c: Arc<MaintenanceContext>| async move {
+        prune(&c).await;
+        prune_deliveries(&c, outbox_retention).await;
+    };
     sweep(&context).await;
-    prune(&context).await;
+    prune_all(context.clone()).await;
     refresh_metrics(&context).await;
     add(&scheduler, &config.sweep, "sweep", &context, |c| async move { sweep(&c).await }).await?;
     add(&scheduler, &config.validate, "validate", &context, |c| async move { validate(&c).await }).await?;
-    add(&scheduler, &config.prune, "prune", &context, |c| async move { prune(&c).await }).await?;
+    add(&scheduler, &config.prune, "prune", &context, prune_all).await?;
     add(&scheduler, &config.metrics, "metrics", &context, |c| async move { refresh_metrics(&c).await }).await?;
     scheduler.start().await?;
     Ok(scheduler)
@@ -191,6 +197,18 @@ pub async fn prune(context: &MaintenanceContext) {
         Ok(0) => {}
         Ok(pruned) => info!(pruned, "pruned old audit rows"),
         Err(err) => error!(error = %err, "pruning failed; it runs again at its next tick"),
+    }
+}
+
+/// Deletes webhook deliveries delivered more than `retention` ago, with their recorded
+/// attempts; pending and abandoned deliveries stay.
+pub async fn prune_deliveries(context: &MaintenanceContext, retention: TimeDelta) {
+    let older_than =
+        context.engine.clock.now().checked_sub_signed(retention).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    match context.engine.store.run(move |conn| outbox::prune_delivered(conn, older_than)).await {
+        Ok(0) => {}
+        Ok(pruned) => info!(pruned, "pruned delivered webhook deliveries and their attempts"),
+        Err(err) => error!(error = %err, "pruning webhook deliveries failed; it runs again at its next tick"),
     }
 }
 

@@ -8,12 +8,14 @@
 //! retried with exponential backoff and full jitter; a delivery still failing a day after it
 //! was queued is abandoned. Between passes it sleeps until the next delivery falls due, a
 //! slot frees up, [`DispatcherHandle::wake`] is called, or the poll interval passes (which is
-//! how rows committed by another process are noticed).
+//! how rows committed by another process are noticed). Every attempt is recorded as a row of
+//! its own (status or error, duration). Delivered rows are pruned by the maintenance `prune`
+//! job ([`crate::engine::maintenance`]), not here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::StatusCode;
@@ -26,7 +28,7 @@ use super::signature::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign};
 use crate::crypto::{Cipher, CryptoError};
 use crate::engine::SharedClock;
 use crate::engine::backoff::Backoff;
-use crate::store::outbox::{self, AfterFailure, ClaimedDelivery, FailureRecorded};
+use crate::store::outbox::{self, AfterFailure, Attempt, ClaimedDelivery, FailureRecorded};
 use crate::store::{Store, StoreError, clients};
 
 /// Least time a claim outlives the request timeout, to record the attempt's result.
@@ -48,10 +50,6 @@ pub struct DispatcherSettings {
     pub backoff: Backoff,
     /// How long after it was queued a failing delivery is still retried.
     pub retry_window: Duration,
-    /// How long delivered rows are kept before they are pruned.
-    pub retention: Duration,
-    /// How often delivered rows are pruned.
-    pub prune_interval: Duration,
 }
 
 impl Default for DispatcherSettings {
@@ -63,8 +61,6 @@ impl Default for DispatcherSettings {
             lease: Duration::from_secs(60),
             backoff: Backoff { base: Duration::from_secs(10), max: Duration::from_secs(3600) },
             retry_window: Duration::from_secs(24 * 3600),
-            retention: Duration::from_secs(7 * 24 * 3600),
-            prune_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -118,6 +114,14 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
+    /// The receiver's HTTP status, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DeliveryError::Status(status) => Some(*status),
+            _ => None,
+        }
+    }
+
     /// Classifies a failed send; the URL is left out of the text, as it may hold a token.
     fn from_send(err: reqwest::Error, timeout: Duration) -> Self {
         if err.is_timeout() {
@@ -243,17 +247,12 @@ impl Dispatcher {
         let max_in_flight = shared.settings.max_in_flight.max(1);
         let mut in_flight = JoinSet::new();
         let mut busy: HashMap<Id, String> = HashMap::new();
-        let mut next_prune = shared.clock.now();
         info!(owner = %shared.owner, "webhook dispatcher started");
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = shared.clock.now();
-            if now >= next_prune {
-                shared.prune(now).await;
-                next_prune = now + delta(shared.settings.prune_interval);
-            }
             let free = max_in_flight.saturating_sub(in_flight.len());
             let mut wake_at = None;
             if free > 0 {
@@ -356,16 +355,6 @@ impl Shared {
         }
     }
 
-    /// Deletes delivered rows older than the retention.
-    async fn prune(&self, now: DateTime<Utc>) {
-        let older_than = now - delta(self.settings.retention);
-        match self.store.run(move |conn| outbox::prune_delivered(conn, older_than)).await {
-            Ok(0) => {}
-            Ok(pruned) => info!(pruned, "pruned delivered webhook deliveries"),
-            Err(err) => warn!(error = %err, "cannot prune delivered webhook deliveries"),
-        }
-    }
-
     /// POSTs one delivery: the stored payload byte for byte, signed now.
     async fn send(&self, delivery: &ClaimedDelivery) -> Result<StatusCode, DeliveryError> {
         let url = delivery.webhook_url.as_deref().ok_or(DeliveryError::NoWebhookUrl)?;
@@ -394,10 +383,10 @@ impl Shared {
     }
 
     /// Records a successful attempt.
-    async fn record_success(&self, delivery: &ClaimedDelivery, status: StatusCode) {
+    async fn record_success(&self, delivery: &ClaimedDelivery, status: StatusCode, attempt: Attempt) {
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
         let (id, now) = (delivery.id.clone(), self.clock.now());
-        match self.store.run(move |conn| outbox::record_success(conn, &id, now)).await {
+        match self.store.run(move |conn| outbox::record_success(conn, &id, &attempt, now)).await {
             Ok(_) => info!(
                 delivery = %delivery.id,
                 event = %delivery.event,
@@ -415,14 +404,14 @@ impl Shared {
     }
 
     /// Records a failed attempt and schedules the next one, or abandons the delivery.
-    async fn record_failure(&self, delivery: &ClaimedDelivery, failure: &DeliveryError) {
+    async fn record_failure(&self, delivery: &ClaimedDelivery, failure: &DeliveryError, attempt: Attempt) {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
         let attempts = delivery.attempts + 1;
         let after = self.settings.after_failure(attempts, delivery.created_at, now);
-        let (id, owner, message) = (delivery.id.clone(), self.owner.clone(), failure.to_string());
+        let (id, owner) = (delivery.id.clone(), self.owner.clone());
         let recorded =
-            self.store.run(move |conn| outbox::record_failure(conn, &id, &owner, &message, now, after)).await;
+            self.store.run(move |conn| outbox::record_failure(conn, &id, &owner, &attempt, now, after)).await;
         match (recorded, after) {
             (Ok(FailureRecorded::Retrying), AfterFailure::RetryAt(next_attempt_at)) => warn!(
                 delivery = %delivery.id,
@@ -455,11 +444,22 @@ impl Shared {
     }
 }
 
-/// One attempt at one delivery, recorded.
+/// One attempt at one delivery, recorded on the delivery and as an attempt row (when it was
+/// sent, the receiver's status or the error, how long it took).
 async fn attempt(shared: Arc<Shared>, delivery: ClaimedDelivery) {
-    match shared.send(&delivery).await {
-        Ok(status) => shared.record_success(&delivery, status).await,
-        Err(failure) => shared.record_failure(&delivery, &failure).await,
+    let (attempted_at, started) = (shared.clock.now(), Instant::now());
+    let result = shared.send(&delivery).await;
+    let duration = started.elapsed();
+    match result {
+        Ok(status) => {
+            let attempt = Attempt { attempted_at, status: Some(status.as_u16()), error: None, duration };
+            shared.record_success(&delivery, status, attempt).await
+        }
+        Err(failure) => {
+            let attempt =
+                Attempt { attempted_at, status: failure.status(), error: Some(failure.to_string()), duration };
+            shared.record_failure(&delivery, &failure, attempt).await
+        }
     }
 }
 

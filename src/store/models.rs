@@ -167,7 +167,7 @@ pub struct NewTokenRow {
 }
 
 /// A tracked token's metadata (never its secret).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Token {
     /// Internal row id.
     #[serde(skip)]

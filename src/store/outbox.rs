@@ -3,8 +3,12 @@
 //!
 //! The engine writes rows ([`enqueue`]); the notify dispatcher claims due rows under a short
 //! lease ([`claim_due`]), sends them, and records each attempt ([`record_success`],
-//! [`record_failure`]). A delivery keeps its id across retries; a lease that runs out (its
-//! dispatcher died) makes the row claimable again, so delivery is at least once.
+//! [`record_failure`]), both on the delivery and as a row of its own in `webhook_attempts`
+//! ([`attempts`]). A delivery keeps its id across retries; a lease that runs out (its
+//! dispatcher died) makes the row claimable again, so delivery is at least once. Delivered
+//! rows and their attempts are pruned after a retention ([`prune_delivered`]).
+
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
 use diesel::dsl::min;
@@ -12,7 +16,7 @@ use diesel::prelude::*;
 use serde_json::json;
 
 use super::models::{naive, new_id, utc};
-use super::schema::{client_grants, clients, outbox};
+use super::schema::{client_grants, clients, outbox, webhook_attempts};
 use super::{DbConnection, StoreError};
 use crate::domain::ClientRole;
 
@@ -336,10 +340,79 @@ pub fn next_wake_at(
     Ok(next_due.into_iter().chain(lease_ends).min().map(utc))
 }
 
+/// One attempt to deliver, as the dispatcher saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// When the request was sent.
+    pub attempted_at: DateTime<Utc>,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// Why the attempt failed (no URL, no secret); `None` when the receiver accepted it.
+    pub error: Option<String>,
+    /// From sending the request to its outcome.
+    pub duration: Duration,
+}
+
+/// A row of `webhook_attempts` as Diesel reads it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = webhook_attempts)]
+struct AttemptRow {
+    attempted_at: NaiveDateTime,
+    status: Option<i32>,
+    error: Option<String>,
+    duration_ms: i64,
+}
+
+impl TryFrom<AttemptRow> for Attempt {
+    type Error = StoreError;
+
+    fn try_from(row: AttemptRow) -> Result<Self, StoreError> {
+        let status = row
+            .status
+            .map(|status| u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("webhook status {status}"))))
+            .transpose()?;
+        let millis = u64::try_from(row.duration_ms)
+            .map_err(|_| StoreError::Corrupt(format!("webhook attempt duration {} ms", row.duration_ms)))?;
+        Ok(Self {
+            attempted_at: utc(row.attempted_at),
+            status,
+            error: row.error,
+            duration: Duration::from_millis(millis),
+        })
+    }
+}
+
+/// Writes `attempt` at delivery `id`, if the delivery still exists (another process may have
+/// pruned it, or its client was removed, while the request was in flight).
+fn insert_attempt(conn: &mut DbConnection, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+    let exists = outbox::table.filter(outbox::id.eq(id)).select(outbox::id).first::<String>(conn).optional()?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    let duration_ms = i64::try_from(attempt.duration.as_millis()).unwrap_or(i64::MAX);
+    diesel::insert_into(webhook_attempts::table)
+        .values((
+            webhook_attempts::id.eq(new_id()),
+            webhook_attempts::delivery_id.eq(id),
+            webhook_attempts::attempted_at.eq(naive(attempt.attempted_at)),
+            webhook_attempts::status.eq(attempt.status.map(i32::from)),
+            webhook_attempts::error.eq(attempt.error.as_deref()),
+            webhook_attempts::duration_ms.eq(duration_ms),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// Records that a receiver accepted the delivery: delivered now, one more attempt, lease
-/// released. A success counts even if the lease had passed to another dispatcher (which may
-/// have abandoned it meanwhile). Returns whether the row was still undelivered.
-pub fn record_success(conn: &mut DbConnection, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+/// released, and the attempt's row. A success counts even if the lease had passed to another
+/// dispatcher (which may have abandoned it meanwhile). Returns whether the row was still
+/// undelivered.
+pub fn record_success(
+    conn: &mut DbConnection,
+    id: &str,
+    attempt: &Attempt,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     conn.write_transaction(|conn| {
         let updated = diesel::update(outbox::table.filter(outbox::id.eq(id)).filter(outbox::delivered_at.is_null()))
             .set((
@@ -350,18 +423,20 @@ pub fn record_success(conn: &mut DbConnection, id: &str, now: DateTime<Utc>) -> 
                 outbox::abandoned_at.eq(None::<NaiveDateTime>),
             ))
             .execute(conn)?;
+        insert_attempt(conn, id, attempt)?;
         Ok(updated > 0)
     })
 }
 
 /// Records a failed attempt by `owner`: one more attempt, its error, and either the next
 /// attempt's time or abandonment; releases the lease. Fenced by the lease owner, so a
-/// dispatcher whose lease ran out cannot reschedule a delivery another one is sending.
+/// dispatcher whose lease ran out cannot reschedule a delivery another one is sending — but
+/// the attempt's own row is written either way (the receiver did get the request).
 pub fn record_failure(
     conn: &mut DbConnection,
     id: &str,
     owner: &str,
-    error: &str,
+    attempt: &Attempt,
     now: DateTime<Utc>,
     after: AfterFailure,
 ) -> Result<FailureRecorded, StoreError> {
@@ -369,6 +444,7 @@ pub fn record_failure(
         AfterFailure::RetryAt(at) => (naive(at), None, FailureRecorded::Retrying),
         AfterFailure::Abandon => (naive(now), Some(naive(now)), FailureRecorded::Abandoned),
     };
+    let error = attempt.error.as_deref().unwrap_or("the attempt failed");
     conn.write_transaction(|conn| {
         let target = outbox::table
             .filter(outbox::id.eq(id))
@@ -385,15 +461,29 @@ pub fn record_failure(
                 outbox::abandoned_at.eq(abandoned_at),
             ))
             .execute(conn)?;
+        insert_attempt(conn, id, attempt)?;
         Ok(if updated == 0 { FailureRecorded::LeaseLost } else { recorded })
     })
 }
 
-/// Deletes deliveries delivered before `older_than`; returns how many.
+/// Deletes deliveries delivered before `older_than`, and their attempts; pending and abandoned
+/// deliveries stay. Returns how many deliveries were deleted.
 pub fn prune_delivered(conn: &mut DbConnection, older_than: DateTime<Utc>) -> Result<usize, StoreError> {
     conn.write_transaction(|conn| {
+        let old = outbox::table.filter(outbox::delivered_at.lt(naive(older_than))).select(outbox::id);
+        diesel::delete(webhook_attempts::table.filter(webhook_attempts::delivery_id.eq_any(old))).execute(conn)?;
         Ok(diesel::delete(outbox::table.filter(outbox::delivered_at.lt(naive(older_than)))).execute(conn)?)
     })
+}
+
+/// Every recorded attempt at delivery `id`, oldest first (for tests and diagnostics).
+pub fn attempts(conn: &mut DbConnection, id: &str) -> Result<Vec<Attempt>, StoreError> {
+    let rows: Vec<AttemptRow> = webhook_attempts::table
+        .filter(webhook_attempts::delivery_id.eq(id))
+        .order((webhook_attempts::attempted_at.asc(), webhook_attempts::id.asc()))
+        .select(AttemptRow::as_select())
+        .load(conn)?;
+    rows.into_iter().map(Attempt::try_from).collect()
 }
 
 /// Every delivery about `token_name`, oldest first (for tests and diagnostics).

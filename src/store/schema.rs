@@ -119,6 +119,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// One row per webhook delivery attempt: when, the receiver's status or why it failed
+    /// (never a URL or a secret), and how long it took.
+    webhook_attempts (id) {
+        id -> Text,
+        delivery_id -> Text,
+        attempted_at -> Timestamp,
+        status -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        duration_ms -> BigInt,
+    }
+}
+
+diesel::table! {
     /// Who did what to which token, provider or client, and when.
     audit_log (id) {
         id -> Text,
@@ -135,7 +148,9 @@ diesel::joinable!(tokens -> providers (provider_id));
 diesel::joinable!(token_history -> tokens (token_id));
 diesel::joinable!(client_grants -> clients (client_id));
 diesel::joinable!(outbox -> clients (client_id));
+diesel::joinable!(webhook_attempts -> outbox (delivery_id));
 
 diesel::allow_tables_to_appear_in_same_query!(tokens, providers);
 diesel::allow_tables_to_appear_in_same_query!(client_grants, clients);
 diesel::allow_tables_to_appear_in_same_query!(outbox, clients);
+diesel::allow_tables_to_appear_in_same_query!(webhook_attempts, outbox);

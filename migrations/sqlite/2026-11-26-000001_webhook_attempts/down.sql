@@ -1,0 +1,2 @@
+DROP INDEX webhook_attempts_delivery;
+DROP TABLE webhook_attempts;

@@ -1,0 +1,88 @@
+//! The OpenAPI description of the API, generated from the handlers' `#[utoipa::path]`
+//! annotations and the types they answer with, served at `GET /openapi.json`.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::error::ErrorBody;
+use super::health::{self, StatusBody};
+use super::tokens::{self, RotateRequest, TokenSecret};
+use crate::domain::{PolicyOverrides, ProviderName, TokenKind, TokenName, TokenState};
+use crate::store::models::Token;
+
+/// The name of the security scheme every `/v1` operation requires.
+pub const BEARER_SCHEME: &str = "bearer";
+
+/// The document's skeleton: every operation and the schemas they use.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tokenwarden",
+        description = "Internal API of tokenwarden: token metadata, current secrets and forced rotation \
+                       (`Authorization: Bearer <api_key>`), plus health, readiness and metrics (no key). \
+                       Every error is JSON `{\"error\": \"<machine code>\", \"message\": \"<human text>\"}`."
+    ),
+    paths(
+        health::healthz,
+        health::readyz,
+        health::metrics,
+        document,
+        tokens::list,
+        tokens::show,
+        tokens::secret,
+        tokens::rotate,
+    ),
+    components(schemas(
+        ErrorBody,
+        StatusBody,
+        Token,
+        TokenSecret,
+        RotateRequest,
+        PolicyOverrides,
+        TokenName,
+        ProviderName,
+        TokenKind,
+        TokenState,
+    )),
+    modifiers(&BearerSecurity),
+    tags(
+        (name = "health", description = "Liveness, readiness, metrics and this document; no key needed"),
+        (name = "tokens", description = "Tokens, their secrets and forced rotation; an API key needed"),
+    )
+)]
+struct ApiDoc;
+
+/// Adds the bearer-key security scheme the `/v1` operations name.
+struct BearerSecurity;
+
+impl Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme =
+            HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("tw_<lookup>_<secret>").description(Some(
+                "An API key from `tokenwarden client add`. Operators may do everything; readers may read \
+                 only the tokens they were granted (others answer 404).",
+            ));
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(BEARER_SCHEME, SecurityScheme::Http(scheme.build()));
+    }
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// `GET /openapi.json` (no key): this API's OpenAPI description.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "health",
+    operation_id = "openapi",
+    responses((status = 200, description = "This document", body = Object, content_type = "application/json"))
+)]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
