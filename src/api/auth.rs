@@ -9,10 +9,11 @@ use axum::http::request::Parts;
 
 use super::{ApiError, AppState};
 use crate::domain::{ClientRole, TokenName};
-use crate::store::clients;
 use crate::store::models::Client;
+use crate::store::{DbConnection, StoreError, clients};
 
-/// An authenticated API client.
+/// An authenticated API client. Its `grants` are not loaded: a reader's access to one token is
+/// checked with [`Caller::check_access`] inside the request's own store call.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Client);
 
@@ -31,9 +32,10 @@ impl Caller {
     }
 
     /// Refuses a reader that was not granted `token` — as "no such token", so names do not leak.
-    pub fn require_access(&self, token: &TokenName) -> Result<(), ApiError> {
-        let granted = self.0.role == ClientRole::Operator || self.0.grants.iter().any(|g| g == token.as_str());
-        if granted { Ok(()) } else { Err(ApiError::unknown_token(token.as_str())) }
+    /// Runs inside a store call, next to the read it guards.
+    pub fn check_access(&self, conn: &mut DbConnection, token: &TokenName) -> Result<(), StoreError> {
+        let granted = self.0.role == ClientRole::Operator || clients::is_granted(conn, &self.0.id, token.as_str())?;
+        if granted { Ok(()) } else { Err(StoreError::NotFound { what: "token", name: token.to_string() }) }
     }
 }
 
@@ -52,7 +54,7 @@ impl FromRequestParts<AppState> for Caller {
         let Some(key) = bearer(parts).map(str::to_owned) else {
             return Err(unauthorized("send an API key as `Authorization: Bearer <api_key>`"));
         };
-        let found = state.store_call(move |conn| clients::authenticate(conn, &key)).await?;
+        let found = state.store_call(move |conn| clients::authenticate_key(conn, &key)).await?;
         found.map(Caller).ok_or_else(|| unauthorized("unknown API key"))
     }
 }

@@ -87,8 +87,13 @@ pub async fn show(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<Token>, ApiError> {
     let name = token_name(&raw)?;
-    caller.require_access(&name)?;
-    Ok(Json(state.store_call(move |conn| tokens::find(conn, &name)).await?))
+    let found = state
+        .store_call(move |conn| {
+            caller.check_access(conn, &name)?;
+            tokens::find(conn, &name)
+        })
+        .await?;
+    Ok(Json(found))
 }
 
 /// The body of `GET /v1/tokens/{name}/secret`.
@@ -135,9 +140,13 @@ pub async fn secret(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<TokenSecret>, ApiError> {
     let name = token_name(&raw)?;
-    caller.require_access(&name)?;
     let (cipher, actor) = (state.engine.cipher.clone(), caller.actor().to_owned());
-    let (token, secret) = state.store_call(move |conn| tokens::read_current(conn, &cipher, &name)).await?;
+    let (token, secret) = state
+        .store_call(move |conn| {
+            caller.check_access(conn, &name)?;
+            tokens::read_current(conn, &cipher, &name)
+        })
+        .await?;
     let target = AuditTarget { kind: "token", name: token.name.as_str() };
     let row = audit::row(Utc::now(), &actor, "token.secret_read", target, Some(format!("version={}", token.version)));
     tokio::time::timeout(super::STORE_CALL_TIMEOUT, state.store.record_audit(row))

@@ -25,7 +25,7 @@
 //! unreadable success body, a result we could not commit, or a lease found expired):
 //! - **GitLab access tokens** are never rotated again blindly — presenting a rotated token to a
 //!   rotate endpoint makes GitLab revoke the whole token family. The attempt after an unknown
-//!   outcome (or after any failed rotate request: a 5xx may follow a commit at GitLab) first
+//!   outcome (or after any failed attempt: a 5xx may follow a commit at GitLab) first
 //!   probes `GET /personal_access_tokens/self` with the old token (which never triggers reuse
 //!   detection), after waiting [`EngineContext::settle`] from the failure so a slow request has
 //!   finished. Still active → the rotation did not happen → rotate. 401 → the provider rotated
@@ -246,39 +246,46 @@ async fn attempt(context: &EngineContext, claim: &Claim, policy: &Policy) -> Att
     }
 }
 
-/// GitLab: rotate; after an earlier attempt whose outcome is not known, probe with the old
-/// token first. Any rotate request that failed without a definite refusal makes the next attempt
-/// probe: a 5xx may come from a GitLab that committed before it failed, and a probe is one
-/// harmless look-up.
+/// GitLab: rotate; after an earlier attempt that failed — its outcome unknown, or refused in a
+/// way that may follow a commit at GitLab (a 5xx) — probe with the old token first. A probe is
+/// one harmless look-up; a first attempt sends the rotate request alone.
 async fn gitlab_attempt(
     context: &EngineContext,
     claim: &Claim,
     provider: &dyn TokenProvider,
     credential: &Credential,
 ) -> Attempt {
-    if claim.recovery == Some(Recovery::Probe)
-        && let Some(answer) = probe_before_rotating(context, claim, provider, credential).await
-    {
+    let after_failure = claim.recovery == Some(Recovery::Probe) || claim.token.attempt_count > 0;
+    if after_failure && let Some(answer) = probe_before_rotating(context, claim, provider, credential).await {
         return answer;
     }
     match provider.renew(credential).await {
         Ok(renewed) => Attempt::Renewed(renewed),
         Err(ProviderError::Permanent { reason, message }) => needs_attention(&reason, message),
         Err(err @ ProviderError::Unknown { .. }) => unknown_outcome(context, claim, &err, Recovery::Probe),
-        Err(err) => retry(context, claim, &err, Some(Recovery::Probe)),
+        Err(err) => retry(context, claim, &err, None),
     }
 }
 
-/// The probe after an unknown outcome (`GET …/self` with the old token, which never triggers
-/// reuse detection): `None` when the old token is still active, so the rotation never
-/// happened and rotating is safe; otherwise the attempt's end.
+/// The probe before rotating again (`GET …/self` with the old token, which never triggers
+/// reuse detection): `None` when the old token is still active, so no rotation happened and
+/// rotating is safe; otherwise the attempt's end. A dead old token after an unknown outcome
+/// means the rotation went through and its answer was lost.
 async fn probe_before_rotating(
     context: &EngineContext,
     claim: &Claim,
     provider: &dyn TokenProvider,
     credential: &Credential,
 ) -> Option<Attempt> {
-    let lost = |message: String| {
+    let dead = |message: String| {
+        if claim.recovery != Some(Recovery::Probe) {
+            return needs_attention(
+                REVOKED,
+                format!(
+                    "the token was revoked or expired (an earlier failed rotate request may have gone through): {message}"
+                ),
+            );
+        }
         needs_attention(
             ROTATION_RESPONSE_LOST,
             format!(
@@ -288,10 +295,10 @@ async fn probe_before_rotating(
     };
     match provider.inspect(credential).await {
         Ok(Some(info)) if !info.active || info.revoked => {
-            Some(lost("GitLab reports the old token inactive or revoked".to_owned()))
+            Some(dead("GitLab reports the old token inactive or revoked".to_owned()))
         }
         Ok(_) => None,
-        Err(ProviderError::Permanent { reason, message }) if reason == REVOKED => Some(lost(message)),
+        Err(ProviderError::Permanent { reason, message }) if reason == REVOKED => Some(dead(message)),
         Err(ProviderError::Permanent { reason, message }) => Some(needs_attention(&reason, message)),
         Err(err) => Some(retry(context, claim, &err, claim.recovery)),
     }

@@ -108,8 +108,35 @@ pub fn list(conn: &mut DbConnection) -> Result<Vec<Client>, StoreError> {
         .collect()
 }
 
-/// The client whose API key is `presented`, if any; the hash is compared in constant time.
+/// The client whose API key is `presented`, if any, with its grants; the hash is compared in
+/// constant time.
 pub fn authenticate(conn: &mut DbConnection, presented: &str) -> Result<Option<Client>, StoreError> {
+    let Some(mut client) = authenticate_key(conn, presented)? else {
+        return Ok(None);
+    };
+    client.grants = client_grants::table
+        .filter(client_grants::client_id.eq(&client.id))
+        .select(client_grants::token_name)
+        .load(conn)?;
+    Ok(Some(client))
+}
+
+/// Whether the client `client_id` was granted the token `token_name` (one primary-key look-up,
+/// however many grants the client has).
+pub fn is_granted(conn: &mut DbConnection, client_id: &str, token_name: &str) -> Result<bool, StoreError> {
+    let found = client_grants::table
+        .filter(client_grants::client_id.eq(client_id))
+        .filter(client_grants::token_name.eq(token_name))
+        .select(client_grants::token_name)
+        .first::<String>(conn)
+        .optional()?;
+    Ok(found.is_some())
+}
+
+/// The client whose API key is `presented`, if any, WITHOUT its grants (`grants` is empty):
+/// for the API, which checks one grant per request with [`is_granted`]. The hash is compared in
+/// constant time.
+pub fn authenticate_key(conn: &mut DbConnection, presented: &str) -> Result<Option<Client>, StoreError> {
     let Some(lookup) = ApiKey::lookup_of(presented) else {
         return Ok(None);
     };
@@ -126,11 +153,7 @@ pub fn authenticate(conn: &mut DbConnection, presented: &str) -> Result<Option<C
     if !ApiKeyHash(stored).matches(presented) {
         return Ok(None);
     }
-    let grants = client_grants::table
-        .filter(client_grants::client_id.eq(&row.id))
-        .select(client_grants::token_name)
-        .load(conn)?;
-    Client::from_row(row, grants).map(Some)
+    Client::from_row(row, Vec::new()).map(Some)
 }
 
 /// Removes a client, its grants and its pending deliveries.
