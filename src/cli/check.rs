@@ -142,3 +142,61 @@ pub fn unknown(err: &CliError) -> ExitCode {
     println!("TOKENWARDEN UNKNOWN - {}", super::one_line(&err.to_string()));
     ExitCode::from(3)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{PolicyOverrides, TokenKind};
+
+    fn token(kind: TokenKind, state: TokenState, expires_in: TimeDelta, now: DateTime<Utc>) -> Token {
+        Token {
+            id: "id".into(),
+            name: "t".parse().unwrap(),
+            provider: "gitlab".parse().unwrap(),
+            kind,
+            project: None,
+            group: None,
+            external_id: None,
+            version: 1,
+            state,
+            issued_at: Some(now),
+            expires_at: Some(now + expires_in),
+            next_rotation_at: Some(now + expires_in / 2),
+            policy_overrides: PolicyOverrides::default(),
+            lease_owner: None,
+            lease_expires_at: None,
+            attempt_count: 0,
+            last_success_at: None,
+            last_failure_at: None,
+            last_error: None,
+            attention_reason: Some("revoked".into()),
+            recovery: None,
+            scopes: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn every_state_gets_the_status_an_operator_expects() {
+        let now = Utc::now();
+        let (warn, critical) = (TimeDelta::days(3), TimeDelta::days(1));
+        let pat = TokenKind::GitlabPersonalAccessToken;
+        let cases = [
+            (TokenState::Active, Status::Ok),
+            (TokenState::Rotating, Status::Ok),
+            (TokenState::Paused, Status::Ok),
+            (TokenState::Retrying, Status::Warning),
+            (TokenState::NeedsAttention, Status::Critical),
+            (TokenState::Expired, Status::Critical),
+        ];
+        for (state, expected) in cases {
+            let judged = judge(&token(pat, state, TimeDelta::days(30), now), now, warn, critical);
+            assert_eq!(judged.status, expected, "{state}: {judged:?}");
+        }
+        let soon = judge(&token(pat, TokenState::Active, TimeDelta::hours(12), now), now, warn, critical);
+        assert_eq!(soon.status, Status::Critical, "expiring within --critical");
+        let grant = token(TokenKind::GitlabOauth, TokenState::Active, TimeDelta::hours(-1), now);
+        assert_eq!(judge(&grant, now, warn, critical).status, Status::Critical, "an access token left to expire");
+    }
+}
