@@ -12,6 +12,11 @@ use crate::config::DatabaseUrl;
 /// How long SQLite waits for a lock held by another connection or process.
 pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 
+/// One writer at a time within this process: SQLite allows one anyway, and a waiter queued
+/// here is woken the moment the writer is done, where SQLite's busy handler would sleep in
+/// steps of milliseconds. Other processes still wait through the busy timeout.
+static PROCESS_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A connection to whichever backend the database URL selected. All model and query code
 /// is written against this one type (Diesel's `MultiConnection`), so adding a backend
 /// adds a variant here and a migration tree, not a second copy of the queries.
@@ -31,6 +36,7 @@ impl DbConnection {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
+        let _writer = PROCESS_WRITER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let DbConnection::Sqlite(inner) = self;
         AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
         match f(self) {
