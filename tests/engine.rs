@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
-use tokenwarden::config::MaintenanceConfig;
-use tokenwarden::domain::{TokenName, TokenState};
+use tokenwarden::config::{HumanDuration, MaintenanceConfig, PolicyDefaults};
+use tokenwarden::domain::{Policy, TokenName, TokenState};
 use tokenwarden::engine::backoff::Backoff;
+use tokenwarden::engine::maintenance::{MaintenanceContext, plan_under};
+use tokenwarden::engine::policy::plan_rotation;
 use tokenwarden::engine::{
     EngineContext, EngineSettings, ForcedRotation, Limits, ManualClock, RotationOutcome, Scheduler, rotate_now,
 };
@@ -713,4 +715,110 @@ async fn a_token_added_through_another_connection_is_noticed_without_a_wake_up()
     let token = wait_for(&harness, "due", |t| t.version == 2).await;
     assert_eq!(token.state, TokenState::Active);
     assert_eq!(harness.token("early").await.unwrap().version, 1);
+}
+
+/// The default policy with GitLab tokens rotated `days` before they expire.
+fn gitlab_margin(days: u64) -> PolicyDefaults {
+    PolicyDefaults { gitlab_rotate_before: HumanDuration::days(days), ..PolicyDefaults::default() }
+}
+
+/// The maintenance context of an engine whose configuration says `policy`.
+fn configured(harness: &EngineHarness, policy: PolicyDefaults) -> MaintenanceContext {
+    let engine = EngineContext { policy, ..EngineContext::clone(&harness.context) };
+    MaintenanceContext { engine: Arc::new(engine), ..maintenance_context(harness) }
+}
+
+/// Starts the maintenance jobs as `serve` does, with `policy` configured, and stops them.
+async fn start_with_policy(harness: &EngineHarness, policy: PolicyDefaults) {
+    let config = MaintenanceConfig::default();
+    let mut jobs = tokenwarden::engine::maintenance::start(&config, configured(harness, policy)).await.unwrap();
+    jobs.shutdown().await.unwrap();
+}
+
+/// When the token should rotate under `policy`, as `plan_rotation` computes it.
+fn plan_under_policy(token: &Token, policy: &PolicyDefaults) -> DateTime<Utc> {
+    let resolved = Policy::resolve(token.kind, &token.policy_overrides, policy);
+    plan_rotation(token.name.as_str(), token.issued_at.unwrap(), token.expires_at.unwrap(), &resolved)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_rotate_before_replans_an_active_token_at_the_next_start_earlier_or_later() {
+    let Setup { harness, .. } = setup().await;
+    harness.track_access_token("t", TokenOwner::Personal, in_days(20)).await.unwrap();
+    let under_7_days = harness.token("t").await.unwrap();
+    assert_eq!(under_7_days.next_rotation_at, Some(plan_under_policy(&under_7_days, &gitlab_margin(7))));
+
+    start_with_policy(&harness, gitlab_margin(14)).await;
+    let under_14_days = harness.token("t").await.unwrap();
+    let planned = under_14_days.next_rotation_at.unwrap();
+    assert_eq!(planned, plan_under_policy(&under_14_days, &gitlab_margin(14)));
+    assert!(planned < under_7_days.next_rotation_at.unwrap(), "a larger margin rotates earlier: {planned}");
+    assert!(planned <= expiry_instant(in_days(20)) - TimeDelta::days(14), "never later than the new margin");
+
+    start_with_policy(&harness, gitlab_margin(3)).await;
+    let under_3_days = harness.token("t").await.unwrap();
+    let planned = under_3_days.next_rotation_at.unwrap();
+    assert_eq!(planned, plan_under_policy(&under_3_days, &gitlab_margin(3)));
+    assert!(planned > under_7_days.next_rotation_at.unwrap(), "a smaller margin rotates later: {planned}");
+    assert_eq!((under_3_days.version, under_3_days.state), (1, TokenState::Active), "re-planning never rotates");
+    assert_eq!(harness.sim.stats().rotations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_retrying_rotating_and_needs_attention_tokens_keep_their_times_when_the_policy_changes() {
+    use tokenwarden::store::tokens as token_store;
+    let Setup { harness, .. } = setup().await;
+    for name in ["paused", "retrying", "rotating", "attention", "active"] {
+        harness.track_access_token(name, TokenOwner::Personal, in_days(20)).await.unwrap();
+    }
+    let (paused, now) = (token_name("paused"), harness.now());
+    harness.context.store.run(move |conn| token_store::pause(conn, &paused, "test", now)).await.unwrap();
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::Status { status: 502 });
+    assert!(matches!(force(&harness, "retrying").await, RotationOutcome::Retrying { .. }));
+    claim_as_a_worker_that_dies(&harness, "rotating").await;
+    let revoked = harness.secret("attention").await.unwrap().unwrap();
+    harness.sim.with_state(|s| s.revoke(&revoked));
+    assert!(matches!(force(&harness, "attention").await, RotationOutcome::NeedsAttention { .. }));
+    let mut before = Vec::new();
+    for name in ["paused", "retrying", "rotating", "attention"] {
+        before.push(harness.token(name).await.unwrap());
+    }
+
+    start_with_policy(&harness, gitlab_margin(14)).await;
+    for token in before {
+        let after = harness.token(token.name.as_str()).await.unwrap();
+        let (was, is) = ((token.state, token.next_rotation_at), (after.state, after.next_rotation_at));
+        assert_eq!(is, was, "{}: left as it was", token.name);
+    }
+    let active = harness.token("active").await.unwrap();
+    assert_eq!(active.next_rotation_at, Some(plan_under_policy(&active, &gitlab_margin(14))), "the active one moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_rotated_or_paused_between_the_read_and_the_write_is_not_replanned() {
+    use tokenwarden::store::replan;
+    use tokenwarden::store::tokens as token_store;
+    let Setup { harness, .. } = setup().await;
+    for name in ["rotated", "paused", "calm"] {
+        harness.track_access_token(name, TokenOwner::Personal, in_days(20)).await.unwrap();
+    }
+    let (now, policy) = (harness.now(), gitlab_margin(14));
+    let scheduled = harness.context.store.run(move |conn| replan::scheduled(conn, now)).await.unwrap();
+    let replans = replan::changes(&scheduled, |token| plan_under(&policy, token));
+    assert_eq!(replans.len(), 3, "all three differ from the 14-day plan");
+
+    assert!(matches!(force(&harness, "rotated").await, RotationOutcome::Rotated { version: 2, .. }));
+    let rotated = harness.token("rotated").await.unwrap();
+    let paused = token_name("paused");
+    harness.context.store.run(move |conn| token_store::pause(conn, &paused, "test", now)).await.unwrap();
+    let paused = harness.token("paused").await.unwrap();
+    let applied = harness.context.store.run(move |conn| replan::apply(conn, &replans, now)).await.unwrap();
+
+    assert_eq!(applied, 1, "only the token that did not change meanwhile");
+    let after = harness.token("rotated").await.unwrap();
+    assert_eq!((after.version, after.next_rotation_at), (2, rotated.next_rotation_at), "the rotation's plan wins");
+    let after = harness.token("paused").await.unwrap();
+    assert_eq!((after.state, after.next_rotation_at), (TokenState::Paused, paused.next_rotation_at));
+    let calm = harness.token("calm").await.unwrap();
+    assert_eq!(calm.next_rotation_at, Some(plan_under_policy(&calm, &policy)));
 }

@@ -2,6 +2,10 @@
 //! due as of now"), guarded against overlapping themselves, never able to stop the scheduler
 //! by failing (a failed run is logged and simply runs again at its next tick).
 //!
+//! Once at start-up, before the jobs, every `active` token is **re-planned** under the
+//! configured policy (see [`replan`]), so a policy changed in the configuration applies to all
+//! tokens from the next start on, not only to those rotated afterwards.
+//!
 //! - **sweep**: marks GitLab tokens that expired without a rotation, then wakes the scheduler
 //!   so overdue tokens and leases that ran out are claimed (and resolved by the recovery rules);
 //! - **validate**: asks GitLab (`GET …/self`, which never triggers reuse detection) whether each
@@ -17,19 +21,23 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Mutex;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tracing::{error, info, warn};
 
 use super::context::{EngineContext, build_provider};
+use super::policy::plan_rotation;
 use super::scheduler::SchedulerHandle;
-use crate::config::MaintenanceConfig;
-use crate::domain::TokenState;
+use crate::config::{MaintenanceConfig, PolicyDefaults};
+use crate::domain::{Policy, TokenState};
 use crate::notify::DeliveryCounters;
 use crate::providers::{Credential, ProviderError};
+use crate::store::StoreError;
 use crate::store::models::Token;
+use crate::store::replan::{self as store_replan, ReplanSummary, ScheduledToken};
 use crate::store::{audit, outbox, providers, rotation, tokens};
 use crate::telemetry::metrics;
 
@@ -59,6 +67,9 @@ pub async fn start(config: &MaintenanceConfig, context: MaintenanceContext) -> R
         prune(&c).await;
         prune_deliveries(&c, outbox_retention).await;
     };
+    if let Err(err) = replan(&context).await {
+        error!(error = %err, "re-planning under the configured policy failed; tokens keep their plans until rotated");
+    }
     sweep(&context).await;
     prune_all(context.clone()).await;
     refresh_metrics(&context).await;
@@ -107,6 +118,31 @@ pub async fn sweep(context: &MaintenanceContext) {
         Err(err) => error!(error = %err, "sweep failed; it runs again at its next tick"),
     }
     context.scheduler.wake();
+}
+
+/// Re-plans every `active` token whose planned rotation differs from its plan under the
+/// configured policy (see [`crate::store::replan`]), logs how many were re-planned and wakes
+/// the scheduler. Run once when the engine starts, so a changed policy applies to every token.
+pub async fn replan(context: &MaintenanceContext) -> Result<ReplanSummary, StoreError> {
+    let (defaults, now) = (context.engine.policy, context.engine.clock.now());
+    let started = Instant::now();
+    let summary = context
+        .engine
+        .store
+        .run(move |conn| store_replan::replan(conn, now, |token| plan_under(&defaults, token)))
+        .await?;
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let ReplanSummary { scheduled, differing, replanned } = summary;
+    let changed_meanwhile = differing.saturating_sub(replanned);
+    info!(replanned, scheduled, changed_meanwhile, elapsed_ms, "re-planned tokens under the configured policy");
+    context.scheduler.wake();
+    Ok(summary)
+}
+
+/// When `token` should rotate under `defaults` and its own overrides.
+pub fn plan_under(defaults: &PolicyDefaults, token: &ScheduledToken) -> DateTime<Utc> {
+    let policy = Policy::resolve(token.kind, &token.overrides, defaults);
+    plan_rotation(&token.name, token.issued_at, token.expires_at, &policy)
 }
 
 /// Asks GitLab about every settled access token; a dead one needs attention at once.

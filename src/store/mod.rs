@@ -15,6 +15,7 @@ mod migrations;
 pub mod models;
 pub mod outbox;
 pub mod providers;
+pub mod replan;
 pub mod rotation;
 pub mod schema;
 pub mod tokens;

@@ -30,7 +30,7 @@ pub fn new_id() -> String {
 }
 
 /// Parses a stored enum or name, reporting a bad value as corruption.
-fn parse_stored<T: std::str::FromStr>(column: &str, value: &str) -> Result<T, StoreError>
+pub(super) fn parse_stored<T: std::str::FromStr>(column: &str, value: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
@@ -38,7 +38,7 @@ where
 }
 
 /// Converts stored seconds to a duration, rejecting negative values.
-fn stored_duration(column: &str, seconds: Option<i64>) -> Result<Option<HumanDuration>, StoreError> {
+pub(super) fn stored_duration(column: &str, seconds: Option<i64>) -> Result<Option<HumanDuration>, StoreError> {
     seconds
         .map(|s| {
             u64::try_from(s)
