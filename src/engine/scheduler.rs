@@ -153,14 +153,12 @@ impl Scheduler {
     /// (it could not be opened, or it failed) every look counts as a change, so the window is
     /// simply read again.
     async fn changed_elsewhere(&self, changes: &mut Option<ChangeWatch>) -> bool {
-        let store = self.context.store.clone();
-        let mut current = changes.take();
+        let (store, current) = (self.context.store.clone(), changes.take());
         let looked = tokio::task::spawn_blocking(move || {
-            let watch = match current.take() {
+            let mut watch = match current {
                 Some(watch) => watch,
                 None => store.watch_changes()?,
             };
-            let mut watch = watch;
             let changed = watch.changed()?;
             Ok::<_, crate::store::StoreError>((watch, changed))
         })
