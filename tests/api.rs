@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Days, Utc};
+use chrono::{DateTime, Days, TimeDelta, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokenwarden::api::{AppState, DetachedRotations, router, routes};
+use tokenwarden::api::{AppState, DetachedRotations, KEY_CACHE_TTL, router, routes};
 use tokenwarden::crypto::ApiKey;
 use tokenwarden::domain::ClientRole;
 use tokenwarden::engine::{EngineSettings, ManualClock, Scheduler};
@@ -20,6 +20,7 @@ use tokenwarden::store::{audit, tokens};
 
 struct Api {
     harness: EngineHarness,
+    clock: Arc<ManualClock>,
     url: String,
     http: reqwest::Client,
     keys: Keys,
@@ -59,7 +60,7 @@ async fn start(scheduler: bool) -> Api {
 async fn start_with(scheduler: bool, configure: impl FnOnce(&mut AppState)) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(start_time()));
-    let harness = EngineHarness::start(dir.path(), clock, EngineSettings::default()).await.unwrap();
+    let harness = EngineHarness::start(dir.path(), clock.clone(), EngineSettings::default()).await.unwrap();
     let expires = start_time().date_naive() + Days::new(60);
     for name in ["alpha", "beta"] {
         harness.track_access_token(name, TokenOwner::Personal, expires).await.unwrap();
@@ -80,7 +81,7 @@ async fn start_with(scheduler: bool, configure: impl FnOnce(&mut AppState)) -> A
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    Api { harness, url, http: reqwest::Client::new(), keys, rotations, _dir: dir }
+    Api { harness, clock, url, http: reqwest::Client::new(), keys, rotations, _dir: dir }
 }
 
 impl Api {
@@ -508,4 +509,31 @@ async fn a_forced_rotation_that_outlasts_the_wait_answers_503_and_still_commits(
     assert_eq!((stats.rotations, stats.family_revocations), (1, 0), "{stats:?}");
     let (status, body) = api.call(Method::GET, "/v1/tokens/alpha", Some(&api.keys.operator), None).await;
     assert_eq!((status, body["version"].as_i64()), (StatusCode::OK, Some(2)));
+}
+
+#[tokio::test]
+async fn a_removed_client_is_refused_once_the_key_cache_ttl_has_passed() {
+    let api = start(false).await;
+    let (operator, reader) = (api.keys.operator.clone(), api.keys.granted_reader.clone());
+    for key in [&operator, &reader] {
+        let (status, body) = api.call(Method::GET, "/v1/tokens/alpha/secret", Some(key), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let now = api.harness.now();
+    for name in ["ops", "dbt"] {
+        let name = name.parse().unwrap();
+        api.harness.context.store.run(move |conn| clients::remove(conn, &name, "test", now)).await.unwrap();
+    }
+    // Within the TTL the operator's key is still taken from the cache (the documented bound);
+    // the reader's grants went with it, so the reader is refused at once.
+    let (status, body) = api.call(Method::GET, "/v1/tokens/alpha/secret", Some(&operator), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api.call(Method::GET, "/v1/tokens/alpha/secret", Some(&reader), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    api.clock.advance(TimeDelta::from_std(KEY_CACHE_TTL).unwrap());
+    for key in [&operator, &reader] {
+        let (status, body) = api.call(Method::GET, "/v1/tokens/alpha/secret", Some(key), None).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")), "{body}");
+    }
 }

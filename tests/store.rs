@@ -525,3 +525,31 @@ fn undoing_a_refused_add_keeps_the_grants_made_for_its_name_before() {
     assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
     assert_eq!(clients::authenticate(&mut f.conn, &key).unwrap().unwrap().grants, ["t"]);
 }
+
+#[test]
+fn the_secret_read_path_binds_no_limit_so_its_cached_statements_are_not_prepared_again() {
+    // The bundled SQLite plans with the value bound to a `LIMIT ?` (diesel's `.first()`), which
+    // marks the cached statement expired whenever that parameter is bound again: every call
+    // would parse and plan it anew. Unique look-ups need no LIMIT.
+    let mut f = sqlite_fixture();
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let token = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+    let key = reader_client(&mut f, "ci", &["t"]);
+    let mut found = None;
+    let statements = statements_of(&mut f.conn, |conn| {
+        let client = clients::authenticate_key(conn, &key).unwrap().expect("the key authenticates");
+        let granted = clients::is_granted(conn, &client.id, "t").unwrap();
+        let not_granted = clients::is_granted(conn, &client.id, "other").unwrap();
+        let (read, secret) = tokens::read_current(conn, &f.cipher, &token.name).unwrap();
+        let missing = tokens::read_current(conn, &f.cipher, &TokenName::new("missing").unwrap());
+        found = Some((granted, not_granted, read.version, secret.map(|s| s.expose_secret().to_owned()), missing));
+    });
+    let (granted, not_granted, version, secret, missing) = found.unwrap();
+    assert_eq!((granted, not_granted, version, secret.as_deref()), (true, false, 1, Some("glpat-x")));
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{missing:?}");
+    assert_eq!(statements.len(), 5, "{statements:?}");
+    for statement in &statements {
+        assert!(!statement.to_uppercase().contains("LIMIT"), "a bound LIMIT is re-prepared every call: {statement}");
+    }
+}

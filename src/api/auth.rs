@@ -49,12 +49,23 @@ fn bearer(parts: &Parts) -> Option<&str> {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// A key the store accepted less than [`super::KEY_CACHE_TTL`] ago is taken from
+    /// [`AppState::keys`] (its hash still compared in constant time); any other key is checked
+    /// against the store, and remembered if accepted.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
-        let Some(key) = bearer(parts).map(str::to_owned) else {
+        let Some(key) = bearer(parts) else {
             return Err(unauthorized("send an API key as `Authorization: Bearer <api_key>`"));
         };
-        let found = state.store_call(move |conn| clients::authenticate_key(conn, &key)).await?;
-        found.map(Caller).ok_or_else(|| unauthorized("unknown API key"))
+        if let Some(client) = state.keys.client(key) {
+            return Ok(Caller(client));
+        }
+        let (presented, asked_at) = (key.to_owned(), state.keys.now());
+        let found = state.store_call(move |conn| clients::authenticate_key(conn, &presented)).await?;
+        let Some(client) = found else {
+            return Err(unauthorized("unknown API key"));
+        };
+        state.keys.remember(key, &client, asked_at);
+        Ok(Caller(client))
     }
 }

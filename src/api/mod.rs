@@ -7,6 +7,7 @@ mod auth;
 mod error;
 pub mod extract;
 mod health;
+mod key_cache;
 pub mod openapi;
 mod tokens;
 
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 pub use auth::Caller;
 pub use error::{ApiError, ErrorBody};
+pub use key_cache::{KEY_CACHE_TTL, KeyCache};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -58,6 +60,8 @@ pub struct AppState {
     pub forced_rotation_wait: Duration,
     /// Forced rotations running on their own tasks; shutdown waits for them.
     pub rotations: DetachedRotations,
+    /// API keys the store accepted recently ([`KEY_CACHE_TTL`] on the engine's clock by default).
+    pub keys: KeyCache,
 }
 
 impl AppState {
@@ -70,6 +74,7 @@ impl AppState {
             metrics: None,
             forced_rotation_wait: lease.saturating_mul(FORCED_ROTATION_WAIT_LEASES),
             rotations: DetachedRotations::default(),
+            keys: KeyCache::new(KEY_CACHE_TTL, engine.clock.clone()),
             engine,
         }
     }

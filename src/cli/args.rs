@@ -249,7 +249,7 @@ pub enum ClientCommand {
     Add(ClientAddArgs),
     /// List clients
     List(OutputArgs),
-    /// Remove a client (its key stops working at once)
+    /// Remove a client (a reader loses its grants at once; a running daemon refuses the key within 2 s)
     Remove {
         /// Client name
         name: ClientName,

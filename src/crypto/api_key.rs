@@ -44,7 +44,12 @@ impl ApiKeyHash {
 
     /// Compares a presented key with this hash in constant time.
     pub fn matches(&self, presented: &str) -> bool {
-        Self::of(presented).0.ct_eq(&self.0).into()
+        self.matches_hash(&Self::of(presented))
+    }
+
+    /// Compares two hashes in constant time (`==` does not).
+    pub fn matches_hash(&self, other: &Self) -> bool {
+        other.0.ct_eq(&self.0).into()
     }
 }
 

@@ -2,19 +2,36 @@
 //! caller waits until its row is committed — so no secret is handed out without its audit row —
 //! but concurrent callers share one write transaction instead of queueing for SQLite's single
 //! writer one by one.
+//!
+//! The writer is a thread of its own with a connection of its own (not one of the pool's), so a
+//! batch costs no hop through the blocking pool and no wait for a pooled connection. That
+//! connection does not checkpoint the WAL after its commits: a checkpoint copies pages into the
+//! database file and syncs it, which took 10 ms and more, and every reader waiting for its audit
+//! row waited for it too. A second thread with its own connection runs a passive checkpoint
+//! after every [`CHECKPOINT_EVERY_ROWS`] committed rows instead, beside the writer, which keeps
+//! appending to the WAL meanwhile. Should that thread fall behind or fail, the writer still
+//! checkpoints once the WAL reaches [`WRITER_AUTOCHECKPOINT_PAGES`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::Pool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::models::AuditRow;
 use super::schema::audit_log;
-use super::{Manager, StoreError};
+use super::{DbConnection, StoreError, connect};
+use crate::config::DatabaseUrl;
 
 /// Most rows committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// Committed rows after which the checkpoint thread is asked for a passive checkpoint (each
+/// row dirties about one or two pages, so this is near SQLite's default of 1,000 pages).
+const CHECKPOINT_EVERY_ROWS: u64 = 1_000;
+/// The writer's own connection checkpoints only past this many WAL pages (SQLite's default is
+/// 1,000): a safety net for when the checkpoint thread cannot keep up.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 
 /// A row waiting for its commit, and who to tell.
 struct Pending {
@@ -22,20 +39,17 @@ struct Pending {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// The queue in front of the writer task, started on first use.
+/// The queue in front of the writer thread, started on first use.
 #[derive(Clone, Default)]
 pub(super) struct AuditBatcher {
     sender: Arc<OnceLock<mpsc::UnboundedSender<Pending>>>,
+    checkpoints: Arc<AtomicU64>,
 }
 
 impl AuditBatcher {
     /// Queues `row` and waits until a batch containing it is committed.
-    pub(super) async fn record(&self, pool: &Pool<Manager>, row: AuditRow) -> Result<(), StoreError> {
-        let sender = self.sender.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(write_batches(pool.clone(), receiver));
-            sender
-        });
+    pub(super) async fn record(&self, url: &DatabaseUrl, row: AuditRow) -> Result<(), StoreError> {
+        let sender = self.sender.get_or_init(|| start_writer(url.clone(), self.checkpoints.clone()));
         let (done, committed) = oneshot::channel();
         sender.send(Pending { row, done }).map_err(|_| StoreError::Unavailable("the audit writer stopped".into()))?;
         match committed.await {
@@ -44,12 +58,35 @@ impl AuditBatcher {
             Err(_) => Err(StoreError::Unavailable("the audit writer stopped".into())),
         }
     }
+
+    /// How many background checkpoints have completed (for tests).
+    #[cfg(test)]
+    fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the writer thread (which starts the checkpoint thread) and returns its queue. The
+/// threads end once every sender is gone. If a thread cannot be started, its receiver is
+/// dropped with it, so callers are told the writer stopped instead of waiting.
+fn start_writer(url: DatabaseUrl, checkpoints: Arc<AtomicU64>) -> mpsc::UnboundedSender<Pending> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let spawned = std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || write_batches(&url, receiver, checkpoints));
+    if let Err(err) = spawned {
+        tracing::error!(error = %err, "cannot start the audit writer thread");
+    }
+    sender
 }
 
 /// Takes whatever is queued (up to [`MAX_BATCH`]), commits it in one transaction, answers
 /// every caller, and repeats until the queue closes.
-async fn write_batches(pool: Pool<Manager>, mut receiver: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = receiver.recv().await {
+fn write_batches(url: &DatabaseUrl, mut receiver: mpsc::UnboundedReceiver<Pending>, checkpoints: Arc<AtomicU64>) {
+    let checkpointer = Checkpointer::start(url.clone(), checkpoints);
+    let mut conn: Option<DbConnection> = None;
+    let mut since_checkpoint = 0u64;
+    while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -57,22 +94,133 @@ async fn write_batches(pool: Pool<Manager>, mut receiver: mpsc::UnboundedReceive
                 Err(_) => break,
             }
         }
-        let rows: Vec<AuditRow> = batch.iter().map(|pending| pending.row.clone()).collect();
-        let pool = pool.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|err| err.to_string())?;
-            conn.write_transaction(|conn| {
-                for row in &rows {
-                    diesel::insert_into(audit_log::table).values(row).execute(conn)?;
-                }
-                Ok::<(), diesel::result::Error>(())
-            })
-            .map_err(|err| err.to_string())
-        })
-        .await
-        .unwrap_or_else(|err| Err(err.to_string()));
+        let result = commit(&mut conn, url, &batch);
+        if result.is_err() {
+            // Open a fresh connection for the next batch rather than trust this one.
+            conn = None;
+        }
+        let committed = if result.is_ok() { batch.len() as u64 } else { 0 };
         for pending in batch {
             let _ = pending.done.send(result.clone());
         }
+        since_checkpoint += committed;
+        if since_checkpoint >= CHECKPOINT_EVERY_ROWS {
+            since_checkpoint = 0;
+            checkpointer.request();
+        }
+    }
+}
+
+/// Commits `batch` in one write transaction on the writer's connection, opening it first if
+/// needed.
+fn commit(conn: &mut Option<DbConnection>, url: &DatabaseUrl, batch: &[Pending]) -> Result<(), String> {
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(open_writer_connection(url)?),
+    };
+    conn.write_transaction(|conn| {
+        for pending in batch {
+            diesel::insert_into(audit_log::table).values(&pending.row).execute(conn)?;
+        }
+        Ok::<(), diesel::result::Error>(())
+    })
+    .map_err(|err| err.to_string())
+}
+
+/// A connection like the pool's, whose commits leave checkpoints to the checkpoint thread.
+fn open_writer_connection(url: &DatabaseUrl) -> Result<DbConnection, String> {
+    let mut conn = connect(url).map_err(|err| err.to_string())?;
+    conn.batch_execute(&format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};"))
+        .map_err(|err| err.to_string())?;
+    Ok(conn)
+}
+
+/// Asks the checkpoint thread for a passive checkpoint; requests made while one is pending
+/// are merged into it.
+struct Checkpointer {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the checkpoint thread; it ends when this is dropped.
+    fn start(url: DatabaseUrl, checkpoints: Arc<AtomicU64>) -> Self {
+        let (wake, requests) = std::sync::mpsc::sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new().name("wal-checkpoint".into()).spawn(move || {
+            let mut conn: Option<DbConnection> = None;
+            while requests.recv().is_ok() {
+                match checkpoint(&mut conn, &url) {
+                    Ok(()) => {
+                        checkpoints.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(message) => {
+                        conn = None;
+                        tracing::warn!(error = %message, "background WAL checkpoint failed");
+                    }
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => Self { wake: Some(wake) },
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start the WAL checkpoint thread");
+                Self { wake: None }
+            }
+        }
+    }
+
+    /// Requests a checkpoint without waiting for it.
+    fn request(&self) {
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+/// One passive checkpoint: copies what it can from the WAL into the database file without
+/// waiting for (or blocking) readers and the writer.
+fn checkpoint(conn: &mut Option<DbConnection>, url: &DatabaseUrl) -> Result<(), String> {
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(connect(url).map_err(|err| err.to_string())?),
+    };
+    conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);").map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::store::audit::{self, AuditTarget};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_are_committed_before_record_returns_and_the_wal_is_checkpointed_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::Sqlite(dir.path().join("store.db"));
+        let store = crate::store::Store::open(&url).unwrap();
+        let rows = CHECKPOINT_EVERY_ROWS + 1;
+        let mut waiting = Vec::new();
+        for i in 0..rows {
+            let store = store.clone();
+            let name = format!("t{i}");
+            waiting.push(tokio::spawn(async move {
+                let target = AuditTarget { kind: "token", name: &name };
+                store.record_audit(audit::row(Utc::now(), "ci", "token.secret_read", target, None)).await
+            }));
+        }
+        for task in waiting {
+            task.await.unwrap().unwrap();
+        }
+        // Each call returned after its commit: every row is there, read on another connection.
+        let stored = store.run(|conn| audit::list(conn, None)).await.unwrap();
+        assert_eq!(stored.len() as u64, rows);
+        // The writer asked for a checkpoint, and the checkpoint thread ran it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.audit.checkpoints() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.audit.checkpoints(), 1, "one checkpoint after {CHECKPOINT_EVERY_ROWS} rows");
     }
 }

@@ -88,9 +88,10 @@ impl Store {
 
     /// Appends an audit row through a group commit shared with concurrent callers; returns once
     /// it is committed. For hot paths (secret reads); changes record their audit row inside
-    /// their own transaction instead.
+    /// their own transaction instead. The commits run on a writer thread with a connection of
+    /// its own, not on the blocking pool.
     pub async fn record_audit(&self, row: models::AuditRow) -> Result<(), StoreError> {
-        self.audit.record(&self.pool, row).await
+        self.audit.record(&self.url, row).await
     }
 
     /// A watch on this database that notices commits made by any other connection.

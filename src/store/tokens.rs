@@ -165,7 +165,7 @@ pub fn find(conn: &mut DbConnection, name: &TokenName) -> Result<Token, StoreErr
         .inner_join(providers_table::table)
         .filter(tokens::name.eq(name.as_str()))
         .select((TokenRow::as_select(), providers_table::name))
-        .first::<(TokenRow, String)>(conn)
+        .get_result::<(TokenRow, String)>(conn)
         .optional()?
         .ok_or_else(|| not_found(name))?;
     Token::from_row(row, &provider)
@@ -195,7 +195,8 @@ pub fn gauges(conn: &mut DbConnection) -> Result<Vec<TokenGauge>, StoreError> {
 }
 
 /// The token and its current secret, read in one statement so the version and the secret
-/// always belong together.
+/// always belong together. Token names are unique, so the row is read without a `LIMIT` (see
+/// [`super::clients::authenticate_key`] on why a bound `LIMIT` costs a re-prepare).
 pub fn read_current(
     conn: &mut DbConnection,
     cipher: &Cipher,
@@ -205,7 +206,7 @@ pub fn read_current(
         .inner_join(providers_table::table)
         .filter(tokens::name.eq(name.as_str()))
         .select((TokenRow::as_select(), providers_table::name, tokens::secret))
-        .first::<(TokenRow, String, Option<Vec<u8>>)>(conn)
+        .get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn)
         .optional()?
         .ok_or_else(|| not_found(name))?;
     let secret = sealed
@@ -228,7 +229,7 @@ pub fn read_secret(
     let (id, secret, refresh_token) = tokens::table
         .filter(tokens::name.eq(name.as_str()))
         .select((tokens::id, tokens::secret, tokens::refresh_token))
-        .first::<(String, Option<Vec<u8>>, Option<Vec<u8>>)>(conn)
+        .get_result::<(String, Option<Vec<u8>>, Option<Vec<u8>>)>(conn)
         .optional()?
         .ok_or_else(|| not_found(name))?;
     let sealed = match field {
