@@ -730,9 +730,7 @@ fn configured(harness: &EngineHarness, policy: PolicyDefaults) -> MaintenanceCon
 
 /// Starts the maintenance jobs as `serve` does, with `policy` configured, and stops them.
 async fn start_with_policy(harness: &EngineHarness, policy: PolicyDefaults) {
-    let config = MaintenanceConfig::default();
-    let mut jobs = tokenwarden::engine::maintenance::start(&config, configured(harness, policy)).await.unwrap();
-    jobs.shutdown().await.unwrap();
+    tokenwarden::engine::maintenance::replan(&configured(harness, policy)).await.unwrap();
 }
 
 /// When the token should rotate under `policy`, as `plan_rotation` computes it.

@@ -56,6 +56,9 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         audit_retention: chrono::TimeDelta::from_std(settings.maintenance.audit_retention.get())
             .unwrap_or(chrono::TimeDelta::MAX),
     };
+    if let Err(err) = maintenance::replan(&maintenance_context).await {
+        tracing::error!(error = %err, "re-planning under the configured policy failed; tokens keep their plans until rotated");
+    }
     let mut jobs = maintenance::start(&settings.maintenance, maintenance_context)
         .await
         .map_err(|err| CliError::Failed(format!("cannot start the maintenance jobs: {err}")))?;

@@ -2,9 +2,9 @@
 //! due as of now"), guarded against overlapping themselves, never able to stop the scheduler
 //! by failing (a failed run is logged and simply runs again at its next tick).
 //!
-//! Once at start-up, before the jobs, every `active` token is **re-planned** under the
-//! configured policy (see [`replan`]), so a policy changed in the configuration applies to all
-//! tokens from the next start on, not only to those rotated afterwards.
+//! `tokenwarden serve` also calls [`replan`] once at start-up: every `active` token is
+//! re-planned under the configured policy, so a policy changed in the configuration applies to
+//! all tokens from the next start on, not only to those rotated afterwards.
 //!
 //! - **sweep**: marks GitLab tokens that expired without a rotation, then wakes the scheduler
 //!   so overdue tokens and leases that ran out are claimed (and resolved by the recovery rules);
@@ -67,9 +67,6 @@ pub async fn start(config: &MaintenanceConfig, context: MaintenanceContext) -> R
         prune(&c).await;
         prune_deliveries(&c, outbox_retention).await;
     };
-    if let Err(err) = replan(&context).await {
-        error!(error = %err, "re-planning under the configured policy failed; tokens keep their plans until rotated");
-    }
     sweep(&context).await;
     prune_all(context.clone()).await;
     refresh_metrics(&context).await;
