@@ -191,16 +191,18 @@ async fn every_endpoint_enforces_the_authorisation_matrix_and_answers_only_docum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_token_and_an_ungranted_one_look_the_same_to_a_reader() {
     let api = start(false).await;
-    let (status_ungranted, ungranted) =
-        api.call(Method::GET, "/v1/tokens/beta", Some(&api.keys.granted_reader), None).await;
-    let (status_unknown, unknown) =
-        api.call(Method::GET, "/v1/tokens/gamma", Some(&api.keys.granted_reader), None).await;
-    assert_eq!((status_ungranted, status_unknown), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
-    assert_eq!(ungranted["error"], unknown["error"]);
-    assert_eq!(
-        ungranted["message"].as_str().unwrap().replace("beta", "X"),
-        unknown["message"].as_str().unwrap().replace("gamma", "X")
-    );
+    for suffix in ["", "/secret"] {
+        let (status_ungranted, ungranted) =
+            api.call(Method::GET, &format!("/v1/tokens/beta{suffix}"), Some(&api.keys.granted_reader), None).await;
+        let (status_unknown, unknown) =
+            api.call(Method::GET, &format!("/v1/tokens/gamma{suffix}"), Some(&api.keys.granted_reader), None).await;
+        assert_eq!((status_ungranted, status_unknown), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND), "{suffix}");
+        assert_eq!(ungranted["error"], unknown["error"]);
+        assert_eq!(
+            ungranted["message"].as_str().unwrap().replace("beta", "X"),
+            unknown["message"].as_str().unwrap().replace("gamma", "X")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -533,22 +533,31 @@ fn the_secret_read_path_binds_no_limit_so_its_cached_statements_are_not_prepared
     // would parse and plan it anew. Unique look-ups need no LIMIT.
     let mut f = sqlite_fixture();
     gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    let token = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
-    tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+    for (name, secret) in [("t", "glpat-t"), ("u", "glpat-u")] {
+        let token = new_token(name, TokenKind::GitlabPersonalAccessToken, Some(secret), None);
+        tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+    }
     let key = reader_client(&mut f, "ci", &["t"]);
+    let name = |n: &str| TokenName::new(n).unwrap();
     let mut found = None;
     let statements = statements_of(&mut f.conn, |conn| {
         let client = clients::authenticate_key(conn, &key).unwrap().expect("the key authenticates");
-        let granted = clients::is_granted(conn, &client.id, "t").unwrap();
-        let not_granted = clients::is_granted(conn, &client.id, "other").unwrap();
-        let (read, secret) = tokens::read_current(conn, &f.cipher, &token.name).unwrap();
-        let missing = tokens::read_current(conn, &f.cipher, &TokenName::new("missing").unwrap());
-        found = Some((granted, not_granted, read.version, secret.map(|s| s.expose_secret().to_owned()), missing));
+        let grants =
+            (clients::is_granted(conn, &client.id, "t").unwrap(), clients::is_granted(conn, &client.id, "u").unwrap());
+        let reader = tokens::ReadAs::Reader { client_id: &client.id };
+        let (read, secret) = tokens::read_current_as(conn, &f.cipher, &name("t"), reader).unwrap();
+        let ungranted = tokens::read_current_as(conn, &f.cipher, &name("u"), reader);
+        let (_, operator_reads) = tokens::read_current(conn, &f.cipher, &name("u")).unwrap();
+        let missing = tokens::read_current(conn, &f.cipher, &name("missing"));
+        let secrets = [secret, operator_reads].map(|s| s.map(|s| s.expose_secret().to_owned()));
+        found = Some((grants, read.version, secrets, ungranted.err(), missing.err()));
     });
-    let (granted, not_granted, version, secret, missing) = found.unwrap();
-    assert_eq!((granted, not_granted, version, secret.as_deref()), (true, false, 1, Some("glpat-x")));
-    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{missing:?}");
-    assert_eq!(statements.len(), 5, "{statements:?}");
+    let (grants, version, secrets, ungranted, missing) = found.unwrap();
+    assert_eq!(grants, (true, false));
+    assert_eq!((version, secrets), (1, [Some("glpat-t".to_owned()), Some("glpat-u".to_owned())]));
+    assert!(matches!(ungranted, Some(StoreError::NotFound { .. })), "an ungranted token is not found: {ungranted:?}");
+    assert!(matches!(missing, Some(StoreError::NotFound { .. })), "{missing:?}");
+    assert_eq!(statements.len(), 7, "{statements:?}");
     for statement in &statements {
         assert!(!statement.to_uppercase().contains("LIMIT"), "a bound LIMIT is re-prepared every call: {statement}");
     }

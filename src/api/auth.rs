@@ -10,10 +10,12 @@ use axum::http::request::Parts;
 use super::{ApiError, AppState};
 use crate::domain::{ClientRole, TokenName};
 use crate::store::models::Client;
+use crate::store::tokens::ReadAs;
 use crate::store::{DbConnection, StoreError, clients};
 
 /// An authenticated API client. Its `grants` are not loaded: a reader's access to one token is
-/// checked with [`Caller::check_access`] inside the request's own store call.
+/// checked inside the request's own store call, with [`Caller::check_access`] or, for secret
+/// reads, in the read's own statement ([`Caller::read_as`]).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Client);
 
@@ -28,6 +30,15 @@ impl Caller {
         match self.0.role {
             ClientRole::Operator => Ok(()),
             ClientRole::Reader => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs an operator key")),
+        }
+    }
+
+    /// Whose reads the store should allow: any token for an operator, the granted ones for a
+    /// reader (see [`crate::store::tokens::read_current_as`]).
+    pub fn read_as(&self) -> ReadAs<'_> {
+        match self.0.role {
+            ClientRole::Operator => ReadAs::Operator,
+            ClientRole::Reader => ReadAs::Reader { client_id: &self.0.id },
         }
     }
 

@@ -141,12 +141,8 @@ pub async fn secret(
 ) -> Result<Json<TokenSecret>, ApiError> {
     let name = token_name(&raw)?;
     let (cipher, actor) = (state.engine.cipher.clone(), caller.actor().to_owned());
-    let (token, secret) = state
-        .store_call(move |conn| {
-            caller.check_access(conn, &name)?;
-            tokens::read_current(conn, &cipher, &name)
-        })
-        .await?;
+    let (token, secret) =
+        state.store_call(move |conn| tokens::read_current_as(conn, &cipher, &name, caller.read_as())).await?;
     let target = AuditTarget { kind: "token", name: token.name.as_str() };
     let row = audit::row(Utc::now(), &actor, "token.secret_read", target, Some(format!("version={}", token.version)));
     tokio::time::timeout(super::STORE_CALL_TIMEOUT, state.store.record_audit(row))

@@ -152,5 +152,8 @@ diesel::joinable!(webhook_attempts -> outbox (delivery_id));
 
 diesel::allow_tables_to_appear_in_same_query!(tokens, providers);
 diesel::allow_tables_to_appear_in_same_query!(client_grants, clients);
+// A secret read checks the reader's grant in the same statement (tokens::read_current_as).
+diesel::allow_tables_to_appear_in_same_query!(client_grants, tokens);
+diesel::allow_tables_to_appear_in_same_query!(client_grants, providers);
 diesel::allow_tables_to_appear_in_same_query!(outbox, clients);
 diesel::allow_tables_to_appear_in_same_query!(webhook_attempts, outbox);

@@ -202,13 +202,46 @@ pub fn read_current(
     cipher: &Cipher,
     name: &TokenName,
 ) -> Result<(Token, Option<SecretString>), StoreError> {
-    let (row, provider, sealed) = tokens::table
-        .inner_join(providers_table::table)
-        .filter(tokens::name.eq(name.as_str()))
-        .select((TokenRow::as_select(), providers_table::name, tokens::secret))
-        .get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn)
-        .optional()?
-        .ok_or_else(|| not_found(name))?;
+    read_current_as(conn, cipher, name, ReadAs::Operator)
+}
+
+/// Whose read [`read_current_as`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAs<'a> {
+    /// Any token may be read.
+    Operator,
+    /// Only a token granted to this client (its row id) may be read.
+    Reader {
+        /// The reading client's id.
+        client_id: &'a str,
+    },
+}
+
+/// As [`read_current`], for `reader`: a token a reader was not granted is
+/// [`StoreError::NotFound`], exactly like one that does not exist. The grant is checked in the
+/// same statement as the read (`… AND EXISTS (SELECT … FROM client_grants …)`), one primary-key
+/// look-up, so both come from one snapshot and the read costs one statement.
+pub fn read_current_as(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    name: &TokenName,
+    reader: ReadAs<'_>,
+) -> Result<(Token, Option<SecretString>), StoreError> {
+    let current = tokens::table.inner_join(providers_table::table).filter(tokens::name.eq(name.as_str())).select((
+        TokenRow::as_select(),
+        providers_table::name,
+        tokens::secret,
+    ));
+    let found = match reader {
+        ReadAs::Operator => current.get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
+        ReadAs::Reader { client_id } => {
+            let grant = client_grants::table
+                .filter(client_grants::client_id.eq(client_id))
+                .filter(client_grants::token_name.eq(name.as_str()));
+            current.filter(diesel::dsl::exists(grant)).get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn)
+        }
+    };
+    let (row, provider, sealed) = found.optional()?.ok_or_else(|| not_found(name))?;
     let secret = sealed
         .map(|bytes| cipher.open(secret_context(&row.id, SecretField::Secret), &bytes).map_err(StoreError::from))
         .transpose()?;
