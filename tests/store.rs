@@ -15,8 +15,18 @@ use tokenwarden::store::providers::{self, NewProvider};
 use tokenwarden::store::tokens::{self, NewToken, SecretField};
 use tokenwarden::store::{DbConnection, Store, StoreError, audit, connect, meta, schema};
 
+mod common;
+
+use common::postgres::TestSchema;
+
+/// What a fixture's database lives in; dropped (and with it the database) after the test.
+enum Place {
+    SqliteDir(#[allow(dead_code)] tempfile::TempDir),
+    PostgresSchema(#[allow(dead_code)] TestSchema),
+}
+
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _place: Place,
     url: DatabaseUrl,
     conn: DbConnection,
     cipher: Cipher,
@@ -27,7 +37,17 @@ fn sqlite_fixture() -> Fixture {
     let url = DatabaseUrl::Sqlite(dir.path().join("store.db"));
     Store::open(&url).unwrap();
     let conn = connect(&url).unwrap();
-    Fixture { _dir: dir, url, conn, cipher: Cipher::new(&MasterKey::generate()) }
+    Fixture { _place: Place::SqliteDir(dir), url, conn, cipher: Cipher::new(&MasterKey::generate()) }
+}
+
+/// A migrated schema of its own on the test PostgreSQL server, or `None` when the PostgreSQL
+/// tests are not configured (see tests/common/postgres.rs).
+fn postgres_fixture() -> Option<Fixture> {
+    let schema = TestSchema::create()?;
+    let url = schema.url.clone();
+    Store::open(&url).unwrap();
+    let conn = connect(&url).unwrap();
+    Some(Fixture { _place: Place::PostgresSchema(schema), url, conn, cipher: Cipher::new(&MasterKey::generate()) })
 }
 
 fn gitlab_provider(conn: &mut DbConnection, cipher: &Cipher, name: &str) {
@@ -65,7 +85,7 @@ fn new_token(name: &str, kind: TokenKind, secret: Option<&str>, refresh: Option<
     }
 }
 
-fn migrations_apply_once_and_rerun_harmlessly(url: &DatabaseUrl) {
+fn migrations_apply_once_and_rerun_harmlessly(url: &DatabaseUrl, tree: &str) {
     Store::open(url).unwrap();
     Store::open(url).unwrap();
     let mut conn = connect(url).unwrap();
@@ -73,7 +93,7 @@ fn migrations_apply_once_and_rerun_harmlessly(url: &DatabaseUrl) {
         .get_result::<Count>(&mut conn)
         .unwrap()
         .n;
-    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap().count();
+    let shipped = std::fs::read_dir(format!("{}/migrations/{tree}", env!("CARGO_MANIFEST_DIR"))).unwrap().count();
     assert_eq!(applied, i64::try_from(shipped).unwrap());
 }
 
@@ -86,211 +106,32 @@ struct Count {
 #[test]
 fn sqlite_migrations_apply_once_and_rerun_harmlessly() {
     let dir = tempfile::tempdir().unwrap();
-    migrations_apply_once_and_rerun_harmlessly(&DatabaseUrl::Sqlite(dir.path().join("m.db")));
+    migrations_apply_once_and_rerun_harmlessly(&DatabaseUrl::Sqlite(dir.path().join("m.db")), "sqlite");
 }
 
 #[test]
-fn sqlite_round_trip_providers() {
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    let list = providers::list(&mut f.conn).unwrap();
-    assert_eq!(list.len(), 1);
-    let provider = &list[0];
-    assert_eq!(provider.name.as_str(), "gitlab");
-    assert_eq!(provider.kind, ProviderKind::Gitlab);
-    assert_eq!(provider.url.as_deref(), Some("https://gitlab.example.com"));
-    assert_eq!(provider.client_id.as_deref(), Some("app"));
-    assert_eq!(provider.redirect_uri.as_deref(), Some("https://app.example/callback"));
-    assert!(provider.has_client_secret);
-    let row = providers::find_row(&mut f.conn, &provider.name).unwrap();
-    let opened = f.cipher.open(providers::client_secret_context(&row.id), row.client_secret.as_ref().unwrap()).unwrap();
-    assert_eq!(opened.expose_secret(), "app-secret");
+fn postgres_migrations_apply_once_and_rerun_harmlessly() {
+    let Some(schema) = TestSchema::create() else { return };
+    migrations_apply_once_and_rerun_harmlessly(&schema.url, "postgres");
 }
 
 #[test]
-fn sqlite_round_trip_tokens_and_history() {
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    let new = new_token("project", TokenKind::GitlabProjectAccessToken, Some("glpat-abc"), None);
-    let token = tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
-    assert_eq!(token.name, new.name);
-    assert_eq!(token.kind, TokenKind::GitlabProjectAccessToken);
-    assert_eq!(token.project.as_deref(), Some("group%2Fproject"));
-    assert_eq!(token.state, TokenState::Active);
-    assert_eq!(token.version, 1);
-    assert_eq!(token.external_id.as_deref(), Some("1234"));
-    assert_eq!(token.issued_at, new.issued_at);
-    assert_eq!(token.expires_at, new.expires_at);
-    assert_eq!(token.next_rotation_at, new.next_rotation_at);
-    assert_eq!(token.policy_overrides, new.policy);
-    let found = tokens::find(&mut f.conn, &new.name).unwrap();
-    assert_eq!(found.expires_at, new.expires_at);
-    let secret = tokens::read_secret(&mut f.conn, &f.cipher, &new.name, SecretField::Secret).unwrap();
-    assert_eq!(secret.unwrap().expose_secret(), "glpat-abc");
-    assert!(tokens::read_secret(&mut f.conn, &f.cipher, &new.name, SecretField::RefreshToken).unwrap().is_none());
-
-    let grant = new_token("grant", TokenKind::GitlabOauth, None, Some("refresh-1"));
-    tokens::insert(&mut f.conn, &f.cipher, &grant, "test", Utc::now()).unwrap();
-    let refresh = tokens::read_secret(&mut f.conn, &f.cipher, &grant.name, SecretField::RefreshToken).unwrap();
-    assert_eq!(refresh.unwrap().expose_secret(), "refresh-1");
-
-    let history = tokens::history(&mut f.conn, &new.name).unwrap();
-    assert_eq!(history.len(), 1);
-    assert_eq!((history[0].version, history[0].event.as_str(), history[0].actor.as_str()), (1, "added", "test"));
-    assert_eq!(history[0].expires_at, new.expires_at);
-
-    let names: Vec<String> = tokens::list(&mut f.conn).unwrap().iter().map(|t| t.name.to_string()).collect();
-    assert_eq!(names, ["grant", "project"]);
-}
-
-#[test]
-fn sqlite_pause_resume_and_remove_change_state_and_audit() {
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
-    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
-    assert_eq!(tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Paused);
-    assert_eq!(tokens::resume(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Active);
-    tokens::remove(&mut f.conn, &new.name, "ops", Utc::now()).unwrap();
-    assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
-    let actions: Vec<String> = audit::list(&mut f.conn, Some("t")).unwrap().into_iter().map(|r| r.action).collect();
-    assert_eq!(actions, ["token.remove", "token.resume", "token.pause", "token.add"]);
-}
-
-#[test]
-fn sqlite_resuming_a_token_that_expired_while_paused_marks_it_expired() {
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    let mut new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
-    new.expires_at = Some(Utc::now() - TimeDelta::hours(1));
-    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
-    tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()).unwrap();
-    assert_eq!(tokens::resume(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Expired);
-}
-
-#[test]
-fn sqlite_a_rotating_token_cannot_be_paused_or_removed() {
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
-    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
-    diesel::update(schema::tokens::table).set(schema::tokens::state.eq("rotating")).execute(&mut f.conn).unwrap();
-    assert!(matches!(tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()), Err(StoreError::Conflict(_))));
-    assert!(matches!(tokens::remove(&mut f.conn, &new.name, "ops", Utc::now()), Err(StoreError::Conflict(_))));
-    assert_eq!(tokens::find(&mut f.conn, &new.name).unwrap().state, TokenState::Rotating);
-}
-
-#[test]
-fn sqlite_ciphertext_copied_to_another_row_fails_to_open() {
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    for (name, secret) in [("a", "glpat-aaa"), ("b", "glpat-bbb")] {
-        let new = new_token(name, TokenKind::GitlabPersonalAccessToken, Some(secret), None);
-        tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+fn postgres_migrations_started_by_three_replicas_at_once_are_applied_once() {
+    let Some(schema) = TestSchema::create() else { return };
+    let start = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let replicas: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, start) = (schema.url.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                Store::open(&url).map(|_| ())
+            })
+        })
+        .collect();
+    for replica in replicas {
+        replica.join().unwrap().expect("every replica starts");
     }
-    use schema::tokens::dsl;
-    let sealed_a: Option<Vec<u8>> =
-        dsl::tokens.filter(dsl::name.eq("a")).select(dsl::secret).first(&mut f.conn).unwrap();
-    diesel::update(dsl::tokens.filter(dsl::name.eq("b"))).set(dsl::secret.eq(sealed_a)).execute(&mut f.conn).unwrap();
-    let err =
-        tokens::read_secret(&mut f.conn, &f.cipher, &TokenName::new("b").unwrap(), SecretField::Secret).unwrap_err();
-    assert!(matches!(err, StoreError::Crypto(CryptoError::Tampered { .. })), "{err}");
-    let refresh_from_secret: Option<Vec<u8>> =
-        dsl::tokens.filter(dsl::name.eq("a")).select(dsl::secret).first(&mut f.conn).unwrap();
-    diesel::update(dsl::tokens.filter(dsl::name.eq("a")))
-        .set(dsl::refresh_token.eq(refresh_from_secret))
-        .execute(&mut f.conn)
-        .unwrap();
-    let err = tokens::read_secret(&mut f.conn, &f.cipher, &TokenName::new("a").unwrap(), SecretField::RefreshToken)
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Crypto(CryptoError::Tampered { .. })), "{err}");
-}
-
-#[test]
-fn sqlite_round_trip_clients_and_grants() {
-    let mut f = sqlite_fixture();
-    let new = NewClient {
-        name: ClientName::new("ci").unwrap(),
-        role: ClientRole::Reader,
-        grants: vec![TokenName::new("b").unwrap(), TokenName::new("a").unwrap()],
-        webhook_url: Some("https://ci.example/hook".into()),
-    };
-    let created =
-        clients::insert(&mut f.conn, &f.cipher, &new, Some(SecretString::from("whsec_x")), "test", Utc::now()).unwrap();
-    let list = clients::list(&mut f.conn).unwrap();
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0].name, new.name);
-    assert_eq!(list[0].role, ClientRole::Reader);
-    assert_eq!(list[0].grants, ["a", "b"]);
-    assert_eq!(list[0].webhook_url.as_deref(), Some("https://ci.example/hook"));
-
-    let key = created.api_key.expose().to_owned();
-    let authenticated = clients::authenticate(&mut f.conn, &key).unwrap().expect("key authenticates");
-    assert_eq!(authenticated.name, new.name);
-    let mut wrong = key.clone();
-    wrong.pop();
-    wrong.push(if key.ends_with('A') { 'B' } else { 'A' });
-    assert!(clients::authenticate(&mut f.conn, &wrong).unwrap().is_none());
-    assert!(clients::authenticate(&mut f.conn, "garbage").unwrap().is_none());
-
-    let sealed: Option<Vec<u8>> =
-        schema::clients::table.select(schema::clients::webhook_secret).first(&mut f.conn).unwrap();
-    let opened = f.cipher.open(clients::webhook_secret_context(&created.client.id), &sealed.unwrap()).unwrap();
-    assert_eq!(opened.expose_secret(), "whsec_x");
-
-    clients::remove(&mut f.conn, &new.name, "test", Utc::now()).unwrap();
-    assert!(clients::list(&mut f.conn).unwrap().is_empty());
-    let grants: i64 = schema::client_grants::table.count().get_result(&mut f.conn).unwrap();
-    assert_eq!(grants, 0, "grants go with their client");
-}
-
-#[test]
-fn sqlite_round_trip_outbox() {
-    let mut f = sqlite_fixture();
-    let created = clients::insert(
-        &mut f.conn,
-        &f.cipher,
-        &NewClient {
-            name: ClientName::new("hooked").unwrap(),
-            role: ClientRole::Reader,
-            grants: vec![],
-            webhook_url: Some("https://x.example".into()),
-        },
-        None,
-        "test",
-        Utc::now(),
-    )
-    .unwrap();
-    use schema::outbox::dsl;
-    let now = Utc::now().naive_utc();
-    diesel::insert_into(dsl::outbox)
-        .values((
-            dsl::id.eq("delivery-1"),
-            dsl::client_id.eq(&created.client.id),
-            dsl::event.eq("token.rotated"),
-            dsl::token_name.eq("t"),
-            dsl::payload.eq("{}"),
-            dsl::created_at.eq(now),
-            dsl::next_attempt_at.eq(now),
-        ))
-        .execute(&mut f.conn)
-        .unwrap();
-    let (id, attempts, delivered): (String, i32, Option<chrono::NaiveDateTime>) =
-        dsl::outbox.select((dsl::id, dsl::attempts, dsl::delivered_at)).first(&mut f.conn).unwrap();
-    assert_eq!((id.as_str(), attempts, delivered), ("delivery-1", 0, None));
-}
-
-#[test]
-fn sqlite_master_key_check_is_recorded_then_enforced() {
-    let mut f = sqlite_fixture();
-    assert_eq!(meta::sealing_key_id(&mut f.conn).unwrap(), None);
-    meta::verify_or_record_key(&mut f.conn, &f.cipher).unwrap();
-    assert_eq!(meta::sealing_key_id(&mut f.conn).unwrap(), Some(f.cipher.key_id()));
-    meta::verify_or_record_key(&mut f.conn, &f.cipher).unwrap();
-    let other = Cipher::new(&MasterKey::generate());
-    let err = meta::verify_or_record_key(&mut f.conn, &other).unwrap_err();
-    assert!(matches!(err, StoreError::Crypto(CryptoError::WrongKey { .. })), "{err}");
-    assert!(f.url.default_master_key_file().is_some());
+    migrations_apply_once_and_rerun_harmlessly(&schema.url, "postgres");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -409,36 +250,6 @@ fn audit_rows_named(conn: &mut DbConnection, name: &str, hours_ago: i64) {
     }
 }
 
-#[test]
-fn audit_search_for_a_token_ignores_providers_and_clients_of_the_same_name() {
-    let mut f = sqlite_fixture();
-    audit_rows_named(&mut f.conn, "shared", 1);
-    audit_rows_named(&mut f.conn, "other", 1);
-    let query = audit::AuditQuery { token: Some("shared".into()), ..Default::default() };
-    let rows = audit::search(&mut f.conn, &query).unwrap();
-    let found: Vec<(&str, &str)> = rows.iter().map(|r| (r.target_kind.as_str(), r.target_name.as_str())).collect();
-    assert_eq!(found, [("token", "shared")]);
-}
-
-#[test]
-fn audit_search_keeps_rows_since_the_given_time_newest_first_up_to_the_limit() {
-    let mut f = sqlite_fixture();
-    for hours_ago in [30, 3, 2, 1] {
-        audit_rows_named(&mut f.conn, &format!("t{hours_ago}"), hours_ago);
-    }
-    let since = Some(Utc::now() - TimeDelta::hours(24));
-    let recent = audit::search(&mut f.conn, &audit::AuditQuery { since, ..Default::default() }).unwrap();
-    assert_eq!(recent.len(), 9, "three rows for each of the three recent names");
-    assert!(recent.iter().all(|r| r.target_name != "t30"));
-    assert!(recent.windows(2).all(|w| w[0].occurred_at >= w[1].occurred_at), "newest first");
-
-    let query = audit::AuditQuery { token: Some("t2".into()), since, limit: Some(5) };
-    assert_eq!(audit::search(&mut f.conn, &query).unwrap().len(), 1);
-    let newest = audit::search(&mut f.conn, &audit::AuditQuery { limit: Some(4), ..Default::default() }).unwrap();
-    let names: Vec<&str> = newest.iter().map(|r| r.target_name.as_str()).collect();
-    assert_eq!(names, ["t1", "t1", "t1", "t2"]);
-}
-
 #[derive(QueryableByName)]
 struct PlanStep {
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -497,68 +308,291 @@ fn reader_client(f: &mut Fixture, name: &str, grants: &[&str]) -> String {
     clients::insert(&mut f.conn, &f.cipher, &new, None, "test", Utc::now()).unwrap().api_key.expose().to_owned()
 }
 
-#[test]
-fn removing_a_token_revokes_its_grants_so_a_new_token_of_that_name_is_not_readable() {
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    let old = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-old"), None);
-    tokens::insert(&mut f.conn, &f.cipher, &old, "test", Utc::now()).unwrap();
-    let key = reader_client(&mut f, "ci", &["t", "keep"]);
-    assert_eq!(tokens::remove(&mut f.conn, &old.name, "ops", Utc::now()).unwrap(), 1);
-
-    let again = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-new"), None);
-    tokens::insert(&mut f.conn, &f.cipher, &again, "test", Utc::now()).unwrap();
-    let client = clients::authenticate(&mut f.conn, &key).unwrap().expect("the key still authenticates");
-    assert_eq!(client.grants, ["keep"], "the grant to the removed token is gone, other grants stay");
-    let rows = audit::search(&mut f.conn, &audit::AuditQuery { token: Some("t".into()), ..Default::default() });
-    assert!(rows.unwrap().iter().any(|r| r.detail.as_deref() == Some("version=1 grants_removed=1")));
+/// Writes each test once and runs it on both backends: `sqlite::NAME` on a fresh SQLite file,
+/// `postgres::NAME` in a fresh schema on the test PostgreSQL server (see tests/common/postgres.rs).
+macro_rules! both_backends {
+    ($(fn $name:ident($f:ident) $body:block)*) => {
+        mod sqlite {
+            use super::*;
+            $(#[test] fn $name() { let mut $f = sqlite_fixture(); $body })*
+        }
+        mod postgres {
+            use super::*;
+            $(#[test] fn $name() { let Some(mut $f) = postgres_fixture() else { return }; $body })*
+        }
+    };
 }
 
-#[test]
-fn undoing_a_refused_add_keeps_the_grants_made_for_its_name_before() {
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    let key = reader_client(&mut f, "ci", &["t"]);
-    let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
-    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
-    tokens::undo_add(&mut f.conn, &new.name, "cli", Utc::now(), "refused").unwrap();
-    assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
-    assert_eq!(clients::authenticate(&mut f.conn, &key).unwrap().unwrap().grants, ["t"]);
-}
-
-#[test]
-fn the_secret_read_path_binds_no_limit_so_its_cached_statements_are_not_prepared_again() {
-    // The bundled SQLite plans with the value bound to a `LIMIT ?` (diesel's `.first()`), which
-    // marks the cached statement expired whenever that parameter is bound again: every call
-    // would parse and plan it anew. Unique look-ups need no LIMIT.
-    let mut f = sqlite_fixture();
-    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-    for (name, secret) in [("t", "glpat-t"), ("u", "glpat-u")] {
-        let token = new_token(name, TokenKind::GitlabPersonalAccessToken, Some(secret), None);
-        tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+both_backends! {
+    fn round_trip_providers(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let list = providers::list(&mut f.conn).unwrap();
+        assert_eq!(list.len(), 1);
+        let provider = &list[0];
+        assert_eq!(provider.name.as_str(), "gitlab");
+        assert_eq!(provider.kind, ProviderKind::Gitlab);
+        assert_eq!(provider.url.as_deref(), Some("https://gitlab.example.com"));
+        assert_eq!(provider.client_id.as_deref(), Some("app"));
+        assert_eq!(provider.redirect_uri.as_deref(), Some("https://app.example/callback"));
+        assert!(provider.has_client_secret);
+        let row = providers::find_row(&mut f.conn, &provider.name).unwrap();
+        let opened = f.cipher.open(providers::client_secret_context(&row.id), row.client_secret.as_ref().unwrap()).unwrap();
+        assert_eq!(opened.expose_secret(), "app-secret");
     }
-    let key = reader_client(&mut f, "ci", &["t"]);
-    let name = |n: &str| TokenName::new(n).unwrap();
-    let mut found = None;
-    let statements = statements_of(&mut f.conn, |conn| {
-        let client = clients::authenticate_key(conn, &key).unwrap().expect("the key authenticates");
-        let grants =
-            (clients::is_granted(conn, &client.id, "t").unwrap(), clients::is_granted(conn, &client.id, "u").unwrap());
-        let reader = tokens::ReadAs::Reader { client_id: &client.id };
-        let (read, secret) = tokens::read_current_as(conn, &f.cipher, &name("t"), reader).unwrap();
-        let ungranted = tokens::read_current_as(conn, &f.cipher, &name("u"), reader);
-        let (_, operator_reads) = tokens::read_current(conn, &f.cipher, &name("u")).unwrap();
-        let missing = tokens::read_current(conn, &f.cipher, &name("missing"));
-        let secrets = [secret, operator_reads].map(|s| s.map(|s| s.expose_secret().to_owned()));
-        found = Some((grants, read.version, secrets, ungranted.err(), missing.err()));
-    });
-    let (grants, version, secrets, ungranted, missing) = found.unwrap();
-    assert_eq!(grants, (true, false));
-    assert_eq!((version, secrets), (1, [Some("glpat-t".to_owned()), Some("glpat-u".to_owned())]));
-    assert!(matches!(ungranted, Some(StoreError::NotFound { .. })), "an ungranted token is not found: {ungranted:?}");
-    assert!(matches!(missing, Some(StoreError::NotFound { .. })), "{missing:?}");
-    assert_eq!(statements.len(), 7, "{statements:?}");
-    for statement in &statements {
-        assert!(!statement.to_uppercase().contains("LIMIT"), "a bound LIMIT is re-prepared every call: {statement}");
+
+    fn round_trip_tokens_and_history(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let new = new_token("project", TokenKind::GitlabProjectAccessToken, Some("glpat-abc"), None);
+        let token = tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+        assert_eq!(token.name, new.name);
+        assert_eq!(token.kind, TokenKind::GitlabProjectAccessToken);
+        assert_eq!(token.project.as_deref(), Some("group%2Fproject"));
+        assert_eq!(token.state, TokenState::Active);
+        assert_eq!(token.version, 1);
+        assert_eq!(token.external_id.as_deref(), Some("1234"));
+        assert_eq!(token.issued_at, new.issued_at);
+        assert_eq!(token.expires_at, new.expires_at);
+        assert_eq!(token.next_rotation_at, new.next_rotation_at);
+        assert_eq!(token.policy_overrides, new.policy);
+        let found = tokens::find(&mut f.conn, &new.name).unwrap();
+        assert_eq!(found.expires_at, new.expires_at);
+        let secret = tokens::read_secret(&mut f.conn, &f.cipher, &new.name, SecretField::Secret).unwrap();
+        assert_eq!(secret.unwrap().expose_secret(), "glpat-abc");
+        assert!(tokens::read_secret(&mut f.conn, &f.cipher, &new.name, SecretField::RefreshToken).unwrap().is_none());
+
+        let grant = new_token("grant", TokenKind::GitlabOauth, None, Some("refresh-1"));
+        tokens::insert(&mut f.conn, &f.cipher, &grant, "test", Utc::now()).unwrap();
+        let refresh = tokens::read_secret(&mut f.conn, &f.cipher, &grant.name, SecretField::RefreshToken).unwrap();
+        assert_eq!(refresh.unwrap().expose_secret(), "refresh-1");
+
+        let history = tokens::history(&mut f.conn, &new.name).unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].version, history[0].event.as_str(), history[0].actor.as_str()), (1, "added", "test"));
+        assert_eq!(history[0].expires_at, new.expires_at);
+
+        let names: Vec<String> = tokens::list(&mut f.conn).unwrap().iter().map(|t| t.name.to_string()).collect();
+        assert_eq!(names, ["grant", "project"]);
+    }
+
+    fn pause_resume_and_remove_change_state_and_audit(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+        assert_eq!(tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Paused);
+        assert_eq!(tokens::resume(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Active);
+        tokens::remove(&mut f.conn, &new.name, "ops", Utc::now()).unwrap();
+        assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
+        let actions: Vec<String> = audit::list(&mut f.conn, Some("t")).unwrap().into_iter().map(|r| r.action).collect();
+        assert_eq!(actions, ["token.remove", "token.resume", "token.pause", "token.add"]);
+    }
+
+    fn resuming_a_token_that_expired_while_paused_marks_it_expired(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let mut new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+        new.expires_at = Some(Utc::now() - TimeDelta::hours(1));
+        tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+        tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()).unwrap();
+        assert_eq!(tokens::resume(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Expired);
+    }
+
+    fn a_rotating_token_cannot_be_paused_or_removed(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+        diesel::update(schema::tokens::table).set(schema::tokens::state.eq("rotating")).execute(&mut f.conn).unwrap();
+        assert!(matches!(tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()), Err(StoreError::Conflict(_))));
+        assert!(matches!(tokens::remove(&mut f.conn, &new.name, "ops", Utc::now()), Err(StoreError::Conflict(_))));
+        assert_eq!(tokens::find(&mut f.conn, &new.name).unwrap().state, TokenState::Rotating);
+    }
+
+    fn ciphertext_copied_to_another_row_fails_to_open(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        for (name, secret) in [("a", "glpat-aaa"), ("b", "glpat-bbb")] {
+            let new = new_token(name, TokenKind::GitlabPersonalAccessToken, Some(secret), None);
+            tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+        }
+        use schema::tokens::dsl;
+        let sealed_a: Option<Vec<u8>> =
+            dsl::tokens.filter(dsl::name.eq("a")).select(dsl::secret).first(&mut f.conn).unwrap();
+        diesel::update(dsl::tokens.filter(dsl::name.eq("b"))).set(dsl::secret.eq(sealed_a)).execute(&mut f.conn).unwrap();
+        let err =
+            tokens::read_secret(&mut f.conn, &f.cipher, &TokenName::new("b").unwrap(), SecretField::Secret).unwrap_err();
+        assert!(matches!(err, StoreError::Crypto(CryptoError::Tampered { .. })), "{err}");
+        let refresh_from_secret: Option<Vec<u8>> =
+            dsl::tokens.filter(dsl::name.eq("a")).select(dsl::secret).first(&mut f.conn).unwrap();
+        diesel::update(dsl::tokens.filter(dsl::name.eq("a")))
+            .set(dsl::refresh_token.eq(refresh_from_secret))
+            .execute(&mut f.conn)
+            .unwrap();
+        let err = tokens::read_secret(&mut f.conn, &f.cipher, &TokenName::new("a").unwrap(), SecretField::RefreshToken)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Crypto(CryptoError::Tampered { .. })), "{err}");
+    }
+
+    fn round_trip_clients_and_grants(f) {
+        let new = NewClient {
+            name: ClientName::new("ci").unwrap(),
+            role: ClientRole::Reader,
+            grants: vec![TokenName::new("b").unwrap(), TokenName::new("a").unwrap()],
+            webhook_url: Some("https://ci.example/hook".into()),
+        };
+        let created =
+            clients::insert(&mut f.conn, &f.cipher, &new, Some(SecretString::from("whsec_x")), "test", Utc::now()).unwrap();
+        let list = clients::list(&mut f.conn).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name, new.name);
+        assert_eq!(list[0].role, ClientRole::Reader);
+        assert_eq!(list[0].grants, ["a", "b"]);
+        assert_eq!(list[0].webhook_url.as_deref(), Some("https://ci.example/hook"));
+
+        let key = created.api_key.expose().to_owned();
+        let authenticated = clients::authenticate(&mut f.conn, &key).unwrap().expect("key authenticates");
+        assert_eq!(authenticated.name, new.name);
+        let mut wrong = key.clone();
+        wrong.pop();
+        wrong.push(if key.ends_with('A') { 'B' } else { 'A' });
+        assert!(clients::authenticate(&mut f.conn, &wrong).unwrap().is_none());
+        assert!(clients::authenticate(&mut f.conn, "garbage").unwrap().is_none());
+
+        let sealed: Option<Vec<u8>> =
+            schema::clients::table.select(schema::clients::webhook_secret).first(&mut f.conn).unwrap();
+        let opened = f.cipher.open(clients::webhook_secret_context(&created.client.id), &sealed.unwrap()).unwrap();
+        assert_eq!(opened.expose_secret(), "whsec_x");
+
+        clients::remove(&mut f.conn, &new.name, "test", Utc::now()).unwrap();
+        assert!(clients::list(&mut f.conn).unwrap().is_empty());
+        let grants: i64 = schema::client_grants::table.count().get_result(&mut f.conn).unwrap();
+        assert_eq!(grants, 0, "grants go with their client");
+    }
+
+    fn round_trip_outbox(f) {
+        let created = clients::insert(
+            &mut f.conn,
+            &f.cipher,
+            &NewClient {
+                name: ClientName::new("hooked").unwrap(),
+                role: ClientRole::Reader,
+                grants: vec![],
+                webhook_url: Some("https://x.example".into()),
+            },
+            None,
+            "test",
+            Utc::now(),
+        )
+        .unwrap();
+        use schema::outbox::dsl;
+        let now = Utc::now().naive_utc();
+        diesel::insert_into(dsl::outbox)
+            .values((
+                dsl::id.eq("delivery-1"),
+                dsl::client_id.eq(&created.client.id),
+                dsl::event.eq("token.rotated"),
+                dsl::token_name.eq("t"),
+                dsl::payload.eq("{}"),
+                dsl::created_at.eq(now),
+                dsl::next_attempt_at.eq(now),
+            ))
+            .execute(&mut f.conn)
+            .unwrap();
+        let (id, attempts, delivered): (String, i32, Option<chrono::NaiveDateTime>) =
+            dsl::outbox.select((dsl::id, dsl::attempts, dsl::delivered_at)).first(&mut f.conn).unwrap();
+        assert_eq!((id.as_str(), attempts, delivered), ("delivery-1", 0, None));
+    }
+
+    fn master_key_check_is_recorded_then_enforced(f) {
+        assert_eq!(meta::sealing_key_id(&mut f.conn).unwrap(), None);
+        meta::verify_or_record_key(&mut f.conn, &f.cipher).unwrap();
+        assert_eq!(meta::sealing_key_id(&mut f.conn).unwrap(), Some(f.cipher.key_id()));
+        meta::verify_or_record_key(&mut f.conn, &f.cipher).unwrap();
+        let other = Cipher::new(&MasterKey::generate());
+        let err = meta::verify_or_record_key(&mut f.conn, &other).unwrap_err();
+        assert!(matches!(err, StoreError::Crypto(CryptoError::WrongKey { .. })), "{err}");
+        assert_eq!(f.url.default_master_key_file().is_some(), matches!(f.url, DatabaseUrl::Sqlite(_)));
+    }
+
+    fn audit_search_for_a_token_ignores_providers_and_clients_of_the_same_name(f) {
+        audit_rows_named(&mut f.conn, "shared", 1);
+        audit_rows_named(&mut f.conn, "other", 1);
+        let query = audit::AuditQuery { token: Some("shared".into()), ..Default::default() };
+        let rows = audit::search(&mut f.conn, &query).unwrap();
+        let found: Vec<(&str, &str)> = rows.iter().map(|r| (r.target_kind.as_str(), r.target_name.as_str())).collect();
+        assert_eq!(found, [("token", "shared")]);
+    }
+
+    fn audit_search_keeps_rows_since_the_given_time_newest_first_up_to_the_limit(f) {
+        for hours_ago in [30, 3, 2, 1] {
+            audit_rows_named(&mut f.conn, &format!("t{hours_ago}"), hours_ago);
+        }
+        let since = Some(Utc::now() - TimeDelta::hours(24));
+        let recent = audit::search(&mut f.conn, &audit::AuditQuery { since, ..Default::default() }).unwrap();
+        assert_eq!(recent.len(), 9, "three rows for each of the three recent names");
+        assert!(recent.iter().all(|r| r.target_name != "t30"));
+        assert!(recent.windows(2).all(|w| w[0].occurred_at >= w[1].occurred_at), "newest first");
+
+        let query = audit::AuditQuery { token: Some("t2".into()), since, limit: Some(5) };
+        assert_eq!(audit::search(&mut f.conn, &query).unwrap().len(), 1);
+        let newest = audit::search(&mut f.conn, &audit::AuditQuery { limit: Some(4), ..Default::default() }).unwrap();
+        let names: Vec<&str> = newest.iter().map(|r| r.target_name.as_str()).collect();
+        assert_eq!(names, ["t1", "t1", "t1", "t2"]);
+    }
+
+    fn removing_a_token_revokes_its_grants_so_a_new_token_of_that_name_is_not_readable(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let old = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-old"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &old, "test", Utc::now()).unwrap();
+        let key = reader_client(&mut f, "ci", &["t", "keep"]);
+        assert_eq!(tokens::remove(&mut f.conn, &old.name, "ops", Utc::now()).unwrap(), 1);
+
+        let again = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-new"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &again, "test", Utc::now()).unwrap();
+        let client = clients::authenticate(&mut f.conn, &key).unwrap().expect("the key still authenticates");
+        assert_eq!(client.grants, ["keep"], "the grant to the removed token is gone, other grants stay");
+        let rows = audit::search(&mut f.conn, &audit::AuditQuery { token: Some("t".into()), ..Default::default() });
+        assert!(rows.unwrap().iter().any(|r| r.detail.as_deref() == Some("version=1 grants_removed=1")));
+    }
+
+    fn undoing_a_refused_add_keeps_the_grants_made_for_its_name_before(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let key = reader_client(&mut f, "ci", &["t"]);
+        let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+        tokens::undo_add(&mut f.conn, &new.name, "cli", Utc::now(), "refused").unwrap();
+        assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
+        assert_eq!(clients::authenticate(&mut f.conn, &key).unwrap().unwrap().grants, ["t"]);
+    }
+
+    fn the_secret_read_path_binds_no_limit_so_its_cached_statements_are_not_prepared_again(f) {
+        // The bundled SQLite plans with the value bound to a `LIMIT ?` (diesel's `.first()`), which
+        // marks the cached statement expired whenever that parameter is bound again: every call
+        // would parse and plan it anew. Unique look-ups need no LIMIT.
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        for (name, secret) in [("t", "glpat-t"), ("u", "glpat-u")] {
+            let token = new_token(name, TokenKind::GitlabPersonalAccessToken, Some(secret), None);
+            tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+        }
+        let key = reader_client(&mut f, "ci", &["t"]);
+        let name = |n: &str| TokenName::new(n).unwrap();
+        let mut found = None;
+        let statements = statements_of(&mut f.conn, |conn| {
+            let client = clients::authenticate_key(conn, &key).unwrap().expect("the key authenticates");
+            let grants =
+                (clients::is_granted(conn, &client.id, "t").unwrap(), clients::is_granted(conn, &client.id, "u").unwrap());
+            let reader = tokens::ReadAs::Reader { client_id: &client.id };
+            let (read, secret) = tokens::read_current_as(conn, &f.cipher, &name("t"), reader).unwrap();
+            let ungranted = tokens::read_current_as(conn, &f.cipher, &name("u"), reader);
+            let (_, operator_reads) = tokens::read_current(conn, &f.cipher, &name("u")).unwrap();
+            let missing = tokens::read_current(conn, &f.cipher, &name("missing"));
+            let secrets = [secret, operator_reads].map(|s| s.map(|s| s.expose_secret().to_owned()));
+            found = Some((grants, read.version, secrets, ungranted.err(), missing.err()));
+        });
+        let (grants, version, secrets, ungranted, missing) = found.unwrap();
+        assert_eq!(grants, (true, false));
+        assert_eq!((version, secrets), (1, [Some("glpat-t".to_owned()), Some("glpat-u".to_owned())]));
+        assert!(matches!(ungranted, Some(StoreError::NotFound { .. })), "an ungranted token is not found: {ungranted:?}");
+        assert!(matches!(missing, Some(StoreError::NotFound { .. })), "{missing:?}");
+        assert_eq!(statements.len(), 7, "{statements:?}");
+        for statement in &statements {
+            assert!(!statement.to_uppercase().contains("LIMIT"), "a bound LIMIT is re-prepared every call: {statement}");
+        }
     }
 }

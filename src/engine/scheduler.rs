@@ -9,6 +9,12 @@
 //! idle daemon therefore asks the store one `PRAGMA data_version` a second and nothing else.
 //! Providers whose workers are all busy or that asked for a pause (`Retry-After`) are skipped,
 //! and their due tokens wait in the window.
+//!
+//! The window only says *when* to claim and how many workers each provider has free for it;
+//! the claim itself is one batch in the store ([`rotation::claim_due`]), which takes the most
+//! urgent due tokens that no other replica is claiming (`SKIP LOCKED` on PostgreSQL). So
+//! replicas sharing a database, whose windows all show the same tokens, divide them between
+//! them instead of racing for the same rows.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,15 +22,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, error, warn};
 
 use super::context::EngineContext;
 use super::protocol::{RotationReport, execute};
 use super::window::{Placement, WINDOW_SIZE, Window};
-use crate::domain::TokenName;
 use crate::store::changes::ChangeWatch;
-use crate::store::rotation::{self, ClaimMode, ClaimResult, DueToken};
+use crate::store::rotation::{self, DueToken, ProviderRoom};
 
 /// How often the scheduler looks for commits made by other connections or processes (so a
 /// token added by the CLI is seen within this time), and the longest it goes without a pass.
@@ -79,7 +84,6 @@ pub struct Scheduler {
     handle: SchedulerHandle,
     overall: Arc<Semaphore>,
     per_provider: Mutex<HashMap<String, Arc<Semaphore>>>,
-    in_flight: Arc<Mutex<HashSet<TokenName>>>,
     blocked_until: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     worker_done: Arc<Notify>,
     reports: Option<tokio::sync::mpsc::UnboundedSender<RotationReport>>,
@@ -94,7 +98,6 @@ impl Scheduler {
             handle: SchedulerHandle { wake: Arc::new(Notify::new()), last_tick: Arc::new(AtomicI64::new(0)) },
             overall: Arc::new(Semaphore::new(limits.max_concurrency.max(1))),
             per_provider: Mutex::new(HashMap::new()),
-            in_flight: Arc::new(Mutex::new(HashSet::new())),
             blocked_until: Arc::new(Mutex::new(HashMap::new())),
             worker_done: Arc::new(Notify::new()),
             reports: None,
@@ -218,8 +221,8 @@ impl Scheduler {
         self.context.store.run(move |conn| rotation::due_by(conn, horizon, limit, &excluded)).await
     }
 
-    /// Starts workers for the window's due tokens; true when a due token waits because its
-    /// provider's workers are all busy.
+    /// Reserves workers for the window's due tokens and starts one batch claim for them; true
+    /// when a due token waits because its provider's workers are all busy.
     fn place_due(
         &self,
         window: &mut Window,
@@ -228,6 +231,7 @@ impl Scheduler {
         held: &HashSet<String>,
     ) -> bool {
         let mut waiting_for_busy = false;
+        let mut batch = Reservations::default();
         window.place_due(now, |token| {
             if held.contains(&token.provider_id) {
                 return Placement::Kept;
@@ -236,17 +240,72 @@ impl Scheduler {
                 waiting_for_busy = true;
                 return Placement::Kept;
             }
-            match self.dispatch(token) {
-                Dispatch::Started | Dispatch::AlreadyInFlight => Placement::Taken,
-                Dispatch::ProviderBusy => {
-                    busy.insert(token.provider_id.clone());
-                    waiting_for_busy = true;
-                    Placement::Kept
+            let Ok(overall) = self.overall.clone().try_acquire_owned() else {
+                return Placement::Full;
+            };
+            let Ok(provider) = self.provider_semaphore(&token.provider_id).try_acquire_owned() else {
+                busy.insert(token.provider_id.clone());
+                waiting_for_busy = true;
+                return Placement::Kept;
+            };
+            batch.add(&token.provider_id, Worker { _overall: overall, _provider: provider });
+            Placement::Taken
+        });
+        if !batch.is_empty() {
+            self.claim_batch(batch);
+        }
+        waiting_for_busy
+    }
+
+    /// Claims up to the reserved number of due tokens per provider on a task of its own, then
+    /// runs each claimed rotation on its own task with one of the reserved workers. Workers
+    /// left over (another replica took those tokens, or they are no longer due) are released,
+    /// which also makes the loop read its window again.
+    fn claim_batch(&self, mut batch: Reservations) {
+        let context = self.context.clone();
+        let worker_done = self.worker_done.clone();
+        let blocked_until = self.blocked_until.clone();
+        let reports = self.reports.clone();
+        tokio::spawn(async move {
+            let rooms = batch.rooms();
+            let (owner, lease, now) = (context.owner.clone(), context.lease(), context.clock.now());
+            let claimed = context.store.run(move |conn| rotation::claim_due(conn, &rooms, &owner, lease, now)).await;
+            let claims = match claimed {
+                Ok(claims) => claims,
+                Err(err) => {
+                    error!(error = %err, "cannot claim due tokens");
+                    drop(batch);
+                    worker_done.notify_one();
+                    return;
                 }
-                Dispatch::AllBusy => Placement::Full,
+            };
+            hold_providers(&blocked_until, claims.held);
+            for claim in claims.claimed {
+                let Some(worker) = batch.take(&claim.provider.id) else {
+                    error!(token = %claim.token.name, "a claim beyond the reserved workers; its lease will run out");
+                    continue;
+                };
+                let (context, worker_done, blocked_until, reports) =
+                    (context.clone(), worker_done.clone(), blocked_until.clone(), reports.clone());
+                tokio::spawn(async move {
+                    let provider_id = claim.provider.id.clone();
+                    let report = execute(&context, claim, SCHEDULER_ACTOR).await;
+                    let now = context.clock.now();
+                    if let Some(wait) = report.retry_after.and_then(|wait| TimeDelta::from_std(wait).ok()) {
+                        hold_providers(&blocked_until, vec![(provider_id, now + wait)]);
+                    }
+                    if let Some(reports) = reports {
+                        let _ = reports.send(report);
+                    }
+                    drop(worker);
+                    worker_done.notify_one();
+                });
+            }
+            if !batch.is_empty() {
+                drop(batch);
+                worker_done.notify_one();
             }
         });
-        waiting_for_busy
     }
 
     /// Providers whose workers are all busy, providers that asked for a pause that has not
@@ -273,89 +332,48 @@ impl Scheduler {
             .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_provider.max(1))))
             .clone()
     }
+}
 
-    /// Starts a worker for `token` if limits allow and it is not already in flight here.
-    fn dispatch(&self, token: &DueToken) -> Dispatch {
-        if self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).contains(&token.name) {
-            return Dispatch::AlreadyInFlight;
-        }
-        let Ok(overall) = self.overall.clone().try_acquire_owned() else {
-            return Dispatch::AllBusy;
-        };
-        let Ok(provider) = self.provider_semaphore(&token.provider_id).try_acquire_owned() else {
-            return Dispatch::ProviderBusy;
-        };
-        let token = token.clone();
-        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(token.name.clone());
-        let context = self.context.clone();
-        let in_flight = self.in_flight.clone();
-        let worker_done = self.worker_done.clone();
-        let blocked_until = self.blocked_until.clone();
-        let reports = self.reports.clone();
-        tokio::spawn(async move {
-            let outcome = claim_and_execute(&context, &token.name).await;
-            let (report, hold_until) = match outcome {
-                Some(ClaimOutcome::Executed(report)) => {
-                    let now = context.clock.now();
-                    let until = report.retry_after.and_then(|wait| TimeDelta::from_std(wait).ok()).map(|w| now + w);
-                    (Some(report), until)
-                }
-                Some(ClaimOutcome::ProviderHeld(until)) => (None, Some(until)),
-                None => (None, None),
-            };
-            if let Some(until) = hold_until {
-                let mut blocked = blocked_until.lock().unwrap_or_else(PoisonError::into_inner);
-                let entry = blocked.entry(token.provider_id.clone()).or_insert(until);
-                *entry = (*entry).max(until);
-            }
-            if let (Some(report), Some(reports)) = (report, reports) {
-                let _ = reports.send(report);
-            }
-            in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&token.name);
-            drop((overall, provider));
-            worker_done.notify_one();
-        });
-        Dispatch::Started
+/// Records that providers asked for a pause until the given times (the later time wins).
+fn hold_providers(blocked_until: &Mutex<HashMap<String, DateTime<Utc>>>, held: Vec<(String, DateTime<Utc>)>) {
+    let mut blocked = blocked_until.lock().unwrap_or_else(PoisonError::into_inner);
+    for (provider_id, until) in held {
+        let entry = blocked.entry(provider_id).or_insert(until);
+        *entry = (*entry).max(until);
     }
 }
 
-/// What [`Scheduler::dispatch`] did.
-enum Dispatch {
-    /// A worker started.
-    Started,
-    /// A worker of this process already has the token.
-    AlreadyInFlight,
-    /// Every worker for the token's provider is busy.
-    ProviderBusy,
-    /// Every worker is busy.
-    AllBusy,
+/// The permits one rotation holds while it runs: one of all workers and one of its provider's.
+struct Worker {
+    _overall: OwnedSemaphorePermit,
+    _provider: OwnedSemaphorePermit,
 }
 
-/// What a worker's claim led to.
-enum ClaimOutcome {
-    /// The claim was taken and the attempt ran.
-    Executed(RotationReport),
-    /// The provider asked for a pause (its `Retry-After`, recorded in the store) until then.
-    ProviderHeld(DateTime<Utc>),
+/// Workers reserved for a batch claim, per provider; dropping them releases them.
+#[derive(Default)]
+struct Reservations {
+    by_provider: HashMap<String, Vec<Worker>>,
 }
 
-/// Claims `name` for a scheduled rotation and runs it; `None` when there was nothing to do.
-async fn claim_and_execute(context: &EngineContext, name: &TokenName) -> Option<ClaimOutcome> {
-    let (owner, lease, now) = (context.owner.clone(), context.lease(), context.clock.now());
-    let claim_name = name.clone();
-    let claimed = context
-        .store
-        .run(move |conn| rotation::claim(conn, &claim_name, ClaimMode::Scheduled, &owner, lease, now))
-        .await;
-    match claimed {
-        Ok(ClaimResult::Claimed(claim)) => {
-            Some(ClaimOutcome::Executed(execute(context, *claim, SCHEDULER_ACTOR).await))
-        }
-        Ok(ClaimResult::Wait { until }) => Some(ClaimOutcome::ProviderHeld(until)),
-        Ok(_) => None,
-        Err(err) => {
-            error!(token = %name, error = %err, "cannot claim a due token");
-            None
-        }
+impl Reservations {
+    fn add(&mut self, provider_id: &str, worker: Worker) {
+        self.by_provider.entry(provider_id.to_owned()).or_default().push(worker);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_provider.values().all(Vec::is_empty)
+    }
+
+    /// How many tokens of each provider the claim may take.
+    fn rooms(&self) -> Vec<ProviderRoom> {
+        self.by_provider
+            .iter()
+            .map(|(provider_id, workers)| ProviderRoom { provider_id: provider_id.clone(), room: workers.len() })
+            .collect()
+    }
+
+    /// One reserved worker for a claimed token of `provider_id`.
+    fn take(&mut self, provider_id: &str) -> Option<Worker> {
+        self.by_provider.get_mut(provider_id).and_then(Vec::pop)
     }
 }

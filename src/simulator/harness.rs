@@ -223,7 +223,7 @@ impl EngineHarness {
                     tokens::check_compatible(kind, &provider)?;
                     let detail = format!("kind={kind} provider={PROVIDER}");
                     let count = rows.len();
-                    for mut row in rows {
+                    for mut row in rows.iter().cloned() {
                         row.provider_id.clone_from(&provider.id);
                         let token_name = row.name.clone();
                         diesel::insert_into(schema::tokens::table)

@@ -10,7 +10,8 @@
 //! row waited for it too. A second thread with its own connection runs a passive checkpoint
 //! after every [`CHECKPOINT_EVERY_ROWS`] committed rows instead, beside the writer, which keeps
 //! appending to the WAL meanwhile. Should that thread fall behind or fail, the writer still
-//! checkpoints once the WAL reaches [`WRITER_AUTOCHECKPOINT_PAGES`].
+//! checkpoints once the WAL reaches [`WRITER_AUTOCHECKPOINT_PAGES`]. PostgreSQL checkpoints by
+//! itself: there the writer only batches.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -83,7 +84,7 @@ fn start_writer(url: DatabaseUrl, checkpoints: Arc<AtomicU64>) -> mpsc::Unbounde
 /// Takes whatever is queued (up to [`MAX_BATCH`]), commits it in one transaction, answers
 /// every caller, and repeats until the queue closes.
 fn write_batches(url: &DatabaseUrl, mut receiver: mpsc::UnboundedReceiver<Pending>, checkpoints: Arc<AtomicU64>) {
-    let checkpointer = Checkpointer::start(url.clone(), checkpoints);
+    let checkpointer = matches!(url, DatabaseUrl::Sqlite(_)).then(|| Checkpointer::start(url.clone(), checkpoints));
     let mut conn: Option<DbConnection> = None;
     let mut since_checkpoint = 0u64;
     while let Some(first) = receiver.blocking_recv() {
@@ -104,7 +105,9 @@ fn write_batches(url: &DatabaseUrl, mut receiver: mpsc::UnboundedReceiver<Pendin
             let _ = pending.done.send(result.clone());
         }
         since_checkpoint += committed;
-        if since_checkpoint >= CHECKPOINT_EVERY_ROWS {
+        if since_checkpoint >= CHECKPOINT_EVERY_ROWS
+            && let Some(checkpointer) = &checkpointer
+        {
             since_checkpoint = 0;
             checkpointer.request();
         }
@@ -130,8 +133,11 @@ fn commit(conn: &mut Option<DbConnection>, url: &DatabaseUrl, batch: &[Pending])
 /// A connection like the pool's, whose commits leave checkpoints to the checkpoint thread.
 fn open_writer_connection(url: &DatabaseUrl) -> Result<DbConnection, String> {
     let mut conn = connect(url).map_err(|err| err.to_string())?;
-    conn.batch_execute(&format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};"))
-        .map_err(|err| err.to_string())?;
+    if let DbConnection::Sqlite(inner) = &mut conn {
+        inner
+            .batch_execute(&format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};"))
+            .map_err(|err| err.to_string())?;
+    }
     Ok(conn)
 }
 

@@ -4,6 +4,10 @@
 //!
 //! On SQLite this is `PRAGMA data_version` on a connection of its own: the number changes
 //! whenever any *other* connection (this process's pool, the CLI, another process) commits.
+//! On PostgreSQL the watch's connection `LISTEN`s on [`CHANGES_CHANNEL`], which triggers on
+//! `tokens` and `providers` notify at every commit that changed them (whoever made it: any
+//! replica, the CLI, a hand-written statement); the watch drains what arrived, without a
+//! round trip, and pings the server now and then so a dead connection is noticed.
 
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::BigInt;
@@ -12,10 +16,17 @@ use diesel::{QueryableByName, RunQueryDsl};
 use super::{DbConnection, StoreError, connect};
 use crate::config::DatabaseUrl;
 
+/// The notification channel the PostgreSQL schema's triggers send on.
+pub const CHANGES_CHANNEL: &str = "tokenwarden_changes";
+/// On PostgreSQL, every this many looks the watch also asks the server a trivial question:
+/// draining notifications reads the socket but would not notice a silently dead server.
+const PING_EVERY: u32 = 10;
+
 /// A dedicated connection that tells whether the database changed since it last looked.
 pub struct ChangeWatch {
     conn: DbConnection,
     last_seen: Option<i64>,
+    looks: u32,
 }
 
 impl std::fmt::Debug for ChangeWatch {
@@ -34,15 +45,33 @@ impl ChangeWatch {
     /// Opens the watch's own connection to `url`. Blocking.
     pub fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
         let mut conn = connect(url).map_err(|err| StoreError::Unavailable(err.to_string()))?;
-        conn.batch_execute("SELECT 1")?;
-        Ok(Self { conn, last_seen: None })
+        match &mut conn {
+            DbConnection::Sqlite(inner) => inner.batch_execute("SELECT 1")?,
+            DbConnection::Postgres(inner) => inner.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))?,
+        }
+        Ok(Self { conn, last_seen: None, looks: 0 })
     }
 
     /// True when another connection committed since the last call (and on the first call).
     /// Blocking, and cheap: it reads a counter, no table.
     pub fn changed(&mut self) -> Result<bool, StoreError> {
-        let DbConnection::Sqlite(inner) = &mut self.conn;
-        let current = diesel::sql_query("PRAGMA data_version").get_result::<DataVersion>(inner)?.data_version;
+        self.looks = self.looks.wrapping_add(1);
+        let current = match &mut self.conn {
+            DbConnection::Sqlite(inner) => {
+                diesel::sql_query("PRAGMA data_version").get_result::<DataVersion>(inner)?.data_version
+            }
+            DbConnection::Postgres(inner) => {
+                if self.looks.is_multiple_of(PING_EVERY) {
+                    inner.batch_execute("SELECT 1")?;
+                }
+                let mut arrived = 0;
+                for notification in inner.notifications_iter() {
+                    notification?;
+                    arrived += 1;
+                }
+                self.last_seen.unwrap_or(0) + arrived
+            }
+        };
         let changed = self.last_seen != Some(current);
         self.last_seen = Some(current);
         Ok(changed)

@@ -3,9 +3,12 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::r2d2::{self, R2D2Connection};
-use diesel::{Connection, SqliteConnection};
+use diesel::result::DatabaseErrorKind;
+use diesel::{Connection, PgConnection, SqliteConnection};
 
 use crate::config::DatabaseUrl;
 
@@ -19,39 +22,119 @@ static PROCESS_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A connection to whichever backend the database URL selected. All model and query code
 /// is written against this one type (Diesel's `MultiConnection`), so adding a backend
-/// adds a variant here and a migration tree, not a second copy of the queries.
+/// adds a variant here and a migration tree, not a second copy of the queries. The few
+/// statements only one backend has (row locks with `SKIP LOCKED`, `PRAGMA`, `LISTEN`) match
+/// on the variant and run on the inner connection.
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
     /// The embedded SQLite database (the default).
     Sqlite(SqliteConnection),
+    /// A PostgreSQL server, shared by several replicas.
+    Postgres(PgConnection),
 }
 
-impl DbConnection {
-    /// Runs `f` in a transaction that takes the write lock up front.
-    ///
-    /// On SQLite a deferred transaction that upgrades from read to write fails with
-    /// `SQLITE_BUSY` at once, ignoring the busy timeout; `BEGIN IMMEDIATE` waits instead.
-    pub fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
-    {
-        let _writer = PROCESS_WRITER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let DbConnection::Sqlite(inner) = self;
-        AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
-        match f(self) {
-            Ok(value) => {
-                let DbConnection::Sqlite(inner) = self;
-                AnsiTransactionManager::commit_transaction(inner)?;
-                Ok(value)
+/// An error a write transaction may end with, telling whether trying the whole transaction
+/// again can succeed (PostgreSQL aborted it because a concurrent transaction changed a row
+/// it had read, or chose it as a deadlock's victim).
+pub trait TransactionError: From<diesel::result::Error> {
+    /// True when the transaction lost a race with another one and may simply be run again.
+    fn is_retryable_conflict(&self) -> bool;
+}
+
+impl TransactionError for diesel::result::Error {
+    fn is_retryable_conflict(&self) -> bool {
+        match self {
+            diesel::result::Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+            diesel::result::Error::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+                info.message().starts_with("deadlock detected")
             }
-            Err(err) => {
-                let DbConnection::Sqlite(inner) = self;
-                AnsiTransactionManager::rollback_transaction(inner)?;
-                Err(err)
+            _ => false,
+        }
+    }
+}
+
+/// How often a PostgreSQL write transaction that lost a race is run again before its
+/// conflict is returned.
+const MAX_CONFLICT_RETRIES: u32 = 8;
+
+impl DbConnection {
+    /// Runs `f` in a transaction that behaves as if it were the only writer: what it reads
+    /// stays true until it commits.
+    ///
+    /// On SQLite that is `BEGIN IMMEDIATE`, which takes the write lock up front (a deferred
+    /// transaction that upgrades from read to write fails with `SQLITE_BUSY` at once, ignoring
+    /// the busy timeout). On PostgreSQL it is `REPEATABLE READ`: a transaction that writes a row
+    /// another replica changed after it read it is aborted by the server and `f` runs again, up
+    /// to [`MAX_CONFLICT_RETRIES`] times, so every read-check-write in the store keeps the
+    /// meaning it has on SQLite. `f` must therefore have no effect outside the database.
+    pub fn write_transaction<T, E, F>(&mut self, mut f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: TransactionError,
+    {
+        if matches!(self, DbConnection::Sqlite(_)) {
+            let _writer = PROCESS_WRITER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            return self.transaction_with(&mut f, "BEGIN IMMEDIATE");
+        }
+        let mut retries = 0;
+        loop {
+            match self.transaction_with(&mut f, "BEGIN ISOLATION LEVEL REPEATABLE READ") {
+                Err(err) if err.is_retryable_conflict() && retries < MAX_CONFLICT_RETRIES => {
+                    retries += 1;
+                    crate::telemetry::metrics::record_transaction_retry();
+                    std::thread::sleep(conflict_pause(retries));
+                }
+                result => return result,
             }
         }
     }
+
+    /// Runs `f` in a transaction for claiming work with row locks. On SQLite it is the same
+    /// `BEGIN IMMEDIATE` as [`Self::write_transaction`]; on PostgreSQL it is `READ COMMITTED`,
+    /// where `SELECT … FOR NO KEY UPDATE SKIP LOCKED` passes over rows another replica is
+    /// claiming instead of failing, and every `UPDATE … WHERE` re-checks its condition on the
+    /// row's newest version after waiting for a lock.
+    pub fn claim_transaction<T, E, F>(&mut self, mut f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: TransactionError,
+    {
+        match self {
+            DbConnection::Sqlite(_) => self.write_transaction(f),
+            DbConnection::Postgres(_) => self.transaction_with(&mut f, "BEGIN ISOLATION LEVEL READ COMMITTED"),
+        }
+    }
+
+    /// One attempt of a transaction begun with `begin`: commit on `Ok`, roll back on `Err`.
+    fn transaction_with<T, E, F>(&mut self, f: &mut F, begin: &str) -> Result<T, E>
+    where
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: TransactionError,
+    {
+        match self {
+            DbConnection::Sqlite(inner) => AnsiTransactionManager::begin_transaction_sql(inner, begin)?,
+            DbConnection::Postgres(inner) => AnsiTransactionManager::begin_transaction_sql(inner, begin)?,
+        }
+        let outcome = f(self);
+        let ended = match (&outcome, &mut *self) {
+            (Ok(_), DbConnection::Sqlite(inner)) => AnsiTransactionManager::commit_transaction(inner),
+            (Ok(_), DbConnection::Postgres(inner)) => AnsiTransactionManager::commit_transaction(inner),
+            (Err(_), DbConnection::Sqlite(inner)) => AnsiTransactionManager::rollback_transaction(inner),
+            (Err(_), DbConnection::Postgres(inner)) => AnsiTransactionManager::rollback_transaction(inner),
+        };
+        match (outcome, ended) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(commit_failed)) => Err(commit_failed.into()),
+            (Err(err), _) => Err(err),
+        }
+    }
+}
+
+/// A short, jittered pause before running a conflicted transaction again, growing with each try.
+fn conflict_pause(retry: u32) -> Duration {
+    use rand::Rng;
+    let ceiling_ms = 2u64 << retry.min(6);
+    Duration::from_millis(rand::rng().random_range(1..=ceiling_ms))
 }
 
 /// Opens a SQLite database file and applies tokenwarden's connection settings:
@@ -73,6 +156,26 @@ pub fn open_sqlite(path: &Path) -> diesel::ConnectionResult<SqliteConnection> {
     Ok(conn)
 }
 
+/// How long a PostgreSQL statement waits for a row or table lock before failing: a store call
+/// that cannot get its lock is reported (a 503, a retried rotation), never left hanging.
+const POSTGRES_LOCK_TIMEOUT: &str = "5s";
+/// A session idle inside a transaction this long is ended by the server, releasing its locks
+/// (a replica wedged mid-transaction must not hold rows forever).
+const POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
+/// Opens a PostgreSQL connection and applies tokenwarden's session settings (Diesel itself
+/// sets the time zone to UTC and the client encoding to UTF-8).
+pub fn open_postgres(url: &str) -> diesel::ConnectionResult<PgConnection> {
+    let mut conn = PgConnection::establish(url)?;
+    conn.batch_execute(&format!(
+        "SET lock_timeout = '{POSTGRES_LOCK_TIMEOUT}';
+         SET idle_in_transaction_session_timeout = '{POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT}';
+         SET application_name = 'tokenwarden';"
+    ))
+    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
 /// Creates an empty database file readable only by its owner, unless it exists already.
 /// SQLite gives its `-wal` and `-shm` files the same permissions.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
@@ -88,9 +191,7 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
 pub fn connect(url: &DatabaseUrl) -> diesel::ConnectionResult<DbConnection> {
     match url {
         DatabaseUrl::Sqlite(path) => open_sqlite(path).map(DbConnection::Sqlite),
-        DatabaseUrl::Postgres(_) => Err(diesel::ConnectionError::BadConnection(
-            "PostgreSQL is not supported by this build yet; use a sqlite:// database URL".into(),
-        )),
+        DatabaseUrl::Postgres(url) => open_postgres(url).map(DbConnection::Postgres),
     }
 }
 

@@ -63,6 +63,12 @@ pub enum StoreError {
     TaskFailed(String),
 }
 
+impl super::connection::TransactionError for StoreError {
+    fn is_retryable_conflict(&self) -> bool {
+        matches!(self, StoreError::Query(err) if super::connection::TransactionError::is_retryable_conflict(err))
+    }
+}
+
 impl StoreError {
     /// Maps a unique-constraint violation to [`StoreError::AlreadyExists`].
     pub(crate) fn on_unique(what: &'static str, name: &str) -> impl FnOnce(diesel::result::Error) -> StoreError {

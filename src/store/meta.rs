@@ -21,7 +21,19 @@ pub fn sealing_key_id(conn: &mut DbConnection) -> Result<Option<KeyId>, StoreErr
 
 /// Checks that `cipher` uses the key this database was sealed with, recording it on first use.
 /// A wrong key fails here with [`crate::crypto::CryptoError::WrongKey`], before any secret is touched.
+/// When two replicas record a key at once on a new database, the one that loses checks its key
+/// against the winner's.
 pub fn verify_or_record_key(conn: &mut DbConnection, cipher: &Cipher) -> Result<(), StoreError> {
+    match verify_or_insert_key(conn, cipher) {
+        Err(StoreError::Query(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ))) => verify_or_insert_key(conn, cipher),
+        other => other,
+    }
+}
+
+fn verify_or_insert_key(conn: &mut DbConnection, cipher: &Cipher) -> Result<(), StoreError> {
     conn.write_transaction(|conn| {
         let existing: Option<Vec<u8>> =
             meta::table.filter(meta::name.eq(KEY_CHECK)).select(meta::value).first(conn).optional()?;

@@ -19,9 +19,12 @@ pub fn utc(value: NaiveDateTime) -> DateTime<Utc> {
     value.and_utc()
 }
 
-/// Converts a `DateTime<Utc>` to the naive UTC form stored in `TIMESTAMP` columns.
+/// Converts a `DateTime<Utc>` to the naive UTC form stored in `TIMESTAMP` columns, cut to
+/// whole microseconds: PostgreSQL keeps no finer, so a time stored and read back compares equal
+/// to the time that was written on both backends.
 pub fn naive(value: DateTime<Utc>) -> NaiveDateTime {
-    value.naive_utc()
+    use chrono::SubsecRound;
+    value.naive_utc().trunc_subsecs(6)
 }
 
 /// A fresh, time-ordered row id.

@@ -175,6 +175,99 @@ where
 
 type ClaimRow = (TokenRow, ProviderRow, Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// What [`decide`] concluded about one token row.
+enum Decision {
+    /// Take the lease, with this recovery marker.
+    Take(Option<Recovery>),
+    /// Nothing to do now: answer this.
+    Answer(ClaimResult),
+    /// The single OAuth retry's worker died: the grant is lost.
+    GrantLost,
+}
+
+/// The claim rules, shared by single and batch claims: whether `row` may be claimed under
+/// `mode` at `now`, and with which recovery marker.
+fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime<Utc>) -> Result<Decision, StoreError> {
+    let state: TokenState = parse("token state", &row.state)?;
+    let kind: TokenKind = parse("token kind", &row.kind)?;
+    let mut recovery: Option<Recovery> = row.recovery.as_deref().map(|r| parse("recovery", r)).transpose()?;
+    match state {
+        TokenState::Rotating => {
+            let until = row.lease_expires_at.map(utc).unwrap_or(now);
+            if until > now {
+                return Ok(Decision::Answer(ClaimResult::Busy {
+                    owner: row.lease_owner.clone().unwrap_or_default(),
+                    until,
+                }));
+            }
+            recovery = match (kind.is_oauth_grant(), recovery) {
+                (false, _) => Some(Recovery::Probe),
+                (true, Some(Recovery::RetryInFlight)) => return Ok(Decision::GrantLost),
+                (true, _) => Some(Recovery::RetryOnce),
+            };
+        }
+        TokenState::Active | TokenState::Retrying => {
+            let planned = row.next_rotation_at.map(utc);
+            let due = planned.is_none_or(|at| at <= now);
+            match mode {
+                ClaimMode::Scheduled if !due => return Ok(Decision::Answer(ClaimResult::NotDue)),
+                ClaimMode::Forced { settle } => {
+                    if let Some(until) = forced_wait(row, provider, recovery, settle).filter(|&at| at > now) {
+                        return Ok(Decision::Answer(ClaimResult::Wait { until }));
+                    }
+                }
+                ClaimMode::Scheduled => {}
+            }
+        }
+        TokenState::Paused | TokenState::NeedsAttention | TokenState::Expired => {
+            return Ok(Decision::Answer(match mode {
+                ClaimMode::Scheduled => ClaimResult::NotDue,
+                ClaimMode::Forced { .. } => ClaimResult::Refused(state),
+            }));
+        }
+    }
+    if let Some(until) = provider.not_before.map(utc).filter(|&at| at > now) {
+        return Ok(Decision::Answer(ClaimResult::Wait { until }));
+    }
+    Ok(Decision::Take(recovery))
+}
+
+/// Writes the lease on a row [`decide`] allowed and builds the claim.
+fn take_lease(
+    conn: &mut DbConnection,
+    (row, provider, sealed_secret, sealed_refresh_token): ClaimRow,
+    recovery: Option<Recovery>,
+    owner: &str,
+    lease: TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<Claim, StoreError> {
+    let attempt_id = new_id();
+    let lease_expires_at = now + lease;
+    diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
+        .set((
+            tokens::state.eq(TokenState::Rotating.as_str()),
+            tokens::lease_owner.eq(owner),
+            tokens::lease_expires_at.eq(naive(lease_expires_at)),
+            tokens::attempt_id.eq(&attempt_id),
+            tokens::recovery.eq(recovery.map(Recovery::as_str)),
+            tokens::updated_at.eq(naive(now)),
+        ))
+        .execute(conn)?;
+    let planned_at = row.next_rotation_at.map(utc);
+    let token = Token::from_row(row, &provider.name)?;
+    Ok(Claim {
+        token,
+        provider,
+        attempt_id,
+        owner: owner.to_owned(),
+        lease_expires_at,
+        planned_at,
+        recovery,
+        sealed_secret,
+        sealed_refresh_token,
+    })
+}
+
 /// Takes the rotation lease of `name` if `mode` allows it now; commits before any provider call.
 pub fn claim(
     conn: &mut DbConnection,
@@ -191,75 +284,137 @@ pub fn claim(
             .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
             .first(conn)
             .optional()?;
-        let Some((row, provider, sealed_secret, sealed_refresh_token)) = found else {
+        let Some(found) = found else {
             return Err(StoreError::NotFound { what: "token", name: name.to_string() });
         };
-        let state: TokenState = parse("token state", &row.state)?;
-        let kind: TokenKind = parse("token kind", &row.kind)?;
-        let mut recovery: Option<Recovery> = row.recovery.as_deref().map(|r| parse("recovery", r)).transpose()?;
-        match state {
-            TokenState::Rotating => {
-                let until = row.lease_expires_at.map(utc).unwrap_or(now);
-                if until > now {
-                    return Ok(ClaimResult::Busy { owner: row.lease_owner.clone().unwrap_or_default(), until });
+        match decide(&found.0, &found.1, mode, now)? {
+            Decision::Take(recovery) => {
+                Ok(ClaimResult::Claimed(Box::new(take_lease(conn, found, recovery, owner, lease, now)?)))
+            }
+            Decision::Answer(answer) => Ok(answer),
+            Decision::GrantLost => {
+                mark_grant_lost(conn, &found.0, now)?;
+                Ok(ClaimResult::GrantLost)
+            }
+        }
+    })
+}
+
+/// How many due tokens of one provider a batch claim may take.
+#[derive(Debug, Clone)]
+pub struct ProviderRoom {
+    /// The provider's row id.
+    pub provider_id: String,
+    /// Free workers for it.
+    pub room: usize,
+}
+
+/// What one batch claim took and found.
+#[derive(Debug, Default)]
+pub struct DueClaims {
+    /// The leases taken, most urgent first; each must be executed (or its lease runs out).
+    pub claimed: Vec<Claim>,
+    /// Providers that asked for a pause, and until when.
+    pub held: Vec<(String, DateTime<Utc>)>,
+    /// Grants found lost (their single retry's worker died) and flagged.
+    pub grants_lost: usize,
+}
+
+type LockedRow = (TokenRow, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Loads `$query` with row locks that skip rows other transactions hold (PostgreSQL: the rows
+/// another replica is claiming right now), or plainly on SQLite, where the claim transaction's
+/// `BEGIN IMMEDIATE` already excludes every other writer.
+macro_rules! load_skip_locked {
+    ($conn:expr, $query:expr) => {
+        match $conn {
+            DbConnection::Postgres(pg) => $query.for_no_key_update().skip_locked().load::<LockedRow>(pg),
+            other => $query.load::<LockedRow>(other),
+        }
+    };
+}
+
+/// Claims the most urgent due tokens of each provider in `rooms`, up to its room, in one short
+/// transaction, and commits before any provider call (the caller executes each claim).
+///
+/// Due means: a planned rotation whose time has come, an active token without a plan, or a lease
+/// that ran out (its worker died; [`decide`] applies the crash-recovery rules). On PostgreSQL
+/// the rows are locked `FOR NO KEY UPDATE SKIP LOCKED`, so replicas claiming at the same moment
+/// take different tokens instead of queueing behind each other; the lease (owner, expiry and a
+/// fresh attempt id that fences the later commit) is written in the same transaction.
+pub fn claim_due(
+    conn: &mut DbConnection,
+    rooms: &[ProviderRoom],
+    owner: &str,
+    lease: TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<DueClaims, StoreError> {
+    conn.claim_transaction(|conn| {
+        let mut result = DueClaims::default();
+        for ProviderRoom { provider_id, room } in rooms {
+            let Ok(limit) = i64::try_from(*room) else { continue };
+            if limit == 0 {
+                continue;
+            }
+            let provider: ProviderRow = providers::table
+                .filter(providers::id.eq(provider_id))
+                .select(ProviderRow::as_select())
+                .get_result(conn)?;
+            if let Some(until) = provider.not_before.map(utc).filter(|&at| at > now) {
+                result.held.push((provider_id.clone(), until));
+                continue;
+            }
+            let mut rows = load_skip_locked!(
+                &mut *conn,
+                tokens::table
+                    .filter(sql::<Bool>(SCHEDULED_STATES))
+                    .filter(tokens::next_rotation_at.le(naive(now)))
+                    .filter(tokens::provider_id.eq(provider_id))
+                    .order(tokens::next_rotation_at.asc())
+                    .limit(limit)
+                    .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token))
+            )?;
+            rows.extend(load_skip_locked!(
+                &mut *conn,
+                tokens::table
+                    .filter(sql::<Bool>(SCHEDULED_STATES))
+                    .filter(tokens::next_rotation_at.is_null())
+                    .filter(tokens::provider_id.eq(provider_id))
+                    .limit(limit)
+                    .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token))
+            )?);
+            rows.extend(load_skip_locked!(
+                &mut *conn,
+                tokens::table
+                    .filter(sql::<Bool>(LEASED_STATE))
+                    .filter(tokens::lease_expires_at.le(naive(now)))
+                    .filter(tokens::provider_id.eq(provider_id))
+                    .order(tokens::lease_expires_at.asc())
+                    .limit(limit)
+                    .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token))
+            )?);
+            rows.sort_by_key(|(row, _, _)| row.next_rotation_at.or(row.lease_expires_at));
+            let mut taken = 0;
+            for (row, secret, refresh_token) in rows {
+                if taken == *room {
+                    break;
                 }
-                recovery = match (kind.is_oauth_grant(), recovery) {
-                    (false, _) => Some(Recovery::Probe),
-                    (true, Some(Recovery::RetryInFlight)) => {
+                match decide(&row, &provider, ClaimMode::Scheduled, now)? {
+                    Decision::Take(recovery) => {
+                        let found = (row, provider.clone(), secret, refresh_token);
+                        result.claimed.push(take_lease(conn, found, recovery, owner, lease, now)?);
+                        taken += 1;
+                    }
+                    Decision::GrantLost => {
                         mark_grant_lost(conn, &row, now)?;
-                        return Ok(ClaimResult::GrantLost);
+                        result.grants_lost += 1;
                     }
-                    (true, _) => Some(Recovery::RetryOnce),
-                };
-            }
-            TokenState::Active | TokenState::Retrying => {
-                let planned = row.next_rotation_at.map(utc);
-                let due = planned.is_none_or(|at| at <= now);
-                match mode {
-                    ClaimMode::Scheduled if !due => return Ok(ClaimResult::NotDue),
-                    ClaimMode::Forced { settle } => {
-                        if let Some(until) = forced_wait(&row, &provider, recovery, settle).filter(|&at| at > now) {
-                            return Ok(ClaimResult::Wait { until });
-                        }
-                    }
-                    ClaimMode::Scheduled => {}
+                    Decision::Answer(_) => {}
                 }
             }
-            TokenState::Paused | TokenState::NeedsAttention | TokenState::Expired => {
-                return Ok(match mode {
-                    ClaimMode::Scheduled => ClaimResult::NotDue,
-                    ClaimMode::Forced { .. } => ClaimResult::Refused(state),
-                });
-            }
         }
-        if let Some(until) = provider.not_before.map(utc).filter(|&at| at > now) {
-            return Ok(ClaimResult::Wait { until });
-        }
-        let attempt_id = new_id();
-        let lease_expires_at = now + lease;
-        diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
-            .set((
-                tokens::state.eq(TokenState::Rotating.as_str()),
-                tokens::lease_owner.eq(owner),
-                tokens::lease_expires_at.eq(naive(lease_expires_at)),
-                tokens::attempt_id.eq(&attempt_id),
-                tokens::recovery.eq(recovery.map(Recovery::as_str)),
-                tokens::updated_at.eq(naive(now)),
-            ))
-            .execute(conn)?;
-        let planned_at = row.next_rotation_at.map(utc);
-        let token = Token::from_row(row, &provider.name)?;
-        Ok(ClaimResult::Claimed(Box::new(Claim {
-            token,
-            provider,
-            attempt_id,
-            owner: owner.to_owned(),
-            lease_expires_at,
-            planned_at,
-            recovery,
-            sealed_secret,
-            sealed_refresh_token,
-        })))
+        result.claimed.sort_by_key(|claim| claim.planned_at);
+        Ok(result)
     })
 }
 
@@ -589,7 +744,7 @@ pub fn expire_overdue(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec
     }
     conn.write_transaction(|conn| {
         let mut expired = Vec::new();
-        for (id, name, version, expires_at) in candidates {
+        for (id, name, version, expires_at) in candidates.iter().cloned() {
             let still_overdue = tokens::table
                 .filter(tokens::id.eq(&id))
                 .filter(tokens::version.eq(version))
@@ -618,7 +773,7 @@ pub fn expire_overdue(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec
 pub fn reauthorize(
     conn: &mut DbConnection,
     name: &TokenName,
-    sealed_refresh_token: impl FnOnce(&str) -> Result<Vec<u8>, crate::crypto::CryptoError>,
+    sealed_refresh_token: impl Fn(&str) -> Result<Vec<u8>, crate::crypto::CryptoError>,
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {

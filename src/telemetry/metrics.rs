@@ -72,3 +72,11 @@ pub fn refresh_webhook_counters(counters: &DeliveryCounters) {
     counter!(WEBHOOK_DELIVERIES, "outcome" => "failed").absolute(counters.failed());
     counter!(WEBHOOK_DELIVERIES, "outcome" => "abandoned").absolute(counters.abandoned());
 }
+
+/// PostgreSQL write transactions run again after losing a race with another replica (counter).
+pub const TRANSACTION_RETRIES: &str = "tokenwarden_store_transaction_retries_total";
+
+/// Counts one write transaction run again after a serialization conflict.
+pub fn record_transaction_retry() {
+    counter!(TRANSACTION_RETRIES).increment(1);
+}

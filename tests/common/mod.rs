@@ -11,6 +11,8 @@ use chrono::{Days, Utc};
 use tokenwarden::engine::SystemClock;
 use tokenwarden::simulator::{Simulator, TokenOwner};
 
+pub mod postgres;
+
 /// A GitLab simulator on loopback, running on its own small runtime so synchronous tests
 /// (which run `tokenwarden` as a process) can use it.
 pub struct TestGitlab {

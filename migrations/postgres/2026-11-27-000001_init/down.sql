@@ -1,0 +1,12 @@
+DROP TRIGGER providers_changed ON providers;
+DROP TRIGGER tokens_changed ON tokens;
+DROP FUNCTION tokenwarden_notify_change();
+DROP TABLE audit_log;
+DROP TABLE webhook_attempts;
+DROP TABLE outbox;
+DROP TABLE client_grants;
+DROP TABLE clients;
+DROP TABLE token_history;
+DROP TABLE tokens;
+DROP TABLE providers;
+DROP TABLE meta;
