@@ -3,6 +3,7 @@
 //! Each check is a function taking a database URL so the same code runs on every backend.
 
 use chrono::{DurationRound, TimeDelta, Utc};
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use secrecy::{ExposeSecret, SecretString};
 use tokenwarden::config::{DatabaseUrl, HumanDuration};
@@ -13,7 +14,7 @@ use tokenwarden::domain::{
 use tokenwarden::store::clients::{self, NewClient};
 use tokenwarden::store::providers::{self, NewProvider};
 use tokenwarden::store::tokens::{self, NewToken, SecretField};
-use tokenwarden::store::{DbConnection, Store, StoreError, audit, connect, meta, schema};
+use tokenwarden::store::{DbConnection, Store, StoreError, audit, connect, meta, rotation, schema};
 
 mod common;
 
@@ -595,4 +596,90 @@ both_backends! {
             assert!(!statement.to_uppercase().contains("LIMIT"), "a bound LIMIT is re-prepared every call: {statement}");
         }
     }
+
+    fn a_batch_claim_takes_the_most_urgent_due_tokens_up_to_the_room_and_leases_them(f) {
+        due_tokens(&mut f, 5);
+        let rooms = room(&mut f.conn, 3);
+        let lease = TimeDelta::seconds(30);
+        let claims = rotation::claim_due(&mut f.conn, &rooms, "replica-a", lease, Utc::now()).unwrap();
+        let names: Vec<&str> = claims.claimed.iter().map(|c| c.token.name.as_str()).collect();
+        assert_eq!(names, ["t0", "t1", "t2"], "the three most overdue, most urgent first");
+        for claim in &claims.claimed {
+            let token = tokens::find(&mut f.conn, &claim.token.name).unwrap();
+            assert_eq!(token.state, TokenState::Rotating);
+            assert_eq!(token.lease_owner.as_deref(), Some("replica-a"));
+        }
+        let again = rotation::claim_due(&mut f.conn, &rooms, "replica-b", lease, Utc::now()).unwrap();
+        let names: Vec<&str> = again.claimed.iter().map(|c| c.token.name.as_str()).collect();
+        assert_eq!(names, ["t3", "t4"], "leased tokens are not claimed again");
+    }
+}
+
+/// Tokens named `t0`, `t1`, … of provider `gitlab`, due `count` seconds ago down to one.
+fn due_tokens(f: &mut Fixture, count: usize) {
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    for i in 0..count {
+        let mut token = new_token(&format!("t{i}"), TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+        let seconds_ago = i64::try_from(count - i).unwrap();
+        token.next_rotation_at = Some(Utc::now() - TimeDelta::seconds(seconds_ago));
+        tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+    }
+}
+
+fn room(conn: &mut DbConnection, room: usize) -> Vec<rotation::ProviderRoom> {
+    let provider = providers::find_row(conn, &ProviderName::new("gitlab").unwrap()).unwrap();
+    vec![rotation::ProviderRoom { provider_id: provider.id, room }]
+}
+
+#[test]
+fn postgres_a_batch_claim_skips_rows_another_replica_is_claiming_instead_of_waiting() {
+    let Some(mut f) = postgres_fixture() else { return };
+    due_tokens(&mut f, 4);
+    let rooms = room(&mut f.conn, 4);
+    // Another replica's claim transaction holds the two most urgent rows locked.
+    let mut other = connect(&f.url).unwrap();
+    other.batch_execute("BEGIN; SELECT id FROM tokens WHERE name IN ('t0', 't1') FOR NO KEY UPDATE").unwrap();
+    let started = std::time::Instant::now();
+    let claims = rotation::claim_due(&mut f.conn, &rooms, "replica-a", TimeDelta::seconds(30), Utc::now()).unwrap();
+    let waited = started.elapsed();
+    let names: Vec<&str> = claims.claimed.iter().map(|c| c.token.name.as_str()).collect();
+    assert_eq!(names, ["t2", "t3"], "the locked rows are skipped");
+    assert!(waited < std::time::Duration::from_secs(2), "the claim waited {waited:?} for the other replica's locks");
+    other.batch_execute("ROLLBACK").unwrap();
+    let rest = rotation::claim_due(&mut f.conn, &rooms, "replica-a", TimeDelta::seconds(30), Utc::now()).unwrap();
+    let names: Vec<&str> = rest.claimed.iter().map(|c| c.token.name.as_str()).collect();
+    assert_eq!(names, ["t0", "t1"], "released rows are claimable again");
+}
+
+#[test]
+fn postgres_a_pause_racing_a_claim_is_run_again_and_refused_instead_of_overwriting_the_lease() {
+    let Some(mut f) = postgres_fixture() else { return };
+    due_tokens(&mut f, 1);
+    let name = TokenName::new("t0").unwrap();
+    // The pause reads the token as active inside its snapshot, then a claim commits on another
+    // connection before the pause writes: REPEATABLE READ aborts the pause, which runs again,
+    // sees the lease, and is refused; the claim's lease survives.
+    let mut claimer = connect(&f.url).unwrap();
+    let rooms = room(&mut f.conn, 1);
+    let mut runs = 0;
+    let result = f.conn.write_transaction(|conn| {
+        runs += 1;
+        let token = tokens::find(conn, &name)?;
+        if runs == 1 {
+            assert_eq!(token.state, TokenState::Active);
+            let claims = rotation::claim_due(&mut claimer, &rooms, "replica-b", TimeDelta::seconds(30), Utc::now())?;
+            assert_eq!(claims.claimed.len(), 1);
+        }
+        if token.state == TokenState::Rotating {
+            return Err(StoreError::Conflict("rotating".into()));
+        }
+        diesel::update(schema::tokens::table.filter(schema::tokens::name.eq("t0")))
+            .set(schema::tokens::state.eq("paused"))
+            .execute(conn)?;
+        Ok(())
+    });
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+    assert_eq!(runs, 2, "the conflicted transaction ran once more");
+    let token = tokens::find(&mut f.conn, &name).unwrap();
+    assert_eq!((token.state, token.lease_owner.as_deref()), (TokenState::Rotating, Some("replica-b")));
 }
