@@ -244,7 +244,7 @@ impl ReplicaRun {
         for i in 0..GRANTS {
             let refresh = gitlab.sim.create_grant(&client_id);
             let grant = NewToken {
-                name: TokenName::new(&format!("grant-{i:03}")).unwrap(),
+                name: TokenName::new(format!("grant-{i:03}")).unwrap(),
                 provider: ProviderName::new("gitlab").unwrap(),
                 kind: TokenKind::GitlabOauth,
                 resource: None,
