@@ -683,3 +683,18 @@ fn postgres_a_pause_racing_a_claim_is_run_again_and_refused_instead_of_overwriti
     let token = tokens::find(&mut f.conn, &name).unwrap();
     assert_eq!((token.state, token.lease_owner.as_deref()), (TokenState::Rotating, Some("replica-b")));
 }
+
+#[test]
+fn postgres_a_job_lock_is_held_by_one_replica_at_a_time_and_freed_with_its_guard() {
+    let Some(f) = postgres_fixture() else { return };
+    use tokenwarden::store::job_lock::try_lock;
+    // Advisory locks belong to the whole database, which other tests' schemas share: a job name
+    // of this test's own.
+    let job = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let first = try_lock(&f.url, &job).unwrap();
+    assert!(first.is_some(), "a free lock is taken");
+    assert!(try_lock(&f.url, &job).unwrap().is_none(), "a held lock is not taken twice");
+    assert!(try_lock(&f.url, &format!("{job}-other")).unwrap().is_some(), "jobs do not share a lock");
+    drop(first);
+    assert!(try_lock(&f.url, &job).unwrap().is_some(), "dropping the guard frees the lock");
+}

@@ -10,7 +10,8 @@
 //!   so overdue tokens and leases that ran out are claimed (and resolved by the recovery rules);
 //! - **validate**: asks GitLab (`GET …/self`, which never triggers reuse detection) whether each
 //!   tracked access token still works, so one revoked outside tokenwarden needs attention
-//!   within one run instead of at its next rotation;
+//!   within one run instead of at its next rotation; on PostgreSQL only one replica runs it at
+//!   a time (the others skip that tick);
 //! - **prune**: deletes audit rows past their retention, and webhook deliveries delivered longer
 //!   ago than `maintenance.outbox_retention` with their recorded attempts (pending deliveries
 //!   are never pruned);
@@ -36,6 +37,7 @@ use crate::domain::{Policy, TokenState};
 use crate::notify::DeliveryCounters;
 use crate::providers::{Credential, ProviderError};
 use crate::store::StoreError;
+use crate::store::job_lock as store_job_lock;
 use crate::store::models::Token;
 use crate::store::replan::{self as store_replan, ReplanSummary, ScheduledToken};
 use crate::store::{audit, outbox, providers, rotation, tokens};
@@ -144,6 +146,15 @@ pub fn plan_under(defaults: &PolicyDefaults, token: &ScheduledToken) -> DateTime
 
 /// Asks GitLab about every settled access token; a dead one needs attention at once.
 pub async fn validate(context: &MaintenanceContext) {
+    let url = context.engine.store.url().clone();
+    let lock = match tokio::task::spawn_blocking(move || store_job_lock::try_lock(&url, "validate")).await {
+        Ok(Ok(Some(lock))) => lock,
+        Ok(Ok(None)) => return info!("validation skipped: another replica is running it"),
+        Ok(Err(err)) => {
+            return error!(error = %err, "validation could not take its lock; it runs again at its next tick");
+        }
+        Err(err) => return error!(error = %err, "validation could not take its lock; it runs again at its next tick"),
+    };
     let all = match context.engine.store.run(tokens::list).await {
         Ok(all) => all,
         Err(err) => return error!(error = %err, "validation could not list tokens; it runs again at its next tick"),
@@ -166,6 +177,7 @@ pub async fn validate(context: &MaintenanceContext) {
         flagged += usize::from(result.unwrap_or(false));
     }
     info!(flagged, "validation sweep finished");
+    drop(lock);
 }
 
 /// Looks one token up; a 401 flags it `needs_attention` (unless a rotation changed it

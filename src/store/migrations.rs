@@ -36,8 +36,10 @@ fn run_postgres(conn: &mut PgConnection) -> Result<(), StoreError> {
         return Ok(());
     }
     // The lock comes before the harness creates its own bookkeeping table: two replicas creating
-    // it at once would collide in PostgreSQL's catalog.
-    conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
+    // it at once would collide in PostgreSQL's catalog. Waiting for it may take as long as the
+    // other replica's migration, so this connection (used for nothing else) waits without the
+    // session's lock timeout.
+    conn.batch_execute(&format!("SET lock_timeout = 0; SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
     let migrated = conn.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()).map_err(migration_error);
     let unlocked = conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
     migrated?;

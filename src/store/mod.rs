@@ -10,6 +10,7 @@ pub mod changes;
 pub mod clients;
 mod connection;
 mod error;
+pub mod job_lock;
 pub mod meta;
 mod migrations;
 pub mod models;
