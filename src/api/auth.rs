@@ -8,14 +8,13 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::{ApiError, AppState};
-use crate::domain::{ClientRole, TokenName};
+use crate::domain::ClientRole;
+use crate::store::clients;
 use crate::store::models::Client;
 use crate::store::tokens::ReadAs;
-use crate::store::{DbConnection, StoreError, clients};
 
 /// An authenticated API client. Its `grants` are not loaded: a reader's access to one token is
-/// checked inside the request's own store call, with [`Caller::check_access`] or, for secret
-/// reads, in the read's own statement ([`Caller::read_as`]).
+/// checked in the statement that reads the token ([`Caller::read_as`]).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Client);
 
@@ -40,13 +39,6 @@ impl Caller {
             ClientRole::Operator => ReadAs::Operator,
             ClientRole::Reader => ReadAs::Reader { client_id: &self.0.id },
         }
-    }
-
-    /// Refuses a reader that was not granted `token` — as "no such token", so names do not leak.
-    /// Runs inside a store call, next to the read it guards.
-    pub fn check_access(&self, conn: &mut DbConnection, token: &TokenName) -> Result<(), StoreError> {
-        let granted = self.0.role == ClientRole::Operator || clients::is_granted(conn, &self.0.id, token.as_str())?;
-        if granted { Ok(()) } else { Err(StoreError::NotFound { what: "token", name: token.to_string() }) }
     }
 }
 

@@ -87,12 +87,7 @@ pub async fn show(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<Token>, ApiError> {
     let name = token_name(&raw)?;
-    let found = state
-        .store_call(move |conn| {
-            caller.check_access(conn, &name)?;
-            tokens::find(conn, &name)
-        })
-        .await?;
+    let found = state.store_call(move |conn| tokens::find_as(conn, &name, caller.read_as())).await?;
     Ok(Json(found))
 }
 

@@ -121,20 +121,9 @@ pub fn authenticate(conn: &mut DbConnection, presented: &str) -> Result<Option<C
     Ok(Some(client))
 }
 
-/// Whether the client `client_id` was granted the token `token_name` (one primary-key look-up,
-/// however many grants the client has).
-///
-/// Written as `SELECT EXISTS (…)`, not with `.first()`: see [`authenticate_key`] on bound
-/// `LIMIT`s.
-pub fn is_granted(conn: &mut DbConnection, client_id: &str, token_name: &str) -> Result<bool, StoreError> {
-    let grant = client_grants::table
-        .filter(client_grants::client_id.eq(client_id))
-        .filter(client_grants::token_name.eq(token_name));
-    Ok(diesel::select(diesel::dsl::exists(grant)).get_result::<bool>(conn)?)
-}
-
 /// The client whose API key is `presented`, if any, WITHOUT its grants (`grants` is empty):
-/// for the API, which checks one grant per request with [`is_granted`]. The hash is compared in
+/// for the API, which checks one grant per request inside the read it guards
+/// ([`super::tokens::find_as`], [`super::tokens::read_current_as`]). The hash is compared in
 /// constant time.
 ///
 /// `api_key_lookup` is unique, so the row is read with `get_result` and no `LIMIT`: diesel's

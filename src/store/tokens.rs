@@ -161,14 +161,37 @@ pub fn list(conn: &mut DbConnection) -> Result<Vec<Token>, StoreError> {
 
 /// The token named `name`.
 pub fn find(conn: &mut DbConnection, name: &TokenName) -> Result<Token, StoreError> {
-    let (row, provider) = tokens::table
+    find_as(conn, name, ReadAs::Operator)
+}
+
+/// As [`find`], for `reader`: a token a reader was not granted is [`StoreError::NotFound`],
+/// checked in the same statement as the read, exactly as [`read_current_as`] does.
+pub fn find_as(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) -> Result<Token, StoreError> {
+    let token = tokens::table
         .inner_join(providers_table::table)
         .filter(tokens::name.eq(name.as_str()))
-        .select((TokenRow::as_select(), providers_table::name))
-        .get_result::<(TokenRow, String)>(conn)
-        .optional()?
-        .ok_or_else(|| not_found(name))?;
+        .select((TokenRow::as_select(), providers_table::name));
+    let found = match reader {
+        ReadAs::Operator => token.get_result::<(TokenRow, String)>(conn),
+        ReadAs::Reader { client_id } => {
+            token.filter(diesel::dsl::exists(grant_of(client_id, name))).get_result::<(TokenRow, String)>(conn)
+        }
+    };
+    let (row, provider) = found.optional()?.ok_or_else(|| not_found(name))?;
     Token::from_row(row, &provider)
+}
+
+/// The query [`grant_of`] builds.
+type GrantOf<'a> = diesel::dsl::Filter<
+    diesel::dsl::Filter<client_grants::table, diesel::dsl::Eq<client_grants::client_id, &'a str>>,
+    diesel::dsl::Eq<client_grants::token_name, &'a str>,
+>;
+
+/// The grant of token `name` to client `client_id`, for an `EXISTS` beside a read.
+fn grant_of<'a>(client_id: &'a str, name: &'a TokenName) -> GrantOf<'a> {
+    client_grants::table
+        .filter(client_grants::client_id.eq(client_id))
+        .filter(client_grants::token_name.eq(name.as_str()))
 }
 
 /// What the exported gauges need of one token.
@@ -232,15 +255,13 @@ pub fn read_current_as(
         providers_table::name,
         tokens::secret,
     ));
-    let found = match reader {
-        ReadAs::Operator => current.get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
-        ReadAs::Reader { client_id } => {
-            let grant = client_grants::table
-                .filter(client_grants::client_id.eq(client_id))
-                .filter(client_grants::token_name.eq(name.as_str()));
-            current.filter(diesel::dsl::exists(grant)).get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn)
-        }
-    };
+    let found =
+        match reader {
+            ReadAs::Operator => current.get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
+            ReadAs::Reader { client_id } => current
+                .filter(diesel::dsl::exists(grant_of(client_id, name)))
+                .get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
+        };
     let (row, provider, sealed) = found.optional()?.ok_or_else(|| not_found(name))?;
     let secret = sealed
         .map(|bytes| cipher.open(secret_context(&row.id, SecretField::Secret), &bytes).map_err(StoreError::from))
