@@ -697,3 +697,25 @@ fn postgres_a_job_lock_is_held_by_one_replica_at_a_time_and_freed_with_its_guard
     drop(first);
     assert!(try_lock(&f.url, &job).unwrap().is_some(), "dropping the guard frees the lock");
 }
+
+#[test]
+fn postgres_a_change_committed_elsewhere_reaches_the_watch_within_a_second_and_only_once() {
+    let Some(mut f) = postgres_fixture() else { return };
+    gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+    let store = Store::open(&f.url).unwrap();
+    let mut watch = store.watch_changes().unwrap();
+    assert!(watch.changed().unwrap(), "the first look always counts as a change");
+    assert!(!watch.changed().unwrap(), "nothing was committed");
+    // An audit row is not a change the scheduler cares about; a new token is.
+    audit_rows_named(&mut f.conn, "quiet", 0);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!watch.changed().unwrap(), "audit rows do not wake the schedulers");
+    let token = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !watch.changed().unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the new token was not noticed within a second");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!watch.changed().unwrap(), "and that change is reported once");
+}
