@@ -10,8 +10,17 @@
 //! row waited for it too. A second thread with its own connection runs a passive checkpoint
 //! after every [`CHECKPOINT_EVERY_ROWS`] committed rows instead, beside the writer, which keeps
 //! appending to the WAL meanwhile. Should that thread fall behind or fail, the writer still
-//! checkpoints once the WAL reaches [`WRITER_AUTOCHECKPOINT_PAGES`]. PostgreSQL checkpoints by
-//! itself: there the writer only batches.
+//! checkpoints once the WAL reaches [`WRITER_AUTOCHECKPOINT_PAGES`].
+//!
+//! A passive checkpoint cannot start the WAL over while any reader still uses it, and under
+//! steady API reads one nearly always does: the WAL would only grow, every read would search a
+//! larger WAL index, and the writer's safety net would fire every few seconds, stalling every
+//! waiting read for tens of milliseconds. So after each passive checkpoint the writer itself,
+//! between two batches, runs a restarting one: it copies only the frames appended since, waits
+//! at most [`RESTART_WAIT_MS`] for readers of older snapshots (new readers already read the
+//! database file), and its next commit starts the WAL from the beginning.
+//!
+//! PostgreSQL checkpoints by itself: there the writer only batches.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -105,13 +114,33 @@ fn write_batches(url: &DatabaseUrl, mut receiver: mpsc::UnboundedReceiver<Pendin
             let _ = pending.done.send(result.clone());
         }
         since_checkpoint += committed;
-        if since_checkpoint >= CHECKPOINT_EVERY_ROWS
-            && let Some(checkpointer) = &checkpointer
-        {
+        let Some(checkpointer) = &checkpointer else { continue };
+        if since_checkpoint >= CHECKPOINT_EVERY_ROWS {
             since_checkpoint = 0;
             checkpointer.request();
         }
+        if checkpointer.restart_due.swap(false, Ordering::Relaxed)
+            && let Some(conn) = &mut conn
+            && let Err(err) = restart_wal(conn)
+        {
+            tracing::warn!(error = %err, "restarting the WAL after a checkpoint failed");
+        }
     }
+}
+
+/// Longest the writer's restarting checkpoint waits for readers of older snapshots.
+const RESTART_WAIT_MS: u32 = 5;
+
+/// A restarting checkpoint on the writer's connection (see the module documentation), waiting
+/// for locks only [`RESTART_WAIT_MS`]; if readers outlast that, the WAL starts over after a
+/// later checkpoint instead.
+fn restart_wal(conn: &mut DbConnection) -> diesel::QueryResult<()> {
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {RESTART_WAIT_MS};
+         PRAGMA wal_checkpoint(RESTART);
+         PRAGMA busy_timeout = {};",
+        super::SQLITE_BUSY_TIMEOUT_MS
+    ))
 }
 
 /// Commits `batch` in one write transaction on the writer's connection, opening it first if
@@ -145,18 +174,23 @@ fn open_writer_connection(url: &DatabaseUrl) -> Result<DbConnection, String> {
 /// are merged into it.
 struct Checkpointer {
     wake: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Set after each passive checkpoint: the writer should restart the WAL between batches.
+    restart_due: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Checkpointer {
     /// Starts the checkpoint thread; it ends when this is dropped.
     fn start(url: DatabaseUrl, checkpoints: Arc<AtomicU64>) -> Self {
         let (wake, requests) = std::sync::mpsc::sync_channel::<()>(1);
+        let restart_due = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let restart_wanted = restart_due.clone();
         let spawned = std::thread::Builder::new().name("wal-checkpoint".into()).spawn(move || {
             let mut conn: Option<DbConnection> = None;
             while requests.recv().is_ok() {
                 match checkpoint(&mut conn, &url) {
                     Ok(()) => {
                         checkpoints.fetch_add(1, Ordering::Relaxed);
+                        restart_wanted.store(true, Ordering::Relaxed);
                     }
                     Err(message) => {
                         conn = None;
@@ -166,10 +200,10 @@ impl Checkpointer {
             }
         });
         match spawned {
-            Ok(_) => Self { wake: Some(wake) },
+            Ok(_) => Self { wake: Some(wake), restart_due },
             Err(err) => {
                 tracing::error!(error = %err, "cannot start the WAL checkpoint thread");
-                Self { wake: None }
+                Self { wake: None, restart_due }
             }
         }
     }
@@ -228,5 +262,66 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(store.audit.checkpoints(), 1, "one checkpoint after {CHECKPOINT_EVERY_ROWS} rows");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_after_checkpoints_though_reads_and_writes_never_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::Sqlite(dir.path().join("store.db"));
+        let store = crate::store::Store::open(&url).unwrap();
+        // Like the API under load: readers that never all pause, and audit rows committed
+        // without a break, so the WAL is never found unused by chance.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, stop) = (url.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut conn = connect(&url).unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        conn.batch_execute("BEGIN; SELECT COUNT(*) FROM audit_log;").unwrap();
+                        std::thread::sleep(Duration::from_millis(1));
+                        conn.batch_execute("COMMIT;").unwrap();
+                    }
+                })
+            })
+            .collect();
+        let total = 10 * CHECKPOINT_EVERY_ROWS;
+        let next = Arc::new(AtomicU64::new(0));
+        let writers: Vec<_> = (0..32)
+            .map(|_| {
+                let (store, next) = (store.clone(), next.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            return;
+                        }
+                        let name = format!("t{i}");
+                        let target = AuditTarget { kind: "token", name: &name };
+                        store
+                            .record_audit(audit::row(Utc::now(), "ci", "token.secret_read", target, None))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            reader.join().unwrap();
+        }
+        // The WAL file keeps the size it grew to. One that starts over after each checkpoint stays
+        // at what one or two checkpoint intervals write (about the database's size here); one
+        // that never does holds all ten intervals (about ten times it).
+        let wal = std::fs::metadata(dir.path().join("store.db-wal")).unwrap().len();
+        let database = std::fs::metadata(dir.path().join("store.db")).unwrap().len();
+        assert!(
+            wal < 4 * database,
+            "the WAL grew to {wal} bytes (database {database} bytes, {} checkpoints): it did not start over",
+            store.audit.checkpoints()
+        );
     }
 }
