@@ -359,8 +359,8 @@ async fn metrics_are_served_without_a_key_and_count_rotations_and_token_states()
     let api = start(false).await;
     let (status, _) = api.call(Method::POST, "/v1/tokens/alpha/rotate", Some(&api.keys.operator), None).await;
     assert_eq!(status, StatusCode::OK);
-    let rows = api.harness.context.store.run(tokens::gauges).await.unwrap();
-    tokenwarden::telemetry::metrics::refresh_token_gauges(&rows);
+    let gauges = api.harness.context.store.run(|conn| tokens::gauges(conn, 10)).await.unwrap();
+    tokenwarden::telemetry::metrics::refresh_token_gauges(&gauges);
     let response = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));

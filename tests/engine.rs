@@ -801,7 +801,7 @@ async fn a_token_rotated_or_paused_between_the_read_and_the_write_is_not_replann
         harness.track_access_token(name, TokenOwner::Personal, in_days(20)).await.unwrap();
     }
     let (now, policy) = (harness.now(), gitlab_margin(14));
-    let scheduled = harness.context.store.run(move |conn| replan::scheduled(conn, now)).await.unwrap();
+    let scheduled = harness.context.store.run(move |conn| replan::scheduled(conn, now, None, i64::MAX)).await.unwrap();
     let replans = replan::changes(&scheduled, |token| plan_under(&policy, token));
     assert_eq!(replans.len(), 3, "all three differ from the 14-day plan");
 
@@ -819,4 +819,28 @@ async fn a_token_rotated_or_paused_between_the_read_and_the_write_is_not_replann
     assert_eq!((after.state, after.next_rotation_at), (TokenState::Paused, paused.next_rotation_at));
     let calm = harness.token("calm").await.unwrap();
     assert_eq!(calm.next_rotation_at, Some(plan_under_policy(&calm, &policy)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replanning_reads_the_scheduled_tokens_page_by_page_each_once() {
+    use tokenwarden::store::replan;
+    let Setup { harness, .. } = setup().await;
+    for i in 0..5 {
+        harness.track_access_token(&format!("t{i}"), TokenOwner::Personal, in_days(20)).await.unwrap();
+    }
+    let now = harness.now();
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let from = after.clone();
+        let page =
+            harness.context.store.run(move |conn| replan::scheduled(conn, now, from.as_deref(), 2)).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        pages.push(page.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1], "{pages:?}");
+    let mut names: Vec<String> = pages.concat();
+    names.sort();
+    assert_eq!(names, ["t0", "t1", "t2", "t3", "t4"], "every token once");
 }

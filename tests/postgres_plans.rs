@@ -136,6 +136,19 @@ fn claim_and_next_due_statements_use_the_partial_indexes_in_generic_plans() {
     let due_stale = pick(&due, &["\"lease_expires_at\" <= $1"]);
     assert!(claim_planned.contains(SCHEDULED_STATES), "the states are literal SQL: {claim_planned}");
     assert!(due_planned.contains("!= ALL($2)"), "excluded providers are one array parameter: {due_planned}");
+    let unfiltered = statements_of(&mut conn, |c| {
+        rotation::due_by(c, long_ago, 512, &[]).unwrap();
+    });
+    assert!(
+        unfiltered.iter().all(|sql| !sql.contains("ALL(")),
+        "without excluded providers there is no `<> ALL` to misestimate: {unfiltered:#?}"
+    );
+    let due_unfiltered = pick(&unfiltered, &["\"next_rotation_at\" <= $1"]);
+    let plan = generic_plan(&mut conn, "due_unfiltered", &due_unfiltered, &[now.clone(), "512".into()]);
+    assert!(
+        uses(&plan, "tokens_due") && !plan.contains("Sort"),
+        "the next-due read walks tokens_due in order:\n{plan}"
+    );
 
     let (p1, limit, none) = ("'p1'".to_owned(), "8".to_owned(), "ARRAY['p0']".to_owned());
     // (name, statement, arguments, index it must scan, whether that index must also give the
@@ -145,8 +158,8 @@ fn claim_and_next_due_statements_use_the_partial_indexes_in_generic_plans() {
     // them (two here) it expects almost nothing to pass and prefers a bitmap scan plus a sort, so
     // only the index is checked there (docs/BENCHMARKS.md, PostgreSQL section).
     let cases = [
-        ("claim_planned", &claim_planned, vec![now.clone(), p1.clone(), limit.clone()], "tokens_due", true),
-        ("claim_unplanned", &claim_unplanned, vec![p1.clone(), limit.clone()], "tokens_due", false),
+        ("claim_planned", &claim_planned, vec![now.clone(), p1.clone(), limit.clone()], "tokens_due_provider", true),
+        ("claim_unplanned", &claim_unplanned, vec![p1.clone(), limit.clone()], "tokens_due_provider", false),
         ("claim_stale", &claim_stale, vec![now.clone(), p1.clone(), limit.clone()], "tokens_lease", true),
         ("due_planned", &due_planned, vec![now.clone(), none.clone(), "512".into()], "tokens_due", false),
         ("due_stale", &due_stale, vec![now.clone(), none.clone(), "512".into()], "tokens_lease", false),

@@ -612,6 +612,22 @@ both_backends! {
         let names: Vec<&str> = again.claimed.iter().map(|c| c.token.name.as_str()).collect();
         assert_eq!(names, ["t3", "t4"], "leased tokens are not claimed again");
     }
+
+    fn gauges_count_every_state_and_export_a_bounded_set_of_expiries_most_urgent_first(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        for (name, days) in [("a", 10), ("b", 20), ("c", 30), ("d", 40)] {
+            let mut token = new_token(name, TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+            token.expires_at = Some(Utc::now() + TimeDelta::days(days));
+            tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+        }
+        tokens::pause(&mut f.conn, &TokenName::new("d").unwrap(), "ops", Utc::now()).unwrap();
+        let gauges = tokens::gauges(&mut f.conn, 2).unwrap();
+        let mut per_state = gauges.per_state.clone();
+        per_state.sort();
+        assert_eq!(per_state, [("active".to_owned(), 3), ("paused".to_owned(), 1)]);
+        let names: Vec<&str> = gauges.expiries.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["d", "a"], "the paused token first, then the soonest to expire, two in all");
+    }
 }
 
 /// Tokens named `t0`, `t1`, … of provider `gitlab`, due `count` seconds ago down to one.
@@ -718,4 +734,37 @@ fn postgres_a_change_committed_elsewhere_reaches_the_watch_within_a_second_and_o
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert!(!watch.changed().unwrap(), "and that change is reported once");
+}
+
+#[test]
+fn sqlite_claims_and_the_next_due_read_walk_their_partial_indexes_instead_of_the_table() {
+    let mut f = sqlite_fixture();
+    due_tokens(&mut f, 3);
+    let rooms = room(&mut f.conn, 2);
+    let long_ago = Utc::now() - TimeDelta::days(3650);
+    let mut statements = statements_of(&mut f.conn, |conn| {
+        rotation::claim_due(conn, &rooms, "test", TimeDelta::seconds(60), long_ago).unwrap();
+    });
+    statements.extend(statements_of(&mut f.conn, |conn| {
+        rotation::due_by(conn, long_ago, 512, &[]).unwrap();
+    }));
+    let expectations = [
+        ("`next_rotation_at` <= ?)) AND (`tokens`.`provider_id` = ?)", "tokens_due_provider"),
+        ("`next_rotation_at` IS NULL)) AND (`tokens`.`provider_id` = ?)", "tokens_due_provider"),
+        ("`lease_expires_at` <= ?)) AND (`tokens`.`provider_id` = ?)", "tokens_lease_provider"),
+        ("`next_rotation_at` <= ?)) ORDER BY", "tokens_due"),
+    ];
+    for (needle, index) in expectations {
+        let matching: Vec<&String> = statements.iter().filter(|s| s.contains(needle)).collect();
+        assert_eq!(matching.len(), 1, "{needle}: {statements:#?}");
+        let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {}", matching[0]))
+            .load::<PlanStep>(&mut f.conn)
+            .unwrap()
+            .into_iter()
+            .map(|step| step.detail)
+            .collect();
+        let plan = plan.join(" | ");
+        assert!(plan.contains(&format!("USING INDEX {index} ")), "{needle}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{needle}: no sort: {plan}");
+    }
 }

@@ -33,7 +33,7 @@ use super::context::{EngineContext, build_provider};
 use super::policy::plan_rotation;
 use super::scheduler::SchedulerHandle;
 use crate::config::{MaintenanceConfig, PolicyDefaults};
-use crate::domain::{Policy, TokenState};
+use crate::domain::{Policy, TokenName, TokenState};
 use crate::notify::DeliveryCounters;
 use crate::providers::{Credential, ProviderError};
 use crate::store::StoreError;
@@ -45,6 +45,8 @@ use crate::telemetry::metrics;
 
 /// Most validation look-ups in flight at once (GitLab rate-limits per user).
 pub const VALIDATION_CONCURRENCY: usize = 4;
+/// Tokens read per page by the validation sweep (never all of them at once).
+const VALIDATION_PAGE: i64 = 1_000;
 
 /// What the jobs need besides the engine.
 #[derive(Debug, Clone)]
@@ -155,26 +157,37 @@ pub async fn validate(context: &MaintenanceContext) {
         }
         Err(err) => return error!(error = %err, "validation could not take its lock; it runs again at its next tick"),
     };
-    let all = match context.engine.store.run(tokens::list).await {
-        Ok(all) => all,
-        Err(err) => return error!(error = %err, "validation could not list tokens; it runs again at its next tick"),
-    };
-    let checked: Vec<Token> = all
-        .into_iter()
-        .filter(|t| t.kind.is_gitlab_access_token() && matches!(t.state, TokenState::Active | TokenState::Retrying))
-        .collect();
-    let limit = Arc::new(tokio::sync::Semaphore::new(VALIDATION_CONCURRENCY));
-    let mut runs = tokio::task::JoinSet::new();
-    for token in checked {
-        let (engine, limit) = (context.engine.clone(), limit.clone());
-        runs.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            validate_one(&engine, token).await
+    let (mut flagged, mut after) = (0, None::<TokenName>);
+    loop {
+        let from = after.clone();
+        let page =
+            match context.engine.store.run(move |conn| tokens::list_page(conn, from.as_ref(), VALIDATION_PAGE)).await {
+                Ok(page) => page,
+                Err(err) => {
+                    return error!(error = %err, "validation could not list tokens; it runs again at its next tick");
+                }
+            };
+        let Some(last) = page.last() else { break };
+        after = Some(last.name.clone());
+        let full_page = i64::try_from(page.len()).unwrap_or(i64::MAX) == VALIDATION_PAGE;
+        let checked = page.into_iter().filter(|t| {
+            t.kind.is_gitlab_access_token() && matches!(t.state, TokenState::Active | TokenState::Retrying)
         });
-    }
-    let mut flagged = 0;
-    while let Some(result) = runs.join_next().await {
-        flagged += usize::from(result.unwrap_or(false));
+        let limit = Arc::new(tokio::sync::Semaphore::new(VALIDATION_CONCURRENCY));
+        let mut runs = tokio::task::JoinSet::new();
+        for token in checked {
+            let (engine, limit) = (context.engine.clone(), limit.clone());
+            runs.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                validate_one(&engine, token).await
+            });
+        }
+        while let Some(result) = runs.join_next().await {
+            flagged += usize::from(result.unwrap_or(false));
+        }
+        if !full_page {
+            break;
+        }
     }
     info!(flagged, "validation sweep finished");
     drop(lock);
@@ -259,8 +272,9 @@ pub async fn prune_deliveries(context: &MaintenanceContext, retention: TimeDelta
 
 /// Refreshes the gauges `/metrics` exports from the store and the dispatcher.
 pub async fn refresh_metrics(context: &MaintenanceContext) {
-    match context.engine.store.run(tokens::gauges).await {
-        Ok(all) => metrics::refresh_token_gauges(&all),
+    let limit = metrics::TOKEN_EXPIRY_SERIES_LIMIT;
+    match context.engine.store.run(move |conn| tokens::gauges(conn, limit)).await {
+        Ok(gauges) => metrics::refresh_token_gauges(&gauges),
         Err(err) => warn!(error = %err, "metrics refresh could not list tokens"),
     }
     if let Some(deliveries) = &context.deliveries {

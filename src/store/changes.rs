@@ -27,6 +27,8 @@ pub struct ChangeWatch {
     conn: DbConnection,
     last_seen: Option<i64>,
     looks: u32,
+    /// On PostgreSQL, the schema whose notifications count (the payload names the schema).
+    schema: String,
 }
 
 impl std::fmt::Debug for ChangeWatch {
@@ -45,11 +47,17 @@ impl ChangeWatch {
     /// Opens the watch's own connection to `url`. Blocking.
     pub fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
         let mut conn = connect(url).map_err(|err| StoreError::Unavailable(err.to_string()))?;
-        match &mut conn {
-            DbConnection::Sqlite(inner) => inner.batch_execute("SELECT 1")?,
-            DbConnection::Postgres(inner) => inner.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))?,
-        }
-        Ok(Self { conn, last_seen: None, looks: 0 })
+        let schema = match &mut conn {
+            DbConnection::Sqlite(inner) => {
+                inner.batch_execute("SELECT 1")?;
+                String::new()
+            }
+            DbConnection::Postgres(inner) => {
+                inner.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))?;
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("current_schema()")).get_result(inner)?
+            }
+        };
+        Ok(Self { conn, last_seen: None, looks: 0, schema })
     }
 
     /// True when another connection committed since the last call (and on the first call).
@@ -66,8 +74,7 @@ impl ChangeWatch {
                 }
                 let mut arrived = 0;
                 for notification in inner.notifications_iter() {
-                    notification?;
-                    arrived += 1;
+                    arrived += i64::from(notification?.payload == self.schema);
                 }
                 self.last_seen.unwrap_or(0) + arrived
             }

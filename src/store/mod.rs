@@ -57,6 +57,9 @@ impl Store {
         let mut first = connect(url)
             .map_err(|err| StoreError::Open { url: url.to_string(), message: describe_open_error(url, &err) })?;
         migrations::run(&mut first)?;
+        if let DbConnection::Postgres(pg) = &mut first {
+            warn_without_autovacuum(pg);
+        }
         drop(first);
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
@@ -108,6 +111,21 @@ impl Store {
             conn.batch_execute("SELECT 1").map_err(StoreError::from)
         })
         .await
+    }
+}
+
+/// Warns when the PostgreSQL server does not vacuum by itself: every claim and commit leaves a
+/// dead row version behind (no update of `tokens` can be HOT, see the migration), so without
+/// autovacuum the due-time indexes fill with dead entries and every claim slows down.
+fn warn_without_autovacuum(conn: &mut diesel::PgConnection) {
+    use diesel::RunQueryDsl;
+    let setting = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('autovacuum')"))
+        .get_result::<String>(conn);
+    if setting.as_deref() == Ok("off") {
+        tracing::warn!(
+            "autovacuum is off on this PostgreSQL server: dead rows from rotations will pile up and slow claims \
+             down; turn it on, or VACUUM the tokens table regularly"
+        );
     }
 }
 

@@ -5,7 +5,8 @@
 //! plan in line with the new one, in three steps a test can also drive one by one:
 //!
 //! 1. [`scheduled`] reads what a plan needs of each `active` token whose plan still lies ahead,
-//!    without the write lock;
+//!    without the write lock, a page of [`REPLAN_PAGE`] tokens at a time (so a million tokens
+//!    never sit in memory at once);
 //! 2. [`changes`] keeps the tokens whose plan under the current policy differs from the stored
 //!    one by more than [`REPLAN_TOLERANCE`];
 //! 3. [`apply`] writes the new plans in write transactions of at most [`REPLAN_BATCH`] rows,
@@ -27,6 +28,9 @@ use crate::domain::{PolicyOverrides, TokenKind, TokenState};
 /// Most rows updated in one write transaction, so rotations committing meanwhile never wait
 /// long for the write lock.
 pub const REPLAN_BATCH: usize = 1_000;
+
+/// Tokens read (and re-planned) per page.
+pub const REPLAN_PAGE: i64 = 5_000;
 
 /// A stored plan this close to the current one is left as it is.
 pub const REPLAN_TOLERANCE: TimeDelta = TimeDelta::seconds(1);
@@ -89,10 +93,17 @@ type ScheduledRow = (
     i64,
 );
 
-/// Every `active` token that has an issue time, an expiry and a plan later than `now`, with
-/// only the columns a plan needs. Reads without taking the write lock.
-pub fn scheduled(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec<ScheduledToken>, StoreError> {
+/// Up to `limit` `active` tokens with an id after `after` (in id order) that have an issue
+/// time, an expiry and a plan later than `now`, with only the columns a plan needs. Reads
+/// without taking the write lock; the last token's id is where the next page starts.
+pub fn scheduled(
+    conn: &mut DbConnection,
+    now: DateTime<Utc>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ScheduledToken>, StoreError> {
     let rows: Vec<ScheduledRow> = tokens::table
+        .filter(tokens::id.gt(after.unwrap_or_default()))
         .filter(tokens::state.eq(TokenState::Active.as_str()))
         .filter(tokens::issued_at.is_not_null())
         .filter(tokens::expires_at.is_not_null())
@@ -109,6 +120,8 @@ pub fn scheduled(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec<Sche
             tokens::next_rotation_at,
             tokens::version,
         ))
+        .order(tokens::id.asc())
+        .limit(limit)
         .load(conn)?;
     let mut scheduled = Vec::with_capacity(rows.len());
     for (id, name, kind, lifetime, rotate_before, fraction, issued_at, expires_at, planned, version) in rows {
@@ -176,14 +189,25 @@ pub fn apply(conn: &mut DbConnection, replans: &[Replan], now: DateTime<Utc>) ->
 }
 
 /// Re-plans every scheduled token whose stored plan differs from `plan`'s: [`scheduled`],
-/// [`changes`], then [`apply`].
+/// [`changes`], then [`apply`], one page of [`REPLAN_PAGE`] tokens at a time.
 pub fn replan(
     conn: &mut DbConnection,
     now: DateTime<Utc>,
     plan: impl Fn(&ScheduledToken) -> DateTime<Utc>,
 ) -> Result<ReplanSummary, StoreError> {
-    let scheduled = scheduled(conn, now)?;
-    let replans = changes(&scheduled, plan);
-    let replanned = apply(conn, &replans, now)?;
-    Ok(ReplanSummary { scheduled: scheduled.len(), differing: replans.len(), replanned })
+    let mut summary = ReplanSummary::default();
+    let mut after: Option<String> = None;
+    loop {
+        let page = scheduled(conn, now, after.as_deref(), REPLAN_PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        let replans = changes(&page, &plan);
+        summary.scheduled += page.len();
+        summary.differing += replans.len();
+        summary.replanned += apply(conn, &replans, now)?;
+        if i64::try_from(page.len()).unwrap_or(i64::MAX) < REPLAN_PAGE {
+            break;
+        }
+    }
+    Ok(summary)
 }

@@ -669,6 +669,19 @@ pub struct DueToken {
     pub due_at: DateTime<Utc>,
 }
 
+/// Loads `$query`, leaving out the tokens of `$excluded` providers when there are any. With
+/// none, the query carries no `provider_id <> ALL(…)` at all: PostgreSQL cannot estimate that
+/// condition well and may plan a scan of every token for it.
+macro_rules! load_without_providers {
+    ($conn:expr, $excluded:expr, $query:expr) => {
+        if $excluded.is_empty() {
+            $query.load(&mut *$conn)
+        } else {
+            $query.filter(tokens::provider_id.ne_all($excluded)).load(&mut *$conn)
+        }
+    };
+}
+
 /// Up to `limit` tokens due by `horizon`, most urgent first, of providers other than
 /// `excluded_providers`: planned rotations of active and retrying tokens, and leases that ran
 /// out (a worker died mid-rotation).
@@ -683,29 +696,36 @@ pub fn due_by(
     limit: i64,
     excluded_providers: &[String],
 ) -> Result<Vec<DueToken>, StoreError> {
-    let planned: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
-        .filter(sql::<Bool>(SCHEDULED_STATES))
-        .filter(tokens::next_rotation_at.le(naive(horizon)))
-        .filter(tokens::provider_id.ne_all(excluded_providers))
-        .order(tokens::next_rotation_at.asc())
-        .limit(limit)
-        .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
-        .load(conn)?;
-    let unplanned: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
-        .filter(sql::<Bool>(SCHEDULED_STATES))
-        .filter(tokens::next_rotation_at.is_null())
-        .filter(tokens::provider_id.ne_all(excluded_providers))
-        .limit(limit)
-        .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
-        .load(conn)?;
-    let stale: Vec<(String, String, Option<chrono::NaiveDateTime>)> = tokens::table
-        .filter(sql::<Bool>(LEASED_STATE))
-        .filter(tokens::lease_expires_at.le(naive(horizon)))
-        .filter(tokens::provider_id.ne_all(excluded_providers))
-        .order(tokens::lease_expires_at.asc())
-        .limit(limit)
-        .select((tokens::name, tokens::provider_id, tokens::lease_expires_at))
-        .load(conn)?;
+    type DueRow = (String, String, Option<chrono::NaiveDateTime>);
+    let planned: Vec<DueRow> = load_without_providers!(
+        conn,
+        excluded_providers,
+        tokens::table
+            .filter(sql::<Bool>(SCHEDULED_STATES))
+            .filter(tokens::next_rotation_at.le(naive(horizon)))
+            .order(tokens::next_rotation_at.asc())
+            .limit(limit)
+            .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
+    )?;
+    let unplanned: Vec<DueRow> = load_without_providers!(
+        conn,
+        excluded_providers,
+        tokens::table
+            .filter(sql::<Bool>(SCHEDULED_STATES))
+            .filter(tokens::next_rotation_at.is_null())
+            .limit(limit)
+            .select((tokens::name, tokens::provider_id, tokens::next_rotation_at))
+    )?;
+    let stale: Vec<DueRow> = load_without_providers!(
+        conn,
+        excluded_providers,
+        tokens::table
+            .filter(sql::<Bool>(LEASED_STATE))
+            .filter(tokens::lease_expires_at.le(naive(horizon)))
+            .order(tokens::lease_expires_at.asc())
+            .limit(limit)
+            .select((tokens::name, tokens::provider_id, tokens::lease_expires_at))
+    )?;
     let mut due = planned
         .into_iter()
         .chain(unplanned)

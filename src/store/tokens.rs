@@ -159,6 +159,21 @@ pub fn list(conn: &mut DbConnection) -> Result<Vec<Token>, StoreError> {
         .collect()
 }
 
+/// Up to `limit` tokens whose names sort after `after` (all from the first when `None`), by name:
+/// one page of [`list`] for callers that must not hold every token at once.
+pub fn list_page(conn: &mut DbConnection, after: Option<&TokenName>, limit: i64) -> Result<Vec<Token>, StoreError> {
+    tokens::table
+        .inner_join(providers_table::table)
+        .filter(tokens::name.gt(after.map_or("", TokenName::as_str)))
+        .select((TokenRow::as_select(), providers_table::name))
+        .order(tokens::name.asc())
+        .limit(limit)
+        .load::<(TokenRow, String)>(conn)?
+        .into_iter()
+        .map(|(row, provider)| Token::from_row(row, &provider))
+        .collect()
+}
+
 /// The token named `name`.
 pub fn find(conn: &mut DbConnection, name: &TokenName) -> Result<Token, StoreError> {
     find_as(conn, name, ReadAs::Operator)
@@ -194,27 +209,44 @@ fn grant_of<'a>(client_id: &'a str, name: &'a TokenName) -> GrantOf<'a> {
         .filter(client_grants::token_name.eq(name.as_str()))
 }
 
-/// What the exported gauges need of one token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenGauge {
-    /// The token's name.
-    pub name: String,
-    /// Its state, as stored.
-    pub state: String,
-    /// When its secret expires.
-    pub expires_at: Option<DateTime<Utc>>,
+/// What the exported gauges need: tokens per state, and the expiries worth a series each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenGauges {
+    /// How many tokens are in each stored state (states without tokens are absent).
+    pub per_state: Vec<(String, i64)>,
+    /// Token names and expiries: every token outside the scheduled states (needing attention,
+    /// expired, paused, being rotated), then the scheduled ones soonest to expire, up to the
+    /// limit given to [`gauges`].
+    pub expiries: Vec<(String, DateTime<Utc>)>,
 }
 
-/// Each token's name, state and expiry: the light read behind the exported gauges.
-pub fn gauges(conn: &mut DbConnection) -> Result<Vec<TokenGauge>, StoreError> {
-    let rows: Vec<(String, String, Option<chrono::NaiveDateTime>)> =
-        tokens::table.select((tokens::name, tokens::state, tokens::expires_at)).load(conn)?;
-    let gauge = |(name, state, expires_at): (String, String, Option<chrono::NaiveDateTime>)| TokenGauge {
-        name,
-        state,
-        expires_at: expires_at.map(super::models::utc),
-    };
-    Ok(rows.into_iter().map(gauge).collect())
+/// The read behind the exported gauges: the counts per state in one grouped statement, and at
+/// most `expiry_limit` expiries, so memory and `/metrics` stay bounded however many tokens
+/// there are.
+pub fn gauges(conn: &mut DbConnection, expiry_limit: i64) -> Result<TokenGauges, StoreError> {
+    let per_state: Vec<(String, i64)> =
+        tokens::table.group_by(tokens::state).select((tokens::state, diesel::dsl::count_star())).load(conn)?;
+    let unscheduled: Vec<(String, Option<chrono::NaiveDateTime>)> = tokens::table
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>("tokens.state NOT IN ('active', 'retrying')"))
+        .filter(tokens::expires_at.is_not_null())
+        .order(tokens::expires_at.asc())
+        .limit(expiry_limit)
+        .select((tokens::name, tokens::expires_at))
+        .load(conn)?;
+    let room = expiry_limit.saturating_sub(i64::try_from(unscheduled.len()).unwrap_or(i64::MAX));
+    let soonest: Vec<(String, Option<chrono::NaiveDateTime>)> = tokens::table
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>("tokens.state IN ('active', 'retrying')"))
+        .filter(tokens::expires_at.is_not_null())
+        .order(tokens::expires_at.asc())
+        .limit(room)
+        .select((tokens::name, tokens::expires_at))
+        .load(conn)?;
+    let expiries = unscheduled
+        .into_iter()
+        .chain(soonest)
+        .filter_map(|(name, expires_at)| Some((name, super::models::utc(expires_at?))))
+        .collect();
+    Ok(TokenGauges { per_state, expiries })
 }
 
 /// The token and its current secret, read in one statement so the version and the secret

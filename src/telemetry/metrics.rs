@@ -11,7 +11,7 @@ use metrics_util::MetricKindMask;
 
 use crate::domain::TokenState;
 use crate::notify::DeliveryCounters;
-use crate::store::tokens::TokenGauge;
+use crate::store::tokens::TokenGauges;
 
 /// Tokens per state (gauge, label `state`).
 pub const TOKENS: &str = "tokenwarden_tokens";
@@ -53,16 +53,19 @@ fn build() -> Result<PrometheusHandle, String> {
         .map_err(|err| format!("cannot install the metrics recorder: {err}"))
 }
 
-/// Sets the per-state counts (every state, zeros included) and each token's expiry.
-pub fn refresh_token_gauges(tokens: &[TokenGauge]) {
+/// Per-token expiry series exported at most: every token that needs a look (not scheduled),
+/// then the scheduled ones soonest to expire. A series not set for [`GAUGE_IDLE_TIMEOUT`]
+/// disappears, so the set follows the tokens as they rotate.
+pub const TOKEN_EXPIRY_SERIES_LIMIT: i64 = 10_000;
+
+/// Sets the per-state counts (every state, zeros included) and the exported tokens' expiries.
+pub fn refresh_token_gauges(gauges: &TokenGauges) {
     for state in TokenState::ALL {
-        let count = tokens.iter().filter(|token| token.state == state.as_str()).count();
+        let count = gauges.per_state.iter().find(|(name, _)| name == state.as_str()).map_or(0, |(_, count)| *count);
         gauge!(TOKENS, "state" => state.as_str()).set(count as f64);
     }
-    for token in tokens {
-        if let Some(expires_at) = token.expires_at {
-            gauge!(TOKEN_EXPIRY, "token" => token.name.clone()).set(expires_at.timestamp() as f64);
-        }
+    for (name, expires_at) in &gauges.expiries {
+        gauge!(TOKEN_EXPIRY, "token" => name.clone()).set(expires_at.timestamp() as f64);
     }
 }
 

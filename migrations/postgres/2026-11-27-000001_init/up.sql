@@ -146,10 +146,12 @@ CREATE INDEX audit_log_time ON audit_log (occurred_at);
 
 -- Every committed change to tokens or providers, by any replica, the CLI or by hand, tells
 -- the other replicas' schedulers to re-read their window (store::changes). NOTIFY is sent at
--- COMMIT and identical notifications within one transaction are folded into one.
+-- COMMIT and identical notifications within one transaction are folded into one. Channels
+-- belong to the whole database, so the payload names the schema, and a watch ignores other
+-- schemas' changes.
 CREATE FUNCTION tokenwarden_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('tokenwarden_changes', TG_TABLE_NAME);
+    PERFORM pg_notify('tokenwarden_changes', TG_TABLE_SCHEMA);
     RETURN NULL;
 END;
 $$;
