@@ -15,7 +15,7 @@ const KEY_CHECK_CONTEXT: SealContext<'static> = SealContext { table: "meta", row
 /// The id of the master key that sealed this database, if any secret was ever sealed.
 pub fn sealing_key_id(conn: &mut DbConnection) -> Result<Option<KeyId>, StoreError> {
     let value: Option<Vec<u8>> =
-        meta::table.filter(meta::name.eq(KEY_CHECK)).select(meta::value).first(conn).optional()?;
+        meta::table.filter(meta::name.eq(KEY_CHECK)).select(meta::value).get_result(conn).optional()?;
     Ok(value.as_deref().and_then(Cipher::sealed_key_id))
 }
 
@@ -36,7 +36,7 @@ pub fn verify_or_record_key(conn: &mut DbConnection, cipher: &Cipher) -> Result<
 fn verify_or_insert_key(conn: &mut DbConnection, cipher: &Cipher) -> Result<(), StoreError> {
     conn.write_transaction(|conn| {
         let existing: Option<Vec<u8>> =
-            meta::table.filter(meta::name.eq(KEY_CHECK)).select(meta::value).first(conn).optional()?;
+            meta::table.filter(meta::name.eq(KEY_CHECK)).select(meta::value).get_result(conn).optional()?;
         match existing {
             Some(sealed) => {
                 cipher.open(KEY_CHECK_CONTEXT, &sealed)?;

@@ -331,12 +331,12 @@ pub fn next_wake_at(
         .filter(outbox::abandoned_at.is_null())
         .filter(outbox::client_id.ne_all(&in_flight))
         .select(min(outbox::next_attempt_at))
-        .first(conn)?;
+        .get_result(conn)?;
     let lease_ends: Option<NaiveDateTime> = outbox::table
         .filter(outbox::leased_until.gt(now))
         .filter(outbox::client_id.ne_all(busy_clients))
         .select(min(outbox::leased_until))
-        .first(conn)?;
+        .get_result(conn)?;
     Ok(next_due.into_iter().chain(lease_ends).min().map(utc))
 }
 
@@ -499,6 +499,6 @@ pub fn deliveries_for_token(conn: &mut DbConnection, token_name: &str) -> Result
 /// One delivery by id (for tests and diagnostics).
 pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<Delivery>, StoreError> {
     let row: Option<DeliveryRow> =
-        outbox::table.filter(outbox::id.eq(id)).select(DeliveryRow::as_select()).first(conn).optional()?;
+        outbox::table.filter(outbox::id.eq(id)).select(DeliveryRow::as_select()).get_result(conn).optional()?;
     Ok(row.map(Delivery::from))
 }

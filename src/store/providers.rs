@@ -88,7 +88,7 @@ pub fn find_row(conn: &mut DbConnection, name: &ProviderName) -> Result<Provider
     providers::table
         .filter(providers::name.eq(name.as_str()))
         .select(ProviderRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .ok_or_else(|| StoreError::NotFound { what: "provider", name: name.to_string() })
 }

@@ -282,7 +282,7 @@ pub fn claim(
             .inner_join(providers::table)
             .filter(tokens::name.eq(name.as_str()))
             .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
-            .first(conn)
+            .get_result(conn)
             .optional()?;
         let Some(found) = found else {
             return Err(StoreError::NotFound { what: "token", name: name.to_string() });
@@ -325,11 +325,18 @@ type LockedRow = (TokenRow, Option<Vec<u8>>, Option<Vec<u8>>);
 /// Loads `$query` with row locks that skip rows other transactions hold (PostgreSQL: the rows
 /// another replica is claiming right now), or plainly on SQLite, where the claim transaction's
 /// `BEGIN IMMEDIATE` already excludes every other writer.
+///
+/// At most `$limit` rows. PostgreSQL needs the `LIMIT` in the statement (without it, it would
+/// lock every due row); SQLite gets none and stops reading after `$limit` rows instead, because
+/// the bundled SQLite prepares a statement with a bound `LIMIT` anew on every call (see
+/// [`super::clients::authenticate_key`]), which made each claim cost three fresh prepares.
 macro_rules! load_skip_locked {
-    ($conn:expr, $query:expr) => {
+    ($conn:expr, $query:expr, $limit:expr) => {
         match $conn {
-            DbConnection::Postgres(pg) => $query.for_no_key_update().skip_locked().load::<LockedRow>(pg),
-            other => $query.load::<LockedRow>(other),
+            DbConnection::Postgres(pg) => $query.limit($limit).for_no_key_update().skip_locked().load::<LockedRow>(pg),
+            other => $query
+                .load_iter::<LockedRow, diesel::connection::DefaultLoadingMode>(other)
+                .and_then(|rows| rows.take(usize::try_from($limit).unwrap_or(usize::MAX)).collect()),
         }
     };
 }
@@ -371,18 +378,23 @@ pub fn claim_due(
                     .filter(tokens::next_rotation_at.le(naive(now)))
                     .filter(tokens::provider_id.eq(provider_id))
                     .order(tokens::next_rotation_at.asc())
-                    .limit(limit)
-                    .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token))
+                    .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token)),
+                limit
             )?;
-            rows.extend(load_skip_locked!(
-                &mut *conn,
-                tokens::table
-                    .filter(sql::<Bool>(SCHEDULED_STATES))
-                    .filter(tokens::next_rotation_at.is_null())
-                    .filter(tokens::provider_id.eq(provider_id))
-                    .limit(limit)
-                    .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token))
-            )?);
+            // Tokens without a plan are rare (they are due at once); look for them only when the
+            // planned ones leave room, which keeps a busy claim to two index probes.
+            let planned = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            if planned < limit {
+                rows.extend(load_skip_locked!(
+                    &mut *conn,
+                    tokens::table
+                        .filter(sql::<Bool>(SCHEDULED_STATES))
+                        .filter(tokens::next_rotation_at.is_null())
+                        .filter(tokens::provider_id.eq(provider_id))
+                        .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token)),
+                    limit - planned
+                )?);
+            }
             rows.extend(load_skip_locked!(
                 &mut *conn,
                 tokens::table
@@ -390,8 +402,8 @@ pub fn claim_due(
                     .filter(tokens::lease_expires_at.le(naive(now)))
                     .filter(tokens::provider_id.eq(provider_id))
                     .order(tokens::lease_expires_at.asc())
-                    .limit(limit)
-                    .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token))
+                    .select((TokenRow::as_select(), tokens::secret, tokens::refresh_token)),
+                limit
             )?);
             rows.sort_by_key(|(row, _, _)| row.next_rotation_at.or(row.lease_expires_at));
             let mut taken = 0;
@@ -519,7 +531,8 @@ pub fn commit_success(
                 .set(tokens::refresh_token.eq(refresh_token))
                 .execute(conn)?;
         }
-        let version: i64 = tokens::table.filter(tokens::id.eq(&lease.token_id)).select(tokens::version).first(conn)?;
+        let version: i64 =
+            tokens::table.filter(tokens::id.eq(&lease.token_id)).select(tokens::version).get_result(conn)?;
         let history = HistoryRow {
             id: new_id(),
             token_id: lease.token_id.clone(),
@@ -650,7 +663,7 @@ pub fn flag_needs_attention(
             return Ok(false);
         }
         let expires_at: Option<chrono::NaiveDateTime> =
-            tokens::table.filter(tokens::name.eq(name.as_str())).select(tokens::expires_at).first(conn)?;
+            tokens::table.filter(tokens::name.eq(name.as_str())).select(tokens::expires_at).get_result(conn)?;
         outbox::enqueue(conn, Event::NeedsAttention, name.as_str(), seen_version, expires_at.map(utc), now)?;
         let target = AuditTarget { kind: "token", name: name.as_str() };
         audit::record(conn, now, "validator", "token.needs_attention", target, Some(reason.to_owned()))?;
@@ -801,7 +814,7 @@ pub fn reauthorize(
         let row: TokenRow = tokens::table
             .filter(tokens::name.eq(name.as_str()))
             .select(TokenRow::as_select())
-            .first(conn)
+            .get_result(conn)
             .optional()?
             .ok_or_else(|| StoreError::NotFound {
                 what: "token",
