@@ -4,7 +4,8 @@
 //! own is delivered with a signature a receiver checks by the documented scheme alone; a
 //! daemon killed before its delivery succeeded leaves it to the next one, same delivery id;
 //! and at trace level nothing the simulator issued, no API key and no webhook secret reaches
-//! the daemon's output.
+//! the daemon's output, its arguments (what `ps` shows) or, in plain text, any file it wrote
+//! (database, WAL, shared memory), and those files are readable by their owner only.
 
 mod common;
 
@@ -149,6 +150,26 @@ async fn delivered_after_start(sandbox: &Sandbox) {
     stop(daemon);
 }
 
+/// Everything in the sandbox the daemon and the CLI wrote: the database, its WAL and
+/// shared-memory files, the key and the logs, as raw bytes with their permission bits.
+fn files_written(sandbox: &Sandbox) -> Vec<(std::path::PathBuf, Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::read_dir(sandbox.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .filter_map(|path| {
+            let bytes = std::fs::read(&path).ok()?;
+            let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+            Some((path, bytes, mode))
+        })
+        .collect()
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
 #[test]
 fn at_trace_level_the_daemon_never_logs_a_secret_it_handled() {
     let sandbox = Sandbox::new();
@@ -182,6 +203,9 @@ async fn nothing_secret_in_trace_output(sandbox: &Sandbox) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ready, "the daemon became ready");
+    // What `ps` shows of the daemon: its arguments name no secret (they are read from stdin,
+    // files and the store, never from the command line).
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", daemon.id())).unwrap();
     for name in ["ci", "grant"] {
         let rotated = client.post(format!("{base}/v1/tokens/{name}/rotate")).bearer_auth(key).send().await.unwrap();
         assert_eq!(rotated.status(), StatusCode::OK);
@@ -189,7 +213,12 @@ async fn nothing_secret_in_trace_output(sandbox: &Sandbox) {
         assert_eq!(status, StatusCode::OK);
     }
     eventually("both deliveries", Duration::from_secs(10), || received.lock().unwrap().len() >= 2).await;
+    // The files as they are while the daemon runs (its WAL and shared memory still there), and
+    // again after it stopped.
+    let mut files = files_written(sandbox);
+    assert!(files.iter().any(|(path, _, _)| path.to_string_lossy().ends_with("-wal")), "the WAL was read");
     stop(daemon);
+    files.extend(files_written(sandbox));
 
     let mut output = std::fs::read_to_string(&log).unwrap();
     output.push_str(&std::fs::read_to_string(log.with_extension("stdout")).unwrap());
@@ -198,8 +227,19 @@ async fn nothing_secret_in_trace_output(sandbox: &Sandbox) {
     assert!(secrets.len() >= 8, "tokens, grants, access tokens and the application secret: {}", secrets.len());
     secrets.push(key.to_owned());
     secrets.push(operator["webhook_secret"].as_str().unwrap().to_owned());
-    for secret in secrets {
-        assert!(!output.contains(&secret), "a secret reached the daemon's output");
+    assert!(files.iter().any(|(path, _, _)| path.extension().is_some_and(|e| e == "db")), "the database was read");
+    for secret in &secrets {
+        assert!(!output.contains(secret.as_str()), "a secret reached the daemon's output");
+        assert!(!contains_bytes(&cmdline, secret.as_bytes()), "a secret is in the daemon's arguments");
+        for (path, bytes, _) in &files {
+            assert!(!contains_bytes(bytes, secret.as_bytes()), "a secret is in plain text in {}", path.display());
+        }
+    }
+    // The store, its journal files and the master key are the owner's alone.
+    for (path, _, mode) in &files {
+        if path.file_name().unwrap().to_string_lossy().starts_with("tokenwarden.") {
+            assert_eq!(mode & 0o077, 0, "{} is open to others: {mode:o}", path.display());
+        }
     }
 }
 
