@@ -257,6 +257,12 @@ struct PlanStep {
     detail: String,
 }
 
+/// SQLite's plan for `sql` (`EXPLAIN QUERY PLAN`), its steps joined by ` | `.
+fn sqlite_plan(conn: &mut DbConnection, sql: &str) -> String {
+    let steps = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}")).load::<PlanStep>(conn).unwrap();
+    steps.into_iter().map(|step| step.detail).collect::<Vec<_>>().join(" | ")
+}
+
 /// The SQL of the statements `run` sends, captured through Diesel's instrumentation.
 fn statements_of(conn: &mut DbConnection, run: impl FnOnce(&mut DbConnection)) -> Vec<String> {
     let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -286,13 +292,7 @@ fn audit_search_reads_an_index_backwards_instead_of_loading_or_sorting_the_table
         });
         assert_eq!(statements.len(), 1, "{statements:?}");
         assert!(statements[0].contains("LIMIT"), "{statements:?}");
-        let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {}", statements[0]))
-            .load::<PlanStep>(&mut f.conn)
-            .unwrap()
-            .into_iter()
-            .map(|step| step.detail)
-            .collect();
-        let plan = plan.join(" | ");
+        let plan = sqlite_plan(&mut f.conn, &statements[0]);
         assert!(plan.contains(&format!("USING INDEX {index}")), "{query:?}: {plan}");
         assert!(!plan.contains("TEMP B-TREE FOR ORDER BY"), "no sort of every matching row: {query:?}: {plan}");
     }
@@ -757,13 +757,7 @@ fn sqlite_claims_and_the_next_due_read_walk_their_partial_indexes_instead_of_the
     for (needle, index) in expectations {
         let matching: Vec<&String> = statements.iter().filter(|s| s.contains(needle)).collect();
         assert_eq!(matching.len(), 1, "{needle}: {statements:#?}");
-        let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {}", matching[0]))
-            .load::<PlanStep>(&mut f.conn)
-            .unwrap()
-            .into_iter()
-            .map(|step| step.detail)
-            .collect();
-        let plan = plan.join(" | ");
+        let plan = sqlite_plan(&mut f.conn, matching[0]);
         assert!(plan.contains(&format!("USING INDEX {index} ")), "{needle}: {plan}");
         assert!(!plan.contains("TEMP B-TREE"), "{needle}: no sort: {plan}");
     }
