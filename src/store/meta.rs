@@ -9,6 +9,8 @@ use crate::crypto::{Cipher, KeyId, SealContext};
 
 /// Name of the row holding a value sealed with the database's master key.
 const KEY_CHECK: &str = "key_check";
+/// Name of the row the readiness check rewrites to find out whether writes go through.
+const WRITE_PROBE: &str = "write_probe";
 /// Where the key-check value is bound.
 const KEY_CHECK_CONTEXT: SealContext<'static> = SealContext { table: "meta", row: KEY_CHECK, field: "value" };
 
@@ -50,5 +52,16 @@ fn verify_or_insert_key(conn: &mut DbConnection, cipher: &Cipher) -> Result<(), 
                 Ok(())
             }
         }
+    })
+}
+
+/// Writes (and commits) a small row, to find out whether the storage accepts writes again after
+/// it refused one (full disk, read-only file system).
+pub fn probe_write(conn: &mut DbConnection) -> Result<(), StoreError> {
+    let stamp = chrono::Utc::now().timestamp_micros().to_be_bytes().to_vec();
+    conn.write_transaction(|conn| {
+        diesel::delete(meta::table.filter(meta::name.eq(WRITE_PROBE))).execute(conn)?;
+        diesel::insert_into(meta::table).values((meta::name.eq(WRITE_PROBE), meta::value.eq(&stamp))).execute(conn)?;
+        Ok(())
     })
 }

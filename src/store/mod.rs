@@ -20,6 +20,7 @@ pub mod replan;
 pub mod rotation;
 pub mod schema;
 pub mod tokens;
+pub mod write_health;
 
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ pub struct Store {
     pool: Pool<Manager>,
     url: DatabaseUrl,
     audit: audit_batch::AuditBatcher,
+    writes: write_health::WriteHealth,
 }
 
 impl std::fmt::Debug for Store {
@@ -67,7 +69,12 @@ impl Store {
             .connection_timeout(POOL_WAIT)
             .test_on_check_out(false)
             .build_unchecked(Manager::new(url.clone()));
-        Ok(Self { pool, url: url.clone(), audit: audit_batch::AuditBatcher::default() })
+        Ok(Self {
+            pool,
+            url: url.clone(),
+            audit: audit_batch::AuditBatcher::default(),
+            writes: write_health::WriteHealth::default(),
+        })
     }
 
     /// The URL this store was opened with.
@@ -82,12 +89,14 @@ impl Store {
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
         let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let mut conn = pool.get().map_err(|err| StoreError::Unavailable(err.to_string()))?;
             f(&mut conn)
         })
         .await
-        .map_err(|err| StoreError::TaskFailed(err.to_string()))?
+        .map_err(|err| StoreError::TaskFailed(err.to_string()))?;
+        self.writes.observe(&result);
+        result
     }
 
     /// Appends an audit row through a group commit shared with concurrent callers; returns once
@@ -95,7 +104,9 @@ impl Store {
     /// their own transaction instead. The commits run on a writer thread with a connection of
     /// its own, not on the blocking pool.
     pub async fn record_audit(&self, row: models::AuditRow) -> Result<(), StoreError> {
-        self.audit.record(&self.url, row).await
+        let result = self.audit.record(&self.url, row).await;
+        self.writes.observe(&result);
+        result
     }
 
     /// A watch on this database that notices commits made by any other connection.
@@ -104,13 +115,24 @@ impl Store {
         changes::ChangeWatch::open(&self.url)
     }
 
-    /// Checks that the database answers a trivial query.
+    /// Checks that the database answers a trivial query and, after a write failed for lack of
+    /// space or permission (see [`write_health`]), that a small write goes through again.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.run(|conn| {
             use diesel::connection::SimpleConnection;
             conn.batch_execute("SELECT 1").map_err(StoreError::from)
         })
-        .await
+        .await?;
+        let Some(problem) = self.writes.problem() else { return Ok(()) };
+        match self.run(meta::probe_write).await {
+            Ok(()) => {
+                self.writes.clear();
+                Ok(())
+            }
+            Err(err) => {
+                Err(StoreError::Unavailable(format!("writes fail ({problem}); a write probe failed too: {err}")))
+            }
+        }
     }
 }
 
