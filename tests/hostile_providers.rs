@@ -188,3 +188,33 @@ async fn a_ten_megabyte_answer_is_abandoned_after_about_the_one_mebibyte_limit()
     println!("a {TEN_MB}-byte answer: {sent} bytes sent before the client gave up");
     assert!(sent < 3 * 1024 * 1024, "the client stopped reading at its limit, yet {sent} of {TEN_MB} bytes were sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_declaring_more_than_the_limit_is_refused_without_waiting_for_its_body() {
+    use tokenwarden::providers::gitlab::{AccessTokenScope, GitlabAccessTokens};
+    use tokenwarden::providers::{Credential, ProviderError, TokenProvider, build_http_client};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {TEN_MB}\r\n\r\n");
+        socket.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let settings = HttpSettings { timeout: Duration::from_secs(20), connect_timeout: Duration::from_secs(1) };
+    let provider = GitlabAccessTokens::new(build_http_client(settings).unwrap(), &url, AccessTokenScope::Personal);
+    let credential = Credential {
+        secret: Some("glpat-presented".to_owned().into()),
+        refresh_token: None,
+        requested_expiry: in_days(30),
+        requested_at: start_time(),
+    };
+    let started = std::time::Instant::now();
+    let err = provider.renew(&credential).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::Unknown { message } if message.contains("larger than")), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at the header, not after a timeout");
+    server.abort();
+}
