@@ -247,13 +247,21 @@ fn still_in_progress(name: &TokenName, waited: Duration) -> ApiError {
     )
 }
 
+/// Reads the optional rotate request: an empty body and a JSON `null` (which the OpenAPI
+/// description allows) both mean `{}`; anything but an object or `null` is `bad_json` (serde
+/// alone would read a JSON array as the struct's fields in order).
 fn parse_rotate_request(body: &[u8]) -> Result<RotateRequest, ApiError> {
+    let bad_json = |err: &dyn std::fmt::Display| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not a rotate request: {err}"))
+    };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(RotateRequest::default());
     }
-    serde_json::from_slice(body).map_err(|err| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not a rotate request: {err}"))
-    })
+    match serde_json::from_slice::<serde_json::Value>(body).map_err(|err| bad_json(&err))? {
+        serde_json::Value::Null => Ok(RotateRequest::default()),
+        object @ serde_json::Value::Object(_) => serde_json::from_value(object).map_err(|err| bad_json(&err)),
+        _ => Err(bad_json(&"it must be a JSON object or null")),
+    }
 }
 
 /// Maps what a forced rotation did to the contract's statuses.
@@ -277,6 +285,28 @@ fn forced_rotation_response(result: ForcedRotation, token: Token) -> Result<Json
         ))),
         ForcedRotation::Refused(state) => {
             Err(conflict(format!("token '{}' cannot be rotated while {state}", token.name)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_body_null_and_an_empty_object_are_the_same_rotate_request() {
+        for body in [&b""[..], b"  \n", b"null", b" null ", b"{}"] {
+            let request = parse_rotate_request(body).unwrap_or_else(|err| panic!("{body:?}: {}", err.message));
+            assert_eq!(request.reason, None);
+        }
+        assert_eq!(parse_rotate_request(br#"{"reason":"leak"}"#).unwrap().reason.as_deref(), Some("leak"));
+    }
+
+    #[test]
+    fn other_bodies_are_bad_json() {
+        for body in [&b"[]"[..], b"\"x\"", b"{\"other\":1}", b"nul", b"{"] {
+            let err = parse_rotate_request(body).unwrap_err();
+            assert_eq!((err.status, err.code), (StatusCode::BAD_REQUEST, "bad_json"), "{body:?}");
         }
     }
 }

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::http::{Answer, body_snippet, classify_status, look_up, send};
+use super::http::{Answer, body_snippet, classify_status, describe_json_error, look_up, send};
 use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
 
 /// Which self-rotate endpoint a token uses.
@@ -160,7 +160,10 @@ impl TokenProvider for GitlabAccessTokens {
             return Err(classify_gitlab_error(status, &headers, &body));
         }
         let parsed: TokenJson = serde_json::from_slice(&body).map_err(|err| {
-            ProviderError::unknown(format!("GitLab rotated the token but its answer is not token JSON: {err}"))
+            ProviderError::unknown(format!(
+                "GitLab may have rotated the token but its answer is not token JSON: {}",
+                describe_json_error(&err)
+            ))
         })?;
         let token =
             parsed.token.ok_or_else(|| ProviderError::unknown("GitLab answered the rotation without a token field"))?;
@@ -186,7 +189,10 @@ impl TokenProvider for GitlabAccessTokens {
             return Err(classify_gitlab_error(status, &headers, &body));
         }
         let parsed: TokenJson = serde_json::from_slice(&body).map_err(|err| {
-            ProviderError::transient(format!("GitLab's token lookup answer is not token JSON: {err}"))
+            ProviderError::transient(format!(
+                "GitLab's token lookup answer is not token JSON: {}",
+                describe_json_error(&err)
+            ))
         })?;
         Ok(Some(TokenInfo {
             id: id_text(&parsed.id),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::error::Category;
 
 use super::ProviderError;
 
@@ -63,17 +64,26 @@ fn describe(err: &reqwest::Error) -> String {
     text
 }
 
-/// Reads a response body up to [`MAX_RESPONSE_BYTES`]; a failure here happens after the
-/// provider acted, so it is an unknown outcome.
+/// The error for a body over [`MAX_RESPONSE_BYTES`] (an unknown outcome: the provider acted).
+fn too_large() -> ProviderError {
+    ProviderError::unknown(format!(
+        "the provider's response is larger than {MAX_RESPONSE_BYTES} bytes, so it was not read (not a token answer)"
+    ))
+}
+
+/// Reads a response body up to [`MAX_RESPONSE_BYTES`]: a declared `Content-Length` over the
+/// limit is refused before reading, a streamed body as soon as it passes the limit. A failure
+/// here happens after the provider acted, so it is an unknown outcome.
 pub async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    if response.content_length().is_some_and(|length| length > MAX_RESPONSE_BYTES as u64) {
+        return Err(too_large());
+    }
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(ProviderError::unknown(format!(
-                        "the provider's response is larger than {MAX_RESPONSE_BYTES} bytes"
-                    )));
+                    return Err(too_large());
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -145,6 +155,32 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> 
     }
 }
 
+/// Why a provider's JSON could not be read, without quoting any of it: serde_json's own
+/// messages quote the offending value (`invalid type: string "glpat-…", expected u64`), and
+/// in a provider's answer that value may be a secret. Field names (ours) and the expected type
+/// are kept; the value and the text around it are not.
+pub fn describe_json_error(err: &serde_json::Error) -> String {
+    let at = format!("at line {} column {}", err.line(), err.column());
+    match err.classify() {
+        Category::Io => "the body could not be read".to_owned(),
+        Category::Eof => "the JSON ends early".to_owned(),
+        Category::Syntax => format!("it is not valid JSON (syntax error {at})"),
+        Category::Data => describe_data_error(&err.to_string(), &at),
+    }
+}
+
+/// A data error (wrong shape) by the message's known forms; anything else is named generically.
+fn describe_data_error(message: &str, at: &str) -> String {
+    let message = message.strip_suffix(&format!(" {at}")).unwrap_or(message);
+    if message.starts_with("missing field `") || message.starts_with("duplicate field `") {
+        return format!("{message} ({at})");
+    }
+    match message.rsplit_once(", expected ") {
+        Some((_, expected)) => format!("a field has the wrong type or value, expected {expected} ({at})"),
+        None => format!("a field has the wrong type or value ({at})"),
+    }
+}
+
 /// The first 200 characters of a body, as text, for error messages. Bodies of error
 /// responses never hold a new secret.
 pub fn body_snippet(body: &[u8]) -> String {
@@ -191,6 +227,38 @@ mod tests {
         for status in [400, 401, 403, 404, 405] {
             let err = classify_status(StatusCode::from_u16(status).unwrap(), &headers, b"");
             assert!(matches!(err, ProviderError::Permanent { .. }), "{status}");
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field_and_type_but_never_quote_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Answer {
+            token: String,
+            #[serde(default)]
+            expires_in: Option<u64>,
+            #[serde(default)]
+            scopes: Vec<String>,
+        }
+        let secret = "glpat-0123456789abcdef";
+        let cases = [
+            (format!(r#"{{"token":"x","expires_in":"{secret}"}}"#), "expected u64"),
+            (format!(r#"{{"token":"x","scopes":"{secret}"}}"#), "expected a sequence"),
+            (format!(r#"{{"token":["{secret}"]}}"#), "expected a string"),
+            (format!(r#"{{"access_token":"{secret}"}}"#), "missing field `token`"),
+            (format!(r#"{{"token":"{secret}","token":"{secret}"}}"#), "duplicate field `token`"),
+            (format!(r#"{{"token":"{secret}", <html>"#), "not valid JSON"),
+            (format!(r#"{{"token":"{secret}""#), "ends early"),
+        ];
+        for (body, expected) in cases {
+            let err = serde_json::from_str::<Answer>(&body).unwrap_err();
+            if expected.starts_with("expected u64") || expected.starts_with("expected a sequence") {
+                assert!(err.to_string().contains(secret), "serde_json itself quotes the value: {err}");
+            }
+            let described = describe_json_error(&err);
+            assert!(described.contains(expected), "{body}: {described}");
+            assert!(!described.contains("glpat-"), "{body}: {described}");
         }
     }
 

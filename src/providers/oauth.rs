@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::gitlab::validate_token_text;
-use super::http::{Answer, body_snippet, classify_status, look_up, send};
+use super::http::{Answer, body_snippet, classify_status, describe_json_error, look_up, send};
 use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
 
 /// Access-token lifetime assumed when a provider omits `expires_in`.
@@ -98,6 +98,15 @@ fn classify_oauth_error(status: StatusCode, headers: &reqwest::header::HeaderMap
     }
 }
 
+/// A token type for an error message: quoted when it looks like one (`mac`, `DPoP`), described
+/// otherwise — a provider that put a secret there must not see it copied into logs.
+fn quote_token_type(kind: &str) -> String {
+    if kind.len() <= 16 && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return format!("'{kind}'");
+    }
+    format!("an unexpected {}-character value", kind.chars().count())
+}
+
 #[async_trait::async_trait]
 impl TokenProvider for OauthRefresher {
     async fn renew(&self, credential: &Credential) -> Result<Renewed, ProviderError> {
@@ -122,12 +131,18 @@ impl TokenProvider for OauthRefresher {
             return Err(classify_oauth_error(status, &headers, &body));
         }
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|err| {
-            ProviderError::unknown(format!("the provider answered the refresh but not with a token response: {err}"))
+            ProviderError::unknown(format!(
+                "the provider answered the refresh but not with a token response: {}",
+                describe_json_error(&err)
+            ))
         })?;
         if let Some(kind) = &parsed.token_type
             && !kind.eq_ignore_ascii_case("bearer")
         {
-            return Err(ProviderError::unknown(format!("unexpected token_type '{kind}' in the refresh answer")));
+            return Err(ProviderError::unknown(format!(
+                "the refresh answer's token_type is {}, not Bearer",
+                quote_token_type(kind)
+            )));
         }
         validate_token_text("access_token", &parsed.access_token)?;
         if let Some(refresh) = &parsed.refresh_token {
@@ -209,6 +224,13 @@ mod tests {
         };
         let err = refresher.renew(&credential).await.unwrap_err();
         assert!(matches!(err, ProviderError::Transient { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_token_type_is_quoted_only_when_it_looks_like_one() {
+        assert_eq!(quote_token_type("mac"), "'mac'");
+        let described = quote_token_type("gloat-0123456789abcdef0123");
+        assert!(!described.contains("gloat-"), "{described}");
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+pub use super::malformed::Malformation;
+
 /// One injected misbehaviour of a renewal request (rotate or refresh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -27,6 +29,11 @@ pub enum Fault {
     },
     /// Act, then cut the connection in the middle of the answer.
     DropAfterCommit,
+    /// Act, then answer 200 with a malformed body instead of the real answer.
+    Malformed {
+        /// How the answer is malformed.
+        answer: Malformation,
+    },
 }
 
 /// Which requests a scripted fault applies to.
@@ -127,6 +134,15 @@ mod tests {
         assert_eq!(plan.next(FaultTarget::Renewal), Some(Fault::Status { status: 502 }));
         assert_eq!(plan.next(FaultTarget::Renewal), Some(Fault::DropAfterCommit));
         assert_eq!(plan.next(FaultTarget::Renewal), None);
+    }
+
+    #[test]
+    fn a_malformed_answer_fault_reads_from_json_as_the_admin_endpoint_takes_it() {
+        let fault: Fault =
+            serde_json::from_str(r#"{"kind":"malformed","answer":{"kind":"oversize","bytes":10485760}}"#).unwrap();
+        assert_eq!(fault, Fault::Malformed { answer: Malformation::Oversize { bytes: 10 * 1024 * 1024 } });
+        let fault: Fault = serde_json::from_str(r#"{"kind":"malformed","answer":{"kind":"garbage_json"}}"#).unwrap();
+        assert_eq!(fault, Fault::Malformed { answer: Malformation::GarbageJson });
     }
 
     #[test]

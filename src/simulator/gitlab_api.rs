@@ -1,6 +1,7 @@
 //! The simulated GitLab endpoints tokenwarden calls: token look-up, the three self-rotate
 //! endpoints, and the OAuth refresh grant — each with fault injection on its answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -10,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::Shared;
 use super::faults::{Fault, FaultTarget};
 use super::state::{AccessToken, RefreshError, RotateError, TokenOwner};
+use super::{Shared, malformed};
 
 /// The token presented in `PRIVATE-TOKEN` or `Authorization: Bearer`.
 fn presented_token(headers: &HeaderMap) -> Option<String> {
@@ -90,12 +91,12 @@ fn answer_before_acting(shared: &Shared, fault: Option<Fault>) -> Option<Respons
             }
             Some(response)
         }
-        Fault::SlowAfterCommit { .. } | Fault::DropAfterCommit => None,
+        Fault::SlowAfterCommit { .. } | Fault::DropAfterCommit | Fault::Malformed { .. } => None,
     }
 }
 
-/// Delivers an answer after acting, slowly or cut off if the fault says so.
-async fn deliver(shared: &Shared, fault: Option<Fault>, response: Response) -> Response {
+/// Delivers an answer after acting, slowly, cut off or malformed if the fault says so.
+async fn deliver(shared: &Arc<Shared>, fault: Option<Fault>, response: Response) -> Response {
     match fault {
         Some(Fault::SlowAfterCommit { delay_ms }) => {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -108,6 +109,7 @@ async fn deliver(shared: &Shared, fault: Option<Fault>, response: Response) -> R
             let body = Body::from_stream(futures_util::stream::iter(chunks));
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
+        Some(Fault::Malformed { answer }) => malformed::malform(shared.clone(), answer, response).await,
         _ => response,
     }
 }
@@ -133,7 +135,7 @@ async fn begin(shared: &Shared, headers: &HeaderMap, target: FaultTarget) -> Opt
 }
 
 /// `GET /api/v4/personal_access_tokens/self`.
-pub async fn look_up(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap) -> Response {
+pub async fn look_up(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let fault = begin(&shared, &headers, FaultTarget::Lookup).await;
     if let Some(response) = answer_before_acting(&shared, fault) {
         return response;
@@ -151,7 +153,7 @@ pub async fn look_up(State(shared): State<std::sync::Arc<Shared>>, headers: Head
 }
 
 /// `GET /oauth/token/info` with the access token as a bearer token.
-pub async fn oauth_token_info(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap) -> Response {
+pub async fn oauth_token_info(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let fault = begin(&shared, &headers, FaultTarget::Lookup).await;
     if let Some(response) = answer_before_acting(&shared, fault) {
         return response;
@@ -173,7 +175,7 @@ pub async fn oauth_token_info(State(shared): State<std::sync::Arc<Shared>>, head
 
 /// `POST /api/v4/personal_access_tokens/self/rotate`.
 pub async fn rotate_personal(
-    State(shared): State<std::sync::Arc<Shared>>,
+    State(shared): State<Arc<Shared>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
@@ -183,7 +185,7 @@ pub async fn rotate_personal(
 
 /// `POST /api/v4/projects/{id}/access_tokens/self/rotate`.
 pub async fn rotate_project(
-    State(shared): State<std::sync::Arc<Shared>>,
+    State(shared): State<Arc<Shared>>,
     Path(project): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -194,7 +196,7 @@ pub async fn rotate_project(
 
 /// `POST /api/v4/groups/{id}/access_tokens/self/rotate`.
 pub async fn rotate_group(
-    State(shared): State<std::sync::Arc<Shared>>,
+    State(shared): State<Arc<Shared>>,
     Path(group): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -204,7 +206,7 @@ pub async fn rotate_group(
 }
 
 async fn rotate(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     endpoint: TokenOwner,
     query: Option<String>,
     headers: &HeaderMap,
@@ -253,7 +255,7 @@ fn client_credentials(headers: &HeaderMap, fields: &[(String, String)]) -> (Opti
 }
 
 /// `POST /oauth/token` with `grant_type=refresh_token`.
-pub async fn oauth_token(State(shared): State<std::sync::Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let fault = begin(&shared, &headers, FaultTarget::Renewal).await;
     if let Some(response) = answer_before_acting(&shared, fault) {
         return response;

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod faults;
 mod gitlab_api;
 pub mod harness;
+pub mod malformed;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::engine::SharedClock;
-pub use faults::{Fault, FaultRates, FaultTarget};
+pub use faults::{Fault, FaultRates, FaultTarget, Malformation};
 pub use state::{GitlabState, Stats, TokenOwner};
 
 /// What the handlers share: the clock, GitLab's state and the fault plan.

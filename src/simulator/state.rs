@@ -139,6 +139,10 @@ pub struct Stats {
     pub faults_injected: u64,
     /// Answers dropped after the renewal was committed.
     pub dropped_after_commit: u64,
+    /// Answers replaced by a malformed body (`Fault::Malformed`).
+    pub malformed_answers: u64,
+    /// Bytes of oversize malformed bodies handed to the connection.
+    pub malformed_bytes_sent: u64,
 }
 
 /// Everything the simulated GitLab knows.
