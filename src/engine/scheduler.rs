@@ -190,10 +190,11 @@ impl Scheduler {
             return Ok(DateTime::<Utc>::MAX_UTC);
         }
         let (busy, held, held_until) = self.unavailable_providers(now);
+        window.note_held(&held);
         if window.needs_read(now) {
             let excluded: Vec<String> = held.iter().cloned().collect();
             let due = self.read_due(now + WINDOW_HORIZON, WINDOW_SIZE, excluded).await?;
-            window.replace(due);
+            window.replace(due, held.clone());
         }
         let mut waiting_for_busy = self.place_due(window, now, busy, &held);
         let free = self.overall.available_permits();

@@ -5,6 +5,8 @@
 //! connection, a wake-up from the API or the CLI), when it ran dry, or when a worker finished
 //! and nothing in it is due.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 
 use crate::store::rotation::DueToken;
@@ -31,11 +33,20 @@ pub struct Window {
     stale: bool,
     worker_done: bool,
     others_read: bool,
+    /// Providers left out of the last read because they asked for a pause.
+    held_at_read: HashSet<String>,
 }
 
 impl Default for Window {
     fn default() -> Self {
-        Self { entries: Vec::new(), truncated: false, stale: true, worker_done: false, others_read: false }
+        Self {
+            entries: Vec::new(),
+            truncated: false,
+            stale: true,
+            worker_done: false,
+            others_read: false,
+            held_at_read: HashSet::new(),
+        }
     }
 }
 
@@ -51,14 +62,25 @@ impl Window {
         self.worker_done = true;
     }
 
+    /// Notes which providers are paused now: the window must be read again once a provider that
+    /// was paused when it was read is not any more, or that provider's due tokens (left out of
+    /// the read) would wait for some unrelated change.
+    pub fn note_held(&mut self, held: &HashSet<String>) {
+        if !self.held_at_read.is_subset(held) {
+            self.stale = true;
+        }
+    }
+
     /// Whether the window must be read again before dispatching at `now`.
     pub fn needs_read(&self, now: DateTime<Utc>) -> bool {
         let nothing_due = self.entries.first().is_none_or(|first| first.due_at > now);
         self.stale || (self.truncated && self.entries.is_empty()) || (self.worker_done && nothing_due)
     }
 
-    /// Replaces the contents with a fresh read of at most [`WINDOW_SIZE`] tokens.
-    pub fn replace(&mut self, entries: Vec<DueToken>) {
+    /// Replaces the contents with a fresh read of at most [`WINDOW_SIZE`] tokens, which left out
+    /// the tokens of the `held` providers.
+    pub fn replace(&mut self, entries: Vec<DueToken>, held: HashSet<String>) {
+        self.held_at_read = held;
         self.truncated = i64::try_from(entries.len()).unwrap_or(i64::MAX) >= WINDOW_SIZE;
         self.entries = entries;
         self.stale = false;
@@ -125,7 +147,10 @@ mod tests {
         let now = Utc::now();
         let mut window = Window::default();
         assert!(window.needs_read(now), "a new window is read first");
-        window.replace(vec![token("a", "p", -2, now), token("b", "q", -1, now), token("c", "p", 30, now)]);
+        window.replace(
+            vec![token("a", "p", -2, now), token("b", "q", -1, now), token("c", "p", 30, now)],
+            HashSet::new(),
+        );
         assert!(!window.needs_read(now));
         let mut offered = Vec::new();
         window.place_due(now, |token| {
@@ -146,7 +171,7 @@ mod tests {
     fn a_finished_worker_causes_a_read_only_once_nothing_is_due() {
         let now = Utc::now();
         let mut window = Window::default();
-        window.replace(vec![token("a", "p", -1, now)]);
+        window.replace(vec![token("a", "p", -1, now)], HashSet::new());
         window.note_worker_done();
         assert!(!window.needs_read(now), "something is still due: dispatch it first");
         window.place_due(now, |_| Placement::Taken);
@@ -154,11 +179,23 @@ mod tests {
     }
 
     #[test]
+    fn a_window_read_while_a_provider_was_paused_is_read_again_when_the_pause_ends() {
+        let now = Utc::now();
+        let mut window = Window::default();
+        let paused: HashSet<String> = ["p".to_owned()].into();
+        window.replace(vec![token("q1", "q", 60, now)], paused.clone());
+        window.note_held(&paused);
+        assert!(!window.needs_read(now), "still paused: p's tokens are rightly missing");
+        window.note_held(&HashSet::new());
+        assert!(window.needs_read(now), "p's pause ended: its due tokens must be read");
+    }
+
+    #[test]
     fn a_full_window_that_ran_dry_is_read_again_and_may_hide_other_providers_once() {
         let now = Utc::now();
         let mut window = Window::default();
         let many = (0..WINDOW_SIZE).map(|i| token(&format!("t{i}"), "busy", -1, now)).collect();
-        window.replace(many);
+        window.replace(many, HashSet::new());
         assert!(window.may_hide_other_providers());
         window.merge_other_providers(vec![token("other", "idle", -5, now), token("t0", "busy", -1, now)]);
         assert!(!window.may_hide_other_providers(), "once per read");

@@ -22,6 +22,12 @@ pub enum Fault {
         /// Seconds to name in `Retry-After`.
         retry_after_seconds: u64,
     },
+    /// Hold the request this long *before* acting (past the client's timeout), then answer 504
+    /// without acting: a request stuck in a queue that GitLab gave up on.
+    StallBeforeActing {
+        /// How long to hold it, in milliseconds.
+        delay_ms: u64,
+    },
     /// Act, then hold the answer back this long (past the client's timeout).
     SlowAfterCommit {
         /// How long to hold it, in milliseconds.
@@ -58,6 +64,10 @@ pub struct FaultRates {
     pub rate_limited: f64,
     /// Seconds named in those `Retry-After` headers.
     pub retry_after_seconds: u64,
+    /// Share of renewals held for `stall_ms` before they are answered 504 without acting.
+    pub stall: f64,
+    /// How long stalled requests are held, in milliseconds.
+    pub stall_ms: u64,
     /// Share of renewals answered only after `slow_ms` (after acting).
     pub slow: f64,
     /// How long slow answers are held, in milliseconds.
@@ -104,6 +114,9 @@ impl FaultPlan {
         }
         if hit(rates.rate_limited) {
             return Some(Fault::RateLimited { retry_after_seconds: rates.retry_after_seconds });
+        }
+        if hit(rates.stall) {
+            return Some(Fault::StallBeforeActing { delay_ms: rates.stall_ms });
         }
         if hit(rates.slow) {
             return Some(Fault::SlowAfterCommit { delay_ms: rates.slow_ms });

@@ -91,6 +91,10 @@ fn answer_before_acting(shared: &Shared, fault: Option<Fault>) -> Option<Respons
             }
             Some(response)
         }
+        Fault::StallBeforeActing { .. } => Some(json_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            json!({"message": "504 simulated failure: the request waited too long and was not acted on"}),
+        )),
         Fault::SlowAfterCommit { .. } | Fault::DropAfterCommit | Fault::Malformed { .. } => None,
     }
 }
@@ -130,6 +134,9 @@ async fn begin(shared: &Shared, headers: &HeaderMap, target: FaultTarget) -> Opt
     let fault = shared.next_fault(target);
     if fault.is_some() {
         shared.with_state(|state| state.stats.faults_injected += 1);
+    }
+    if let Some(Fault::StallBeforeActing { delay_ms }) = fault {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
     fault
 }
