@@ -11,8 +11,9 @@
 //! no token family revoked, no dead refresh token sent more than once, every token either holds
 //! a secret GitLab accepts or needs attention because its credential was used up with the answer
 //! lost, GitLab's renewals equal the versions stored plus the answers lost (nothing renewed
-//! twice), grants lost to kills are rare, and every committed version reached the webhook
-//! receiver under one delivery id however often it was sent.
+//! twice), kills landing in the commit gap stay a minority (the report prints how many, and the
+//! gaps), and every committed version reached the webhook receiver under one delivery id however
+//! often it was sent.
 //!
 //! Two regimes, one test each (run one after the other):
 //! - **blind retry**: access tokens live 20 s, so when a killed daemon's lease runs out the
