@@ -121,6 +121,8 @@ const CHAOS_FAULTS: FaultRates = FaultRates {
     server_error: 0.0,
     rate_limited: 0.0,
     retry_after_seconds: 0,
+    stall: 0.0,
+    stall_ms: 0,
     slow: 0.0,
     slow_ms: 0,
     drop_after_commit: 0.03,
