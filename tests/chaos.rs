@@ -41,7 +41,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use chrono::Utc;
 use common::Sandbox;
+use common::serve_process::ServeProcess;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use secrecy::{ExposeSecret, SecretString};
@@ -212,58 +213,28 @@ fn env_number(name: &str) -> Option<usize> {
 
 /// A daemon process whose standard error goes to a log file.
 struct Daemon {
-    child: Child,
+    process: ServeProcess,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The fragment of the lease owner that names this process.
-    fn owner_tag(&self) -> String {
-        format!(":{}:", self.pid())
-    }
-
     /// Whether it has logged that it is serving.
     fn serving(&self) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|text| text.contains(SERVING))
     }
+}
 
-    /// Whether it exited (a daemon must not die on its own).
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().expect("wait for the daemon")
-    }
+impl std::ops::Deref for Daemon {
+    type Target = ServeProcess;
 
-    /// SIGKILL, and reap it.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the daemon");
-        self.child.wait().expect("reap the daemon");
-    }
-
-    /// SIGTERM, then waits up to `limit` for the exit.
-    fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
-        let pid = self.pid().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("run kill").success());
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the daemon did not stop within {limit:?} of SIGTERM");
-            std::thread::sleep(POLL);
-        }
+    fn deref(&self) -> &ServeProcess {
+        &self.process
     }
 }
 
-impl Drop for Daemon {
-    /// A daemon left behind by a failing test is killed.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut ServeProcess {
+        &mut self.process
     }
 }
 
@@ -499,7 +470,7 @@ impl ChaosRun {
             .stderr(stderr)
             .spawn()
             .expect("start tokenwarden serve");
-        Daemon { child, log }
+        Daemon { process: ServeProcess::new(child), log }
     }
 
     /// Starts a daemon, kills it at a random moment, and records what it left behind.
@@ -531,7 +502,7 @@ impl ChaosRun {
             panic!("daemon {} exited on its own with {status}\n{}", daemon.pid(), self.diagnostics());
         }
         let at = Utc::now();
-        daemon.kill();
+        daemon.process.kill();
         let after = since_start.elapsed();
         let left_rotating = self
             .tokens()
@@ -583,7 +554,7 @@ impl ChaosRun {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let status = daemon.terminate(Duration::from_secs(10));
+        let status = daemon.process.terminate(Duration::from_secs(10));
         assert!(status.success(), "the final daemon stopped with {status}\n{}", self.diagnostics());
     }
 

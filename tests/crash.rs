@@ -13,11 +13,12 @@ mod common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{Days, Utc};
 use common::Sandbox;
+use common::serve_process::ServeProcess as Daemon;
 use secrecy::ExposeSecret;
 use tokenwarden::config::DatabaseUrl;
 use tokenwarden::crypto::{Cipher, MasterKey};
@@ -176,47 +177,6 @@ fn sigkill_after_gitlab_used_the_refresh_token_counts_no_reuse() {
     run.check_outcome(&["grant"], "needs_attention", Some(GRANT_LOST), 2);
 }
 
-/// A daemon process whose standard error goes to a log file in the sandbox.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the daemon");
-        self.child.wait().expect("reap the daemon");
-    }
-
-    /// SIGTERM, then waits up to `limit` for the exit.
-    fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
-        let pid = self.pid().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("run kill").success());
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the daemon") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the daemon did not stop within {limit:?} of SIGTERM");
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    /// A daemon left behind by a failing test is killed.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// The store as the daemon sees it, read directly (fast enough to poll every few ms).
 struct Db {
     conn: DbConnection,
@@ -293,7 +253,7 @@ impl CrashRun {
             .stderr(stderr)
             .spawn()
             .expect("start tokenwarden serve");
-        Daemon { child }
+        Daemon::new(child)
     }
 
     /// Resumes `wave`, starts a daemon, waits until it holds the lease of every token of the
@@ -306,7 +266,7 @@ impl CrashRun {
         let recovery = wave.is_empty();
         let daemon = self.start_daemon(label);
         let since_start = Instant::now();
-        let owner = format!(":{}:", daemon.pid());
+        let owner = daemon.owner_tag();
         let held: Vec<String> = if recovery {
             RETRY_KILLED.iter().chain(&PROBING).map(|s| (*s).to_owned()).collect()
         } else {

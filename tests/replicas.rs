@@ -9,12 +9,13 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::TestGitlab;
 use common::postgres::TestSchema;
+use common::serve_process::ServeProcess;
 use secrecy::SecretString;
 use tokenwarden::config::{DatabaseUrl, HumanDuration};
 use tokenwarden::crypto::{Cipher, MasterKey};
@@ -75,7 +76,7 @@ fn three_replicas_share_the_grants_and_survivors_take_over_a_killed_ones_leases(
         run.logs()
     );
     for replica in &replicas {
-        let leases = seen.leases.get(&replica.pid).copied().unwrap_or_default();
+        let leases = seen.leases.get(&replica.process.pid()).copied().unwrap_or_default();
         assert!(
             leases >= GRANTS / 10,
             "replica {} took only {leases} leases: {:?}\n{}",
@@ -87,17 +88,18 @@ fn three_replicas_share_the_grants_and_survivors_take_over_a_killed_ones_leases(
 
     // SIGKILL the replica that holds the most leases right now.
     let (victim, held) = run.kill_busiest(&mut replicas);
-    eprintln!("killed replica {} holding {} leases", victim.pid, held.len());
+    eprintln!("killed replica {victim} holding {} leases", held.len());
     assert!(!held.is_empty(), "the killed replica held leases at the kill");
     let mut after = Observations::default();
     run.watch(&mut after, AFTER_KILL, &replicas);
     after.assert_nothing_expired(&run);
     for replica in replicas {
-        assert!(replica.terminate().success(), "a survivor did not stop cleanly\n{}", run.logs());
+        let status = replica.process.terminate(Duration::from_secs(10));
+        assert!(status.success(), "survivor {} did not stop cleanly\n{}", replica.label, run.logs());
     }
 
     let tokens = run.tokens();
-    let victim_owner = owner_tag(victim.pid);
+    let victim_owner = owner_tag(victim);
     let mut lost = Vec::new();
     for token in &tokens {
         assert!(
@@ -158,36 +160,10 @@ fn owner_tag(pid: u32) -> String {
     format!(":{pid}:")
 }
 
-/// A `tokenwarden serve` process.
+/// A `tokenwarden serve` process and its name in the test.
 struct Replica {
     label: String,
-    pid: u32,
-    child: Child,
-}
-
-impl Replica {
-    /// SIGTERM, then wait up to 10 s.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.pid.to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "replica {} ignored SIGTERM", self.label);
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    process: ServeProcess,
 }
 
 /// What the watcher saw while the replicas ran.
@@ -285,7 +261,7 @@ impl ReplicaRun {
             .stderr(stderr)
             .spawn()
             .expect("start tokenwarden serve");
-        Replica { label: label.to_owned(), pid: child.id(), child }
+        Replica { label: label.to_owned(), process: ServeProcess::new(child) }
     }
 
     fn tokens(&mut self) -> Vec<Token> {
@@ -308,9 +284,9 @@ impl ReplicaRun {
             for token in self.tokens() {
                 if let (Some(owner), Some(until)) = (&token.lease_owner, token.lease_expires_at)
                     && seen.seen_leases.insert(format!("{}@{until}", token.name))
-                    && let Some(replica) = replicas.iter().find(|r| owner.contains(&owner_tag(r.pid)))
+                    && let Some(replica) = replicas.iter().find(|r| owner.contains(&r.process.owner_tag()))
                 {
-                    *seen.leases.entry(replica.pid).or_default() += 1;
+                    *seen.leases.entry(replica.process.pid()).or_default() += 1;
                 }
                 let expired = token.expires_at.is_some_and(|at| at <= now);
                 if expired && token.state != TokenState::NeedsAttention {
@@ -322,8 +298,8 @@ impl ReplicaRun {
         }
     }
 
-    /// SIGKILLs the replica holding the most leases; returns it and the tokens it held.
-    fn kill_busiest(&mut self, replicas: &mut Vec<Replica>) -> (Replica, HashSet<String>) {
+    /// SIGKILLs the replica holding the most leases; returns its pid and the tokens it held.
+    fn kill_busiest(&mut self, replicas: &mut Vec<Replica>) -> (u32, HashSet<String>) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let tokens = self.tokens();
@@ -338,24 +314,24 @@ impl ReplicaRun {
             let (index, held) = replicas
                 .iter()
                 .enumerate()
-                .map(|(i, r)| (i, held_by(r.pid)))
+                .map(|(i, r)| (i, held_by(r.process.pid())))
                 .max_by_key(|(_, held)| held.len())
                 .unwrap();
             if !held.is_empty() {
-                let mut victim = replicas.remove(index);
-                victim.child.kill().unwrap();
-                victim.child.wait().unwrap();
+                let victim = replicas.remove(index);
+                let pid = victim.process.pid();
+                victim.process.kill();
                 // What the kill left behind: leases that committed no result.
                 let left: HashSet<String> = {
                     let tokens = self.tokens();
                     tokens
                         .iter()
                         .filter(|t| t.state == TokenState::Rotating)
-                        .filter(|t| t.lease_owner.as_deref().is_some_and(|o| o.contains(&owner_tag(victim.pid))))
+                        .filter(|t| t.lease_owner.as_deref().is_some_and(|o| o.contains(&owner_tag(pid))))
                         .map(|t| t.name.to_string())
                         .collect()
                 };
-                return (victim, held.union(&left).cloned().collect());
+                return (pid, held.union(&left).cloned().collect());
             }
             assert!(Instant::now() < deadline, "no replica held a lease for 15 s\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(5));

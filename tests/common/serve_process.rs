@@ -1,0 +1,64 @@
+//! A `tokenwarden serve` process started by a test: its pid and lease-owner tag, SIGKILL,
+//! SIGTERM with a deadline, and a kill when the test ends while it still runs.
+
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// How often a stopping process is looked at.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A running `serve` process, killed on drop if it still runs.
+pub struct ServeProcess {
+    child: Child,
+}
+
+impl ServeProcess {
+    /// Takes charge of a started process.
+    pub fn new(child: Child) -> Self {
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The fragment of a lease owner (`label:host:pid:nonce`) that names this process.
+    pub fn owner_tag(&self) -> String {
+        format!(":{}:", self.pid())
+    }
+
+    /// Its exit status, if it exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the daemon")
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the daemon");
+        self.child.wait().expect("reap the daemon");
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit.
+    pub fn terminate(mut self, limit: Duration) -> ExitStatus {
+        let pid = self.pid().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("run kill").success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not stop within {limit:?} of SIGTERM");
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    /// A daemon left behind by a failing test is killed.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
