@@ -14,19 +14,19 @@ use crate::config::DatabaseUrl;
 
 /// Keeps a job's lock for as long as it lives.
 pub struct JobLock {
-    _session: Option<PgConnection>,
+    session: Option<PgConnection>,
 }
 
 impl std::fmt::Debug for JobLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobLock").field("held_on_postgres", &self._session.is_some()).finish()
+        f.debug_struct("JobLock").field("held_on_postgres", &self.session.is_some()).finish()
     }
 }
 
 /// The lock for `job`, or `None` when another replica holds it. Blocking.
 pub fn try_lock(url: &DatabaseUrl, job: &str) -> Result<Option<JobLock>, StoreError> {
     let DatabaseUrl::Postgres(_) = url else {
-        return Ok(Some(JobLock { _session: None }));
+        return Ok(Some(JobLock { session: None }));
     };
     let DbConnection::Postgres(mut session) = connect(url).map_err(|err| StoreError::Unavailable(err.to_string()))?
     else {
@@ -35,7 +35,7 @@ pub fn try_lock(url: &DatabaseUrl, job: &str) -> Result<Option<JobLock>, StoreEr
     let key = job_key(job);
     let taken = diesel::select(diesel::dsl::sql::<Bool>("pg_try_advisory_lock(").bind::<BigInt, _>(key).sql(")"))
         .get_result::<bool>(&mut session)?;
-    Ok(taken.then_some(JobLock { _session: Some(session) }))
+    Ok(taken.then_some(JobLock { session: Some(session) }))
 }
 
 /// A stable 64-bit advisory-lock key for a job name (FNV-1a), distinct from the migration lock's.

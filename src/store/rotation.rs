@@ -316,8 +316,6 @@ pub struct DueClaims {
     pub claimed: Vec<Claim>,
     /// Providers that asked for a pause, and until when.
     pub held: Vec<(String, DateTime<Utc>)>,
-    /// Grants found lost (their single retry's worker died) and flagged.
-    pub grants_lost: usize,
 }
 
 type LockedRow = (TokenRow, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -417,10 +415,7 @@ pub fn claim_due(
                         result.claimed.push(take_lease(conn, found, recovery, owner, lease, now)?);
                         taken += 1;
                     }
-                    Decision::GrantLost => {
-                        mark_grant_lost(conn, &row, now)?;
-                        result.grants_lost += 1;
-                    }
+                    Decision::GrantLost => mark_grant_lost(conn, &row, now)?,
                     Decision::Answer(_) => {}
                 }
             }
