@@ -39,9 +39,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -455,22 +453,12 @@ impl ChaosRun {
     fn start_daemon(&mut self) -> Daemon {
         let log = self.sandbox.path().join(format!("daemon-{:05}.log", self.daemons));
         self.daemons += 1;
-        let stderr = File::create(&log).expect("create the daemon log");
         self.logs.push(log.clone());
-        let child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
-            .current_dir(self.sandbox.path())
-            .env_clear()
-            .env("TOKENWARDEN_DATABASE_URL", self.sandbox.database_url())
-            .env("RUST_LOG", std::env::var("TOKENWARDEN_CHAOS_LOG").unwrap_or_else(|_| "info".to_owned()))
-            .arg("--config")
-            .arg(&self.config)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start tokenwarden serve");
-        Daemon { process: ServeProcess::new(child), log }
+        let env = [
+            ("TOKENWARDEN_DATABASE_URL", self.sandbox.database_url()),
+            ("RUST_LOG", std::env::var("TOKENWARDEN_CHAOS_LOG").unwrap_or_else(|_| "info".to_owned())),
+        ];
+        Daemon { process: ServeProcess::start(self.sandbox.path(), &self.config, &log, &env), log }
     }
 
     /// Starts a daemon, kills it at a random moment, and records what it left behind.

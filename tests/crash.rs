@@ -11,9 +11,7 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{Days, Utc};
@@ -239,21 +237,10 @@ impl CrashRun {
     /// Starts `tokenwarden serve` on a free port with the test's config.
     fn start_daemon(&mut self, label: &str) -> Daemon {
         let log = self.sandbox.path().join(format!("daemon-{label}.log"));
-        let stderr = File::create(&log).expect("create the daemon log");
+        let env = [("TOKENWARDEN_DATABASE_URL", self.sandbox.database_url())];
+        let daemon = Daemon::start(self.sandbox.path(), &self.config, &log, &env);
         self.logs.push(log);
-        let child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
-            .current_dir(self.sandbox.path())
-            .env_clear()
-            .env("TOKENWARDEN_DATABASE_URL", self.sandbox.database_url())
-            .arg("--config")
-            .arg(&self.config)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start tokenwarden serve");
-        Daemon::new(child)
+        daemon
     }
 
     /// Resumes `wave`, starts a daemon, waits until it holds the lease of every token of the

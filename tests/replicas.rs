@@ -7,9 +7,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -246,22 +244,13 @@ impl ReplicaRun {
 
     fn start_replica(&mut self, label: &str) -> Replica {
         let log = self.dir.join(format!("replica-{label}.log"));
-        let stderr = File::create(&log).unwrap();
+        let env = [
+            ("TOKENWARDEN_DATABASE_URL", self.url.clone()),
+            ("TOKENWARDEN_MASTER_KEY_FILE", self.key.display().to_string()),
+        ];
+        let process = ServeProcess::start(&self.dir, &self.config, &log, &env);
         self.logs.push(log);
-        let child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
-            .current_dir(&self.dir)
-            .env_clear()
-            .env("TOKENWARDEN_DATABASE_URL", &self.url)
-            .env("TOKENWARDEN_MASTER_KEY_FILE", &self.key)
-            .arg("--config")
-            .arg(&self.config)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start tokenwarden serve");
-        Replica { label: label.to_owned(), process: ServeProcess::new(child) }
+        Replica { label: label.to_owned(), process }
     }
 
     fn tokens(&mut self) -> Vec<Token> {

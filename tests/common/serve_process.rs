@@ -1,7 +1,9 @@
 //! A `tokenwarden serve` process started by a test: its pid and lease-owner tag, SIGKILL,
 //! SIGTERM with a deadline, and a kill when the test ends while it still runs.
 
-use std::process::{Child, Command, ExitStatus};
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How often a stopping process is looked at.
@@ -16,6 +18,25 @@ impl ServeProcess {
     /// Takes charge of a started process.
     pub fn new(child: Child) -> Self {
         Self { child }
+    }
+
+    /// Starts `tokenwarden serve --config CONFIG --listen 127.0.0.1:0` in `dir` with only the
+    /// environment `env`, its standard error going to a new file `log`.
+    pub fn start(dir: &Path, config: &Path, log: &Path, env: &[(&str, String)]) -> Self {
+        let stderr = File::create(log).expect("create the daemon log");
+        let child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
+            .current_dir(dir)
+            .env_clear()
+            .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start tokenwarden serve");
+        Self::new(child)
     }
 
     pub fn pid(&self) -> u32 {
