@@ -11,14 +11,14 @@ use diesel::result::DatabaseErrorKind;
 use diesel::{Connection, PgConnection, SqliteConnection};
 
 use crate::config::DatabaseUrl;
+use crate::store::writer_gate::{WritePriority, WriterGate};
 
 /// How long SQLite waits for a lock held by another connection or process.
 pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 
-/// One writer at a time within this process: SQLite allows one anyway, and a waiter queued
-/// here is woken the moment the writer is done, where SQLite's busy handler would sleep in
-/// steps of milliseconds. Other processes still wait through the busy timeout.
-static PROCESS_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// One writer at a time within this process (see [`WriterGate`]). Other processes still wait
+/// through the busy timeout.
+static PROCESS_WRITER: WriterGate = WriterGate::new();
 
 /// A connection to whichever backend the database URL selected. All model and query code
 /// is written against this one type (Diesel's `MultiConnection`), so adding a backend
@@ -67,13 +67,32 @@ impl DbConnection {
     /// another replica changed after it read it is aborted by the server and `f` runs again, up
     /// to [`MAX_CONFLICT_RETRIES`] times, so every read-check-write in the store keeps the
     /// meaning it has on SQLite. `f` must therefore have no effect outside the database.
-    pub fn write_transaction<T, E, F>(&mut self, mut f: F) -> Result<T, E>
+    pub fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: TransactionError,
+    {
+        self.prioritised_write_transaction(WritePriority::Normal, f)
+    }
+
+    /// [`Self::write_transaction`] for storing what a provider answered: on SQLite it takes
+    /// the process's writer slot before every ordinary writer still waiting for it, since
+    /// until it commits a crash loses a credential the provider has already replaced.
+    pub fn answer_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: TransactionError,
+    {
+        self.prioritised_write_transaction(WritePriority::ProviderAnswer, f)
+    }
+
+    fn prioritised_write_transaction<T, E, F>(&mut self, priority: WritePriority, mut f: F) -> Result<T, E>
     where
         F: FnMut(&mut Self) -> Result<T, E>,
         E: TransactionError,
     {
         if matches!(self, DbConnection::Sqlite(_)) {
-            let _writer = PROCESS_WRITER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _writer = PROCESS_WRITER.acquire(priority);
             return self.transaction_with(&mut f, "BEGIN IMMEDIATE");
         }
         let mut retries = 0;

@@ -21,6 +21,7 @@ pub mod rotation;
 pub mod schema;
 pub mod tokens;
 pub mod write_health;
+mod writer_gate;
 
 use std::time::Duration;
 

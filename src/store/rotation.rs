@@ -497,7 +497,7 @@ pub fn commit_success(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
-    conn.write_transaction(|conn| {
+    conn.answer_transaction(|conn| {
         let fenced =
             tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
         let changed = diesel::update(fenced)
@@ -518,14 +518,10 @@ pub fn commit_success(
                 tokens::last_error.eq(None::<String>),
                 tokens::attention_reason.eq(None::<String>),
                 tokens::updated_at.eq(naive(now)),
+                success.refresh_token.as_ref().map(|refresh_token| tokens::refresh_token.eq(refresh_token)),
             ))
             .execute(conn)?;
         ensure_fenced(changed, lease)?;
-        if let Some(refresh_token) = &success.refresh_token {
-            diesel::update(tokens::table.filter(tokens::id.eq(&lease.token_id)))
-                .set(tokens::refresh_token.eq(refresh_token))
-                .execute(conn)?;
-        }
         let version: i64 =
             tokens::table.filter(tokens::id.eq(&lease.token_id)).select(tokens::version).get_result(conn)?;
         let history = HistoryRow {
