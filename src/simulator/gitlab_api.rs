@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::faults::{Fault, FaultTarget};
-use super::state::{AccessToken, RefreshError, RotateError, TokenOwner};
+use super::state::{AccessToken, GitlabState, RefreshError, RotateError, TokenOwner};
 use super::{Shared, malformed};
 
 /// The token presented in `PRIVATE-TOKEN` or `Authorization: Bearer`.
@@ -96,6 +96,13 @@ fn answer_before_acting(shared: &Shared, fault: Option<Fault>) -> Option<Respons
             json!({"message": "504 simulated failure: the request waited too long and was not acted on"}),
         )),
         Fault::SlowAfterCommit { .. } | Fault::DropAfterCommit | Fault::Malformed { .. } => None,
+    }
+}
+
+/// Marks the renewal just performed as one whose answer [`deliver`] will cut off.
+fn note_drop(state: &mut GitlabState, fault: Option<Fault>, renewed: bool) {
+    if renewed && matches!(fault, Some(Fault::DropAfterCommit)) {
+        state.mark_last_renewal_dropped();
     }
 }
 
@@ -228,7 +235,11 @@ async fn rotate(
     };
     let fields = form_fields(query.as_deref(), body);
     let now = shared.now();
-    let result = shared.with_state(|state| state.rotate(&secret, &endpoint, field(&fields, "expires_at"), now));
+    let result = shared.with_state(|state| {
+        let result = state.rotate(&secret, &endpoint, field(&fields, "expires_at"), now);
+        note_drop(state, fault, result.is_ok());
+        result
+    });
     let response = match result {
         Ok((token, new_secret)) => {
             let mut body = token_json(&token, now);
@@ -276,7 +287,10 @@ pub async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
     let refresh_token = field(&fields, "refresh_token").unwrap_or_default().to_owned();
     let now = shared.now();
     let result = shared.with_state(|state| {
-        state.refresh(client_id.as_deref().unwrap_or_default(), client_secret.as_deref(), &refresh_token, now)
+        let result =
+            state.refresh(client_id.as_deref().unwrap_or_default(), client_secret.as_deref(), &refresh_token, now);
+        note_drop(state, fault, result.is_ok());
+        result
     });
     let response = match result {
         Ok(refreshed) => {

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::SharedClock;
 pub use faults::{Fault, FaultRates, FaultTarget, Malformation};
-pub use state::{GitlabState, Stats, TokenOwner};
+pub use state::{GitlabState, Renewal, Stats, TokenOwner};
 
 /// What the handlers share: the clock, GitLab's state and the fault plan.
 #[derive(Debug)]

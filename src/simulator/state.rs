@@ -84,6 +84,8 @@ struct Application {
 #[derive(Debug, Clone)]
 struct RefreshRecord {
     client_id: String,
+    /// The grant every refresh token of one authorisation belongs to (a renewal's family).
+    grant: u64,
     used: bool,
     revoked: bool,
     /// The access token issued with it, invalidated when it is used.
@@ -118,6 +120,17 @@ pub struct Refreshed {
     pub expires_in: u64,
     /// When it was created (Unix seconds).
     pub created_at: i64,
+}
+
+/// One renewal GitLab performed: which family, when, and whether its answer was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// The access token's family, or the OAuth grant's id (see [`GitlabState::family_of`]).
+    pub family: u64,
+    /// When GitLab acted (by the simulator's clock).
+    pub at: DateTime<Utc>,
+    /// The answer was cut off after GitLab acted (`Fault::DropAfterCommit`).
+    pub dropped: bool,
 }
 
 /// Counters that tests and the benchmark assert on.
@@ -162,6 +175,8 @@ pub struct GitlabState {
     pub blocked_until: Option<DateTime<Utc>>,
     /// The counters.
     pub stats: Stats,
+    /// Every renewal performed, in order.
+    pub renewals: Vec<Renewal>,
     /// Every `User-Agent` seen on GitLab's endpoints.
     pub user_agents: std::collections::BTreeSet<String>,
 }
@@ -254,6 +269,7 @@ impl GitlabState {
         }
         self.access_tokens.insert(new_secret.clone(), successor.clone());
         self.stats.rotations += 1;
+        self.renewals.push(Renewal { family: successor.family, at: now, dropped: false });
         Ok((successor, new_secret))
     }
 
@@ -317,7 +333,9 @@ impl GitlabState {
             return None;
         }
         let refresh_token = random_secret("glrt-");
-        let record = RefreshRecord { client_id: client_id.to_owned(), used: false, revoked: false, access_token: None };
+        let grant = self.next_id();
+        let record =
+            RefreshRecord { client_id: client_id.to_owned(), grant, used: false, revoked: false, access_token: None };
         self.refresh_tokens.insert(refresh_token.clone(), record);
         Some(refresh_token)
     }
@@ -346,6 +364,7 @@ impl GitlabState {
             return Err(RefreshError::InvalidGrant);
         }
         let access_token = random_secret("gloat-");
+        let grant = record.grant;
         let previous_access = record.access_token.replace(access_token.clone());
         record.used = !self.keep_refresh_tokens;
         if let Some(access) = previous_access.and_then(|token| self.oauth_access.get_mut(&token)) {
@@ -355,6 +374,7 @@ impl GitlabState {
             let new_refresh = random_secret("glrt-");
             let next = RefreshRecord {
                 client_id: client_id.to_owned(),
+                grant,
                 used: false,
                 revoked: false,
                 access_token: Some(access_token.clone()),
@@ -367,6 +387,7 @@ impl GitlabState {
             lifetime.and_then(|lifetime| now.checked_add_signed(lifetime)).unwrap_or(DateTime::<Utc>::MAX_UTC);
         self.oauth_access.insert(access_token.clone(), OauthAccess { expires_at, revoked: false });
         self.stats.refreshes += 1;
+        self.renewals.push(Renewal { family: grant, at: now, dropped: false });
         Ok(Refreshed {
             access_token,
             refresh_token: new_refresh,
@@ -383,6 +404,22 @@ impl GitlabState {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The family of an access token or the grant of a refresh token, as [`Renewal::family`]
+    /// names it.
+    pub fn family_of(&self, secret: &str) -> Option<u64> {
+        self.access_tokens
+            .get(secret)
+            .map(|token| token.family)
+            .or_else(|| self.refresh_tokens.get(secret).map(|record| record.grant))
+    }
+
+    /// Marks the latest renewal as cut off; called under the same lock as the renewal.
+    pub fn mark_last_renewal_dropped(&mut self) {
+        if let Some(renewal) = self.renewals.last_mut() {
+            renewal.dropped = true;
         }
     }
 
@@ -486,6 +523,29 @@ mod tests {
         assert_eq!(successor.expires_at, date("2027-02-01"));
         assert!(state.look_up(&old, now()).is_none());
         assert!(state.look_up(&new, now()).is_some());
+    }
+
+    #[test]
+    fn every_renewal_is_logged_under_the_family_its_first_secret_names() {
+        let mut state = GitlabState::new();
+        let token = project_token(&mut state);
+        let (client_id, client_secret) = state.create_application();
+        let refresh = state.create_grant(&client_id).unwrap();
+        let (token_family, grant) = (state.family_of(&token).unwrap(), state.family_of(&refresh).unwrap());
+        assert_ne!(token_family, grant);
+        let (_, rotated) = state.rotate(&token, &TokenOwner::Project("42".into()), None, now()).unwrap();
+        let later = now() + chrono::TimeDelta::seconds(5);
+        let refreshed = state.refresh(&client_id, Some(&client_secret), &refresh, later).unwrap();
+        state.mark_last_renewal_dropped();
+        assert_eq!(state.family_of(&rotated), Some(token_family));
+        assert_eq!(state.family_of(&refreshed.refresh_token.unwrap()), Some(grant));
+        assert_eq!(
+            state.renewals,
+            vec![
+                Renewal { family: token_family, at: now(), dropped: false },
+                Renewal { family: grant, at: later, dropped: true },
+            ]
+        );
     }
 
     #[test]
