@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
-use diesel::r2d2::{self, R2D2Connection};
 use diesel::result::DatabaseErrorKind;
 use diesel::{Connection, PgConnection, SqliteConnection};
 
@@ -211,35 +210,5 @@ pub fn connect(url: &DatabaseUrl) -> diesel::ConnectionResult<DbConnection> {
     match url {
         DatabaseUrl::Sqlite(path) => open_sqlite(path).map(DbConnection::Sqlite),
         DatabaseUrl::Postgres(url) => open_postgres(url).map(DbConnection::Postgres),
-    }
-}
-
-/// An r2d2 manager that opens connections with [`connect`].
-#[derive(Debug)]
-pub struct Manager {
-    url: DatabaseUrl,
-}
-
-impl Manager {
-    /// A manager for `url`.
-    pub fn new(url: DatabaseUrl) -> Self {
-        Self { url }
-    }
-}
-
-impl r2d2::ManageConnection for Manager {
-    type Connection = DbConnection;
-    type Error = r2d2::Error;
-
-    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
-        connect(&self.url).map_err(r2d2::Error::ConnectionError)
-    }
-
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        conn.ping().map_err(r2d2::Error::QueryError)
-    }
-
-    fn has_broken(&self, conn: &mut DbConnection) -> bool {
-        conn.is_broken()
     }
 }

@@ -15,6 +15,7 @@ pub mod meta;
 mod migrations;
 pub mod models;
 pub mod outbox;
+mod pool;
 pub mod providers;
 pub mod replan;
 pub mod rotation;
@@ -27,8 +28,9 @@ use std::time::Duration;
 
 use diesel::r2d2::Pool;
 
-pub use connection::{DbConnection, Manager, SQLITE_BUSY_TIMEOUT_MS, connect};
+pub use connection::{DbConnection, SQLITE_BUSY_TIMEOUT_MS, connect};
 pub use error::StoreError;
+pub use pool::Manager;
 
 use crate::config::DatabaseUrl;
 
@@ -92,7 +94,11 @@ impl Store {
         let pool = self.pool.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut conn = pool.get().map_err(|err| StoreError::Unavailable(err.to_string()))?;
-            f(&mut conn)
+            let result = f(&mut conn);
+            if let Err(err) = &result {
+                conn.retire_if_lost(err);
+            }
+            result
         })
         .await
         .map_err(|err| StoreError::TaskFailed(err.to_string()))?;
