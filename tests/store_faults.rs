@@ -6,17 +6,22 @@
 //!
 //! Mounting needs root (as `scripts/test` runs in CI, where `TOKENWARDEN_REQUIRE_MOUNT=1` makes a
 //! refused mount a failure); elsewhere the test says why it was skipped.
+//!
+//! On PostgreSQL the same story runs through a TCP proxy the test cuts: the server drops off in
+//! the middle of a rotation (every connection closed, new ones refused) and comes back.
 
 mod common;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Sandbox;
-use tokenwarden::simulator::FaultRates;
+use common::postgres::TestSchema;
+use common::proxy::CuttableProxy;
+use common::serve_process::ServeProcess;
+use tokenwarden::simulator::{FaultRates, TokenOwner};
 
 /// The tmpfs holding the database: room for the store, not much more.
 const DISK_SIZE: &str = "8m";
@@ -71,10 +76,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn http() -> reqwest::Client {
     tokenwarden::providers::build_http_client(tokenwarden::providers::HttpSettings::default()).unwrap()
 }
@@ -99,84 +100,177 @@ async fn wait_for(what: &str, limit: Duration, base: &str, status: u16) -> Strin
     }
 }
 
+/// A sandbox whose store is at `url`, with provider `gitlab`, token `ci` (a project access token
+/// at the simulator) and an operator client.
+struct Setup {
+    sandbox: Sandbox,
+    url: String,
+    key: PathBuf,
+    config: PathBuf,
+    operator_key: String,
+}
+
+impl Setup {
+    fn new(sandbox: Sandbox, url: String) -> Self {
+        let config = sandbox.path().join("faults.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let key = sandbox.path().join("master.key");
+        tokenwarden::crypto::MasterKey::create(&key).unwrap();
+        let mut setup = Self { sandbox, url, key, config, operator_key: String::new() };
+        setup.cli(&["provider", "add", "gitlab", "--kind", "gitlab", "--url", &setup.sandbox.gitlab_url()], "");
+        let old = setup.sandbox.gitlab.token(TokenOwner::Project("42".into()));
+        let add =
+            ["token", "add", "ci", "--provider", "gitlab", "--kind", "gitlab-project-access-token", "--project", "42"];
+        setup.cli(&[&add[..], &["--secret-stdin"]].concat(), &format!("{old}\n"));
+        let operator: serde_json::Value =
+            serde_json::from_str(&setup.cli(&["client", "add", "ops", "--role", "operator"], "")).unwrap();
+        setup.operator_key = operator["api_key"].as_str().unwrap().to_owned();
+        setup
+    }
+
+    fn cli(&self, args: &[&str], stdin: &str) -> String {
+        let out = (self.sandbox.cmd())
+            .env("TOKENWARDEN_DATABASE_URL", &self.url)
+            .env("TOKENWARDEN_MASTER_KEY_FILE", &self.key)
+            .args(args)
+            .write_stdin(stdin)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts `serve` on the store and returns it, its API's base URL and its log's path.
+    fn serve(&self) -> (ServeProcess, String, PathBuf) {
+        let log = self.sandbox.path().join("serve.log");
+        let env = [
+            ("TOKENWARDEN_DATABASE_URL", self.url.clone()),
+            ("TOKENWARDEN_MASTER_KEY_FILE", self.key.display().to_string()),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        let mut daemon = ServeProcess::start(self.sandbox.path(), &self.config, &log, &env);
+        let base = daemon.wait_for_api(&log, Duration::from_secs(20));
+        (daemon, base, log)
+    }
+
+    /// Forces a rotation of `ci` through the API whose GitLab request waits 600 ms (within the
+    /// 1 s timeout): the lease is taken and committed at once, then the test breaks the store
+    /// while the request waits at GitLab.
+    fn start_slow_rotation(&self, base: &str) -> tokio::task::JoinHandle<Result<u16, String>> {
+        self.sandbox.gitlab.sim.set_rates(FaultRates { latency_ms: 600, ..FaultRates::default() });
+        let (url, key) = (format!("{base}/v1/tokens/ci/rotate"), self.operator_key.clone());
+        tokio::spawn(async move {
+            let response = http().post(url).bearer_auth(key).send().await.map_err(|err| err.to_string())?;
+            Ok(response.status().as_u16())
+        })
+    }
+
+    /// Waits until GitLab has made the rotation the daemon asked for.
+    async fn until_gitlab_rotated(&self) {
+        let started = Instant::now();
+        while self.sandbox.gitlab.sim.stats().rotations == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "GitLab never received the rotation");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After the store recovered: the rotation GitLab made is stored (version 2, active), made
+    /// once, what was committed before is still there, and the log says why it had to wait.
+    fn assert_rotation_stored_once(&self, log: &Path, why: &str) {
+        let started = Instant::now();
+        let shown = loop {
+            let shown: serde_json::Value =
+                serde_json::from_str(&self.cli(&["token", "show", "ci", "--json"], "")).unwrap();
+            if shown["version"] == 2 || started.elapsed() > Duration::from_secs(30) {
+                break shown;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(shown["version"], 2, "the rotation GitLab made was stored once the store recovered: {shown}");
+        assert_eq!(shown["state"], "active", "{shown}");
+        let stats = self.sandbox.gitlab.sim.stats();
+        assert_eq!((stats.rotations, stats.family_revocations), (1, 0), "stored, not rotated again");
+        let listed = self.cli(&["client", "list", "--json"], "");
+        assert!(listed.contains("\"ops\""), "what was committed before is still there: {listed}");
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(log.contains(why), "the daemon said why it could not store the result ({why}):\n{log}");
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
 #[test]
 fn a_full_disk_during_a_rotation_makes_the_daemon_unready_and_the_result_is_stored_once_space_returns() {
     let sandbox = Sandbox::new();
     let Some(disk) = SmallDisk::mount(&sandbox.path().join("disk")) else { return };
     let url = format!("sqlite://{}", disk.dir.join("tokenwarden.db").display());
-    let config = sandbox.path().join("faults.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let cli = |args: &[&str], stdin: &str| {
-        let out = sandbox.cmd().env("TOKENWARDEN_DATABASE_URL", &url).args(args).write_stdin(stdin).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    cli(&["provider", "add", "gitlab", "--kind", "gitlab", "--url", &sandbox.gitlab_url()], "");
-    let old = sandbox.gitlab.token(tokenwarden::simulator::TokenOwner::Project("42".into()));
-    let add =
-        ["token", "add", "ci", "--provider", "gitlab", "--kind", "gitlab-project-access-token", "--project", "42"];
-    cli(&[&add[..], &["--secret-stdin"]].concat(), &format!("{old}\n"));
-    let operator: serde_json::Value =
-        serde_json::from_str(&cli(&["client", "add", "ops", "--role", "operator"], "")).unwrap();
-    let key = operator["api_key"].as_str().unwrap().to_owned();
-
-    let port = free_port();
-    let log = sandbox.path().join("serve.log");
-    let daemon: Child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
-        .current_dir(sandbox.path())
-        .env_clear()
-        .env("TOKENWARDEN_DATABASE_URL", &url)
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon = KillOnDrop(daemon);
-    let base = format!("http://127.0.0.1:{port}");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(async {
+    let setup = Setup::new(sandbox, url);
+    let (daemon, base, log) = setup.serve();
+    runtime().block_on(async {
         wait_for("the daemon to be ready", Duration::from_secs(10), &base, 200).await;
-        // GitLab answers after 600 ms (within the 1 s timeout): the lease is taken and committed
-        // at once, then the disk fills while the rotate request waits at GitLab.
-        sandbox.gitlab.sim.set_rates(FaultRates { latency_ms: 600, ..FaultRates::default() });
-        let rotate = {
-            let (base, key) = (base.clone(), key.clone());
-            tokio::spawn(async move {
-                http().post(format!("{base}/v1/tokens/ci/rotate")).bearer_auth(key).send().await.map(|r| r.status())
-            })
-        };
+        let rotate = setup.start_slow_rotation(&base);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let filler = disk.fill();
         let reason = wait_for("not ready while the disk is full", Duration::from_secs(20), &base, 503).await;
         assert!(reason.contains("store"), "{reason}");
-        let stats = sandbox.gitlab.sim.stats();
-        assert_eq!(stats.rotations, 1, "GitLab rotated the token; its answer waits to be stored");
+        setup.until_gitlab_rotated().await;
         std::fs::remove_file(filler).unwrap();
         wait_for("ready once space is back", Duration::from_secs(20), &base, 200).await;
         let status = rotate.await.unwrap().unwrap();
         assert!(status == 200 || status == 503, "the forced rotation answered {status}");
     });
     drop(daemon);
-    let shown: serde_json::Value = serde_json::from_str(&cli(&["token", "show", "ci", "--json"], "")).unwrap();
-    assert_eq!(shown["version"], 2, "the rotation GitLab made was stored once space returned: {shown}");
-    assert_eq!(shown["state"], "active", "{shown}");
-    let stats = sandbox.gitlab.sim.stats();
-    assert_eq!((stats.rotations, stats.family_revocations), (1, 0), "stored, not rotated again");
-    let listed = cli(&["client", "list", "--json"], "");
-    assert!(listed.contains("\"ops\""), "what was committed before is still there: {listed}");
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.contains("disk is full"), "the daemon said why it could not store the result:\n{log}");
+    setup.assert_rotation_stored_once(&log, "disk is full");
 }
 
-/// A daemon killed when the test ends, however it ends.
-struct KillOnDrop(Child);
+#[test]
+fn postgres_dropping_off_during_a_rotation_makes_the_daemon_unready_and_it_recovers_when_the_server_returns() {
+    let Some(schema) = TestSchema::create() else { return };
+    let proxy = CuttableProxy::start(schema.server_addr());
+    let setup = Setup::new(Sandbox::new(), schema.url_via(proxy.addr));
+    let (daemon, base, log) = setup.serve();
+    runtime().block_on(async {
+        wait_for("the daemon to be ready", Duration::from_secs(10), &base, 200).await;
+        let rotate = setup.start_slow_rotation(&base);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.cut();
+        let reason = wait_for("not ready while the server is gone", Duration::from_secs(20), &base, 503).await;
+        assert!(reason.contains("store"), "{reason}");
+        setup.until_gitlab_rotated().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        proxy.restore();
+        wait_for("ready once the server is back", Duration::from_secs(30), &base, 200).await;
+        let status = rotate.await.unwrap();
+        assert!(matches!(status, Ok(200 | 503)), "the forced rotation answered {status:?}");
+    });
+    drop(daemon);
+    setup.assert_rotation_stored_once(&log, "cannot store a rotation result yet");
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Each pooled connection the server dropped fails one call at most (it is closed then, not
+/// returned to the pool); after that every call works.
+#[test]
+fn after_postgres_drops_every_connection_reads_work_again_once_the_server_is_back() {
+    let Some(schema) = TestSchema::create() else { return };
+    let proxy = CuttableProxy::start(schema.server_addr());
+    let url = tokenwarden::config::DatabaseUrl::parse(&schema.url_via(proxy.addr)).unwrap();
+    let store = tokenwarden::store::Store::open(&url).unwrap();
+    let runtime = runtime();
+    let list = || runtime.block_on(store.run(tokenwarden::store::tokens::list));
+    assert!(list().unwrap().is_empty());
+    proxy.cut();
+    let failed = list().expect_err("no server, no answer");
+    assert!(failed.to_string().contains("database"), "{failed}");
+    proxy.restore();
+    let failures = (0..10).take_while(|_| list().is_err()).count();
+    assert!(
+        failures <= 2,
+        "{failures} reads failed after the server came back (the pool held at most two connections)"
+    );
+    for attempt in 1..=5 {
+        let listed = list();
+        assert!(listed.is_ok(), "read {attempt} after the first that worked: {listed:?}");
     }
 }

@@ -12,6 +12,7 @@ use tokenwarden::engine::SystemClock;
 use tokenwarden::simulator::{Simulator, TokenOwner};
 
 pub mod postgres;
+pub mod proxy;
 pub mod serve_process;
 
 /// A GitLab simulator on loopback, running on its own small runtime so synchronous tests

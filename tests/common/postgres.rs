@@ -19,6 +19,8 @@ pub struct TestSchema {
     schema: String,
     /// A database URL whose connections see only this schema.
     pub url: DatabaseUrl,
+    /// The same URL as text.
+    url_text: String,
 }
 
 impl TestSchema {
@@ -39,9 +41,33 @@ impl TestSchema {
         };
         conn.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create the test schema");
         let separator = if admin.contains('?') { '&' } else { '?' };
-        let url = DatabaseUrl::parse(&format!("{admin}{separator}options=-c%20search_path%3D{schema}"))
-            .expect("the schema's URL parses");
-        Some(Self { admin, schema, url })
+        let url_text = format!("{admin}{separator}options=-c%20search_path%3D{schema}");
+        let url = DatabaseUrl::parse(&url_text).expect("the schema's URL parses");
+        Some(Self { admin, schema, url, url_text })
+    }
+
+    /// The server's address: the host and port the URL names (port 5432 when it names none).
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        use std::net::ToSocketAddrs;
+        let (_, host) = self.authority();
+        let host = if host.contains(':') { host.to_owned() } else { format!("{host}:5432") };
+        host.to_socket_addrs().expect("resolve the PostgreSQL host").next().expect("an address")
+    }
+
+    /// This schema's URL with the server's host and port replaced by `addr` (a proxy's).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let (user, host) = self.authority();
+        self.url_text.replacen(&format!("{user}{host}"), &format!("{user}{addr}"), 1)
+    }
+
+    /// The URL's user part (with its `@`, or empty) and its `host[:port]`.
+    fn authority(&self) -> (&str, &str) {
+        let rest = self.admin.split_once("://").map_or(self.admin.as_str(), |(_, rest)| rest);
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        match authority.rfind('@') {
+            Some(at) => authority.split_at(at + 1),
+            None => ("", authority),
+        }
     }
 }
 

@@ -39,6 +39,25 @@ impl ServeProcess {
         Self::new(child)
     }
 
+    /// Waits up to `limit` for the daemon to log that it serves, and returns its API's base URL
+    /// (`http://ADDRESS` from the `listen=` field of that line in `log`).
+    pub fn wait_for_api(&mut self, log: &Path, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let serving = text.lines().find(|line| line.contains("tokenwarden is serving"));
+            if let Some(address) = serving.and_then(|line| line.split("listen=").nth(1)?.split_whitespace().next()) {
+                return format!("http://{address}");
+            }
+            if let Some(status) = self.exited() {
+                panic!("the daemon exited with {status} before serving:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "the daemon did not serve within {limit:?}:\n{text}");
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
