@@ -149,14 +149,7 @@ pub fn insert(
 
 /// All tokens, by name.
 pub fn list(conn: &mut DbConnection) -> Result<Vec<Token>, StoreError> {
-    tokens::table
-        .inner_join(providers_table::table)
-        .select((TokenRow::as_select(), providers_table::name))
-        .order(tokens::name.asc())
-        .load::<(TokenRow, String)>(conn)?
-        .into_iter()
-        .map(|(row, provider)| Token::from_row(row, &provider))
-        .collect()
+    list_page(conn, None, i64::MAX)
 }
 
 /// Up to `limit` tokens whose names sort after `after` (all from the first when `None`), by name:
