@@ -5,6 +5,7 @@
 //! The store holds many OAuth grants whose access tokens live seconds (so a grant is refreshed
 //! every few seconds, and most kills find refreshes in flight) and GitLab project access tokens
 //! that are due at once (added in waves, so kills meet GitLab rotations throughout the run).
+//! Grants flagged lost are replaced by fresh ones every 50 kills, so a long run keeps renewing.
 //! Each daemon is killed after a random delay, just after it said it is serving, or while it
 //! holds rotation leases. A final daemon then runs with no faults until every token is settled
 //! and every webhook delivered, and the test checks, against the simulator's own records:
@@ -187,6 +188,7 @@ fn chaos(regime: Regime, kills: usize) -> Report {
         }
         run.kill_once();
         if (kill + 1) % 50 == 0 {
+            run.top_up_grants();
             eprintln!("{} kills after {:?}: {:?}", kill + 1, started.elapsed(), run.sim().stats());
         }
     }
@@ -354,6 +356,7 @@ struct ChaosRun {
     receiver: Receiver,
     rng: StdRng,
     gitlab_tokens: usize,
+    grants: usize,
     /// Refreshes GitLab made while the grants were seeded (before tokenwarden tracked them).
     seeding_refreshes: u64,
     daemons: usize,
@@ -394,6 +397,7 @@ impl ChaosRun {
             receiver,
             rng: StdRng::seed_from_u64(seed),
             gitlab_tokens: 0,
+            grants: 0,
             seeding_refreshes: 0,
             daemons: 0,
             logs: Vec::new(),
@@ -416,7 +420,7 @@ impl ChaosRun {
     fn seed_grants(&mut self, count: usize) {
         self.sim().set_expires_in(self.regime.access_lifetime);
         let (client_id, client_secret) = self.application.clone();
-        for i in 0..count {
+        for _ in 0..count {
             let mut refresh = self.sim().create_grant(&client_id);
             let family = self.sim().with_state(|state| state.family_of(&refresh)).expect("a grant's family");
             let mut access = None;
@@ -426,15 +430,28 @@ impl ChaosRun {
                     .sim()
                     .with_state(|state| state.refresh(&client_id, Some(&client_secret), &refresh, now))
                     .expect("refresh a fresh grant");
+                self.seeding_refreshes += 1;
                 refresh = refreshed.refresh_token.expect("GitLab rotates refresh tokens");
                 let lifetime = chrono::TimeDelta::from_std(self.regime.access_lifetime).expect("lifetime");
                 access = Some((refreshed.access_token, now, now + lifetime));
             }
-            let name = format!("grant-{i:03}");
+            let name = format!("grant-{:03}", self.grants);
+            self.grants += 1;
             self.families.insert(name.clone(), family);
             self.insert(&name, TokenKind::GitlabOauth, access, Some(refresh));
         }
-        self.seeding_refreshes = self.sim().stats().refreshes;
+    }
+
+    /// Seeds fresh grants for those flagged lost, so a long run keeps [`GRANTS`] grants renewing
+    /// (a grant that needs attention is never renewed again, and kills would find idle daemons).
+    fn top_up_grants(&mut self) {
+        let flagged = (self.tokens().iter())
+            .filter(|t| t.kind == TokenKind::GitlabOauth && t.state == TokenState::NeedsAttention)
+            .count();
+        let renewing = self.grants - flagged;
+        if renewing < GRANTS {
+            self.seed_grants(GRANTS - renewing);
+        }
     }
 
     /// Tracks `count` GitLab project access tokens expiring in two days: due at once.
@@ -890,7 +907,7 @@ impl Report {
         );
         eprintln!(
             "tokens: {} grants, {} GitLab tokens; renewals at GitLab: {} rotations, {} refreshes ({} during the chaos)",
-            GRANTS,
+            run.grants,
             run.gitlab_tokens,
             stats.rotations,
             stats.refreshes,
