@@ -21,7 +21,10 @@ pub enum WritePriority {
 #[derive(Debug, Default)]
 pub struct WriterGate {
     state: Mutex<GateState>,
-    freed: Condvar,
+    /// Wakes one waiting provider answer.
+    answer_turn: Condvar,
+    /// Wakes one waiting ordinary writer.
+    normal_turn: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -41,7 +44,11 @@ pub struct WriterSlot<'a> {
 impl WriterGate {
     /// A free slot.
     pub const fn new() -> Self {
-        Self { state: Mutex::new(GateState { held: false, answers_waiting: 0, waiting: 0 }), freed: Condvar::new() }
+        Self {
+            state: Mutex::new(GateState { held: false, answers_waiting: 0, waiting: 0 }),
+            answer_turn: Condvar::new(),
+            normal_turn: Condvar::new(),
+        }
     }
 
     /// Waits for the slot: a [`WritePriority::Normal`] writer also waits while any provider
@@ -52,8 +59,12 @@ impl WriterGate {
             state.answers_waiting += 1;
         }
         state.waiting += 1;
+        let turn = match priority {
+            WritePriority::ProviderAnswer => &self.answer_turn,
+            WritePriority::Normal => &self.normal_turn,
+        };
         while state.held || (priority == WritePriority::Normal && state.answers_waiting > 0) {
-            state = self.freed.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = turn.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
         state.waiting -= 1;
         if priority == WritePriority::ProviderAnswer {
@@ -69,9 +80,19 @@ impl WriterGate {
 }
 
 impl Drop for WriterSlot<'_> {
+    /// Frees the slot and wakes one waiter: an answer if any waits, else an ordinary writer (a
+    /// woken writer that finds the slot taken again waits for the next release, which wakes
+    /// another).
     fn drop(&mut self) {
-        self.gate.lock().held = false;
-        self.gate.freed.notify_all();
+        let mut state = self.gate.lock();
+        state.held = false;
+        let answers_waiting = state.answers_waiting > 0;
+        drop(state);
+        if answers_waiting {
+            self.gate.answer_turn.notify_one();
+        } else {
+            self.gate.normal_turn.notify_one();
+        }
     }
 }
 
