@@ -9,9 +9,6 @@
 
 mod common;
 
-use std::fs::File;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use chrono::{Days, Utc};
 use common::Sandbox;
+use common::serve_process::ServeProcess;
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::SecretString;
 use sha2::Sha256;
@@ -60,29 +58,20 @@ fn http_client() -> reqwest::Client {
     tokenwarden::providers::build_http_client(tokenwarden::providers::HttpSettings::default()).unwrap()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `serve` in the sandbox with default settings and `RUST_LOG` at `level`, its standard error
+/// going to `log` (standard output beside it); returns it once it serves, with its API's URL.
+fn start_daemon(sandbox: &Sandbox, level: &str, log: &std::path::Path) -> (ServeProcess, String) {
+    let config = sandbox.path().join("serve.toml");
+    std::fs::write(&config, "").unwrap();
+    let env = [("TOKENWARDEN_DATABASE_URL", sandbox.database_url()), ("RUST_LOG", level.to_owned())];
+    let mut daemon = ServeProcess::start(sandbox.path(), &config, log, &env);
+    let base = daemon.wait_for_api(log, Duration::from_secs(20));
+    (daemon, base)
 }
 
-/// `serve` on `port` with `RUST_LOG` at `level`, its output going to `log`.
-fn start_daemon(sandbox: &Sandbox, port: u16, level: &str, log: &std::path::Path) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
-        .current_dir(sandbox.path())
-        .env_clear()
-        .env("TOKENWARDEN_DATABASE_URL", sandbox.database_url())
-        .env("RUST_LOG", level)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .stdout(File::create(log.with_extension("stdout")).unwrap())
-        .stderr(File::create(log).unwrap())
-        .spawn()
-        .expect("start tokenwarden serve")
-}
-
-fn stop(mut daemon: Child) {
-    let pid = daemon.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = daemon.wait().unwrap();
+/// SIGTERM, and a clean exit within 30 s.
+fn stop(daemon: ServeProcess) {
+    let status = daemon.terminate(Duration::from_secs(30));
     assert!(status.success(), "serve exited with {status}");
 }
 
@@ -126,8 +115,7 @@ async fn delivered_after_start(sandbox: &Sandbox) {
     sandbox.ok(&["token", "rotate", "ci"], "");
     assert!(received.lock().unwrap().is_empty(), "the CLI only records the delivery");
 
-    let port = free_port();
-    let daemon = start_daemon(sandbox, port, "info", &sandbox.path().join("serve.log"));
+    let (daemon, base) = start_daemon(sandbox, "info", &sandbox.path().join("serve.log"));
     eventually("the delivery", Duration::from_secs(15), || !received.lock().unwrap().is_empty()).await;
     let (delivery, signature, body) = received.lock().unwrap()[0].clone();
     let secret = SecretString::from(webhook_secret.to_owned());
@@ -140,7 +128,6 @@ async fn delivered_after_start(sandbox: &Sandbox) {
     assert_eq!(event["id"].as_str(), Some(delivery.as_str()));
     assert!(!String::from_utf8_lossy(&body).contains("glpat-"), "never the secret");
 
-    let base = format!("http://127.0.0.1:{port}");
     let (status, answer) = get_json(&format!("{base}/v1/tokens/ci/secret"), api_key).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["version"], 2);
@@ -189,10 +176,8 @@ async fn nothing_secret_in_trace_output(sandbox: &Sandbox) {
             .unwrap();
     let key = operator["api_key"].as_str().unwrap();
 
-    let port = free_port();
     let log = sandbox.path().join("trace.log");
-    let daemon = start_daemon(sandbox, port, "trace", &log);
-    let base = format!("http://127.0.0.1:{port}");
+    let (daemon, base) = start_daemon(sandbox, "trace", &log);
     let client = http_client();
     let mut ready = false;
     for _ in 0..100 {
@@ -205,7 +190,7 @@ async fn nothing_secret_in_trace_output(sandbox: &Sandbox) {
     assert!(ready, "the daemon became ready");
     // What `ps` shows of the daemon: its arguments name no secret (they are read from stdin,
     // files and the store, never from the command line).
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", daemon.id())).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", daemon.pid())).unwrap();
     for name in ["ci", "grant"] {
         let rotated = client.post(format!("{base}/v1/tokens/{name}/rotate")).bearer_auth(key).send().await.unwrap();
         assert_eq!(rotated.status(), StatusCode::OK);
@@ -292,8 +277,7 @@ async fn scheduled_rotation_delivered(sandbox: &Sandbox) {
     .unwrap();
     let (api_key, webhook_secret) = (created["api_key"].as_str().unwrap(), created["webhook_secret"].as_str().unwrap());
 
-    let port = free_port();
-    let daemon = start_daemon(sandbox, port, "info", &sandbox.path().join("serve.log"));
+    let (daemon, base) = start_daemon(sandbox, "info", &sandbox.path().join("serve.log"));
     eventually("the delivery", Duration::from_secs(20), || !received.lock().unwrap().is_empty()).await;
     let (delivery, signature, body) = received.lock().unwrap()[0].clone();
     check_documented_signature(webhook_secret, &signature, &body);
@@ -308,7 +292,6 @@ async fn scheduled_rotation_delivered(sandbox: &Sandbox) {
     let rotated = &history.as_array().unwrap()[1];
     assert_eq!((rotated["version"].as_i64(), rotated["actor"].as_str()), (Some(2), Some("scheduler")), "{history}");
 
-    let base = format!("http://127.0.0.1:{port}");
     let (status, answer) = get_json(&format!("{base}/v1/tokens/ci/secret"), api_key).await;
     assert_eq!((status, answer["version"].as_i64()), (StatusCode::OK, Some(2)), "{answer}");
     let new_secret = answer["secret"].as_str().unwrap();
@@ -377,9 +360,7 @@ async fn delivery_survives_sigkill(sandbox: &Sandbox) {
     let url = DatabaseUrl::parse(&sandbox.database_url()).unwrap();
     let store = tokio::task::spawn_blocking(move || Store::open(&url)).await.unwrap().unwrap();
 
-    let port = free_port();
-    let mut first = start_daemon(sandbox, port, "info", &sandbox.path().join("first.log"));
-    let base = format!("http://127.0.0.1:{port}");
+    let (first, base) = start_daemon(sandbox, "info", &sandbox.path().join("first.log"));
     wait_until_ready(&base).await;
     let rotated = http_client().post(format!("{base}/v1/tokens/ci/rotate")).bearer_auth(key).send().await.unwrap();
     assert_eq!(rotated.status(), StatusCode::OK);
@@ -392,8 +373,7 @@ async fn delivery_survives_sigkill(sandbox: &Sandbox) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     let failed = failed.expect("the first daemon recorded a failed attempt");
     assert_eq!(failed.last_error.as_deref(), Some("the receiver answered HTTP 500"));
     let before_kill: Vec<_> = attempts.lock().unwrap().clone();
@@ -405,8 +385,7 @@ async fn delivery_survives_sigkill(sandbox: &Sandbox) {
     assert_eq!(killed.delivered_at, None, "nothing was delivered before the kill");
     let due = killed.next_attempt_at.max(killed.leased_until.unwrap_or(killed.next_attempt_at));
     let wait = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(20);
-    let port = free_port();
-    let second = start_daemon(sandbox, port, "info", &sandbox.path().join("second.log"));
+    let (second, _) = start_daemon(sandbox, "info", &sandbox.path().join("second.log"));
     eventually("the delivery by the restarted daemon", wait, || {
         attempts.lock().unwrap().iter().any(|(_, _, _, status)| *status == 204)
     })

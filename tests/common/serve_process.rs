@@ -21,9 +21,11 @@ impl ServeProcess {
     }
 
     /// Starts `tokenwarden serve --config CONFIG --listen 127.0.0.1:0` in `dir` with only the
-    /// environment `env`, its standard error going to a new file `log`.
+    /// environment `env`, its standard error going to a new file `log` and its standard output
+    /// to `log` with the extension `stdout`.
     pub fn start(dir: &Path, config: &Path, log: &Path, env: &[(&str, String)]) -> Self {
         let stderr = File::create(log).expect("create the daemon log");
+        let stdout = File::create(log.with_extension("stdout")).expect("create the daemon's stdout file");
         let child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
             .current_dir(dir)
             .env_clear()
@@ -32,7 +34,7 @@ impl ServeProcess {
             .arg(config)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .expect("start tokenwarden serve");
