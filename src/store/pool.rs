@@ -19,9 +19,9 @@ pub struct PooledConnection {
 }
 
 impl PooledConnection {
-    /// Retires this connection when `err` says it is lost (the server closed it) or points at a
-    /// server that only reads (a standby after a failover): a new connection can reach the
-    /// server again, or the new primary.
+    /// Retires this connection when `err` says it is lost (the server closed it, or libpq can no
+    /// longer send on it) or points at a server that only reads (a standby after a failover): a
+    /// new connection can reach the server again, or the new primary.
     pub fn retire_if_lost(&mut self, err: &StoreError) {
         if is_lost_connection(err) {
             self.retired = true;
@@ -34,7 +34,9 @@ fn is_lost_connection(err: &StoreError) -> bool {
     matches!(
         err,
         StoreError::Query(DieselError::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::ReadOnlyTransaction,
+            DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::UnableToSendCommand
+                | DatabaseErrorKind::ReadOnlyTransaction,
             _
         ))
     )
@@ -96,6 +98,7 @@ mod tests {
     #[test]
     fn only_a_closed_connection_or_a_read_only_server_retires_a_connection() {
         assert!(is_lost_connection(&database_error(DatabaseErrorKind::ClosedConnection)));
+        assert!(is_lost_connection(&database_error(DatabaseErrorKind::UnableToSendCommand)));
         assert!(is_lost_connection(&database_error(DatabaseErrorKind::ReadOnlyTransaction)));
         assert!(!is_lost_connection(&database_error(DatabaseErrorKind::UniqueViolation)));
         assert!(!is_lost_connection(&database_error(DatabaseErrorKind::SerializationFailure)));
