@@ -175,7 +175,9 @@ pub struct GitlabState {
     pub blocked_until: Option<DateTime<Utc>>,
     /// The counters.
     pub stats: Stats,
-    /// Every renewal performed, in order.
+    /// Keep [`Self::renewals`] (off by default: the log grows with every renewal).
+    pub record_renewals: bool,
+    /// Every renewal performed while [`Self::record_renewals`] is on, in order.
     pub renewals: Vec<Renewal>,
     /// Every `User-Agent` seen on GitLab's endpoints.
     pub user_agents: std::collections::BTreeSet<String>,
@@ -269,7 +271,7 @@ impl GitlabState {
         }
         self.access_tokens.insert(new_secret.clone(), successor.clone());
         self.stats.rotations += 1;
-        self.renewals.push(Renewal { family: successor.family, at: now, dropped: false });
+        self.note_renewal(successor.family, now);
         Ok((successor, new_secret))
     }
 
@@ -387,7 +389,7 @@ impl GitlabState {
             lifetime.and_then(|lifetime| now.checked_add_signed(lifetime)).unwrap_or(DateTime::<Utc>::MAX_UTC);
         self.oauth_access.insert(access_token.clone(), OauthAccess { expires_at, revoked: false });
         self.stats.refreshes += 1;
-        self.renewals.push(Renewal { family: grant, at: now, dropped: false });
+        self.note_renewal(grant, now);
         Ok(Refreshed {
             access_token,
             refresh_token: new_refresh,
@@ -414,6 +416,12 @@ impl GitlabState {
             .get(secret)
             .map(|token| token.family)
             .or_else(|| self.refresh_tokens.get(secret).map(|record| record.grant))
+    }
+
+    fn note_renewal(&mut self, family: u64, at: DateTime<Utc>) {
+        if self.record_renewals {
+            self.renewals.push(Renewal { family, at, dropped: false });
+        }
     }
 
     /// Marks the latest renewal as cut off; called under the same lock as the renewal.
@@ -528,6 +536,10 @@ mod tests {
     #[test]
     fn every_renewal_is_logged_under_the_family_its_first_secret_names() {
         let mut state = GitlabState::new();
+        let unlogged = project_token(&mut state);
+        state.rotate(&unlogged, &TokenOwner::Project("42".into()), None, now()).unwrap();
+        assert!(state.renewals.is_empty(), "nothing is logged unless asked");
+        state.record_renewals = true;
         let token = project_token(&mut state);
         let (client_id, client_secret) = state.create_application();
         let refresh = state.create_grant(&client_id).unwrap();
