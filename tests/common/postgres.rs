@@ -46,12 +46,17 @@ impl TestSchema {
         Some(Self { admin, schema, url, url_text })
     }
 
-    /// The server's address: the host and port the URL names (port 5432 when it names none).
+    /// The server's TCP address: the first address of the host the URL names (port 5432 when it
+    /// names none) that accepts a connection.
     pub fn server_addr(&self) -> std::net::SocketAddr {
         use std::net::ToSocketAddrs;
         let (_, host) = self.authority();
+        assert!(!host.is_empty(), "the proxy tests need a PostgreSQL URL with a TCP host, not a socket");
         let host = if host.contains(':') { host.to_owned() } else { format!("{host}:5432") };
-        host.to_socket_addrs().expect("resolve the PostgreSQL host").next().expect("an address")
+        let timeout = std::time::Duration::from_secs(2);
+        (host.to_socket_addrs().expect("resolve the PostgreSQL host"))
+            .find(|addr| std::net::TcpStream::connect_timeout(addr, timeout).is_ok())
+            .unwrap_or_else(|| panic!("no address of {host} accepts a connection"))
     }
 
     /// This schema's URL with the server's host and port replaced by `addr` (a proxy's).

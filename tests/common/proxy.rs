@@ -40,9 +40,7 @@ impl CuttableProxy {
                     break;
                 }
                 let Ok(client) = client else { continue };
-                if accepting.open.load(Ordering::SeqCst) {
-                    accepting.forward(client);
-                }
+                accepting.forward(client);
             }
         });
         Self { addr, state }
@@ -50,8 +48,9 @@ impl CuttableProxy {
 
     /// Drops every open connection and refuses new ones until [`Self::restore`].
     pub fn cut(&self) {
+        let mut streams = self.state.streams.lock().expect("proxy streams");
         self.state.open.store(false, Ordering::SeqCst);
-        for stream in self.state.streams.lock().expect("proxy streams").drain(..) {
+        for stream in streams.drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
@@ -63,16 +62,19 @@ impl CuttableProxy {
 }
 
 impl State {
-    /// Connects to the upstream and copies bytes both ways until either side closes.
+    /// Connects to the upstream and copies bytes both ways until either side closes — unless
+    /// the proxy is cut, checked under the same lock a cut takes, so no connection opened while
+    /// a cut drains the list survives it.
     fn forward(&self, client: TcpStream) {
+        let mut streams = self.streams.lock().expect("proxy streams");
+        if !self.open.load(Ordering::SeqCst) {
+            return;
+        }
         let Ok(server) = TcpStream::connect(self.upstream) else { return };
         let (Ok(client_copy), Ok(server_copy)) = (client.try_clone(), server.try_clone()) else { return };
-        {
-            let mut streams = self.streams.lock().expect("proxy streams");
-            streams.retain(|stream| stream.peer_addr().is_ok());
-            streams.extend(client.try_clone().ok());
-            streams.extend(server.try_clone().ok());
-        }
+        streams.extend(client.try_clone().ok());
+        streams.extend(server.try_clone().ok());
+        drop(streams);
         std::thread::spawn(move || pump(client, server));
         std::thread::spawn(move || pump(server_copy, client_copy));
     }
