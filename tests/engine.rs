@@ -2,48 +2,33 @@
 //! time, and every failure class ends where the protocol says — without ever costing a
 //! token family or presenting a dead refresh token twice.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use common::engine_setup::{Setup, engine_settings, setup_with, start_time};
 use tokenwarden::config::{HumanDuration, MaintenanceConfig, PolicyDefaults};
 use tokenwarden::domain::{Policy, TokenName, TokenState};
-use tokenwarden::engine::backoff::Backoff;
 use tokenwarden::engine::maintenance::{MaintenanceContext, plan_under};
 use tokenwarden::engine::policy::plan_rotation;
 use tokenwarden::engine::{
-    EngineContext, EngineSettings, ForcedRotation, Limits, ManualClock, RotationOutcome, Scheduler, rotate_now,
+    EngineContext, EngineSettings, ForcedRotation, Limits, RotationOutcome, Scheduler, rotate_now,
 };
-use tokenwarden::providers::HttpSettings;
 use tokenwarden::providers::gitlab::expiry_instant;
 use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::simulator::{Fault, FaultRates, FaultTarget, TokenOwner};
 use tokenwarden::store::models::Token;
 use tokenwarden::store::tokens;
 
-/// A fixed start so dates are predictable.
-fn start_time() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
-}
-
+/// The engine settings of these tests: provider requests time out after 2 s.
 fn settings() -> EngineSettings {
-    EngineSettings {
-        http: HttpSettings { timeout: Duration::from_secs(2), connect_timeout: Duration::from_secs(1) },
-        backoff: Backoff { base: Duration::from_secs(10), max: Duration::from_secs(600) },
-    }
-}
-
-struct Setup {
-    harness: EngineHarness,
-    clock: ManualClock,
-    _dir: tempfile::TempDir,
+    engine_settings(Duration::from_secs(2))
 }
 
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start_time());
-    let harness = EngineHarness::start(dir.path(), Arc::new(clock.clone()), settings()).await.unwrap();
-    Setup { harness, clock, _dir: dir }
+    setup_with(settings()).await
 }
 
 fn in_days(days: u64) -> NaiveDate {

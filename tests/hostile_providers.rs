@@ -5,21 +5,17 @@
 //! renewed, a rejected renewal answer is an unknown outcome resolved by probing (never by
 //! renewing blindly), while a rejected look-up is simply retried.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use chrono::{Days, NaiveDate, TimeDelta};
+use common::engine_setup::{Setup, engine_settings, setup_with, start_time};
 use tokenwarden::domain::TokenName;
-use tokenwarden::engine::backoff::Backoff;
-use tokenwarden::engine::{EngineSettings, ForcedRotation, ManualClock, RotationOutcome, rotate_now};
+use tokenwarden::engine::{ForcedRotation, RotationOutcome, rotate_now};
 use tokenwarden::providers::HttpSettings;
 use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::simulator::{Fault, FaultTarget, Malformation, TokenOwner};
-
-/// A fixed start so dates are predictable.
-fn start_time() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
-}
 
 fn in_days(days: u64) -> NaiveDate {
     start_time().date_naive() + Days::new(days)
@@ -40,21 +36,8 @@ const MALFORMATIONS: [(&str, Malformation); 5] = [
 /// Prefixes of every secret the simulator issues (tokens, access and refresh tokens).
 const SECRET_PREFIXES: [&str; 4] = ["glpat-", "gloat-", "glrt-", "gloas-"];
 
-struct Setup {
-    harness: EngineHarness,
-    clock: ManualClock,
-    _dir: tempfile::TempDir,
-}
-
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start_time());
-    let settings = EngineSettings {
-        http: HttpSettings { timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(1) },
-        backoff: Backoff { base: Duration::from_secs(10), max: Duration::from_secs(600) },
-    };
-    let harness = EngineHarness::start(dir.path(), Arc::new(clock.clone()), settings).await.unwrap();
-    Setup { harness, clock, _dir: dir }
+    setup_with(engine_settings(Duration::from_secs(5))).await
 }
 
 async fn force(harness: &EngineHarness, name: &str) -> RotationOutcome {

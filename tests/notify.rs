@@ -5,6 +5,8 @@
 //! twice at once, `token.failed` and `token.needs_attention` reach receivers, and the
 //! maintenance job prunes delivered rows with their attempts.
 
+mod common;
+
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,13 +17,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
+use common::engine_setup::{Setup, engine_settings, setup_with, start_time};
 use secrecy::SecretString;
 use tokenwarden::domain::ClientRole;
-use tokenwarden::engine::backoff::Backoff;
-use tokenwarden::engine::{Clock, EngineSettings, ForcedRotation, ManualClock, RotationOutcome, rotate_now};
+use tokenwarden::engine::{Clock, ForcedRotation, ManualClock, RotationOutcome, rotate_now};
 use tokenwarden::notify::signature::DEFAULT_TOLERANCE;
 use tokenwarden::notify::{Dispatcher, DispatcherHandle, DispatcherSettings, SignatureError, verify};
-use tokenwarden::providers::HttpSettings;
 use tokenwarden::simulator::TokenOwner;
 use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::store::clients::{self, NewClient};
@@ -30,33 +31,12 @@ use tokenwarden::store::{Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A fixed start so dates are predictable.
-fn start_time() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
-}
-
 fn in_days(days: u64) -> NaiveDate {
     start_time().date_naive() + Days::new(days)
 }
 
-fn engine_settings() -> EngineSettings {
-    EngineSettings {
-        http: HttpSettings { timeout: Duration::from_secs(2), connect_timeout: Duration::from_secs(1) },
-        backoff: Backoff { base: Duration::from_secs(10), max: Duration::from_secs(600) },
-    }
-}
-
-struct Setup {
-    harness: EngineHarness,
-    clock: ManualClock,
-    _dir: tempfile::TempDir,
-}
-
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start_time());
-    let harness = EngineHarness::start(dir.path(), Arc::new(clock.clone()), engine_settings()).await.unwrap();
-    Setup { harness, clock, _dir: dir }
+    setup_with(engine_settings(Duration::from_secs(2))).await
 }
 
 /// What a test receiver does with one request.

@@ -11,6 +11,7 @@ use chrono::{Days, Utc};
 use tokenwarden::engine::SystemClock;
 use tokenwarden::simulator::{Simulator, TokenOwner};
 
+pub mod engine_setup;
 pub mod postgres;
 pub mod proxy;
 pub mod serve_process;
