@@ -15,15 +15,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::Sandbox;
+use common::serve_process::{JsonLogged, start_json_logged};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -41,28 +41,10 @@ struct Daemon {
 impl Daemon {
     /// Starts `serve` on an ephemeral port and waits for its "serving" log line.
     fn start(sandbox: &Sandbox) -> Daemon {
-        let mut child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
-            .current_dir(sandbox.path())
-            .env_clear()
-            .env("TOKENWARDEN_DATABASE_URL", sandbox.database_url())
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start serve");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = loop {
-            let line = lines.next().expect("serve exited before serving").expect("log line");
-            log.lock().unwrap().push(line.clone());
-            let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(listen) = entry["fields"]["listen"].as_str() {
-                break listen.parse().expect("listen address");
-            }
-        };
+        let JsonLogged { child, addr, startup, rest } = start_json_logged(sandbox);
+        let log = Arc::new(Mutex::new(startup));
         let sink = log.clone();
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| sink.lock().unwrap().push(line)));
+        std::thread::spawn(move || rest.map_while(Result::ok).for_each(|line| sink.lock().unwrap().push(line)));
         Daemon { child, addr, log }
     }
 

@@ -3,12 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::Sandbox;
+use common::serve_process::{JsonLogged, start_json_logged};
 
 /// A running daemon, the address it listens on, and the log lines it wrote until it served.
 struct Daemon {
@@ -20,29 +21,9 @@ struct Daemon {
 impl Daemon {
     /// Starts `serve` on an ephemeral port and waits for its "serving" log line.
     fn start(sandbox: &Sandbox) -> Daemon {
-        let mut child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
-            .current_dir(sandbox.path())
-            .env_clear()
-            .env("TOKENWARDEN_DATABASE_URL", sandbox.database_url())
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start serve");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let mut startup = Vec::new();
-        let addr = loop {
-            let line = lines.next().expect("serve exited before serving").unwrap();
-            let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            let listen = entry["fields"]["listen"].as_str().map(str::to_owned);
-            startup.push(entry);
-            if let Some(listen) = listen {
-                break listen.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let JsonLogged { child, addr, startup, rest } = start_json_logged(sandbox);
+        let startup = startup.iter().map(|line| serde_json::from_str(line).unwrap_or_default()).collect();
+        std::thread::spawn(move || rest.for_each(drop));
         Daemon { child, addr, startup }
     }
 

@@ -2,9 +2,13 @@
 //! SIGTERM with a deadline, and a kill when the test ends while it still runs.
 
 use std::fs::File;
+use std::io::{BufRead, BufReader, Lines};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use super::Sandbox;
 
 /// How often a stopping process is looked at.
 const POLL: Duration = Duration::from_millis(10);
@@ -103,4 +107,43 @@ impl Drop for ServeProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A `serve` process whose JSON log comes through a pipe, started by [`start_json_logged`].
+pub struct JsonLogged {
+    /// The process (not killed on drop: the caller owns it).
+    pub child: Child,
+    /// The address its API listens on.
+    pub addr: SocketAddr,
+    /// The log lines it wrote up to and including the one naming that address.
+    pub startup: Vec<String>,
+    /// The log lines still to come.
+    pub rest: Lines<BufReader<ChildStderr>>,
+}
+
+/// Starts `serve` in `sandbox` on an ephemeral port with JSON logs on standard error, and reads
+/// the log until the line that names the address it listens on.
+pub fn start_json_logged(sandbox: &Sandbox) -> JsonLogged {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
+        .current_dir(sandbox.path())
+        .env_clear()
+        .env("TOKENWARDEN_DATABASE_URL", sandbox.database_url())
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let mut rest = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut startup = Vec::new();
+    let addr = loop {
+        let line = rest.next().expect("serve exited before serving").expect("log line");
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let listen = entry["fields"]["listen"].as_str().map(str::to_owned);
+        startup.push(line);
+        if let Some(listen) = listen {
+            break listen.parse().expect("listen address");
+        }
+    };
+    JsonLogged { child, addr, startup, rest }
 }
