@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use common::engine_setup::{Setup, engine_settings, setup_with, start_time};
+use common::readme::readme_block;
 use secrecy::SecretString;
 use tokenwarden::domain::ClientRole;
 use tokenwarden::engine::{Clock, ForcedRotation, ManualClock, RotationOutcome, rotate_now};
@@ -690,18 +691,6 @@ async fn wait_for_client_deliveries(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("deliveries about {token} never reached the expected state: {:?}", deliveries(harness, token).await);
-}
-
-/// The fenced code block of README.md in `language` that contains `needle`.
-fn readme_block(language: &str, needle: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let fence = format!("```{language}\n");
-    let block = readme
-        .split(fence.as_str())
-        .skip(1)
-        .map(|rest| rest.split("\n```").next().unwrap())
-        .find(|block| block.contains(needle));
-    block.unwrap_or_else(|| panic!("no ```{language} block with {needle:?} in README.md")).to_owned()
 }
 
 /// What the README's Python and shell snippets say about one delivery: (python, shell) exit codes.

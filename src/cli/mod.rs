@@ -105,7 +105,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let settings = config::load(&cli.global.flag_values(&cli.command))?;
     // A one-shot command reports its outcome itself, on one line: log lines about the same
     // failure (the engine logs a failed rotation) would only repeat it. `RUST_LOG` shows them.
-    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "off" };
+    // The cron crate's own start-up chatter ("Job creator created") says nothing to an operator.
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info,tokio_cron_scheduler=warn" } else { "off" };
     crate::telemetry::init(settings.log_format, default_level);
     match cli.command {
         Command::Serve(_) => serve::run(settings).await,
