@@ -762,3 +762,103 @@ fn sqlite_claims_and_the_next_due_read_walk_their_partial_indexes_instead_of_the
         assert!(!plan.contains("TEMP B-TREE"), "{needle}: no sort: {plan}");
     }
 }
+
+/// Adds a personal access token `name` and claims it as a forced rotation would.
+fn claim_new_token(f: &mut Fixture, name: &str) -> rotation::Lease {
+    let new = new_token(name, TokenKind::GitlabPersonalAccessToken, Some("glpat-old"), None);
+    tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
+    let forced = rotation::ClaimMode::Forced { settle: TimeDelta::zero() };
+    let token = TokenName::new(name).unwrap();
+    match rotation::claim(&mut f.conn, &token, forced, "test-owner", TimeDelta::minutes(1), Utc::now()).unwrap() {
+        rotation::ClaimResult::Claimed(claim) => claim.lease(),
+        other => panic!("{name} was not claimed: {other:?}"),
+    }
+}
+
+/// What storing a provider's new secret for `lease` commits.
+fn answer_for(f: &Fixture, lease: &rotation::Lease) -> rotation::Answer {
+    let now = Utc::now().duration_trunc(TimeDelta::microseconds(1)).unwrap();
+    let context = tokens::secret_context(&lease.token_id, SecretField::Secret);
+    let secret = f.cipher.try_seal(context, &SecretString::from(format!("glpat-new-{}", lease.token_name))).unwrap();
+    let success = rotation::Success {
+        secret,
+        refresh_token: None,
+        expires_at: Some(now + TimeDelta::days(30)),
+        issued_at: now,
+        external_id: Some(format!("id-{}", lease.token_name)),
+        next_rotation_at: Some(now + TimeDelta::days(20)),
+    };
+    rotation::Answer { lease: lease.clone(), success, actor: "scheduler".into(), now }
+}
+
+/// The stored version and the versions in the history of token `name`.
+fn versions(f: &mut Fixture, name: &str) -> (i64, Vec<i64>) {
+    use schema::{token_history, tokens as t};
+    let (id, version): (String, i64) =
+        t::table.filter(t::name.eq(name)).select((t::id, t::version)).get_result(&mut f.conn).unwrap();
+    let history = token_history::table
+        .filter(token_history::token_id.eq(id))
+        .order(token_history::version)
+        .select(token_history::version)
+        .load(&mut f.conn)
+        .unwrap();
+    (version, history)
+}
+
+/// Group commit of providers' answers (`rotation::commit_successes`).
+mod group_commit {
+    use super::*;
+
+    both_backends! {
+        fn a_group_commit_stores_every_answer_but_the_one_whose_lease_was_taken_over(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+            let leases: Vec<_> = ["a", "b", "c"].iter().map(|name| claim_new_token(&mut f, name)).collect();
+            // Another worker took token b over after its provider call started.
+            diesel::update(schema::tokens::table.filter(schema::tokens::name.eq("b")))
+                .set(schema::tokens::attempt_id.eq("another-attempt"))
+                .execute(&mut f.conn)
+                .unwrap();
+            let answers: Vec<_> = leases.iter().map(|lease| answer_for(&f, lease)).collect();
+
+            let results = rotation::commit_successes(&mut f.conn, &answers).unwrap();
+
+            assert_eq!(results[0].as_ref().unwrap(), &2);
+            assert!(matches!(results[1], Err(StoreError::LeaseLost { .. })), "{:?}", results[1]);
+            assert_eq!(results[2].as_ref().unwrap(), &2);
+            assert_eq!(versions(&mut f, "a"), (2, vec![1, 2]));
+            assert_eq!(versions(&mut f, "b"), (1, vec![1]));
+            assert_eq!(versions(&mut f, "c"), (2, vec![1, 2]));
+            let (_, secret) = tokens::read_current(&mut f.conn, &f.cipher, &TokenName::new("c").unwrap()).unwrap();
+            assert_eq!(secret.unwrap().expose_secret(), "glpat-new-c");
+        }
+
+        fn a_group_commit_keeps_the_other_answers_when_one_fails(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+            let leases: Vec<_> = ["a", "b", "c"].iter().map(|name| claim_new_token(&mut f, name)).collect();
+            // Token b's history already has a version 2 row: storing its answer breaks a constraint.
+            diesel::sql_query(format!(
+                "INSERT INTO token_history (id, token_id, version, event, actor, occurred_at) \
+                 VALUES ('planted', '{}', 2, 'rotated', 'test', CURRENT_TIMESTAMP)",
+                leases[1].token_id
+            ))
+            .execute(&mut f.conn)
+            .unwrap();
+            let answers: Vec<_> = leases.iter().map(|lease| answer_for(&f, lease)).collect();
+
+            let results = rotation::commit_successes(&mut f.conn, &answers).unwrap();
+
+            assert!(matches!(results[1], Err(StoreError::Query(_))), "{:?}", results[1]);
+            assert_eq!(versions(&mut f, "a"), (2, vec![1, 2]));
+            assert_eq!(versions(&mut f, "c"), (2, vec![1, 2]));
+            // Nothing of b's answer was kept: still version 1, still leased to its attempt.
+            let (version, _) = versions(&mut f, "b");
+            assert_eq!(version, 1);
+            let attempt: Option<String> = schema::tokens::table
+                .filter(schema::tokens::name.eq("b"))
+                .select(schema::tokens::attempt_id)
+                .get_result(&mut f.conn)
+                .unwrap();
+            assert_eq!(attempt.as_deref(), Some(leases[1].attempt_id.as_str()));
+        }
+    }
+}

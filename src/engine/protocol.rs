@@ -56,7 +56,7 @@ use super::policy::{plan_rotation, requested_gitlab_expiry};
 use crate::domain::{Policy, Recovery, TokenKind, TokenName, TokenState};
 use crate::providers::{Credential, ProviderError, Renewed, TokenProvider};
 use crate::store::StoreError;
-use crate::store::rotation::{self, Claim, ClaimMode, ClaimResult, Failure, GRANT_LOST, Success};
+use crate::store::rotation::{self, Answer, Claim, ClaimMode, ClaimResult, Failure, GRANT_LOST, Success};
 use crate::store::tokens::{SecretField, secret_context};
 use crate::telemetry::metrics as telemetry;
 
@@ -479,9 +479,8 @@ async fn commit_renewed(
     };
     let lease = claim.lease();
     let expires_at = success.expires_at;
-    let actor = actor.to_owned();
-    let committed =
-        commit_with_retries(context, move |conn, now| rotation::commit_success(conn, &lease, &success, &actor, now));
+    let answer = |now| Answer { lease: lease.clone(), success: success.clone(), actor: actor.to_owned(), now };
+    let committed = commit_with_retries(context, |now| context.store.commit_answer(answer(now)));
     match committed.await {
         Ok(version) => RotationOutcome::Rotated { version, expires_at },
         Err(StoreError::LeaseLost { .. }) => RotationOutcome::LeaseLost,
@@ -492,10 +491,10 @@ async fn commit_renewed(
 /// Records a failed attempt (retrying or needs attention) and releases the lease.
 async fn commit_failure(context: &EngineContext, claim: &Claim, failure: Failure, actor: &str) -> RotationOutcome {
     let lease = claim.lease();
-    let actor = actor.to_owned();
-    let stored = failure.clone();
-    let committed =
-        commit_with_retries(context, move |conn, now| rotation::commit_failure(conn, &lease, &stored, &actor, now));
+    let committed = commit_with_retries(context, |now| {
+        let (lease, stored, actor) = (lease.clone(), failure.clone(), actor.to_owned());
+        context.store.run(move |conn| rotation::commit_failure(conn, &lease, &stored, &actor, now))
+    });
     match committed.await {
         Ok(()) => match failure {
             Failure::Retry { next_attempt_at, error, .. } => RotationOutcome::Retrying { next_attempt_at, error },
@@ -510,18 +509,15 @@ async fn commit_failure(context: &EngineContext, claim: &Claim, failure: Failure
 /// to [`COMMIT_RETRY_WINDOW`]; a lost lease is final at once. Retrying past the lease's expiry
 /// is safe and worth it: the write is fenced by the attempt id, so it lands only if no one has
 /// claimed the token since — and a store that fails for us has usually failed for everyone.
-async fn commit_with_retries<T, F>(context: &EngineContext, write: F) -> Result<T, StoreError>
+async fn commit_with_retries<T, F, Attempt>(context: &EngineContext, write: F) -> Result<T, StoreError>
 where
-    T: Send + 'static,
-    F: Fn(&mut crate::store::DbConnection, DateTime<Utc>) -> Result<T, StoreError> + Send + Sync + 'static,
+    F: Fn(DateTime<Utc>) -> Attempt,
+    Attempt: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let write = std::sync::Arc::new(write);
     let started = Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        let job = write.clone();
-        let now = context.clock.now();
-        match context.store.run(move |conn| job(conn, now)).await {
+        match write(context.clock.now()).await {
             Ok(value) => return Ok(value),
             Err(err @ StoreError::LeaseLost { .. }) => return Err(err),
             Err(err) if started.elapsed() < COMMIT_RETRY_WINDOW => {

@@ -4,6 +4,7 @@
 //! pooled connection on the blocking pool and hands it to a synchronous query function from
 //! one of the submodules. Writes go through [`DbConnection::write_transaction`].
 
+mod answer_batch;
 pub mod audit;
 mod audit_batch;
 pub mod changes;
@@ -45,6 +46,7 @@ pub struct Store {
     pool: Pool<Manager>,
     url: DatabaseUrl,
     audit: audit_batch::AuditBatcher,
+    answers: answer_batch::AnswerBatcher,
     writes: write_health::WriteHealth,
 }
 
@@ -76,6 +78,7 @@ impl Store {
             pool,
             url: url.clone(),
             audit: audit_batch::AuditBatcher::default(),
+            answers: answer_batch::AnswerBatcher::default(),
             writes: write_health::WriteHealth::default(),
         })
     }
@@ -112,6 +115,15 @@ impl Store {
     /// its own, not on the blocking pool.
     pub async fn record_audit(&self, row: models::AuditRow) -> Result<(), StoreError> {
         let result = self.audit.record(&self.url, row).await;
+        self.writes.observe(&result);
+        result
+    }
+
+    /// Stores a provider's answer through a group commit shared with the answers arriving at
+    /// the same time (see [`answer_batch`]); returns the new version once it is committed, or
+    /// [`StoreError::LeaseLost`] if another attempt took the token over.
+    pub async fn commit_answer(&self, answer: rotation::Answer) -> Result<i64, StoreError> {
+        let result = self.answers.commit(&self.pool, answer).await;
         self.writes.observe(&result);
         result
     }

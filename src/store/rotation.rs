@@ -488,6 +488,19 @@ pub fn mark_recovery(
     ensure_fenced(changed, lease)
 }
 
+/// A provider's answer waiting to be stored: what [`commit_successes`] commits for one token.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The lease the attempt holds (the commit is fenced by its attempt id).
+    pub lease: Lease,
+    /// What the provider issued, sealed.
+    pub success: Success,
+    /// Who asked for the rotation (`scheduler`, an operator or client name).
+    pub actor: String,
+    /// When the answer is stored (history, audit and outbox times).
+    pub now: DateTime<Utc>,
+}
+
 /// Commits a renewed secret: new version, history, webhook deliveries, audit and the next
 /// rotation time, in one transaction — only if this attempt still holds the lease.
 pub fn commit_success(
@@ -497,49 +510,84 @@ pub fn commit_success(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
+    conn.answer_transaction(|conn| store_success(conn, lease, success, actor, now))
+}
+
+/// Commits several answers in one transaction (group commit): each in a savepoint of its own
+/// and fenced by its own attempt id, so one stale lease or one failing answer costs none of the
+/// others. Returns one result per answer, in order; the outer error means the transaction itself
+/// failed (nothing of the batch was stored) and every answer may be tried again.
+pub fn commit_successes(
+    conn: &mut DbConnection,
+    answers: &[Answer],
+) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+    use diesel::connection::SimpleConnection;
     conn.answer_transaction(|conn| {
-        let fenced =
-            tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
-        let changed = diesel::update(fenced)
-            .set((
-                tokens::secret.eq(&success.secret),
-                tokens::version.eq(tokens::version + 1),
-                tokens::state.eq(TokenState::Active.as_str()),
-                tokens::issued_at.eq(naive(success.issued_at)),
-                tokens::expires_at.eq(success.expires_at.map(naive)),
-                tokens::next_rotation_at.eq(success.next_rotation_at.map(naive)),
-                tokens::external_id.eq(success.external_id.as_ref().or(lease.external_id.as_ref())),
-                tokens::lease_owner.eq(None::<String>),
-                tokens::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
-                tokens::attempt_id.eq(None::<String>),
-                tokens::attempt_count.eq(0),
-                tokens::recovery.eq(None::<String>),
-                tokens::last_success_at.eq(naive(now)),
-                tokens::last_error.eq(None::<String>),
-                tokens::attention_reason.eq(None::<String>),
-                tokens::updated_at.eq(naive(now)),
-                success.refresh_token.as_ref().map(|refresh_token| tokens::refresh_token.eq(refresh_token)),
-            ))
-            .execute(conn)?;
-        ensure_fenced(changed, lease)?;
-        let version: i64 =
-            tokens::table.filter(tokens::id.eq(&lease.token_id)).select(tokens::version).get_result(conn)?;
-        let history = HistoryRow {
-            id: new_id(),
-            token_id: lease.token_id.clone(),
-            version,
-            event: "rotated".to_owned(),
-            actor: actor.to_owned(),
-            expires_at: success.expires_at.map(naive),
-            occurred_at: naive(now),
-        };
-        diesel::insert_into(token_history::table).values(&history).execute(conn)?;
-        let name = lease.token_name.as_str();
-        outbox::enqueue(conn, Event::Rotated, name, version, success.expires_at, now)?;
-        let target = AuditTarget { kind: "token", name };
-        audit::record(conn, now, actor, "token.rotate", target, Some(format!("version={version}")))?;
-        Ok(version)
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            conn.batch_execute("SAVEPOINT answer")?;
+            let stored = store_success(conn, &answer.lease, &answer.success, &answer.actor, answer.now);
+            match &stored {
+                // A conflict dooms the whole transaction on PostgreSQL: run it again.
+                Err(err) if crate::store::connection::TransactionError::is_retryable_conflict(err) => {
+                    return Err(stored.expect_err("matched an error"));
+                }
+                Ok(_) => conn.batch_execute("RELEASE SAVEPOINT answer")?,
+                Err(_) => conn.batch_execute("ROLLBACK TO SAVEPOINT answer; RELEASE SAVEPOINT answer")?,
+            }
+            results.push(stored);
+        }
+        Ok(results)
     })
+}
+
+/// The writes of one stored answer, inside the caller's transaction.
+fn store_success(
+    conn: &mut DbConnection,
+    lease: &Lease,
+    success: &Success,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let fenced = tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
+    let changed = diesel::update(fenced)
+        .set((
+            tokens::secret.eq(&success.secret),
+            tokens::version.eq(tokens::version + 1),
+            tokens::state.eq(TokenState::Active.as_str()),
+            tokens::issued_at.eq(naive(success.issued_at)),
+            tokens::expires_at.eq(success.expires_at.map(naive)),
+            tokens::next_rotation_at.eq(success.next_rotation_at.map(naive)),
+            tokens::external_id.eq(success.external_id.as_ref().or(lease.external_id.as_ref())),
+            tokens::lease_owner.eq(None::<String>),
+            tokens::lease_expires_at.eq(None::<chrono::NaiveDateTime>),
+            tokens::attempt_id.eq(None::<String>),
+            tokens::attempt_count.eq(0),
+            tokens::recovery.eq(None::<String>),
+            tokens::last_success_at.eq(naive(now)),
+            tokens::last_error.eq(None::<String>),
+            tokens::attention_reason.eq(None::<String>),
+            tokens::updated_at.eq(naive(now)),
+            success.refresh_token.as_ref().map(|refresh_token| tokens::refresh_token.eq(refresh_token)),
+        ))
+        .execute(conn)?;
+    ensure_fenced(changed, lease)?;
+    let version: i64 = tokens::table.filter(tokens::id.eq(&lease.token_id)).select(tokens::version).get_result(conn)?;
+    let history = HistoryRow {
+        id: new_id(),
+        token_id: lease.token_id.clone(),
+        version,
+        event: "rotated".to_owned(),
+        actor: actor.to_owned(),
+        expires_at: success.expires_at.map(naive),
+        occurred_at: naive(now),
+    };
+    diesel::insert_into(token_history::table).values(&history).execute(conn)?;
+    let name = lease.token_name.as_str();
+    outbox::enqueue(conn, Event::Rotated, name, version, success.expires_at, now)?;
+    let target = AuditTarget { kind: "token", name };
+    audit::record(conn, now, actor, "token.rotate", target, Some(format!("version={version}")))?;
+    Ok(version)
 }
 
 /// Records a failed attempt and releases the lease — only if this attempt still holds it.
