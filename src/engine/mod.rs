@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod clock;
 mod context;
 pub mod maintenance;
+mod outcome_log;
 pub mod policy;
 pub mod protocol;
 pub mod scheduler;
