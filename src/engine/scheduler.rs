@@ -156,30 +156,10 @@ impl Scheduler {
     /// (it could not be opened, or it failed) every look counts as a change, so the window is
     /// simply read again.
     async fn changed_elsewhere(&self, changes: &mut Option<ChangeWatch>) -> bool {
-        let (store, current) = (self.context.store.clone(), changes.take());
-        let looked = tokio::task::spawn_blocking(move || {
-            let mut watch = match current {
-                Some(watch) => watch,
-                None => store.watch_changes()?,
-            };
-            let changed = watch.changed()?;
-            Ok::<_, crate::store::StoreError>((watch, changed))
+        self.context.store.changed_since(changes).await.unwrap_or_else(|err| {
+            warn!(error = %err, "cannot watch the store for changes; reading the due tokens instead");
+            true
         })
-        .await;
-        match looked {
-            Ok(Ok((watch, changed))) => {
-                *changes = Some(watch);
-                changed
-            }
-            Ok(Err(err)) => {
-                warn!(error = %err, "cannot watch the store for changes; reading the due tokens instead");
-                true
-            }
-            Err(err) => {
-                warn!(error = %err, "the change watch failed; reading the due tokens instead");
-                true
-            }
-        }
     }
 
     /// One pass: read the window if needed, dispatch what is due now, and say when to look
