@@ -9,8 +9,11 @@
 //! ending in `"$@"` (inside a wrapper) is a template: it may lack its subcommand or required
 //! arguments, but every flag and subcommand it does name must exist.
 
+mod common;
+
 use clap::Parser;
 use clap::error::ErrorKind;
+use common::markdown::{shell_lines, words};
 use tokenwarden::cli::Cli;
 
 /// The documents whose commands are checked.
@@ -18,44 +21,6 @@ const DOCUMENTS: &[&str] = &["README.md", "docs/BENCHMARKS.md", "docs/RELIABILIT
 /// The README shows at least this many `tokenwarden` commands (so a broken extractor, which
 /// would find none, cannot pass).
 const README_AT_LEAST: usize = 15;
-
-/// Splits a shell line into words, honouring single and double quotes and backslashes, and
-/// cuts it at an unquoted `#` that starts a word (a comment).
-fn words(line: &str) -> Vec<String> {
-    let (mut words, mut current, mut in_word) = (Vec::new(), String::new(), false);
-    let mut quote: Option<char> = None;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some('"'), '\\') => current.extend(chars.next()),
-            (Some(_), c) => current.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, '\\') => {
-                current.extend(chars.next());
-                in_word = true;
-            }
-            (None, '#') if !in_word => break,
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut current));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                current.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(current);
-    }
-    words
-}
 
 /// Whether `word` separates commands (`|`, `||`, `&&`, `;`, `&`).
 fn is_separator(word: &str) -> bool {
@@ -128,30 +93,12 @@ fn is_assignment(word: &str) -> bool {
 
 /// Every `tokenwarden` command in the fenced code blocks of a Markdown text.
 fn commands(markdown: &str) -> Vec<Found> {
-    let (mut found, mut in_block, mut pending, mut start) = (Vec::new(), false, String::new(), 0);
-    for (number, line) in markdown.lines().enumerate() {
-        if line.trim_start().starts_with("```") {
-            in_block = !in_block;
-            pending.clear();
-            continue;
-        }
-        if !in_block {
-            continue;
-        }
-        if pending.is_empty() {
-            start = number + 1;
-        }
-        let line = line.trim_start().strip_prefix("$ ").unwrap_or(line.trim_start());
-        if let Some(joined) = line.strip_suffix('\\') {
-            pending.push_str(joined);
-            pending.push(' ');
-            continue;
-        }
-        pending.push_str(line);
-        let all = words(&std::mem::take(&mut pending));
+    let mut found = Vec::new();
+    for (line, text) in shell_lines(markdown) {
+        let all = words(&text);
         for segment in all.split(|word| is_separator(word)) {
             if let Some((args, template)) = tokenwarden_args(segment) {
-                found.push(Found { line: start, args, template });
+                found.push(Found { line, args, template });
             }
         }
     }
