@@ -108,11 +108,17 @@ fn families(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn every_tokenwarden_family_on_a_running_serve_has_help_and_type() {
+/// A sandbox with the simulated GitLab as provider `gitlab` and one project access token.
+fn sandbox_with_token(name: &str) -> Sandbox {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();
-    sandbox.add_project_token("dbt-ci");
+    sandbox.add_project_token(name);
+    sandbox
+}
+
+#[test]
+fn every_tokenwarden_family_on_a_running_serve_has_help_and_type() {
+    let sandbox = sandbox_with_token("dbt-ci");
     let daemon = Daemon::start(&sandbox);
     assert_eq!(reqwest_blocking_get(&daemon.url("/v1/tokens"), Some("tw_not_a_key")).0, 401);
     let (text, _) = daemon.metrics_until(FOLLOW_LIMIT, "the scheduler's first tick", |text| {
@@ -137,9 +143,7 @@ fn every_tokenwarden_family_on_a_running_serve_has_help_and_type() {
 
 #[test]
 fn token_gauges_follow_a_pause_and_a_rotation_by_the_cli_within_five_seconds() {
-    let sandbox = Sandbox::new();
-    sandbox.add_gitlab_provider();
-    sandbox.add_project_token("dbt-ci");
+    let sandbox = sandbox_with_token("dbt-ci");
     let daemon = Daemon::start(&sandbox);
     let expiry = r#"tokenwarden_token_expiry_timestamp_seconds{token="dbt-ci"}"#;
     let (before, _) = daemon.metrics_until(FOLLOW_LIMIT, "the token", |text| {
@@ -167,9 +171,7 @@ fn token_gauges_follow_a_pause_and_a_rotation_by_the_cli_within_five_seconds() {
 
 #[test]
 fn refused_api_keys_are_counted_by_reason_and_logged_once_a_minute_per_address_without_the_key() {
-    let sandbox = Sandbox::new();
-    sandbox.add_gitlab_provider();
-    sandbox.add_project_token("dbt-ci");
+    let sandbox = sandbox_with_token("dbt-ci");
     let key_of = |out: String| -> String {
         let created: serde_json::Value = serde_json::from_str(&out).expect("client add JSON");
         created["api_key"].as_str().expect("api_key").to_owned()

@@ -41,35 +41,16 @@ pub(super) fn log_outcome(report: &RotationReport) {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use chrono::{DateTime, TimeDelta, Utc};
 
     use super::*;
     use crate::domain::TokenKind;
-
-    /// Collects everything a subscriber writes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::captured_log::lines_logged;
 
     fn logged(report: &RotationReport) -> String {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-        tracing::subscriber::with_default(subscriber, || log_outcome(report));
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+        lines_logged(|| log_outcome(report)).join("\n")
     }
 
     fn rotated(planned_at: Option<DateTime<Utc>>, started_at: DateTime<Utc>) -> RotationReport {
