@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Sandbox;
-use common::serve_process::{JsonLogged, start_json_logged};
+use common::postgres::TestSchema;
+use common::serve_process::{JsonLogged, ServeProcess, start_json_logged};
+use tokenwarden::config::DatabaseUrl;
+use tokenwarden::simulator::TokenOwner;
 
 /// How long a change made by another process may take to show on `/metrics`.
 const FOLLOW_LIMIT: Duration = Duration::from_secs(5);
@@ -40,22 +43,33 @@ impl Daemon {
     }
 
     fn metrics(&self) -> String {
-        let response = reqwest_blocking_get(&self.url("/metrics"), None);
-        assert_eq!(response.0, 200, "{}", response.1);
-        response.1
+        scrape(&self.url(""))
     }
 
     /// Polls `/metrics` until `wanted` holds, failing after `limit`; returns the exposition.
     fn metrics_until(&self, limit: Duration, what: &str, wanted: impl Fn(&str) -> bool) -> (String, Duration) {
-        let since = Instant::now();
-        loop {
-            let text = self.metrics();
-            if wanted(&text) {
-                return (text, since.elapsed());
-            }
-            assert!(since.elapsed() < limit, "{what} did not show on /metrics within {limit:?}:\n{text}");
-            std::thread::sleep(Duration::from_millis(50));
+        scrape_until(&self.url(""), limit, what, wanted)
+    }
+}
+
+/// `GET {base}/metrics`, which must answer 200.
+fn scrape(base: &str) -> String {
+    let (status, text) = reqwest_blocking_get(&format!("{base}/metrics"), None);
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// Polls `{base}/metrics` until `wanted` holds, failing after `limit`; returns the exposition and
+/// how long it took.
+fn scrape_until(base: &str, limit: Duration, what: &str, wanted: impl Fn(&str) -> bool) -> (String, Duration) {
+    let since = Instant::now();
+    loop {
+        let text = scrape(base);
+        if wanted(&text) {
+            return (text, since.elapsed());
         }
+        assert!(since.elapsed() < limit, "{what} did not show on /metrics within {limit:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -231,4 +245,38 @@ fn refused_api_keys_are_counted_by_reason_and_logged_once_a_minute_per_address_w
     for secret in [unknown_key, reader.as_str(), leaving.as_str()] {
         assert!(!log.iter().any(|line| line.contains(secret)), "a presented key was logged");
     }
+}
+
+#[test]
+fn token_gauges_follow_a_cli_pause_on_postgresql_within_five_seconds() {
+    let Some(schema) = TestSchema::create() else { return };
+    let sandbox = Sandbox::new();
+    let key = sandbox.path().join("master.key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let DatabaseUrl::Postgres(url) = &schema.url else { panic!("a PostgreSQL URL") };
+    let env = [("TOKENWARDEN_DATABASE_URL", url.clone()), ("TOKENWARDEN_MASTER_KEY_FILE", key.display().to_string())];
+    let cli = |args: &[&str], stdin: &str| {
+        let out = sandbox.cmd().envs(env.iter().map(|(k, v)| (*k, v.as_str()))).args(args).write_stdin(stdin).output();
+        let out = out.expect("run tokenwarden");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli(&["provider", "add", "gitlab", "--kind", "gitlab", "--url", &sandbox.gitlab_url()], "");
+    let secret = sandbox.gitlab.token(TokenOwner::Project("42".into()));
+    let add = ["token", "add", "dbt-ci", "--provider", "gitlab", "--kind", "gitlab-project-access-token"];
+    cli(&[&add[..], &["--project", "42", "--secret-stdin"]].concat(), &format!("{secret}\n"));
+    let config = sandbox.path().join("serve.toml");
+    std::fs::write(&config, "").unwrap();
+    let log = sandbox.path().join("serve.log");
+    let mut daemon = ServeProcess::start(sandbox.path(), &config, &log, &env);
+    let base = daemon.wait_for_api(&log, Duration::from_secs(30));
+    scrape_until(&base, FOLLOW_LIMIT, "the token", |text| {
+        sample(text, r#"tokenwarden_tokens{state="active"}"#) == Some(1.0)
+    });
+
+    cli(&["token", "pause", "dbt-ci"], "");
+    let (_, took) = scrape_until(&base, FOLLOW_LIMIT, "the pause", |text| {
+        sample(text, r#"tokenwarden_tokens{state="paused"}"#) == Some(1.0)
+    });
+    eprintln!("a pause by the CLI showed on /metrics after {took:?} (PostgreSQL, LISTEN/NOTIFY)");
+    drop(schema);
 }
