@@ -78,6 +78,7 @@ impl FromRequestParts<AppState> for Caller {
     /// A key the store accepted less than [`super::KEY_CACHE_TTL`] ago is taken from
     /// [`AppState::keys`] (its hash still compared in constant time); any other key is checked
     /// against the store, and remembered if accepted.
+    ///
     /// A refusal is counted and logged (rate-limited) by [`AppState::auth_failures`].
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let source = source(parts);
