@@ -6,7 +6,8 @@
 //! `next_rotation_at` index only when the data may have changed — a commit by any other
 //! connection or process (looked for every [`CHANGE_POLL`] with a counter, not a query of the
 //! tokens), a wake-up from the API, or a worker that finished while nothing else is due. An
-//! idle daemon therefore asks the store one `PRAGMA data_version` a second and nothing else.
+//! idle scheduler therefore asks the store one `PRAGMA data_version` a second and nothing else
+//! (`serve`'s metrics watch, [`super::metrics_watch`], asks one more).
 //! Providers whose workers are all busy or that asked for a pause (`Retry-After`) are skipped,
 //! and their due tokens wait in the window.
 //!
