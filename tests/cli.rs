@@ -762,6 +762,7 @@ fn a_rotation_the_provider_refuses_is_reported_on_one_line_with_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     let line = one_line(&out.stderr, "transient failure");
     assert!(line.contains("failed for now") && line.contains("503"), "{line}");
+    assert_eq!(line.matches("provider error").count(), 1, "the cause is said once: {line}");
     sandbox.gitlab.sim.with_state(|state| state.revoke(&revoked));
     let out = sandbox.run(&["token", "rotate", "revoked"], "");
     assert_eq!(out.status.code(), Some(1));
