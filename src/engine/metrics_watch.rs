@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::maintenance::{MaintenanceContext, refresh_metrics};
 use crate::store::changes::ChangeWatch;
@@ -32,6 +32,7 @@ pub async fn run(context: MaintenanceContext, mut shutdown: watch::Receiver<bool
         let allowed = last_refresh.is_none_or(|at| at.elapsed() >= MIN_REFRESH);
         if pending && allowed {
             refresh_metrics(&context).await;
+            debug!("token gauges refreshed after a change to the store");
             last_refresh = Some(Instant::now());
             pending = false;
         }
