@@ -201,9 +201,11 @@ fn refused_api_keys_are_counted_by_reason_and_logged_once_a_minute_per_address_w
         let http = http_client();
         let status =
             |request: reqwest::RequestBuilder| async move { request.send().await.expect("send").status().as_u16() };
+        let burst = Instant::now();
         for _ in 0..unknown_sent {
             assert_eq!(status(http.get(&url).bearer_auth(unknown_key)).await, 401);
         }
+        eprintln!("{unknown_sent} requests with an unknown key answered 401 in {:?}", burst.elapsed());
         for _ in 0..missing_sent {
             assert_eq!(status(http.get(&url)).await, 401);
         }
