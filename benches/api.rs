@@ -2,9 +2,15 @@
 //! requests per second and latency percentiles with 100,000 tokens in SQLite. The reads use a
 //! reader client granted exactly the tokens it reads, as a dependent service would (not the
 //! operator key). Prints figures; asserts nothing. Run with `cargo bench --bench api`.
+//! `TOKENWARDEN_BENCH_SMOKE=1` runs it at tiny sizes in a few seconds and fails on any request
+//! error (`benches/common/smoke.rs`).
 
-use std::sync::Arc;
+#[path = "common/smoke.rs"]
+mod smoke;
+
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use chrono::{Days, Utc};
@@ -15,13 +21,23 @@ use tokenwarden::providers::{HttpSettings, build_http_client};
 use tokenwarden::simulator::harness::{EngineHarness, SeedToken};
 use tokenwarden::store::clients::{self, NewClient};
 
-/// Tokens tracked in the store.
-const TOKENS: usize = 100_000;
-/// Concurrent client connections, one measurement each: latency at a given rate depends on how
-/// many requests wait at once, so the figures are a curve, not a point.
-const CONNECTIONS: [usize; 3] = [8, 16, 32];
-/// How long each measurement runs.
-const WINDOW: Duration = Duration::from_secs(10);
+/// The sizes of a run: the real ones, or tiny ones in a smoke run ([`smoke::SMOKE_ENV`]).
+struct Sizes {
+    /// Tokens tracked in the store.
+    tokens: usize,
+    /// Concurrent client connections, one measurement each: latency at a given rate depends on
+    /// how many requests wait at once, so the figures are a curve, not a point.
+    connections: &'static [usize],
+    /// How long each measurement runs.
+    window: Duration,
+}
+
+/// This run's sizes.
+static SIZES: LazyLock<Sizes> = LazyLock::new(|| Sizes {
+    tokens: smoke::size(100_000, 500),
+    connections: smoke::size(&[8, 16, 32], &[2]),
+    window: smoke::size(Duration::from_secs(10), Duration::from_millis(500)),
+});
 
 /// Rate and latency percentiles of one measured endpoint.
 struct Figures {
@@ -31,7 +47,7 @@ struct Figures {
     errors: usize,
 }
 
-/// Hammers `paths` (round robin per connection) for [`WINDOW`] with `connections` clients.
+/// Hammers `paths` (round robin per connection) for [`Sizes::window`] with `connections` clients.
 async fn measure(base: &str, key: &str, paths: Arc<Vec<String>>, connections: usize) -> Figures {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -54,7 +70,7 @@ async fn measure(base: &str, key: &str, paths: Arc<Vec<String>>, connections: us
             (latencies, errors)
         }));
     }
-    tokio::time::sleep(WINDOW).await;
+    tokio::time::sleep(SIZES.window).await;
     stop.store(true, Ordering::Relaxed);
     let (mut all, mut errors) = (Vec::new(), 0);
     for task in tasks {
@@ -65,7 +81,7 @@ async fn measure(base: &str, key: &str, paths: Arc<Vec<String>>, connections: us
     all.sort();
     let percentile = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
     Figures {
-        rate: all.len() as f64 / WINDOW.as_secs_f64(),
+        rate: all.len() as f64 / SIZES.window.as_secs_f64(),
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),
         errors,
@@ -73,18 +89,22 @@ async fn measure(base: &str, key: &str, paths: Arc<Vec<String>>, connections: us
 }
 
 #[tokio::main(flavor = "multi_thread")]
-async fn main() {
+async fn main() -> ExitCode {
+    let Sizes { tokens, connections: connection_counts, window } = *SIZES;
+    if smoke::smoke() {
+        println!("smoke run ({}=1): tiny sizes; the figures mean nothing", smoke::SMOKE_ENV);
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let harness =
         EngineHarness::start(dir.path(), Arc::new(SystemClock), EngineSettings::default()).await.expect("harness");
     let expires = Utc::now().date_naive() + Days::new(30);
     let later = Utc::now() + chrono::TimeDelta::days(20);
     let seeds: Vec<SeedToken> =
-        (0..TOKENS).map(|i| SeedToken { name: format!("token-{i:06}"), next_rotation_at: later }).collect();
+        (0..tokens).map(|i| SeedToken { name: format!("token-{i:06}"), next_rotation_at: later }).collect();
     let started = Instant::now();
     harness.track_access_tokens_bulk(seeds, expires, false).await.expect("seed");
-    println!("seeded {TOKENS} tokens in {:.1} s", started.elapsed().as_secs_f64());
-    let read: Vec<String> = (0..TOKENS).step_by(7).map(|i| format!("token-{i:06}")).collect();
+    println!("seeded {tokens} tokens in {:.1} s", started.elapsed().as_secs_f64());
+    let read: Vec<String> = (0..tokens).step_by(7).map(|i| format!("token-{i:06}")).collect();
     let new = NewClient {
         name: "bench-reader".parse().unwrap(),
         role: ClientRole::Reader,
@@ -105,14 +125,14 @@ async fn main() {
     let secrets = Arc::new(read.iter().map(|name| format!("/v1/tokens/{name}/secret")).collect::<Vec<_>>());
     let health = Arc::new(vec!["/healthz".to_owned()]);
     println!(
-        "{} s per endpoint and connection count, server and load generator share {} cores",
-        WINDOW.as_secs(),
+        "{:.1} s per endpoint and connection count, server and load generator share {} cores",
+        window.as_secs_f64(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("connections  endpoint                      requests/s   p50 ms   p99 ms   errors");
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let mut verdicts = Vec::new();
-    for connections in CONNECTIONS {
+    let (mut verdicts, mut errors) = (Vec::new(), 0);
+    for &connections in connection_counts {
         let healthz = measure(&base, &key, health.clone(), connections).await;
         let reads = measure(&base, &key, secrets.clone(), connections).await;
         for (name, f) in [("GET /healthz", &healthz), ("GET /v1/tokens/{name}/secret", &reads)] {
@@ -121,6 +141,7 @@ async fn main() {
                 f.rate, f.p50_ms, f.p99_ms, f.errors
             );
         }
+        errors += healthz.errors + reads.errors;
         verdicts.push(format!(
             "{connections} connections: reads >= 10000/s: {} | p99 <= 5 ms: {} | reads >= 0.5 x healthz ({:.2} x): {}",
             verdict(reads.rate >= 10_000.0),
@@ -135,4 +156,9 @@ async fn main() {
     let audited = harness.context.store.run(|conn| tokenwarden::store::audit::list(conn, None)).await.unwrap();
     let reads_audited = audited.iter().filter(|row| row.action == "token.secret_read").count();
     println!("audit rows for secret reads: {reads_audited} (one per successful read)");
+    if smoke::smoke() && errors > 0 {
+        eprintln!("api bench failed: {errors} requests failed in a smoke run");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

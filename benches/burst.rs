@@ -6,8 +6,8 @@
 //! was uncommitted (the chance that a kill at a random instant of the burst lands inside a
 //! window). It measures; it asserts nothing. `docs/BENCHMARKS.md` explains the figures.
 //!
-//! `TOKENWARDEN_BENCH_SMOKE=1` runs one small burst per latency in a few seconds (CI runs it so
-//! the bench cannot break unnoticed).
+//! `TOKENWARDEN_BENCH_SMOKE=1` runs one small burst per latency in a few seconds
+//! (`benches/common/smoke.rs`; CI runs it so the bench cannot break unnoticed).
 
 use std::error::Error;
 use std::sync::Arc;
@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, watch};
 use tokenwarden::engine::{EngineSettings, Limits, RotationOutcome, Scheduler, SystemClock};
 use tokenwarden::simulator::FaultRates;
 use tokenwarden::simulator::harness::EngineHarness;
+
+#[path = "common/smoke.rs"]
+mod smoke;
 
 type BenchResult<T = ()> = Result<T, Box<dyn Error>>;
 
@@ -31,13 +34,11 @@ const ANSWERS_PER_FIGURE: usize = 512;
 const CONCURRENCY: usize = 64;
 /// Longest a burst may take.
 const BURST_DEADLINE: Duration = Duration::from_secs(120);
-/// Environment variable that selects the smoke run.
-const SMOKE_ENV: &str = "TOKENWARDEN_BENCH_SMOKE";
 
 fn main() -> BenchResult {
-    let smoke = std::env::var_os(SMOKE_ENV).is_some();
+    let smoke = smoke::smoke();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let sizes: &[usize] = if smoke { &SIZES[..1] } else { &SIZES };
+    let sizes: &[usize] = smoke::size(&SIZES, &SIZES[..1]);
     println!(
         "restart burst: N OAuth grants due at start, {CONCURRENCY} in flight at once (overall and per provider), \
          fresh SQLite store per burst{}",
@@ -45,7 +46,7 @@ fn main() -> BenchResult {
     );
     for latency_ms in LATENCIES_MS {
         for &size in sizes {
-            let bursts = if smoke { 1 } else { ANSWERS_PER_FIGURE.div_ceil(size) };
+            let bursts = smoke::size(ANSWERS_PER_FIGURE.div_ceil(size), 1);
             let mut figures = Figures::default();
             for _ in 0..bursts {
                 runtime.block_on(burst(size, latency_ms, &mut figures))?;

@@ -5,11 +5,12 @@
 //! Each phase runs in a child process of this binary (re-executed with `TOKENWARDEN_BENCH_PHASE`
 //! set), so a phase's CPU time and memory are its own and not what an earlier phase left
 //! behind. Name phases to run only those: `cargo bench --bench engine -- idle`.
+//! `TOKENWARDEN_BENCH_SMOKE=1` runs every phase at tiny sizes in seconds (`benches/common/smoke.rs`).
 
 use std::error::Error;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Timelike, Utc};
@@ -28,6 +29,9 @@ use tokenwarden::simulator::FaultRates;
 use tokenwarden::simulator::harness::{EngineHarness, SeedToken};
 use tokenwarden::store::rotation;
 
+#[path = "common/smoke.rs"]
+mod smoke;
+
 type BenchResult<T = ()> = Result<T, Box<dyn Error>>;
 
 /// Set in a child process to the phase it runs.
@@ -37,32 +41,48 @@ const RESULT_PREFIX: &str = "RESULT\t";
 /// The phases, in the order they run.
 const PHASES: [&str; 3] = ["lag", "throughput", "idle"];
 
-/// Tokens tracked in the lag and idle phases.
-const TRACKED: usize = 100_000;
-/// Tokens due within the same minute in the lag phase.
-const DUE_IN_MINUTE: usize = 10_000;
 /// Tokens written per write transaction while seeding.
 const SEED_CHUNK: usize = 10_000;
-/// How long after seeding the first of the due tokens is due.
-const FIRST_DUE_AFTER: TimeDelta = TimeDelta::seconds(5);
-/// The window the due tokens are spread over.
-const DUE_WINDOW: TimeDelta = TimeDelta::seconds(60);
 /// Longest wait for the due tokens after the last of them is due.
 const LAG_GRACE: Duration = Duration::from_secs(90);
 
 /// Simulator latency in the throughput phase.
 const LATENCY_MS: u64 = 50;
-/// The concurrency limits measured.
-const CONCURRENCY: [usize; 3] = [8, 32, 64];
-/// Due tokens per unit of concurrency (≈ 7.5 s of work at the limit).
-const TOKENS_PER_SLOT: usize = 150;
 /// Longest a throughput run may take.
 const THROUGHPUT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Settling time before the idle CPU window.
-const IDLE_WARMUP: Duration = Duration::from_secs(3);
-/// The idle CPU window.
-const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// The sizes of a run: the real ones, or tiny ones in a smoke run ([`smoke::SMOKE_ENV`]).
+#[derive(Clone, Copy)]
+struct Sizes {
+    /// Tokens tracked in the lag and idle phases.
+    tracked: usize,
+    /// Tokens due within the same minute in the lag phase.
+    due_in_minute: usize,
+    /// How long after seeding the first of the due tokens is due.
+    first_due_after: TimeDelta,
+    /// The window the due tokens are spread over.
+    due_window: TimeDelta,
+    /// The concurrency limits measured.
+    concurrency_levels: &'static [usize],
+    /// Due tokens per unit of concurrency (≈ 7.5 s of work at the limit in a real run).
+    tokens_per_slot: usize,
+    /// Settling time before the idle CPU window.
+    idle_warmup: Duration,
+    /// The idle CPU window.
+    idle_window: Duration,
+}
+
+/// This run's sizes.
+static SIZES: LazyLock<Sizes> = LazyLock::new(|| Sizes {
+    tracked: smoke::size(100_000, 500),
+    due_in_minute: smoke::size(10_000, 50),
+    first_due_after: smoke::size(TimeDelta::seconds(5), TimeDelta::seconds(1)),
+    due_window: smoke::size(TimeDelta::seconds(60), TimeDelta::seconds(1)),
+    concurrency_levels: smoke::size(&[8, 32, 64], &[2, 4]),
+    tokens_per_slot: smoke::size(150, 5),
+    idle_warmup: smoke::size(Duration::from_secs(3), Duration::from_millis(200)),
+    idle_window: smoke::size(Duration::from_secs(10), Duration::from_secs(1)),
+});
 
 /// Target: rotation lag p99, in milliseconds.
 const LAG_P99_TARGET_MS: f64 = 50.0;
@@ -101,6 +121,9 @@ fn orchestrate() -> BenchResult {
     }
     let started = Instant::now();
     println!("tokenwarden engine benchmark: real engine, in-repo GitLab simulator on 127.0.0.1, SQLite");
+    if smoke::smoke() {
+        println!("smoke run ({}=1): every phase at tiny sizes; the figures mean nothing", smoke::SMOKE_ENV);
+    }
     println!("machine: {}", machine());
     let mut results = Vec::new();
     for phase in phases {
@@ -309,26 +332,28 @@ impl Outcomes {
 
 /// Lag and commit gap with 100,000 tracked and 10,000 due within one minute.
 async fn lag_phase() -> BenchResult {
+    let Sizes { tracked, due_in_minute, first_due_after, due_window, .. } = *SIZES;
+
     let limits = Limits::default();
     println!(
-        "(a) rotation lag: {TRACKED} tokens tracked, {DUE_IN_MINUTE} due within one minute; real clock, no \
+        "(a) rotation lag: {tracked} tokens tracked, {due_in_minute} due within one minute; real clock, no \
          simulator latency, default limits ({} overall, {} per provider), maintenance sweep every minute",
         limits.max_concurrency, limits.per_provider
     );
     let (_dir, harness) = start_harness().await?;
     let seeding = Instant::now();
-    let background = TRACKED - DUE_IN_MINUTE;
+    let background = tracked - due_in_minute;
     let now = Utc::now();
     seed(&harness, "idle", background, |i| far_future(now, i, background), true).await?;
-    let first_due = Utc::now() + FIRST_DUE_AFTER;
-    let spacing = DUE_WINDOW / i32::try_from(DUE_IN_MINUTE)?;
+    let first_due = Utc::now() + first_due_after;
+    let spacing = due_window / i32::try_from(due_in_minute)?;
     let due_at = |i: usize| first_due + spacing * i32::try_from(i).unwrap_or(i32::MAX);
-    seed(&harness, "due", DUE_IN_MINUTE, due_at, true).await?;
-    println!("    seeded {TRACKED} tokens (store and simulator) in {:.1} s", seeding.elapsed().as_secs_f64());
+    seed(&harness, "due", due_in_minute, due_at, true).await?;
+    println!("    seeded {tracked} tokens (store and simulator) in {:.1} s", seeding.elapsed().as_secs_f64());
 
     let started_at = Utc::now();
     let mut running = start_engine(&harness, limits).await?;
-    let last_due = due_at(DUE_IN_MINUTE - 1);
+    let last_due = due_at(due_in_minute - 1);
     println!(
         "    engine started; first token due {:.1} s later, last {:.1} s later (one every {} ms)",
         seconds(first_due - started_at),
@@ -337,12 +362,12 @@ async fn lag_phase() -> BenchResult {
     );
     let (cpu_before, wall) = (cpu_seconds()?, Instant::now());
     let deadline = tokio::time::Instant::now() + (last_due - Utc::now()).to_std().unwrap_or_default() + LAG_GRACE;
-    let mut lags_ms = Vec::with_capacity(DUE_IN_MINUTE);
-    let mut gaps_ms = Vec::with_capacity(DUE_IN_MINUTE);
+    let mut lags_ms = Vec::with_capacity(due_in_minute);
+    let mut gaps_ms = Vec::with_capacity(due_in_minute);
     let mut outcomes = Outcomes::default();
-    while outcomes.rotated < DUE_IN_MINUTE {
+    while outcomes.rotated < due_in_minute {
         let Ok(Some(report)) = tokio::time::timeout_at(deadline, running.reports.recv()).await else {
-            println!("    gave up waiting: only {} of {DUE_IN_MINUTE} rotated", outcomes.rotated);
+            println!("    gave up waiting: only {} of {due_in_minute} rotated", outcomes.rotated);
             break;
         };
         if let Some(planned_at) = report.planned_at {
@@ -392,18 +417,20 @@ async fn lag_phase() -> BenchResult {
 
 /// Rotations per second at 50 ms simulator latency for each concurrency limit.
 async fn throughput_phase() -> BenchResult {
+    let Sizes { concurrency_levels, tokens_per_slot, .. } = *SIZES;
+
     println!(
-        "(b) throughput: simulator latency {LATENCY_MS} ms on every request; {TOKENS_PER_SLOT} x concurrency \
+        "(b) throughput: simulator latency {LATENCY_MS} ms on every request; {tokens_per_slot} x concurrency \
          tokens, all due at once; a fresh store per run"
     );
     println!(
         "    {:>11} {:>7} {:>12} {:>12} {:>6} {:>13} {:>9} {:>10} {:>6}   outcomes",
         "concurrency", "tokens", "rotations/s", "limit c/lat", "ratio", "attempt p50", "requests", "ratio/req", "CPU"
     );
-    for concurrency in CONCURRENCY {
+    for &concurrency in concurrency_levels {
         let (_dir, harness) = start_harness().await?;
         harness.sim.set_rates(FaultRates { latency_ms: LATENCY_MS, ..FaultRates::default() });
-        let count = TOKENS_PER_SLOT * concurrency;
+        let count = tokens_per_slot * concurrency;
         let now = Utc::now();
         seed(&harness, "due", count, |_| now, true).await?;
 
@@ -462,25 +489,27 @@ async fn throughput_phase() -> BenchResult {
 
 /// Idle CPU and memory with 100,000 tracked and none due.
 async fn idle_phase() -> BenchResult {
+    let Sizes { tracked, idle_warmup, idle_window, .. } = *SIZES;
+
     println!(
-        "(c) idle: {TRACKED} tokens tracked in the store (due in 1 to 29 days), none due; scheduler and \
+        "(c) idle: {tracked} tokens tracked in the store (due in 1 to 29 days), none due; scheduler and \
          maintenance sweep (every minute) running; CPU over {} s after {} s of settling",
-        IDLE_WINDOW.as_secs(),
-        IDLE_WARMUP.as_secs()
+        idle_window.as_secs(),
+        idle_warmup.as_secs()
     );
     let (_dir, harness) = start_harness().await?;
     let empty = Memory::now()?;
     let now = Utc::now();
     let seeding = Instant::now();
-    seed(&harness, "idle", TRACKED, |i| far_future(now, i, TRACKED), false).await?;
-    println!("    seeded {TRACKED} tokens (store only) in {:.1} s", seeding.elapsed().as_secs_f64());
+    seed(&harness, "idle", tracked, |i| far_future(now, i, tracked), false).await?;
+    println!("    seeded {tracked} tokens (store only) in {:.1} s", seeding.elapsed().as_secs_f64());
     let seeded = Memory::now()?;
 
     let mut running = start_engine(&harness, Limits::default()).await?;
-    tokio::time::sleep(IDLE_WARMUP).await;
-    tokio::time::sleep(wait_for_window_between_sweeps(IDLE_WINDOW)).await;
+    tokio::time::sleep(idle_warmup).await;
+    tokio::time::sleep(wait_for_window_between_sweeps(idle_window)).await;
     let (ticks_before, threads_before, wall) = (cpu_seconds()?, thread_cpu(), Instant::now());
-    tokio::time::sleep(IDLE_WINDOW).await;
+    tokio::time::sleep(idle_window).await;
     let window = wall.elapsed().as_secs_f64();
     let window_percent = 100.0 * (cpu_seconds()? - ticks_before) / window;
     let threads_percent = 100.0 * thread_cpu_since(&threads_before) / window;
@@ -506,13 +535,13 @@ async fn idle_phase() -> BenchResult {
     println!(
         "    an idle scheduler looks for changes once a second ({:.3} ms: PRAGMA data_version on its own \
          connection) and reads its window of {WINDOW_SIZE} next-due tokens only after a change ({:.3} ms on \
-         {TRACKED} rows, through the tokens_due index)",
+         {tracked} rows, through the tokens_due index)",
         costs.change_check_ms, costs.window_read_ms
     );
     println!("    memory (VmRSS = RssAnon + RssFile + RssShmem; VmHWM = peak RSS):");
     println!("        engine + empty simulator, empty store:  {}", empty.show());
-    println!("        after seeding {TRACKED} tokens:        {}", seeded.show());
-    println!("        after {:>2} s idle:                      {}", (IDLE_WARMUP + IDLE_WINDOW).as_secs(), idle.show());
+    println!("        after seeding {tracked} tokens:        {}", seeded.show());
+    println!("        after {:>2} s idle:                      {}", (idle_warmup + idle_window).as_secs(), idle.show());
     println!(
         "    the process holds the tokio runtime (2 workers + blocking threads), the engine (scheduler, maintenance \
          jobs, reqwest client, r2d2 pool of up to 8 SQLite connections with their page caches), an empty \

@@ -8,15 +8,16 @@
 //! (section "PostgreSQL benchmark") explains every figure.
 //!
 //! The server comes from `TOKENWARDEN_BENCH_POSTGRES_URL` (or `TOKENWARDEN_TEST_POSTGRES_URL`);
-//! without either the bench says so and exits successfully. It works in a fresh schema that it
-//! drops at the end. Name phases to run only those (seeding always runs):
-//! `cargo bench --bench postgres -- explain throughput lag rss`.
+//! without either the bench says so and exits successfully (a smoke run fails). It works in a
+//! fresh schema that it drops at the end. Name phases to run only those (seeding always runs):
+//! `cargo bench --bench postgres -- explain throughput lag rss`. `TOKENWARDEN_BENCH_SMOKE=1`
+//! runs every phase at tiny sizes in seconds (see `benches/common/smoke.rs`).
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -33,6 +34,9 @@ use tokenwarden::store::rotation::{self, ClaimMode, ProviderRoom, Success};
 use tokenwarden::store::tokens::{SecretField, secret_context};
 use tokenwarden::store::{DbConnection, Store, StoreError, connect, meta};
 
+#[path = "common/smoke.rs"]
+mod smoke;
+
 type BenchResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 /// One line of the summary: figure, measured value, target, and whether it was met (`None`
 /// for figures without a target).
@@ -45,8 +49,6 @@ const TEST_URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";
 /// The phases, in the order they run.
 const PHASES: [&str; 4] = ["explain", "throughput", "lag", "rss"];
 
-/// Tokens in the table.
-const TOKENS: i64 = 1_000_000;
 /// Providers the tokens are spread over (round robin), so the per-provider rooms add up to the
 /// overall limit.
 const PROVIDERS: i64 = 8;
@@ -54,30 +56,48 @@ const PROVIDERS: i64 = 8;
 const PER_PROVIDER: usize = 8;
 /// Replica counts measured.
 const REPLICAS: [usize; 3] = [1, 2, 3];
-/// Tokens due at once in each throughput run (its own set of the 1,000,000).
-const THROUGHPUT_DUE: i64 = 10_000;
 /// Longest a throughput run may take.
 const THROUGHPUT_DEADLINE: Duration = Duration::from_secs(60);
-/// Tokens due in each lag run (its own set of the 1,000,000), spread evenly over [`LAG_WINDOW`]:
-/// 167 a second, the rate of 10,000 a minute.
-const LAG_DUE: i64 = 5_000;
-/// The window the lag run's tokens fall due in.
-const LAG_WINDOW: TimeDelta = TimeDelta::seconds(30);
-/// How long after the lag run's start its first token is due.
-const LAG_FIRST_DUE_AFTER: TimeDelta = TimeDelta::seconds(3);
 /// Longest wait for a lag run's tokens after the last of them is due.
 const LAG_GRACE: Duration = Duration::from_secs(20);
 /// A replica with nothing to claim sleeps until the next due token, but at most this long.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// The lease a claim takes (the scheduler's default is longer; nothing here outlives it).
 const LEASE: TimeDelta = TimeDelta::seconds(60);
-/// `serve` replicas started for the memory figure.
-const SERVE_REPLICAS: usize = 3;
-/// How long the memory of the `serve` replicas is watched after they all logged readiness.
-const SERVE_SETTLE: Duration = Duration::from_secs(15);
 /// Longest wait for a `serve` replica to get ready (migrations, key check, re-plan, first sweep
 /// and metrics refresh at 1,000,000 tokens).
 const SERVE_READY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The sizes of a run: the real ones, or tiny ones in a smoke run ([`smoke::SMOKE_ENV`]).
+#[derive(Clone, Copy)]
+struct Sizes {
+    /// Tokens in the table.
+    tokens: i64,
+    /// Tokens due at once in each throughput run (its own set of the table).
+    throughput_due: i64,
+    /// Tokens due in each lag run (its own set of the table), spread evenly over `lag_window`:
+    /// 167 a second, the rate of 10,000 a minute, in a real run.
+    lag_due: i64,
+    /// The window the lag run's tokens fall due in.
+    lag_window: TimeDelta,
+    /// How long after the lag run's start its first token is due.
+    lag_first_due_after: TimeDelta,
+    /// `serve` replicas started for the memory figure.
+    serve_replicas: usize,
+    /// How long the memory of the `serve` replicas is watched after they all logged readiness.
+    serve_settle: Duration,
+}
+
+/// This run's sizes.
+static SIZES: LazyLock<Sizes> = LazyLock::new(|| Sizes {
+    tokens: smoke::size(1_000_000, 3_000),
+    throughput_due: smoke::size(10_000, 200),
+    lag_due: smoke::size(5_000, 60),
+    lag_window: smoke::size(TimeDelta::seconds(30), TimeDelta::seconds(1)),
+    lag_first_due_after: smoke::size(TimeDelta::seconds(3), TimeDelta::seconds(1)),
+    serve_replicas: smoke::size(3, 1),
+    serve_settle: smoke::size(Duration::from_secs(15), Duration::from_secs(1)),
+});
 
 /// Target: rotation lag p99, in milliseconds.
 const LAG_P99_TARGET_MS: f64 = 100.0;
@@ -87,7 +107,8 @@ const RSS_TARGET_MB: f64 = 128.0;
 fn main() -> ExitCode {
     let Some(admin_url) = std::env::var(URL_VAR).ok().or_else(|| std::env::var(TEST_URL_VAR).ok()) else {
         println!("skipped: set {URL_VAR} (or {TEST_URL_VAR}) to a postgres:// URL to run the PostgreSQL benchmark");
-        return ExitCode::SUCCESS;
+        // A smoke run is CI making sure the bench works: skipping would hide that it cannot.
+        return if smoke::smoke() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     };
     match run(&admin_url) {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,14 +120,18 @@ fn main() -> ExitCode {
 }
 
 fn run(admin_url: &str) -> BenchResult {
+    let Sizes { tokens, throughput_due, lag_due, lag_window, lag_first_due_after, .. } = *SIZES;
     let wanted: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with('-')).collect();
     let phases: Vec<&str> = PHASES.into_iter().filter(|p| wanted.is_empty() || wanted.iter().any(|w| w == p)).collect();
     if phases.is_empty() {
         return Err(format!("no such phase in {wanted:?}; phases are {PHASES:?}").into());
     }
     let started = Instant::now();
+    if smoke::smoke() {
+        println!("smoke run ({}=1): every phase at tiny sizes; the figures mean nothing", smoke::SMOKE_ENV);
+    }
     let mut admin = PgConnection::establish(admin_url)?;
-    println!("tokenwarden PostgreSQL benchmark: store functions and `serve` replicas against {TOKENS} tokens");
+    println!("tokenwarden PostgreSQL benchmark: store functions and `serve` replicas against {tokens} tokens");
     println!("machine: {}", machine());
     println!("server: {}", scalar(&mut admin, "SELECT version() AS value")?);
     println!(
@@ -135,18 +160,18 @@ fn run(admin_url: &str) -> BenchResult {
     if phases.contains(&"throughput") {
         println!();
         println!(
-            "(b) claim throughput: {THROUGHPUT_DUE} of the {TOKENS} tokens due at once (a fresh set per run), {PROVIDERS} \
+            "(b) claim throughput: {throughput_due} of the {tokens} tokens due at once (a fresh set per run), {PROVIDERS} \
              providers; each replica is a Store of its own (pool of 8) looping claim_due(room {PER_PROVIDER} per \
              provider = {} overall) and committing every claim at once (commit_success, concurrently on the pool)",
             PER_PROVIDER * PROVIDERS as usize
         );
         for (set, replicas) in REPLICAS.into_iter().enumerate() {
-            let range = token_range(THROUGHPUT_DUE * set as i64 + 1, THROUGHPUT_DUE);
+            let range = token_range(throughput_due * set as i64 + 1, throughput_due);
             let due = Utc::now() - TimeDelta::minutes(1);
             make_due(&mut conn, &range, due, TimeDelta::zero())?;
             let cpu_before = cpu_seconds()?;
             let outcome =
-                bench.run_replicas(replicas, THROUGHPUT_DUE as usize, Instant::now() + THROUGHPUT_DEADLINE)?;
+                bench.run_replicas(replicas, throughput_due as usize, Instant::now() + THROUGHPUT_DEADLINE)?;
             let rate = outcome.committed as f64 / outcome.elapsed.as_secs_f64();
             let cpu = 100.0 * (cpu_seconds()? - cpu_before) / outcome.elapsed.as_secs_f64();
             println!(
@@ -176,21 +201,21 @@ fn run(admin_url: &str) -> BenchResult {
     if phases.contains(&"lag") {
         println!();
         println!(
-            "(c) rotation lag: {LAG_DUE} of the {TOKENS} tokens due one every {} ms over {} s (the rate of 10,000 a \
+            "(c) rotation lag: {lag_due} of the {tokens} tokens due one every {} ms over {} s (the rate of 10,000 a \
              minute), a fresh set per run; replicas as in (b); an idle replica sleeps until the next due token \
              (rotation::due_by, limit 1), at most {} ms; lag = commit time - next_rotation_at",
-            (LAG_WINDOW / i32::try_from(LAG_DUE)?).num_milliseconds(),
-            LAG_WINDOW.num_seconds(),
+            (lag_window / i32::try_from(lag_due)?).num_milliseconds(),
+            lag_window.num_seconds(),
             IDLE_POLL.as_millis()
         );
         for (set, replicas) in REPLICAS.into_iter().enumerate() {
-            let range = token_range(THROUGHPUT_DUE * REPLICAS.len() as i64 + LAG_DUE * set as i64 + 1, LAG_DUE);
-            let first_due = Utc::now() + LAG_FIRST_DUE_AFTER;
-            let spacing = LAG_WINDOW / i32::try_from(LAG_DUE)?;
+            let range = token_range(throughput_due * REPLICAS.len() as i64 + lag_due * set as i64 + 1, lag_due);
+            let first_due = Utc::now() + lag_first_due_after;
+            let spacing = lag_window / i32::try_from(lag_due)?;
             make_due(&mut conn, &range, first_due, spacing)?;
-            let last_due = first_due + spacing * i32::try_from(LAG_DUE - 1)?;
+            let last_due = first_due + spacing * i32::try_from(lag_due - 1)?;
             let deadline = Instant::now() + (last_due - Utc::now()).to_std().unwrap_or_default() + LAG_GRACE;
-            let mut outcome = bench.run_replicas(replicas, LAG_DUE as usize, deadline)?;
+            let mut outcome = bench.run_replicas(replicas, lag_due as usize, deadline)?;
             let lag = Percentiles::of(&mut outcome.lags_ms);
             println!(
                 "    {replicas} replica(s): {} committed; lag {}; lost leases {}, errors {}{}",
@@ -329,6 +354,7 @@ fn token_range(first: i64, count: i64) -> (String, String) {
 /// issue, minus up to an hour of jitter from SHA-256 of the name; so `serve`'s start-up re-plan
 /// finds nothing to change), secrets NULL (nothing here reads them), then `VACUUM ANALYZE`.
 fn seed(conn: &mut PgConnection) -> BenchResult {
+    let Sizes { tokens, .. } = *SIZES;
     let started = Instant::now();
     conn.batch_execute(&format!(
         "INSERT INTO providers (id, name, kind, url, created_at, updated_at)
@@ -342,16 +368,16 @@ fn seed(conn: &mut PgConnection) -> BenchResult {
                     * (('x' || substr(encode(sha256(convert_to(t.name, 'UTF8')), 'hex'), 1, 13))::bit(52)::bigint
                        / 4503599627370496.0),
                 0, 'api', LOCALTIMESTAMP, LOCALTIMESTAMP
-         FROM generate_series(1, {TOKENS}) AS i,
+         FROM generate_series(1, {tokens}) AS i,
               LATERAL (SELECT 'tok-' || lpad(i::text, 7, '0') AS name,
-                              LOCALTIMESTAMP - interval '19 days' + interval '18 days' * (i::float8 / {TOKENS}) AS issued) t;",
+                              LOCALTIMESTAMP - interval '19 days' + interval '18 days' * (i::float8 / {tokens}) AS issued) t;",
         last_provider = PROVIDERS - 1
     ))?;
     let inserted = started.elapsed();
     conn.batch_execute("VACUUM ANALYZE tokens")?;
     conn.batch_execute("VACUUM ANALYZE providers")?;
     println!(
-        "seeded {TOKENS} tokens over {PROVIDERS} providers with one INSERT … SELECT in {:.1} s, VACUUM ANALYZE {:.1} s; \
+        "seeded {tokens} tokens over {PROVIDERS} providers with one INSERT … SELECT in {:.1} s, VACUUM ANALYZE {:.1} s; \
          table {}, tokens_due {}, tokens_lease {}, name index {}",
         inserted.as_secs_f64(),
         (started.elapsed() - inserted).as_secs_f64(),
@@ -470,13 +496,14 @@ fn print_plan(conn: &mut PgConnection, sql: &str, args: &[String], mode: &str, n
 /// `EXPLAIN (ANALYZE, BUFFERS)` of the claim and next-due statements the store sends, with a
 /// custom and a generic plan each, at 1,000,000 tokens with 10,000 of them due.
 fn explain_phase(conn: &mut PgConnection, store_conn: &mut DbConnection) -> BenchResult {
+    let Sizes { tokens, throughput_due, .. } = *SIZES;
     println!();
-    let (first, last) = token_range(1, THROUGHPUT_DUE);
+    let (first, last) = token_range(1, throughput_due);
     let due = Utc::now() - TimeDelta::minutes(1);
     make_due(conn, &(first.clone(), last), due, TimeDelta::zero())?;
     conn.batch_execute("ANALYZE tokens")?;
     println!(
-        "(a) query plans at {TOKENS} tokens, {THROUGHPUT_DUE} of them due (those of (b)'s first run), none rotating; \
+        "(a) query plans at {tokens} tokens, {throughput_due} of them due (those of (b)'s first run), none rotating; \
          the SQL is what Diesel sent, captured through its instrumentation, PREPAREd and run with \
          EXPLAIN (ANALYZE, BUFFERS) EXECUTE in a transaction that is rolled back, once with plan_cache_mode = \
          force_custom_plan and once with force_generic_plan"
@@ -492,7 +519,7 @@ fn explain_phase(conn: &mut PgConnection, store_conn: &mut DbConnection) -> Benc
         rotation::due_by(c, long_ago, 512, &excluded)?;
         Ok(())
     })?;
-    let name = TokenName::new(token_name(TOKENS))?;
+    let name = TokenName::new(token_name(tokens))?;
     let by_name_sql = statements_of(store_conn, |c| {
         rotation::claim(c, &name, ClaimMode::Scheduled, "explain", LEASE, Utc::now())?;
         Ok(())
@@ -533,7 +560,7 @@ fn explain_phase(conn: &mut PgConnection, store_conn: &mut DbConnection) -> Benc
         (
             "claim by name (rotation::claim)",
             pick(&by_name_sql, &["\"tokens\".\"name\" = "])?,
-            vec![format!("'{}'", token_name(TOKENS)), "1".into()],
+            vec![format!("'{}'", token_name(tokens))],
         ),
     ];
     for (index, (label, statement, args)) in cases.iter().enumerate() {
@@ -556,7 +583,7 @@ fn explain_phase(conn: &mut PgConnection, store_conn: &mut DbConnection) -> Benc
     }
     // Put the due tokens back out of reach, so the first throughput run starts from the same state.
     let far = Utc::now() + TimeDelta::days(20);
-    make_due(conn, &token_range(1, THROUGHPUT_DUE), far, TimeDelta::zero())?;
+    make_due(conn, &token_range(1, throughput_due), far, TimeDelta::zero())?;
     Ok(())
 }
 
@@ -883,22 +910,18 @@ impl Served {
     }
 }
 
-/// The release binary, built if missing.
+/// The `tokenwarden` binary cargo built with this bench (release for `cargo bench`, the test
+/// profile for a smoke run through `cargo test --bench postgres`).
 fn serve_binary() -> BenchResult<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = root.join("target/release/tokenwarden");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "--bin", "tokenwarden"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() || !binary.exists() {
-        return Err("cargo build --release --bin tokenwarden failed".into());
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_tokenwarden"));
+    if !binary.exists() {
+        return Err(format!("{} is missing; run the bench through cargo", binary.display()).into());
     }
     Ok(binary)
 }
 
 /// Starts `count` serve replicas on `url`, waits until each logged that it serves and that its
-/// start-up re-plan finished, watches their memory for [`SERVE_SETTLE`], and stops them.
+/// start-up re-plan finished, watches their memory for [`Sizes::serve_settle`], and stops them.
 /// Returns each replica's (VmRSS, VmHWM) in kB, its start-up time and its re-plan log line.
 fn watch_serve(
     binary: &Path,
@@ -909,6 +932,7 @@ fn watch_serve(
     label: &str,
     count: usize,
 ) -> BenchResult<Vec<(u64, u64, f64, String)>> {
+    let Sizes { serve_settle, .. } = *SIZES;
     let started = Instant::now();
     let served: Vec<Served> = (0..count)
         .map(|i| Served::start(binary, url, key_file, config, dir.join(format!("{label}-{i}.log"))))
@@ -932,7 +956,7 @@ fn watch_serve(
         std::thread::sleep(Duration::from_millis(100));
     }
     let settle = Instant::now();
-    while settle.elapsed() < SERVE_SETTLE {
+    while settle.elapsed() < serve_settle {
         std::thread::sleep(Duration::from_millis(500));
         if let Some((rss, _)) = served.first().and_then(Served::memory) {
             timeline.push(format!("{:.0}s {:.0}", started.elapsed().as_secs_f64(), rss as f64 / 1024.0));
@@ -957,19 +981,20 @@ fn watch_serve(
 }
 
 /// Memory of real `serve` replicas: one on an empty schema (the baseline), then
-/// [`SERVE_REPLICAS`] at once on the 1,000,000 tokens.
+/// [`Sizes::serve_replicas`] at once on the 1,000,000 tokens.
 fn rss_phase(admin_url: &str, schema: &BenchSchema, key_file: &Path, dir: &Path) -> BenchResult<Vec<SummaryLine>> {
+    let Sizes { tokens, serve_replicas, serve_settle, .. } = *SIZES;
     let binary = serve_binary()?;
     let config = dir.join("tokenwarden.toml");
     // The hourly validation asks GitLab about every access token; there is no GitLab here.
     std::fs::write(&config, "[maintenance]\nvalidate = \"0 0 0 1 1 *\"\n")?;
     println!(
-        "(e) memory of real `tokenwarden serve` replicas ({}): none of the {TOKENS} tokens is due (the runs' tokens \
+        "(e) memory of real `tokenwarden serve` replicas ({}): none of the {tokens} tokens is due (the runs' tokens \
          were committed with plans weeks ahead), so the replicas start (migrations, key check, start-up re-plan, \
          sweep, metrics refresh) and then idle; the hourly validation is scheduled away (no GitLab here); \
          VmRSS/VmHWM from /proc/PID/status {} s after the last replica logged that it serves and re-planned",
         binary.display(),
-        SERVE_SETTLE.as_secs()
+        serve_settle.as_secs()
     );
     let mut results = Vec::new();
     let empty = BenchSchema::create(admin_url)?;
@@ -978,11 +1003,11 @@ fn rss_phase(admin_url: &str, schema: &BenchSchema, key_file: &Path, dir: &Path)
     for (rss, hwm, ready, _) in &baseline {
         println!("    1 replica on an empty schema: ready after {ready:.1} s; VmRSS {} VmHWM {}", mb(*rss), mb(*hwm));
     }
-    let figures = watch_serve(&binary, &schema.url, key_file, &config, dir, "full", SERVE_REPLICAS)?;
+    let figures = watch_serve(&binary, &schema.url, key_file, &config, dir, "full", serve_replicas)?;
     let mut worst = 0;
     for (i, (rss, hwm, ready, replan)) in figures.iter().enumerate() {
         println!(
-            "    replica {i} of {SERVE_REPLICAS} on {TOKENS} tokens: ready after {ready:.1} s; VmRSS {} VmHWM {}",
+            "    replica {i} of {serve_replicas} on {tokens} tokens: ready after {ready:.1} s; VmRSS {} VmHWM {}",
             mb(*rss),
             mb(*hwm)
         );
@@ -992,7 +1017,7 @@ fn rss_phase(admin_url: &str, schema: &BenchSchema, key_file: &Path, dir: &Path)
     let peak = figures.iter().map(|f| f.1).max().unwrap_or(0);
     let worst_mb = worst as f64 / 1024.0;
     results.push((
-        format!("serve VmRSS, worst of {SERVE_REPLICAS} replicas (1M tokens)"),
+        format!("serve VmRSS, worst of {serve_replicas} replicas ({tokens} tokens)"),
         format!("{} (VmHWM {})", mb(worst), mb(peak)),
         format!("<= {RSS_TARGET_MB} MB"),
         Some(worst_mb <= RSS_TARGET_MB),

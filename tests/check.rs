@@ -70,6 +70,27 @@ fn check_is_unknown_when_the_store_cannot_be_read() {
 }
 
 #[test]
+fn check_answers_any_bad_command_line_with_unknown_exit_3_as_the_readme_says() {
+    let sandbox = Sandbox::new();
+    for bad in [
+        &["check", "--warning", "3d"][..],
+        &["check", "--warn", "3x"],
+        &["check", "stray-argument"],
+        &["--no-such-global", "check"],
+    ] {
+        let out = sandbox.run(bad, "");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "{bad:?}: {stdout}");
+        assert!(stdout.starts_with("TOKENWARDEN UNKNOWN - "), "{bad:?}: {stdout}");
+        assert_eq!(stdout.lines().count(), 1, "{bad:?}: {stdout}");
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("## Monitoring with `tokenwarden check`").nth(1).unwrap().split("\n## ").next().unwrap();
+    assert!(!section.contains("exit 2"), "the README must not promise another code for check's usage errors");
+    assert!(section.contains("is UNKNOWN, exit 3"), "the README says what a bad command line gets");
+}
+
+#[test]
 fn audit_lists_rotations_and_changes_newest_first_and_filters_by_token() {
     let sandbox = Sandbox::new();
     sandbox.add_gitlab_provider();

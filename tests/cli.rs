@@ -518,7 +518,8 @@ fn token_add_refuses_a_token_gitlab_reports_revoked_expired_or_unable_to_rotate(
     let stderr = sandbox.fails(&add, &format!("{read_only}\n"), 2);
     assert!(stderr.contains("read_api") && stderr.contains("self_rotate"), "{stderr}");
     let stderr = sandbox.fails(&add, &format!("{revoked}\n"), 2);
-    assert!(stderr.contains("GitLab refused the token") && stderr.contains("revoked"), "{stderr}");
+    assert!(stderr.starts_with("tokenwarden: GitLab rejected the token (revoked, expired or unknown): "), "{stderr}");
+    assert_eq!(stderr.matches("GitLab").count(), 1, "the cause is said once: {stderr}");
     assert!(!stderr.contains("as expired"), "{stderr}");
     let expired = sim.create_access_token(TokenOwner::Personal, &["api"], chrono::Utc::now().date_naive()).1;
     let stderr = sandbox.fails(&add, &format!("{expired}\n"), 2);
@@ -761,6 +762,7 @@ fn a_rotation_the_provider_refuses_is_reported_on_one_line_with_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     let line = one_line(&out.stderr, "transient failure");
     assert!(line.contains("failed for now") && line.contains("503"), "{line}");
+    assert_eq!(line.matches("provider error").count(), 1, "the cause is said once: {line}");
     sandbox.gitlab.sim.with_state(|state| state.revoke(&revoked));
     let out = sandbox.run(&["token", "rotate", "revoked"], "");
     assert_eq!(out.status.code(), Some(1));

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use common::engine_setup::{Setup, engine_settings, setup_with, start_time};
-use common::readme::readme_block;
+use common::markdown::readme_block;
 use secrecy::SecretString;
 use tokenwarden::domain::ClientRole;
 use tokenwarden::engine::{Clock, ForcedRotation, ManualClock, RotationOutcome, rotate_now};

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::readme::readme_block;
+use common::markdown::readme_block;
 
 /// How long the whole block may take before the test gives up on it.
 const LIMIT: Duration = Duration::from_secs(120);

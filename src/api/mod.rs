@@ -4,6 +4,7 @@
 //! `GET /openapi.json` describes it all ([`openapi`]).
 
 mod auth;
+mod auth_failures;
 mod error;
 pub mod extract;
 mod health;
@@ -22,6 +23,7 @@ use axum::routing::{MethodRouter, get, post};
 use tokio::sync::watch;
 
 pub use auth::Caller;
+pub use auth_failures::{AuthFailure, AuthFailures, LOG_INTERVAL as AUTH_FAILURE_LOG_INTERVAL};
 pub use error::{ApiError, ErrorBody};
 pub use key_cache::{KEY_CACHE_TTL, KeyCache};
 
@@ -62,6 +64,9 @@ pub struct AppState {
     pub rotations: DetachedRotations,
     /// API keys the store accepted recently ([`KEY_CACHE_TTL`] on the engine's clock by default).
     pub keys: KeyCache,
+    /// Failed authentication, counted and logged at most once a minute per address (on the
+    /// engine's clock).
+    pub auth_failures: AuthFailures,
 }
 
 impl AppState {
@@ -75,6 +80,7 @@ impl AppState {
             forced_rotation_wait: lease.saturating_mul(FORCED_ROTATION_WAIT_LEASES),
             rotations: DetachedRotations::default(),
             keys: KeyCache::new(KEY_CACHE_TTL, engine.clock.clone()),
+            auth_failures: AuthFailures::new(engine.clock.clone()),
             engine,
         }
     }

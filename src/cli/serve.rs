@@ -1,6 +1,7 @@
 //! `tokenwarden serve`: open the store, then run the scheduler, the webhook dispatcher, the
-//! maintenance jobs and the API until SIGINT or SIGTERM.
+//! maintenance jobs, the metrics' change watch and the API until SIGINT or SIGTERM.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use super::systemd;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::engine::maintenance::{self, MaintenanceContext};
+use crate::engine::metrics_watch;
 use crate::engine::{Scheduler, SystemClock};
 use crate::notify::Dispatcher;
 use crate::telemetry::metrics;
@@ -48,7 +50,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let dispatcher =
         Dispatcher::new(store.clone(), context.cipher.clone(), Arc::new(SystemClock), context.http.clone());
     let deliveries = dispatcher.handle().counters();
-    let dispatcher_task = tokio::spawn(dispatcher.run(stopped));
+    let dispatcher_task = tokio::spawn(dispatcher.run(stopped.clone()));
     let maintenance_context = MaintenanceContext {
         engine: context.clone(),
         scheduler: scheduler_handle.clone(),
@@ -59,6 +61,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     if let Err(err) = maintenance::replan(&maintenance_context).await {
         tracing::error!(error = %err, "re-planning under the configured policy failed; tokens keep their plans until rotated");
     }
+    let metrics_task = tokio::spawn(metrics_watch::run(maintenance_context.clone(), stopped));
     let mut jobs = maintenance::start(&settings.maintenance, maintenance_context)
         .await
         .map_err(|err| CliError::Failed(format!("cannot start the maintenance jobs: {err}")))?;
@@ -67,6 +70,14 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let state =
         AppState { scheduler: Some(scheduler_handle), metrics: Some(metrics_handle), ..AppState::new(store, context) };
     let forced_rotations = state.rotations.clone();
+    let auth_failures = state.auth_failures.clone();
+    let auth_failure_log = tokio::spawn(async move {
+        let mut every = tokio::time::interval(api::AUTH_FAILURE_LOG_INTERVAL);
+        loop {
+            every.tick().await;
+            auth_failures.flush();
+        }
+    });
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => info!("SIGTERM received; shutting down"),
@@ -75,7 +86,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         systemd::notify_stopping();
     };
     systemd::notify_ready();
-    axum::serve(listener, api::router(state))
+    axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|err| CliError::Failed(format!("the API server failed: {err}")))?;
@@ -87,7 +98,9 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    auth_failure_log.abort();
     let _ = jobs.shutdown().await;
+    let _ = metrics_task.await;
     let _ = scheduler_task.await;
     let _ = dispatcher_task.await;
     info!("stopped");

@@ -66,7 +66,7 @@ async fn pet_while_fresh(handle: SchedulerHandle, interval: Duration) {
             send(&[NotifyState::Watchdog]);
         } else if !stalled {
             warn!(
-                last_tick = ?handle.last_tick(),
+                last_tick = handle.last_tick().map(|at| at.to_rfc3339()),
                 "the scheduler loop has not ticked within the watchdog interval; \
                  no longer petting the systemd watchdog, so systemd will restart tokenwarden"
             );

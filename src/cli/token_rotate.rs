@@ -209,6 +209,10 @@ async fn look_up_gitlab_token(
         Err(ProviderError::Permanent { message, .. }) if message.contains(GITLAB_EXPIRED_DESCRIPTION) => {
             return Err(CliError::Usage(EXPIRED.into()));
         }
+        // GitLab's own refusals already say so (not said twice); a bare status gets the context.
+        Err(ProviderError::Permanent { message, .. }) if message.starts_with("GitLab ") => {
+            return Err(CliError::Usage(message));
+        }
         Err(ProviderError::Permanent { message, .. }) => {
             return Err(CliError::Usage(format!("GitLab refused the token: {message}")));
         }

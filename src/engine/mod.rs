@@ -9,6 +9,8 @@ pub mod backoff;
 pub mod clock;
 mod context;
 pub mod maintenance;
+pub mod metrics_watch;
+mod outcome_log;
 pub mod policy;
 pub mod protocol;
 pub mod scheduler;

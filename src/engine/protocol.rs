@@ -49,9 +49,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::SecretString;
-use tracing::{error, info, warn};
+use tracing::error;
 
 use super::context::{EngineContext, build_provider};
+use super::outcome_log;
 use super::policy::{plan_rotation, requested_gitlab_expiry};
 use crate::domain::{Policy, Recovery, TokenKind, TokenName, TokenState};
 use crate::providers::{Credential, ProviderError, Renewed, TokenProvider};
@@ -215,7 +216,7 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
             commit_failure(context, &claim, failure, actor).await
         }
     };
-    log_outcome(&report);
+    outcome_log::log_outcome(&report);
     record_metrics(&report);
     report
 }
@@ -546,26 +547,5 @@ fn record_metrics(report: &RotationReport) {
     }
     if let Some(gap) = report.commit_gap {
         metrics::histogram!(telemetry::COMMIT_GAP).record(gap.as_secs_f64());
-    }
-}
-
-/// One log line per attempt, with the numbers that matter (never a secret).
-fn log_outcome(report: &RotationReport) {
-    let lag_ms = report.planned_at.map(|planned| (report.started_at - planned).num_milliseconds());
-    match &report.outcome {
-        RotationOutcome::Rotated { version, expires_at } => info!(
-            token = %report.token, version, expires_at = ?expires_at, lag_ms = ?lag_ms,
-            commit_gap_us = ?report.commit_gap.map(|gap| gap.as_micros()), "rotated"
-        ),
-        RotationOutcome::Retrying { next_attempt_at, error } => {
-            warn!(token = %report.token, %next_attempt_at, %error, "rotation failed; will retry")
-        }
-        RotationOutcome::NeedsAttention { reason, error } => {
-            error!(token = %report.token, %reason, %error, "rotation failed permanently; needs attention")
-        }
-        RotationOutcome::LeaseLost => warn!(token = %report.token, "another worker took the lease over"),
-        RotationOutcome::StoreFailed { error } => {
-            error!(token = %report.token, %error, "could not store the rotation result; it will be recovered")
-        }
     }
 }

@@ -6,7 +6,8 @@
 //! `next_rotation_at` index only when the data may have changed — a commit by any other
 //! connection or process (looked for every [`CHANGE_POLL`] with a counter, not a query of the
 //! tokens), a wake-up from the API, or a worker that finished while nothing else is due. An
-//! idle daemon therefore asks the store one `PRAGMA data_version` a second and nothing else.
+//! idle scheduler therefore asks the store one `PRAGMA data_version` a second and nothing else
+//! (`serve`'s metrics watch, [`super::metrics_watch`], asks one more).
 //! Providers whose workers are all busy or that asked for a pause (`Retry-After`) are skipped,
 //! and their due tokens wait in the window.
 //!
@@ -156,30 +157,10 @@ impl Scheduler {
     /// (it could not be opened, or it failed) every look counts as a change, so the window is
     /// simply read again.
     async fn changed_elsewhere(&self, changes: &mut Option<ChangeWatch>) -> bool {
-        let (store, current) = (self.context.store.clone(), changes.take());
-        let looked = tokio::task::spawn_blocking(move || {
-            let mut watch = match current {
-                Some(watch) => watch,
-                None => store.watch_changes()?,
-            };
-            let changed = watch.changed()?;
-            Ok::<_, crate::store::StoreError>((watch, changed))
+        self.context.store.changed_since(changes).await.unwrap_or_else(|err| {
+            warn!(error = %err, "cannot watch the store for changes; reading the due tokens instead");
+            true
         })
-        .await;
-        match looked {
-            Ok(Ok((watch, changed))) => {
-                *changes = Some(watch);
-                changed
-            }
-            Ok(Err(err)) => {
-                warn!(error = %err, "cannot watch the store for changes; reading the due tokens instead");
-                true
-            }
-            Err(err) => {
-                warn!(error = %err, "the change watch failed; reading the due tokens instead");
-                true
-            }
-        }
     }
 
     /// One pass: read the window if needed, dispatch what is due now, and say when to look

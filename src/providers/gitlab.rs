@@ -140,7 +140,9 @@ fn classify_gitlab_error(status: StatusCode, headers: &reqwest::header::HeaderMa
             "wrong_kind",
             format!("GitLab says this is not a token of that kind (405): {}", body_snippet(body)),
         ),
-        StatusCode::BAD_REQUEST => ProviderError::permanent("bad_request", format!("400: {}", body_snippet(body))),
+        StatusCode::BAD_REQUEST => {
+            ProviderError::permanent("bad_request", format!("GitLab answered 400 Bad Request: {}", body_snippet(body)))
+        }
         _ => classify_status(status, headers, body),
     }
 }

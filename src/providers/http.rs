@@ -144,7 +144,7 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> 
             ProviderError::unknown(format!("gateway timeout (504); the provider may have acted: {snippet}"))
         }
         s if s.is_server_error() => ProviderError::Transient {
-            message: format!("provider error {}: {snippet}", s.as_u16()),
+            message: format!("{} {}: {snippet}", s.as_u16(), s.canonical_reason().unwrap_or("server error")),
             retry_after: retry_after(headers),
         },
         StatusCode::REQUEST_TIMEOUT => ProviderError::transient(format!("request timeout (408): {snippet}")),
@@ -196,6 +196,12 @@ pub fn body_snippet(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    #[test]
+    fn a_server_error_names_its_status_once_after_the_kind_of_error() {
+        let err = classify_status(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"try later");
+        assert_eq!(err.to_string(), "transient provider error: 503 Service Unavailable: try later");
+    }
 
     #[test]
     fn rate_limit_is_transient_with_retry_after() {

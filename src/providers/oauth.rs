@@ -89,7 +89,7 @@ fn classify_oauth_error(status: StatusCode, headers: &reqwest::header::HeaderMap
     match serde_json::from_slice::<ErrorResponse>(body) {
         Ok(parsed) => ProviderError::permanent(
             parsed.error.clone(),
-            parsed.error_description.unwrap_or_else(|| format!("{} ({})", parsed.error, status.as_u16())),
+            parsed.error_description.unwrap_or_else(|| format!("no description (HTTP {})", status.as_u16())),
         ),
         Err(_) if status == StatusCode::UNAUTHORIZED => {
             ProviderError::permanent("invalid_client", format!("401: {}", body_snippet(body)))
@@ -201,6 +201,12 @@ mod tests {
         let body = br#"{"error":"invalid_grant","error_description":"The provided authorization grant is invalid"}"#;
         let err = classify_oauth_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), body);
         assert!(matches!(err, ProviderError::Permanent { ref reason, .. } if reason == "invalid_grant"), "{err:?}");
+    }
+
+    #[test]
+    fn an_error_without_a_description_names_its_code_once() {
+        let err = classify_oauth_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), br#"{"error":"invalid_grant"}"#);
+        assert_eq!(err.to_string(), "provider refused: invalid_grant: no description (HTTP 400)");
     }
 
     #[test]

@@ -134,6 +134,25 @@ impl Store {
         changes::ChangeWatch::open(&self.url)
     }
 
+    /// Whether another connection committed since `watch` last looked, asked on a blocking
+    /// thread; opens the watch first when there is none. A failed watch is dropped (and opened
+    /// again by the next call), so the caller can treat the error as "maybe changed".
+    pub async fn changed_since(&self, watch: &mut Option<changes::ChangeWatch>) -> Result<bool, StoreError> {
+        let (store, current) = (self.clone(), watch.take());
+        let (kept, changed) = tokio::task::spawn_blocking(move || {
+            let mut opened = match current {
+                Some(opened) => opened,
+                None => store.watch_changes()?,
+            };
+            let changed = opened.changed()?;
+            Ok::<_, StoreError>((opened, changed))
+        })
+        .await
+        .map_err(|err| StoreError::TaskFailed(err.to_string()))??;
+        *watch = Some(kept);
+        Ok(changed)
+    }
+
     /// Checks that the database answers a trivial query and, after a write failed for lack of
     /// space or permission (see [`write_health`]), that a small write goes through again.
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, gauge};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use metrics_util::MetricKindMask;
@@ -45,12 +45,41 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn build() -> Result<PrometheusHandle, String> {
+    let handle = builder()
+        .and_then(|builder| builder.install_recorder())
+        .map_err(|err| format!("cannot install the metrics recorder: {err}"))?;
+    describe();
+    Ok(handle)
+}
+
+/// The exporter's configuration: histogram buckets and the idle timeout of gauges.
+fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(ROTATION_LAG.to_owned()), LAG_BUCKETS)
         .and_then(|builder| builder.set_buckets_for_metric(Matcher::Full(COMMIT_GAP.to_owned()), GAP_BUCKETS))
         .map(|builder| builder.idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT)))
-        .and_then(|builder| builder.install_recorder())
-        .map_err(|err| format!("cannot install the metrics recorder: {err}"))
+}
+
+/// Gives every metric its `# HELP` text, and starts the counters whose absence would read as
+/// "never happened" (authentication failures, transaction retries) at zero, so they are
+/// exported from the first scrape on.
+fn describe() {
+    describe_gauge!(TOKENS, "Tokens per state.");
+    describe_gauge!(TOKEN_EXPIRY, "When each token's current secret expires, as a Unix timestamp in seconds.");
+    describe_counter!(ROTATIONS, "Rotation attempts by token kind and outcome.");
+    describe_histogram!(ROTATION_LAG, "Seconds from a scheduled rotation's planned time to its start.");
+    describe_histogram!(COMMIT_GAP, "Seconds from a provider's answer to the committed result.");
+    describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts by outcome.");
+    describe_gauge!(
+        SCHEDULER_LAST_TICK,
+        "When the scheduler loop last completed a pass, as a Unix timestamp in seconds."
+    );
+    describe_counter!(TRANSACTION_RETRIES, "Write transactions run again after a serialization conflict (PostgreSQL).");
+    describe_counter!(API_AUTH_FAILURES, "API requests refused for their credentials, by reason.");
+    counter!(TRANSACTION_RETRIES).increment(0);
+    for reason in AUTH_FAILURE_REASONS {
+        counter!(API_AUTH_FAILURES, "reason" => *reason).increment(0);
+    }
 }
 
 /// Per-token expiry series exported at most: every token that needs a look (not scheduled),
@@ -82,4 +111,92 @@ pub const TRANSACTION_RETRIES: &str = "tokenwarden_store_transaction_retries_tot
 /// Counts one write transaction run again after a serialization conflict.
 pub fn record_transaction_retry() {
     counter!(TRANSACTION_RETRIES).increment(1);
+}
+
+/// API requests refused for their credentials (counter, label `reason`, one of
+/// [`AUTH_FAILURE_REASONS`]).
+pub const API_AUTH_FAILURES: &str = "tokenwarden_api_auth_failures_total";
+
+/// The values of [`API_AUTH_FAILURES`]' `reason` label (see `crate::api::AuthFailure`).
+pub const AUTH_FAILURE_REASONS: &[&str] = &["missing", "malformed", "unknown", "revoked", "forbidden"];
+
+/// Counts one request refused for its credentials.
+pub fn record_auth_failure(reason: &'static str) {
+    counter!(API_AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The metric family each sample line of a Prometheus text exposition belongs to.
+    fn families(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| line.split(['{', ' ']).next().unwrap_or_default())
+            .map(|name| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        name.strip_suffix(suffix).filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                    })
+                    .unwrap_or(name)
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_is_rendered_with_its_help_and_type() {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            let gauges = TokenGauges {
+                per_state: vec![("active".to_owned(), 3)],
+                expiries: vec![("t".to_owned(), chrono::Utc::now())],
+            };
+            refresh_token_gauges(&gauges);
+            refresh_webhook_counters(&DeliveryCounters::default());
+            counter!(ROTATIONS, "kind" => "oauth2", "outcome" => "success").increment(1);
+            metrics::histogram!(ROTATION_LAG).record(0.5);
+            metrics::histogram!(COMMIT_GAP).record(0.001);
+            gauge!(SCHEDULER_LAST_TICK).set(1.0);
+            record_transaction_retry();
+            record_auth_failure("unknown");
+        });
+        let text = handle.render();
+        let found = families(&text);
+        for name in [
+            TOKENS,
+            TOKEN_EXPIRY,
+            ROTATIONS,
+            ROTATION_LAG,
+            COMMIT_GAP,
+            WEBHOOK_DELIVERIES,
+            SCHEDULER_LAST_TICK,
+            TRANSACTION_RETRIES,
+            API_AUTH_FAILURES,
+        ] {
+            assert!(found.contains(name), "{name} is not exported:\n{text}");
+        }
+        for family in found {
+            assert!(text.contains(&format!("# HELP {family} ")), "no HELP for {family}:\n{text}");
+            assert!(text.contains(&format!("# TYPE {family} ")), "no TYPE for {family}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn authentication_failures_are_exported_at_zero_for_every_reason_before_the_first_one() {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, describe);
+        let text = handle.render();
+        for reason in AUTH_FAILURE_REASONS {
+            let line = format!("{API_AUTH_FAILURES}{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+    }
 }

@@ -6,6 +6,9 @@
 
 pub mod metrics;
 
+#[cfg(test)]
+pub(crate) mod captured_log;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

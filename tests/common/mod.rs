@@ -12,9 +12,9 @@ use tokenwarden::engine::SystemClock;
 use tokenwarden::simulator::{Simulator, TokenOwner};
 
 pub mod engine_setup;
+pub mod markdown;
 pub mod postgres;
 pub mod proxy;
-pub mod readme;
 pub mod serve_process;
 
 /// A GitLab simulator on loopback, running on its own small runtime so synchronous tests
