@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{FlagValues, HumanDuration};
-use crate::domain::{ClientName, ClientRole, ProviderKind, ProviderName, TokenKind, TokenName};
+use crate::domain::{ClientAuth, ClientName, ClientRole, ProviderKind, ProviderName, TokenKind, TokenName};
 
 /// Keeps GitLab and OAuth 2.0 credentials alive.
 #[derive(Debug, Parser)]
@@ -128,6 +128,43 @@ pub enum ProviderCommand {
         /// Provider name
         name: ProviderName,
     },
+    /// Show one provider: endpoints, client authentication, what discovery found (never the secret)
+    Show {
+        /// Provider name
+        name: ProviderName,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Change a provider's URLs or client credentials; tokens whose refresh the old client
+    /// credentials failed are retried at once
+    Update(ProviderUpdateArgs),
+}
+
+/// `provider update` options: only what is given changes.
+#[derive(Debug, Args)]
+pub struct ProviderUpdateArgs {
+    /// Provider name
+    pub name: ProviderName,
+    /// GitLab base URL
+    #[arg(long)]
+    pub url: Option<String>,
+    /// OAuth 2.0 token endpoint (oauth2 providers)
+    #[arg(long)]
+    pub token_url: Option<String>,
+    /// OAuth application id
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Read the new OAuth application secret from standard input (one line)
+    #[arg(long)]
+    pub client_secret_stdin: bool,
+    /// Redirect URI registered for the OAuth application
+    #[arg(long)]
+    pub redirect_uri: Option<String>,
+    /// How the client authenticates at the token endpoint: basic, post or none
+    #[arg(long, value_name = "METHOD")]
+    pub client_auth: Option<ClientAuth>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `provider add` options.
@@ -153,6 +190,13 @@ pub struct ProviderAddArgs {
     /// Redirect URI registered for the OAuth application (sent with refresh requests)
     #[arg(long)]
     pub redirect_uri: Option<String>,
+    /// How the client authenticates at the token endpoint: basic (default for oauth2), post
+    /// (GitLab's default) or none (a public client: only client_id is sent)
+    #[arg(long, value_name = "METHOD")]
+    pub client_auth: Option<ClientAuth>,
+    /// Discover the endpoints from this issuer (RFC 8414 or OpenID Connect discovery; oauth2)
+    #[arg(long, value_name = "URL", conflicts_with = "token_url")]
+    pub issuer: Option<String>,
 }
 
 /// `token …`

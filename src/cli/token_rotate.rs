@@ -75,6 +75,9 @@ async fn report_forced(store: &Store, name: &TokenName, result: ForcedRotation, 
 fn refusal(name: &TokenName, state: TokenState, reason: Option<&str>) -> String {
     match state {
         TokenState::Paused => format!("token '{name}' is paused; run `tokenwarden token resume {name}` first"),
+        TokenState::NeedsAttention if reason == Some(crate::domain::CLIENT_CREDENTIALS_REJECTED) => format!(
+            "token '{name}' needs attention: the provider rejected its client credentials; update the provider's client secret with `tokenwarden provider update PROVIDER --client-secret-stdin` (the token is retried at once)"
+        ),
         TokenState::NeedsAttention => format!(
             "token '{name}' needs attention ({}); re-authorise it with `token reauth` (OAuth) or remove and re-add it",
             reason.unwrap_or("no reason recorded")

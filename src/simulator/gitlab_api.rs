@@ -257,7 +257,16 @@ async fn rotate(
     deliver(shared, fault, response).await
 }
 
-/// Client credentials from the form or from HTTP Basic authentication.
+/// One form-URL-encoded part of HTTP Basic client credentials, decoded (RFC 6749 §2.3.1).
+fn form_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("v={text}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}
+
+/// Client credentials from the form or from HTTP Basic authentication (form-URL-encoded, then
+/// base64, as RFC 6749 §2.3.1 requires).
 fn client_credentials(headers: &HeaderMap, fields: &[(String, String)]) -> (Option<String>, Option<String>) {
     let basic = headers
         .get(header::AUTHORIZATION)
@@ -265,7 +274,7 @@ fn client_credentials(headers: &HeaderMap, fields: &[(String, String)]) -> (Opti
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
         .and_then(|decoded| String::from_utf8(decoded).ok())
-        .and_then(|pair| pair.split_once(':').map(|(id, secret)| (id.to_owned(), secret.to_owned())));
+        .and_then(|pair| pair.split_once(':').map(|(id, secret)| (form_decode(id), form_decode(secret))));
     if let Some((id, secret)) = basic {
         return (Some(id), Some(secret));
     }

@@ -138,6 +138,10 @@ pub struct Success {
     pub external_id: Option<String>,
     /// When to rotate next.
     pub next_rotation_at: Option<DateTime<Utc>>,
+    /// OAuth: whether the server issued a new refresh token (`None`: not an OAuth answer).
+    pub refresh_token_rotates: Option<bool>,
+    /// The scope the answer granted, if it named one.
+    pub scope: Option<String>,
 }
 
 /// A failed attempt.
@@ -202,6 +206,9 @@ fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime
             }
             recovery = match (kind.is_oauth_grant(), recovery) {
                 (false, _) => Some(Recovery::Probe),
+                // A server that keeps refresh tokens valid across refreshes: the lost refresh
+                // did not use the grant up, so the next attempt is an ordinary refresh.
+                (true, _) if row.refresh_token_rotates == Some(0) => None,
                 (true, Some(Recovery::RetryInFlight)) => return Ok(Decision::GrantLost),
                 (true, _) => Some(Recovery::RetryOnce),
             };
@@ -500,6 +507,13 @@ pub fn commit_success(
     conn.answer_transaction(|conn| {
         let fenced =
             tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
+        let scope_before: Option<String> = tokens::table
+            .filter(tokens::id.eq(&lease.token_id))
+            .select(tokens::scopes)
+            .first(conn)
+            .optional()?
+            .flatten();
+        let changed_scope = success.scope.as_ref().filter(|scope| Some(*scope) != scope_before.as_ref());
         let changed = diesel::update(fenced)
             .set((
                 tokens::secret.eq(&success.secret),
@@ -519,6 +533,8 @@ pub fn commit_success(
                 tokens::attention_reason.eq(None::<String>),
                 tokens::updated_at.eq(naive(now)),
                 success.refresh_token.as_ref().map(|refresh_token| tokens::refresh_token.eq(refresh_token)),
+                success.refresh_token_rotates.map(|rotates| tokens::refresh_token_rotates.eq(i32::from(rotates))),
+                changed_scope.map(|scope| tokens::scopes.eq(scope)),
             ))
             .execute(conn)?;
         ensure_fenced(changed, lease)?;
@@ -532,6 +548,7 @@ pub fn commit_success(
             actor: actor.to_owned(),
             expires_at: success.expires_at.map(naive),
             occurred_at: naive(now),
+            scopes: changed_scope.cloned(),
         };
         diesel::insert_into(token_history::table).values(&history).execute(conn)?;
         let name = lease.token_name.as_str();

@@ -1,0 +1,122 @@
+//! OAuth refresh answers as RFC 6749 allows them, against the simulator on a manual clock: a
+//! server that keeps its refresh tokens valid (so a lost answer never loses the grant), and a
+//! client refused for its credentials, fixed by `provider update` and retried at once.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use common::engine_setup::{Setup, engine_settings, setup_with};
+use secrecy::SecretString;
+use tokenwarden::domain::{ClientAuth, ProviderName, TokenName, TokenState};
+use tokenwarden::engine::{ForcedRotation, RotationOutcome, rotate_now};
+use tokenwarden::simulator::harness::{EngineHarness, GENERIC_PROVIDER};
+use tokenwarden::simulator::{Fault, FaultTarget};
+use tokenwarden::store::providers::{self, ProviderChanges};
+
+async fn setup() -> Setup {
+    setup_with(engine_settings(Duration::from_secs(2))).await
+}
+
+async fn force(harness: &EngineHarness, name: &str) -> RotationOutcome {
+    let name: TokenName = name.parse().unwrap();
+    match rotate_now(&harness.context, &name, "test").await.unwrap() {
+        ForcedRotation::Attempted(report) => report.outcome,
+        other => panic!("expected an attempt, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_keeps_refresh_tokens_is_recorded_as_such_and_a_rotating_one_too() {
+    let Setup { harness, .. } = setup().await;
+    harness.track_generic_grant("rotating").await.unwrap();
+    assert!(matches!(force(&harness, "rotating").await, RotationOutcome::Rotated { version: 2, .. }));
+    assert_eq!(harness.token("rotating").await.unwrap().refresh_token_rotates, Some(true));
+
+    harness.sim.set_keep_refresh_tokens(true);
+    let refresh = harness.track_generic_grant("keeping").await.unwrap();
+    assert_eq!(harness.token("keeping").await.unwrap().refresh_token_rotates, None, "unknown before a refresh");
+    assert!(matches!(force(&harness, "keeping").await, RotationOutcome::Rotated { version: 2, .. }));
+    let token = harness.token("keeping").await.unwrap();
+    assert_eq!(token.refresh_token_rotates, Some(false));
+    assert_eq!(harness.refresh_token("keeping").await.unwrap().as_deref(), Some(refresh.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_server_that_keeps_refresh_tokens_lost_answers_are_retried_and_never_lose_the_grant() {
+    let Setup { harness, clock, .. } = setup().await;
+    harness.sim.set_keep_refresh_tokens(true);
+    harness.track_generic_grant("keeping").await.unwrap();
+    assert!(matches!(force(&harness, "keeping").await, RotationOutcome::Rotated { version: 2, .. }));
+
+    // Two answers in a row lost after the server acted: with a rotating server the second
+    // would be `grant_lost`; here the refresh token is still valid, so it is simply retried.
+    for _ in 0..2 {
+        harness.sim.push_fault(FaultTarget::Renewal, Fault::DropAfterCommit);
+        let outcome = force(&harness, "keeping").await;
+        assert!(matches!(outcome, RotationOutcome::Retrying { .. }), "{outcome:?}");
+        assert_eq!(harness.token("keeping").await.unwrap().recovery, None, "no single-retry bookkeeping");
+        clock.advance(TimeDelta::minutes(5));
+    }
+    let outcome = force(&harness, "keeping").await;
+    assert!(matches!(outcome, RotationOutcome::Rotated { version: 3, .. }), "{outcome:?}");
+    assert!(harness.sim.accepts(&harness.secret("keeping").await.unwrap().unwrap()));
+    assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_client_needs_attention_until_provider_update_fixes_the_secret_and_retries_at_once() {
+    let Setup { harness, .. } = setup().await;
+    harness.track_generic_grant("grant").await.unwrap();
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Rotated { version: 2, .. }));
+    let new_secret = harness.sim.with_state(|s| s.rotate_application_secret(&harness.client_id)).unwrap();
+
+    let RotationOutcome::NeedsAttention { reason, error } = force(&harness, "grant").await else {
+        panic!("expected needs_attention")
+    };
+    assert_eq!(reason, "client_credentials_rejected");
+    assert!(error.contains("--client-auth basic") && error.contains("provider update generic-oauth"), "{error}");
+    let token = harness.token("grant").await.unwrap();
+    assert_eq!(token.remedy.as_deref(), Some("update_provider"));
+    let refreshes = harness.sim.stats().refreshes;
+
+    let name: ProviderName = GENERIC_PROVIDER.parse().unwrap();
+    let changes = ProviderChanges { client_secret: Some(SecretString::from(new_secret)), ..Default::default() };
+    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
+    let updated = harness
+        .context
+        .store
+        .run(move |conn| providers::update(conn, &cipher, &name, &changes, "test", now))
+        .await
+        .unwrap();
+    assert_eq!(updated.released, ["grant"]);
+    assert_eq!(updated.provider.client_auth, ClientAuth::Basic);
+    let token = harness.token("grant").await.unwrap();
+    assert_eq!((token.state, token.attention_reason, token.remedy), (TokenState::Active, None, None));
+    assert!(token.next_rotation_at.is_some_and(|at| at <= harness.now()), "due at once");
+
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Rotated { version: 3, .. }));
+    assert_eq!(harness.sim.stats().refreshes, refreshes + 1, "the refused refresh token was still good");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_update_that_does_not_touch_the_client_leaves_refused_tokens_alone() {
+    let Setup { harness, .. } = setup().await;
+    harness.track_generic_grant("grant").await.unwrap();
+    harness.sim.with_state(|s| s.rotate_application_secret(&harness.client_id)).unwrap();
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::NeedsAttention { .. }));
+
+    let name: ProviderName = GENERIC_PROVIDER.parse().unwrap();
+    let url = format!("{}/oauth/token", harness.sim.url());
+    let changes = ProviderChanges { token_url: Some(url), ..Default::default() };
+    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
+    let updated = harness
+        .context
+        .store
+        .run(move |conn| providers::update(conn, &cipher, &name, &changes, "test", now))
+        .await
+        .unwrap();
+    assert!(updated.released.is_empty());
+    assert_eq!(harness.token("grant").await.unwrap().state, TokenState::NeedsAttention);
+}
