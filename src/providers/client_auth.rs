@@ -3,7 +3,9 @@
 //!
 //! Basic is the one method every server must support. Its credentials are form-URL-encoded
 //! (Appendix B) *before* they are joined with `:` and base64-encoded, so a secret holding `:`,
-//! `%`, spaces or non-ASCII arrives intact; servers decode them the same way.
+//! `%`, spaces or non-ASCII arrives intact. A space is sent as `%20`, never `+`: both are valid
+//! form encoding, but some servers (Authlib, for one) decode Basic credentials with plain
+//! percent-decoding, which leaves a `+` as it is; `%20` reads as a space either way.
 
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
@@ -53,9 +55,10 @@ pub fn basic_authorization(client_id: &str, client_secret: &SecretString) -> Sec
     SecretString::from(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)))
 }
 
-/// `application/x-www-form-urlencoded` encoding of one value (space as `+`).
+/// `application/x-www-form-urlencoded` encoding of one value, with a space as `%20` (a literal
+/// `+` is already `%2B`, so every `+` the encoder writes stands for a space).
 fn form_encode(value: &str) -> String {
-    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 #[cfg(test)]
@@ -71,7 +74,7 @@ mod tests {
     fn basic_credentials_are_form_encoded_before_base64() {
         let secret = SecretString::from("a:b%c d/é+");
         let header = basic_authorization("my client:1", &secret);
-        assert_eq!(decoded(&header), "my+client%3A1:a%3Ab%25c+d%2F%C3%A9%2B");
+        assert_eq!(decoded(&header), "my%20client%3A1:a%3Ab%25c%20d%2F%C3%A9%2B");
     }
 
     #[test]
