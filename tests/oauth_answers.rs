@@ -1,6 +1,7 @@
 //! OAuth refresh answers as RFC 6749 allows them, against the simulator on a manual clock: a
 //! server that keeps its refresh tokens valid (so a lost answer never loses the grant), and a
-//! client refused for its credentials, fixed by `provider update` and retried at once.
+//! client refused for its credentials, fixed by `provider update` and retried at once; scope
+//! changes recorded in history; answers without `expires_in`.
 
 mod common;
 
@@ -14,6 +15,7 @@ use tokenwarden::engine::{ForcedRotation, RotationOutcome, rotate_now};
 use tokenwarden::simulator::harness::{EngineHarness, GENERIC_PROVIDER};
 use tokenwarden::simulator::{Fault, FaultTarget};
 use tokenwarden::store::providers::{self, ProviderChanges};
+use tokenwarden::store::tokens;
 
 async fn setup() -> Setup {
     setup_with(engine_settings(Duration::from_secs(2))).await
@@ -119,4 +121,46 @@ async fn a_provider_update_that_does_not_touch_the_client_leaves_refused_tokens_
         .unwrap();
     assert!(updated.released.is_empty());
     assert_eq!(harness.token("grant").await.unwrap().state, TokenState::NeedsAttention);
+}
+
+async fn history(harness: &EngineHarness, name: &str) -> Vec<(i64, Option<String>)> {
+    let name: TokenName = name.parse().unwrap();
+    let entries = harness.context.store.run(move |conn| tokens::history(conn, &name)).await.unwrap();
+    entries.into_iter().map(|e| (e.version, e.scopes)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_the_provider_changes_is_recorded_in_history_and_on_the_token() {
+    let Setup { harness, .. } = setup().await;
+    harness.track_generic_grant("grant").await.unwrap();
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Rotated { version: 2, .. }));
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Rotated { version: 3, .. }));
+    harness.sim.with_state(|s| s.oauth_scope = Some("api read_user".into()));
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Rotated { version: 4, .. }));
+    assert!(matches!(force(&harness, "grant").await, RotationOutcome::Rotated { version: 5, .. }));
+
+    let scopes = history(&harness, "grant").await;
+    let expected = [(1, None), (2, Some("api")), (3, None), (4, Some("api read_user")), (5, None)];
+    let expected: Vec<(i64, Option<String>)> = expected.into_iter().map(|(v, s)| (v, s.map(str::to_owned))).collect();
+    assert_eq!(scopes, expected, "a scope is recorded when it is first learnt and when it changes");
+    assert_eq!(harness.token("grant").await.unwrap().scopes.as_deref(), Some("api read_user"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_expires_in_gets_the_configured_assumed_lifetime_and_one_warning() {
+    let mut settings = engine_settings(Duration::from_secs(2));
+    settings.oauth.assumed_lifetime = Duration::from_secs(15 * 60);
+    let Setup { harness, .. } = setup_with(settings).await;
+    harness.track_generic_grant("told").await.unwrap();
+    assert!(matches!(force(&harness, "told").await, RotationOutcome::Rotated { .. }));
+    harness.sim.with_state(|s| s.omit_expires_in = true);
+    harness.track_generic_grant("silent").await.unwrap();
+    assert!(matches!(force(&harness, "silent").await, RotationOutcome::Rotated { .. }));
+
+    let silent = harness.token("silent").await.unwrap();
+    assert_eq!(silent.expires_at, Some(harness.now() + TimeDelta::minutes(15)));
+    assert!(silent.next_rotation_at.is_some_and(|at| at < harness.now() + TimeDelta::minutes(15)));
+    assert!(!harness.context.first_assumed_lifetime(&silent.id), "the silent provider's token was warned about");
+    let told = harness.token("told").await.unwrap();
+    assert!(harness.context.first_assumed_lifetime(&told.id), "a token with expires_in was not");
 }

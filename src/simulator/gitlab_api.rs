@@ -301,15 +301,19 @@ pub async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
         note_drop(state, fault, result.is_ok());
         result
     });
+    let (omit_expires_in, scope) = shared.with_state(|state| (state.omit_expires_in, state.oauth_scope.clone()));
     let response = match result {
         Ok(refreshed) => {
             let mut body = json!({
                 "access_token": refreshed.access_token,
                 "token_type": "Bearer",
                 "expires_in": refreshed.expires_in,
-                "scope": "api",
+                "scope": scope.as_deref().unwrap_or("api"),
                 "created_at": refreshed.created_at,
             });
+            if omit_expires_in && let Some(fields) = body.as_object_mut() {
+                fields.remove("expires_in");
+            }
             if let Some(refresh_token) = refreshed.refresh_token {
                 body["refresh_token"] = json!(refresh_token);
             }

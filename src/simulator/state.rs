@@ -171,6 +171,10 @@ pub struct GitlabState {
     /// Answer refreshes like providers that do not rotate refresh tokens: no `refresh_token`
     /// in the answer, and the one presented stays usable.
     pub keep_refresh_tokens: bool,
+    /// Answer refreshes without `expires_in` (RFC 6749 makes it only RECOMMENDED).
+    pub omit_expires_in: bool,
+    /// The `scope` refresh answers name (`api` when unset).
+    pub oauth_scope: Option<String>,
     /// No renewal request should arrive before this moment (the last `Retry-After`).
     pub blocked_until: Option<DateTime<Utc>>,
     /// The counters.
