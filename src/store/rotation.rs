@@ -507,12 +507,14 @@ pub fn commit_success(
     conn.answer_transaction(|conn| {
         let fenced =
             tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
-        let scope_before: Option<String> = tokens::table
-            .filter(tokens::id.eq(&lease.token_id))
-            .select(tokens::scopes)
-            .first(conn)
-            .optional()?
-            .flatten();
+        // Only an answer naming a scope costs the look-up (GitLab rotations never do).
+        let scope_before: Option<String> = match success.scope {
+            Some(_) => {
+                let row = tokens::table.filter(tokens::id.eq(&lease.token_id)).select(tokens::scopes);
+                row.first(conn).optional()?.flatten()
+            }
+            None => None,
+        };
         let changed_scope = success.scope.as_ref().filter(|scope| Some(*scope) != scope_before.as_ref());
         let changed = diesel::update(fenced)
             .set((
