@@ -218,9 +218,9 @@ fn submit_form(page_url: &url::Url, html: &str) -> Step {
     Step::Post(action, fields)
 }
 
-/// A user signs in and consents on the server's own pages; the code it redirects with is
-/// exchanged (with Basic client authentication) for the first refresh token.
-fn first_refresh_token(server: &Server) -> String {
+/// A user signs in and consents on the server's own pages; returns the code the server
+/// redirects back with.
+fn authorization_code(server: &Server) -> String {
     let (base, kind) = (server.url.clone(), server.kind);
     block_on(async move {
         let mut browser = Browser { http: http(), cookies: BTreeMap::new() };
@@ -237,14 +237,13 @@ fn first_refresh_token(server: &Server) -> String {
             Kind::OidcProvider => "auth",
         };
         let mut step = Step::Get(url::Url::parse_with_params(&format!("{base}/{authorize}"), query).unwrap());
-        let mut code = None;
         for _ in 0..20 {
             let (url, response) = browser.send(step).await;
             if let Some(location) = response.headers().get("location") {
                 let next = url.join(location.to_str().unwrap()).unwrap();
                 if next.as_str().starts_with(REDIRECT_URI) {
-                    code = next.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned());
-                    break;
+                    let code = next.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned());
+                    return code.unwrap_or_else(|| panic!("no code in {next}"));
                 }
                 step = Step::Get(next);
                 continue;
@@ -252,10 +251,18 @@ fn first_refresh_token(server: &Server) -> String {
             assert_eq!(response.status(), 200, "{url}");
             step = submit_form(&url, &response.text().await.unwrap());
         }
-        let code = code.expect("the server redirected back with a code");
-        let token_url = format!("{base}{}", kind.token_path());
+        panic!("the server never redirected back with a code")
+    })
+}
+
+/// The code from [`authorization_code`] exchanged (with Basic client authentication) for the
+/// first refresh token.
+fn first_refresh_token(server: &Server) -> String {
+    let code = authorization_code(server);
+    let token_url = format!("{}{}", server.url, server.kind.token_path());
+    block_on(async move {
         let exchange = [("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT_URI)];
-        let response = browser.http.post(token_url).header("authorization", basic()).form(&exchange).send().await;
+        let response = http().post(token_url).header("authorization", basic()).form(&exchange).send().await;
         let token: serde_json::Value = response.unwrap().json().await.unwrap();
         token["refresh_token"].as_str().unwrap_or_else(|| panic!("no refresh token: {token}")).to_owned()
     })
@@ -410,4 +417,46 @@ fn oidc_provider_found_by_openid_discovery_keeping_refresh_tokens_refreshes_forc
 #[test]
 fn oidc_provider_rotating_refresh_tokens_is_refreshed_with_basic_by_default() {
     server_rotating_refresh_tokens(Kind::OidcProvider);
+}
+
+/// The README's fenced `sh` block that contains every one of `needles` and not `unlike`.
+fn readme_block(needles: &[&str], unlike: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks = readme.split("```sh\n").skip(1).filter_map(|rest| rest.split("\n```").next());
+    let mut found =
+        blocks.filter(|block| needles.iter().all(|needle| block.contains(needle)) && !block.contains(unlike));
+    found.next().unwrap_or_else(|| panic!("no sh block in README.md with {needles:?}")).to_owned()
+}
+
+#[test]
+fn the_readme_worked_example_adds_a_grant_at_authlib() {
+    let Some(server) = Server::start(Kind::Authlib, &[]) else { return };
+    let sandbox = Sandbox::new();
+    std::fs::write(sandbox.path().join("client-secret.txt"), format!("{CLIENT_SECRET}\n")).unwrap();
+    let code = authorization_code(&server);
+    let script = [
+        readme_block(&["provider add corp-sso", "provider show corp-sso"], "token add dbt-ci"),
+        readme_block(&["python3 -", "token add corp-api"], "token add dbt-ci"),
+    ]
+    .join("\n")
+    .replace("--client-id tokenwarden", &format!("--client-id {CLIENT_ID}"))
+    .replace("enc('tokenwarden')", &format!("enc('{CLIENT_ID}')"))
+    .replace("CODE=...", &format!("CODE={code}"))
+    .replace("https://tokenwarden.example/callback", REDIRECT_URI)
+    .replace("https://login.example.com/oauth/token", &format!("{}/oauth/token", server.url))
+    .replace("https://login.example.com", &server.url);
+    let binary = assert_cmd::cargo::cargo_bin("tokenwarden");
+    let path = format!("{}:{}", binary.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(sandbox.path())
+        .env("PATH", path)
+        .env("TOKENWARDEN_DATABASE_URL", sandbox.database_url())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script}\n{stderr}");
+    let token = sandbox.token_show("corp-api");
+    assert_eq!((token["state"].as_str(), token["version"].as_i64()), (Some("active"), Some(2)), "{token}");
+    assert!(!sandbox.path().join("refresh.txt").exists(), "the example removes the refresh token file");
 }
