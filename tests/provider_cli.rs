@@ -131,7 +131,7 @@ fn a_rotated_client_secret_needs_attention_until_provider_update_which_retries_t
     let text = sandbox.ok(&["token", "show", "grant"], "");
     assert!(text.contains("remedy") && text.contains("update_provider"), "{text}");
     let stderr = sandbox.fails(&["token", "rotate", "grant"], "", 1);
-    assert!(stderr.contains("provider update"), "{stderr}");
+    assert!(stderr.contains("provider update gitlab --client-secret-stdin"), "{stderr}");
     let version = token["version"].as_i64().unwrap();
 
     // Bad input changes nothing.

@@ -34,7 +34,14 @@ impl ClientCredentials {
         match (self.method, &self.secret) {
             (ClientAuth::Basic, Some(secret)) => {
                 let value = basic_authorization(&self.id, secret);
-                request.header(reqwest::header::AUTHORIZATION, value.expose_secret())
+                match reqwest::header::HeaderValue::from_str(value.expose_secret()) {
+                    Ok(mut header) => {
+                        header.set_sensitive(true);
+                        request.header(reqwest::header::AUTHORIZATION, header)
+                    }
+                    // Base64 is always a valid header value; a builder error would surface on send.
+                    Err(_) => request.header(reqwest::header::AUTHORIZATION, value.expose_secret()),
+                }
             }
             (ClientAuth::Post, Some(secret)) => {
                 form.push(("client_id", self.id.as_str()));
