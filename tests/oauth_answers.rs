@@ -14,7 +14,7 @@ use tokenwarden::domain::{ClientAuth, ProviderName, TokenName, TokenState};
 use tokenwarden::engine::{ForcedRotation, RotationOutcome, rotate_now};
 use tokenwarden::simulator::harness::{EngineHarness, GENERIC_PROVIDER};
 use tokenwarden::simulator::{Fault, FaultTarget};
-use tokenwarden::store::providers::{self, ProviderChanges};
+use tokenwarden::store::providers::{self, ProviderChanges, ProviderUpdated};
 use tokenwarden::store::tokens;
 
 async fn setup() -> Setup {
@@ -67,6 +67,14 @@ async fn at_a_server_that_keeps_refresh_tokens_lost_answers_are_retried_and_neve
     assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
 }
 
+/// `provider update` of the harness's generic OAuth 2.0 provider, at the engine's time.
+async fn update_generic_provider(harness: &EngineHarness, changes: ProviderChanges) -> ProviderUpdated {
+    let name: ProviderName = GENERIC_PROVIDER.parse().unwrap();
+    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
+    let update = move |conn: &mut _| providers::update(conn, &cipher, &name, &changes, "test", now);
+    harness.context.store.run(update).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_client_needs_attention_until_provider_update_fixes_the_secret_and_retries_at_once() {
     let Setup { harness, .. } = setup().await;
@@ -83,15 +91,8 @@ async fn a_rejected_client_needs_attention_until_provider_update_fixes_the_secre
     assert_eq!(token.remedy.as_deref(), Some("update_provider"));
     let refreshes = harness.sim.stats().refreshes;
 
-    let name: ProviderName = GENERIC_PROVIDER.parse().unwrap();
     let changes = ProviderChanges { client_secret: Some(SecretString::from(new_secret)), ..Default::default() };
-    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
-    let updated = harness
-        .context
-        .store
-        .run(move |conn| providers::update(conn, &cipher, &name, &changes, "test", now))
-        .await
-        .unwrap();
+    let updated = update_generic_provider(&harness, changes).await;
     assert_eq!(updated.released, ["grant"]);
     assert_eq!(updated.provider.client_auth, ClientAuth::Basic);
     let token = harness.token("grant").await.unwrap();
@@ -109,16 +110,9 @@ async fn a_provider_update_that_does_not_touch_the_client_leaves_refused_tokens_
     harness.sim.with_state(|s| s.rotate_application_secret(&harness.client_id)).unwrap();
     assert!(matches!(force(&harness, "grant").await, RotationOutcome::NeedsAttention { .. }));
 
-    let name: ProviderName = GENERIC_PROVIDER.parse().unwrap();
     let url = format!("{}/oauth/token", harness.sim.url());
-    let changes = ProviderChanges { token_url: Some(url), ..Default::default() };
-    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
-    let updated = harness
-        .context
-        .store
-        .run(move |conn| providers::update(conn, &cipher, &name, &changes, "test", now))
-        .await
-        .unwrap();
+    let updated =
+        update_generic_provider(&harness, ProviderChanges { token_url: Some(url), ..Default::default() }).await;
     assert!(updated.released.is_empty());
     assert_eq!(harness.token("grant").await.unwrap().state, TokenState::NeedsAttention);
 }

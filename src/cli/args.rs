@@ -145,24 +145,8 @@ pub enum ProviderCommand {
 pub struct ProviderUpdateArgs {
     /// Provider name
     pub name: ProviderName,
-    /// GitLab base URL
-    #[arg(long)]
-    pub url: Option<String>,
-    /// OAuth 2.0 token endpoint (oauth2 providers)
-    #[arg(long)]
-    pub token_url: Option<String>,
-    /// OAuth application id
-    #[arg(long)]
-    pub client_id: Option<String>,
-    /// Read the new OAuth application secret from standard input (one line)
-    #[arg(long)]
-    pub client_secret_stdin: bool,
-    /// Redirect URI registered for the OAuth application
-    #[arg(long)]
-    pub redirect_uri: Option<String>,
-    /// How the client authenticates at the token endpoint: basic, post or none
-    #[arg(long, value_name = "METHOD")]
-    pub client_auth: Option<ClientAuth>,
+    #[command(flatten)]
+    pub fields: ProviderFieldArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -175,6 +159,16 @@ pub struct ProviderAddArgs {
     /// gitlab or oauth2
     #[arg(long)]
     pub kind: ProviderKind,
+    #[command(flatten)]
+    pub fields: ProviderFieldArgs,
+    /// Discover the endpoints from this issuer (RFC 8414 or OpenID Connect discovery; oauth2)
+    #[arg(long, value_name = "URL", conflicts_with = "token_url")]
+    pub issuer: Option<String>,
+}
+
+/// The provider settings `provider add` sets and `provider update` changes.
+#[derive(Debug, Args)]
+pub struct ProviderFieldArgs {
     /// GitLab base URL, e.g. https://gitlab.example.com
     #[arg(long)]
     pub url: Option<String>,
@@ -194,9 +188,6 @@ pub struct ProviderAddArgs {
     /// (GitLab's default) or none (a public client: only client_id is sent)
     #[arg(long, value_name = "METHOD")]
     pub client_auth: Option<ClientAuth>,
-    /// Discover the endpoints from this issuer (RFC 8414 or OpenID Connect discovery; oauth2)
-    #[arg(long, value_name = "URL", conflicts_with = "token_url")]
-    pub issuer: Option<String>,
 }
 
 /// `token …`

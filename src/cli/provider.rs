@@ -65,9 +65,10 @@ pub fn validate_http_url(flag: &str, value: &str) -> Result<String, CliError> {
 /// given, reads the client secret, and stores it — nothing is stored when any step fails.
 async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> {
     let usage = |message: &str| Err(CliError::Usage(message.to_owned()));
-    let url = args.url.as_deref().map(|u| validate_http_url("--url", u)).transpose()?;
-    let mut token_url = args.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?;
-    let redirect_uri = args.redirect_uri.as_deref().map(|u| validate_http_url("--redirect-uri", u)).transpose()?;
+    let url = args.fields.url.as_deref().map(|u| validate_http_url("--url", u)).transpose()?;
+    let mut token_url = args.fields.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?;
+    let redirect_uri =
+        args.fields.redirect_uri.as_deref().map(|u| validate_http_url("--redirect-uri", u)).transpose()?;
     let issuer = args.issuer.as_deref().map(|u| validate_http_url("--issuer", u)).transpose()?;
     match args.kind {
         ProviderKind::Gitlab if url.is_none() => {
@@ -79,16 +80,20 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
         ProviderKind::Oauth2 if token_url.is_none() && issuer.is_none() => {
             return usage("an oauth2 provider needs --token-url (or --issuer to discover it)");
         }
-        ProviderKind::Oauth2 if args.client_id.is_none() => return usage("an oauth2 provider needs --client-id"),
-        ProviderKind::Oauth2 if !args.client_secret_stdin && args.client_auth != Some(ClientAuth::None) => {
+        ProviderKind::Oauth2 if args.fields.client_id.is_none() => {
+            return usage("an oauth2 provider needs --client-id");
+        }
+        ProviderKind::Oauth2
+            if !args.fields.client_secret_stdin && args.fields.client_auth != Some(ClientAuth::None) =>
+        {
             return usage("an oauth2 provider needs --client-secret-stdin (or --client-auth none for a public client)");
         }
         _ => {}
     }
-    if args.client_secret_stdin && args.client_id.is_none() {
+    if args.fields.client_secret_stdin && args.fields.client_id.is_none() {
         return usage("give --client-id with --client-secret-stdin");
     }
-    if args.kind == ProviderKind::Gitlab && args.client_id.is_some() && !args.client_secret_stdin {
+    if args.kind == ProviderKind::Gitlab && args.fields.client_id.is_some() && !args.fields.client_secret_stdin {
         return usage("give --client-id and --client-secret-stdin together");
     }
     let mut endpoints = ProviderEndpoints::default_for(args.kind);
@@ -101,16 +106,17 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
         endpoints.authorization_url = found.authorization_endpoint;
         endpoints.revocation_url = found.revocation_endpoint;
     }
-    if let Some(method) = args.client_auth {
+    if let Some(method) = args.fields.client_auth {
         endpoints.client_auth = method;
     }
-    let client_secret = if args.client_secret_stdin { Some(read_secret_line("OAuth client secret")?) } else { None };
+    let client_secret =
+        if args.fields.client_secret_stdin { Some(read_secret_line("OAuth client secret")?) } else { None };
     let new = NewProvider {
         name: args.name,
         kind: args.kind,
         url,
         token_url,
-        client_id: args.client_id,
+        client_id: args.fields.client_id,
         client_secret,
         redirect_uri,
     };

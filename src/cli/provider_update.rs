@@ -42,7 +42,11 @@ pub async fn run(settings: Settings, args: ProviderUpdateArgs) -> Result<(), Cli
     };
     check_kind(&existing, &changes)?;
     let changes = ProviderChanges {
-        client_secret: if args.client_secret_stdin { Some(read_secret_line("OAuth client secret")?) } else { None },
+        client_secret: if args.fields.client_secret_stdin {
+            Some(read_secret_line("OAuth client secret")?)
+        } else {
+            None
+        },
         ..changes
     };
     let context = engine_context(&settings, store.clone(), open_cipher(&settings, &store).await?, "cli")?;
@@ -68,17 +72,22 @@ pub async fn run(settings: Settings, args: ProviderUpdateArgs) -> Result<(), Cli
 /// The changes the flags ask for (the secret is read later, after every check passed).
 fn validate(args: &ProviderUpdateArgs) -> Result<ProviderChanges, CliError> {
     let changes = ProviderChanges {
-        url: args.url.as_deref().map(|u| validate_http_url("--url", u)).transpose()?,
-        token_url: args.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?,
-        client_id: args.client_id.clone(),
+        url: args.fields.url.as_deref().map(|u| validate_http_url("--url", u)).transpose()?,
+        token_url: args.fields.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?,
+        client_id: args.fields.client_id.clone(),
         client_secret: None,
-        redirect_uri: args.redirect_uri.as_deref().map(|u| validate_http_url("--redirect-uri", u)).transpose()?,
-        client_auth: args.client_auth,
+        redirect_uri: args
+            .fields
+            .redirect_uri
+            .as_deref()
+            .map(|u| validate_http_url("--redirect-uri", u))
+            .transpose()?,
+        client_auth: args.fields.client_auth,
     };
     if changes.client_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
         return Err(CliError::Usage("--client-id is empty".into()));
     }
-    if changes.changed_fields().is_empty() && !args.client_secret_stdin {
+    if changes.changed_fields().is_empty() && !args.fields.client_secret_stdin {
         return Err(CliError::Usage(
             "nothing to change: give --url, --token-url, --client-id, --client-secret-stdin, --redirect-uri or --client-auth"
                 .into(),
