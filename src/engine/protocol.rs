@@ -44,6 +44,11 @@
 //!   token), exactly **one** retry with the stored refresh token, marked `retry_in_flight` under
 //!   the lease before it is sent so a crash during it is not retried again; `invalid_grant` or
 //!   another unknown outcome then → `grant_lost`.
+//! - **OAuth grants at a server that keeps refresh tokens** (its refresh answers carry no new
+//!   one, recorded as `refresh_token_rotates = false`): the refresh token presented is still
+//!   valid after a refresh, so a lost answer cannot have used the grant up. An unknown outcome or
+//!   a lease left behind is retried like a transient failure, as often as needed, and
+//!   `invalid_grant` there means the grant was revoked — never `grant_lost`.
 
 use std::time::{Duration, Instant};
 
