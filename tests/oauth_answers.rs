@@ -158,3 +158,46 @@ async fn an_answer_without_expires_in_gets_the_configured_assumed_lifetime_and_o
     let told = harness.token("told").await.unwrap();
     assert!(harness.context.first_assumed_lifetime(&told.id), "a token with expires_in was not");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_left_by_a_dead_worker_at_a_server_that_keeps_refresh_tokens_is_refreshed_normally() {
+    use tokenwarden::store::rotation::{self, ClaimMode, ClaimResult};
+    let Setup { harness, clock, .. } = setup().await;
+    harness.sim.set_keep_refresh_tokens(true);
+    let refresh = harness.track_generic_grant("keeping").await.unwrap();
+    assert!(matches!(force(&harness, "keeping").await, RotationOutcome::Rotated { version: 2, .. }));
+
+    // A worker claims, its refresh reaches the server, and it dies before committing.
+    let (name, now, lease) = ("keeping".parse::<TokenName>().unwrap(), harness.now(), harness.context.lease());
+    let claimed = harness
+        .context
+        .store
+        .run(move |conn| {
+            rotation::claim(conn, &name, ClaimMode::Forced { settle: TimeDelta::zero() }, "dead", lease, now)
+        })
+        .await
+        .unwrap();
+    assert!(matches!(claimed, ClaimResult::Claimed(_)), "{claimed:?}");
+    // (The test learns a client secret to send by rotating it, and gives tokenwarden the new one.)
+    let secret = harness.sim.with_state(|s| s.rotate_application_secret(&harness.client_id)).unwrap();
+    let client_id = harness.client_id.clone();
+    harness.sim.with_state(|s| s.refresh(&client_id, Some(&secret), &refresh, now)).unwrap();
+    let changes = ProviderChanges { client_secret: Some(SecretString::from(secret)), ..Default::default() };
+    assert!(update_generic_provider(&harness, changes).await.released.is_empty());
+    clock.advance(harness.context.lease() + TimeDelta::seconds(1));
+
+    let (name, now, lease) = ("keeping".parse::<TokenName>().unwrap(), harness.now(), harness.context.lease());
+    let ClaimResult::Claimed(claim) = harness
+        .context
+        .store
+        .run(move |conn| rotation::claim(conn, &name, ClaimMode::Scheduled, "next", lease, now))
+        .await
+        .unwrap()
+    else {
+        panic!("the abandoned lease is claimed again")
+    };
+    assert_eq!(claim.recovery, None, "no single-retry bookkeeping: the refresh token is still good");
+    let report = tokenwarden::engine::protocol::execute(&harness.context, *claim, "test").await;
+    assert!(matches!(report.outcome, RotationOutcome::Rotated { version: 3, .. }), "{:?}", report.outcome);
+    assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
+}
