@@ -185,3 +185,43 @@ fn provider_update_changes_only_what_is_given() {
     assert_eq!((&after["url"], &after["client_id"]), (&before["url"], &before["client_id"]));
     assert_eq!(after["has_client_secret"], true);
 }
+
+#[test]
+fn discovery_picks_the_client_auth_the_server_lists_unless_one_is_given() {
+    let sandbox = Sandbox::new();
+    let metadata = |methods: &'static str| {
+        answering(200, "application/json", move |url| {
+            format!(
+                r#"{{"issuer":"{url}","token_endpoint":"{url}/token","authorization_endpoint":"{url}/authorize","token_endpoint_auth_methods_supported":{methods}}}"#
+            )
+        })
+    };
+    let add = |name: &str, issuer: &str, extra: &[&str]| {
+        let args = ["provider", "add", name, "--kind", "oauth2", "--issuer", issuer, "--client-id", "app"];
+        sandbox.run(&[&args[..], extra, &["--client-secret-stdin"]].concat(), "secret\n")
+    };
+    let post_only = metadata(r#"["client_secret_post"]"#);
+    assert!(add("post-only", &post_only, &[]).status.success());
+    let shown = provider_json(&sandbox, "post-only");
+    assert_eq!(shown["client_auth"], "post");
+    assert_eq!(shown["token_url"], format!("{post_only}/token"));
+    assert_eq!(shown["authorization_url"], format!("{post_only}/authorize"));
+    assert!(shown["revocation_url"].is_null());
+    assert!(add("chosen", &post_only, &["--client-auth", "basic"]).status.success());
+    assert_eq!(provider_json(&sandbox, "chosen")["client_auth"], "basic");
+    let both = metadata(r#"["client_secret_post","client_secret_basic"]"#);
+    assert!(add("both", &both, &[]).status.success());
+    assert_eq!(provider_json(&sandbox, "both")["client_auth"], "basic");
+
+    let jwt_only = metadata(r#"["private_key_jwt"]"#);
+    let out = add("jwt", &jwt_only, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("private_key_jwt") && stderr.trim_end().lines().count() == 1, "{stderr}");
+    refused(&sandbox, &["provider", "show", "jwt"], "", "no provider named 'jwt'");
+    assert!(
+        add("jwt", &jwt_only, &["--client-auth", "post"]).status.success(),
+        "an explicit choice is not second-guessed"
+    );
+    assert_eq!(provider_json(&sandbox, "jwt")["client_auth"], "post");
+}

@@ -99,8 +99,10 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
     let mut endpoints = ProviderEndpoints::default_for(args.kind);
     if let Some(issuer) = &issuer {
         let found = discover_endpoints(&settings, issuer).await?;
-        endpoints.client_auth =
-            pick_client_auth(found.auth_methods.as_deref()).map_err(|err| CliError::Usage(err.to_string()))?;
+        if args.fields.client_auth.is_none() {
+            endpoints.client_auth =
+                pick_client_auth(found.auth_methods.as_deref()).map_err(|err| CliError::Usage(err.to_string()))?;
+        }
         token_url = Some(found.token_endpoint);
         endpoints.issuer = Some(found.issuer);
         endpoints.authorization_url = found.authorization_endpoint;
