@@ -201,3 +201,18 @@ async fn a_lease_left_by_a_dead_worker_at_a_server_that_keeps_refresh_tokens_is_
     assert!(matches!(report.outcome, RotationOutcome::Rotated { version: 3, .. }), "{:?}", report.outcome);
     assert_eq!(harness.sim.stats().refresh_token_reuses, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_stored_before_client_auth_existed_keeps_sending_its_credentials_in_the_form() {
+    use diesel::RunQueryDsl;
+    let Setup { harness, .. } = setup().await;
+    // A row written the way older versions wrote it: no client_auth column given.
+    let insert = "INSERT INTO providers (id, name, kind, token_url, client_id, created_at, updated_at) \
+                  VALUES ('old-row', 'old', 'oauth2', 'https://old.example/token', 'app', \
+                  '2026-11-01 00:00:00', '2026-11-01 00:00:00')";
+    let run = move |conn: &mut _| diesel::sql_query(insert).execute(conn).map_err(Into::into);
+    harness.context.store.run(run).await.unwrap();
+    let name: ProviderName = "old".parse().unwrap();
+    let old = harness.context.store.run(move |conn| providers::find(conn, &name)).await.unwrap();
+    assert_eq!(old.client_auth, ClientAuth::Post);
+}
