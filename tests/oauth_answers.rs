@@ -216,3 +216,19 @@ async fn a_provider_stored_before_client_auth_existed_keeps_sending_its_credenti
     let old = harness.context.store.run(move |conn| providers::find(conn, &name)).await.unwrap();
     assert_eq!(old.client_auth, ClientAuth::Post);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_accepts_only_basic_refreshes_an_oauth2_grant_and_refuses_a_form_body_client() {
+    let Setup { harness, .. } = setup().await;
+    harness.sim.with_state(|s| s.require_basic_auth = true);
+    harness.track_generic_grant("standard").await.unwrap();
+    assert!(matches!(force(&harness, "standard").await, RotationOutcome::Rotated { version: 2, .. }));
+
+    // The GitLab provider keeps sending the form body, which this server refuses.
+    harness.track_grant("gitlab").await.unwrap();
+    let RotationOutcome::NeedsAttention { reason, error } = force(&harness, "gitlab").await else {
+        panic!("expected a refusal")
+    };
+    assert_eq!(reason, "client_credentials_rejected");
+    assert!(error.contains("--client-auth post"), "{error}");
+}

@@ -293,9 +293,13 @@ pub async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
         return json_response(StatusCode::BAD_REQUEST, error);
     }
     let (client_id, client_secret) = client_credentials(&headers, &fields);
+    let by_basic = headers.get(header::AUTHORIZATION).is_some_and(|value| value.as_bytes().starts_with(b"Basic "));
     let refresh_token = field(&fields, "refresh_token").unwrap_or_default().to_owned();
     let now = shared.now();
     let result = shared.with_state(|state| {
+        if state.require_basic_auth && !by_basic {
+            return Err(RefreshError::InvalidClient);
+        }
         let result =
             state.refresh(client_id.as_deref().unwrap_or_default(), client_secret.as_deref(), &refresh_token, now);
         note_drop(state, fault, result.is_ok());

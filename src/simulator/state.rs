@@ -175,6 +175,9 @@ pub struct GitlabState {
     pub omit_expires_in: bool,
     /// The `scope` refresh answers name (`api` when unset).
     pub oauth_scope: Option<String>,
+    /// Accept client credentials at `/oauth/token` only by HTTP Basic, as many OAuth servers
+    /// do (GitLab itself also accepts them in the form body).
+    pub require_basic_auth: bool,
     /// No renewal request should arrive before this moment (the last `Retry-After`).
     pub blocked_until: Option<DateTime<Utc>>,
     /// The counters.
