@@ -61,49 +61,26 @@ pub fn validate_http_url(flag: &str, value: &str) -> Result<String, CliError> {
     Ok(value.trim_end_matches('/').to_owned())
 }
 
-/// Validates the flags for the provider's kind, discovers the endpoints when `--issuer` is
-/// given, reads the client secret, and stores it — nothing is stored when any step fails.
+/// The URLs `provider add` was given, validated.
+struct AddUrls {
+    url: Option<String>,
+    token_url: Option<String>,
+    redirect_uri: Option<String>,
+    issuer: Option<String>,
+}
+
+/// Validates the flags, discovers the endpoints when `--issuer` is given, reads the client
+/// secret, and stores the provider — nothing is stored when any step fails.
 async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> {
-    let usage = |message: &str| Err(CliError::Usage(message.to_owned()));
-    let url = args.fields.url.as_deref().map(|u| validate_http_url("--url", u)).transpose()?;
-    let mut token_url = args.fields.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?;
-    let redirect_uri =
-        args.fields.redirect_uri.as_deref().map(|u| validate_http_url("--redirect-uri", u)).transpose()?;
-    let issuer = args.issuer.as_deref().map(|u| validate_http_url("--issuer", u)).transpose()?;
-    match args.kind {
-        ProviderKind::Gitlab if url.is_none() => {
-            return usage("a gitlab provider needs --url (e.g. https://gitlab.example.com)");
-        }
-        ProviderKind::Gitlab if token_url.is_some() || issuer.is_some() => {
-            return usage("a gitlab provider takes --url, not --token-url or --issuer ({url}/oauth/token is used)");
-        }
-        ProviderKind::Oauth2 if token_url.is_none() && issuer.is_none() => {
-            return usage("an oauth2 provider needs --token-url (or --issuer to discover it)");
-        }
-        ProviderKind::Oauth2 if args.fields.client_id.is_none() => {
-            return usage("an oauth2 provider needs --client-id");
-        }
-        ProviderKind::Oauth2
-            if !args.fields.client_secret_stdin && args.fields.client_auth != Some(ClientAuth::None) =>
-        {
-            return usage("an oauth2 provider needs --client-secret-stdin (or --client-auth none for a public client)");
-        }
-        _ => {}
-    }
-    if args.fields.client_secret_stdin && args.fields.client_id.is_none() {
-        return usage("give --client-id with --client-secret-stdin");
-    }
-    if args.kind == ProviderKind::Gitlab && args.fields.client_id.is_some() && !args.fields.client_secret_stdin {
-        return usage("give --client-id and --client-secret-stdin together");
-    }
+    let mut urls = check_add_flags(&args)?;
     let mut endpoints = ProviderEndpoints::default_for(args.kind);
-    if let Some(issuer) = &issuer {
+    if let Some(issuer) = &urls.issuer {
         let found = discover_endpoints(&settings, issuer).await?;
         if args.fields.client_auth.is_none() {
             endpoints.client_auth =
                 pick_client_auth(found.auth_methods.as_deref()).map_err(|err| CliError::Usage(err.to_string()))?;
         }
-        token_url = Some(found.token_endpoint);
+        urls.token_url = Some(found.token_endpoint);
         endpoints.issuer = Some(found.issuer);
         endpoints.authorization_url = found.authorization_endpoint;
         endpoints.revocation_url = found.revocation_endpoint;
@@ -116,11 +93,11 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
     let new = NewProvider {
         name: args.name,
         kind: args.kind,
-        url,
-        token_url,
+        url: urls.url,
+        token_url: urls.token_url,
         client_id: args.fields.client_id,
         client_secret,
-        redirect_uri,
+        redirect_uri: urls.redirect_uri,
     };
     let store = open_store(&settings).await?;
     let cipher = open_cipher(&settings, &store).await?;
@@ -128,6 +105,38 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
         store.run(move |conn| providers::insert_with(conn, &cipher, &new, &endpoints, CLI_ACTOR, Utc::now())).await?;
     eprintln!("added provider '{}' ({}, client auth {})", provider.name, provider.kind, provider.client_auth);
     Ok(())
+}
+
+/// Checks that the flags fit the provider's kind and that every URL is usable.
+fn check_add_flags(args: &ProviderAddArgs) -> Result<AddUrls, CliError> {
+    let usage = |message: &str| Err(CliError::Usage(message.to_owned()));
+    let fields = &args.fields;
+    let urls = AddUrls {
+        url: fields.url.as_deref().map(|u| validate_http_url("--url", u)).transpose()?,
+        token_url: fields.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?,
+        redirect_uri: fields.redirect_uri.as_deref().map(|u| validate_http_url("--redirect-uri", u)).transpose()?,
+        issuer: args.issuer.as_deref().map(|u| validate_http_url("--issuer", u)).transpose()?,
+    };
+    match args.kind {
+        ProviderKind::Gitlab if urls.url.is_none() => {
+            return usage("a gitlab provider needs --url (e.g. https://gitlab.example.com)");
+        }
+        ProviderKind::Gitlab if urls.token_url.is_some() || urls.issuer.is_some() => {
+            return usage("a gitlab provider takes --url, not --token-url or --issuer ({url}/oauth/token is used)");
+        }
+        ProviderKind::Gitlab if fields.client_id.is_some() != fields.client_secret_stdin => {
+            return usage("give --client-id and --client-secret-stdin together");
+        }
+        ProviderKind::Oauth2 if urls.token_url.is_none() && urls.issuer.is_none() => {
+            return usage("an oauth2 provider needs --token-url (or --issuer to discover it)");
+        }
+        ProviderKind::Oauth2 if fields.client_id.is_none() => return usage("an oauth2 provider needs --client-id"),
+        ProviderKind::Oauth2 if !fields.client_secret_stdin && fields.client_auth != Some(ClientAuth::None) => {
+            return usage("an oauth2 provider needs --client-secret-stdin (or --client-auth none for a public client)");
+        }
+        _ => {}
+    }
+    Ok(urls)
 }
 
 /// Reads the issuer's metadata; any failure is bad input (exit 2) and stores nothing.
