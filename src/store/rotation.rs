@@ -78,6 +78,8 @@ pub struct Lease {
     pub expires_at: Option<DateTime<Utc>>,
     /// The provider's id for the current secret.
     pub external_id: Option<String>,
+    /// The scope recorded for the current secret (a refresh that names another is history).
+    pub scopes: Option<String>,
 }
 
 impl Claim {
@@ -92,6 +94,7 @@ impl Claim {
             attempt_count: self.token.attempt_count,
             expires_at: self.token.expires_at,
             external_id: self.token.external_id.clone(),
+            scopes: self.token.scopes.clone(),
         }
     }
 }
@@ -507,15 +510,8 @@ pub fn commit_success(
     conn.answer_transaction(|conn| {
         let fenced =
             tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
-        // Only an answer naming a scope costs the look-up (GitLab rotations never do).
-        let scope_before: Option<String> = match success.scope {
-            Some(_) => {
-                let row = tokens::table.filter(tokens::id.eq(&lease.token_id)).select(tokens::scopes);
-                row.first(conn).optional()?.flatten()
-            }
-            None => None,
-        };
-        let changed_scope = success.scope.as_ref().filter(|scope| Some(*scope) != scope_before.as_ref());
+        // The lease's scope is the stored one: nothing else writes it while the lease is held.
+        let changed_scope = success.scope.as_ref().filter(|scope| Some(*scope) != lease.scopes.as_ref());
         let changed = diesel::update(fenced)
             .set((
                 tokens::secret.eq(&success.secret),
