@@ -225,3 +225,24 @@ fn discovery_picks_the_client_auth_the_server_lists_unless_one_is_given() {
     );
     assert_eq!(provider_json(&sandbox, "jwt")["client_auth"], "post");
 }
+
+#[test]
+fn an_oauth2_provider_discovered_from_the_simulator_refreshes_a_grant_with_basic() {
+    let sandbox = Sandbox::new();
+    sandbox.gitlab.sim.with_state(|s| s.require_basic_auth = true);
+    let (client_id, client_secret) = sandbox.gitlab.sim.create_application();
+    let issuer = sandbox.gitlab_url();
+    let add = ["provider", "add", "sim", "--kind", "oauth2", "--issuer", &issuer, "--client-id", &client_id];
+    sandbox.ok(&[&add[..], &["--client-secret-stdin"]].concat(), &format!("{client_secret}\n"));
+    let shown = provider_json(&sandbox, "sim");
+    assert_eq!(shown["client_auth"], "basic");
+    assert_eq!(shown["token_url"], format!("{issuer}/oauth/token"));
+    assert_eq!(shown["revocation_url"], format!("{issuer}/oauth/revoke"));
+
+    let refresh_token = sandbox.gitlab.sim.create_grant(&client_id);
+    let args = ["token", "add", "grant", "--provider", "sim", "--kind", "oauth2", "--refresh-token-stdin"];
+    sandbox.ok(&args, &format!("{refresh_token}\n"));
+    let token = sandbox.token_show("grant");
+    assert_eq!((token["state"].as_str(), token["version"].as_i64()), (Some("active"), Some(2)), "{token}");
+    assert_eq!(token["refresh_token_rotates"], true);
+}
