@@ -803,6 +803,8 @@ fn fake_success(
         issued_at: now,
         external_id: None,
         next_rotation_at: Some(plan_rotation(name, now, expires_at, policy)),
+        refresh_token_rotates: None,
+        scope: None,
     })
 }
 

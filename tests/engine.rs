@@ -653,7 +653,8 @@ async fn a_token_that_may_not_rotate_itself_or_a_rejected_client_needs_attention
     let token = wait_for(&harness, "no-scope", |t| t.state == TokenState::NeedsAttention).await;
     assert_eq!(token.attention_reason.as_deref(), Some("forbidden"));
     let grant = wait_for(&harness, "grant", |t| t.state == TokenState::NeedsAttention).await;
-    assert_eq!(grant.attention_reason.as_deref(), Some("invalid_client"));
+    assert_eq!(grant.attention_reason.as_deref(), Some("client_credentials_rejected"));
+    assert_eq!(grant.remedy.as_deref(), Some("update_provider"));
     let before = harness.sim.stats();
     clock.advance(TimeDelta::days(2));
     settle_briefly().await;

@@ -31,6 +31,7 @@ fn settings() -> EngineSettings {
     EngineSettings {
         http: HttpSettings { timeout: Duration::from_millis(400), connect_timeout: Duration::from_millis(400) },
         backoff: Backoff { base: Duration::from_millis(500), max: Duration::from_secs(4) },
+        oauth: Default::default(),
     }
 }
 

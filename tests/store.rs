@@ -787,6 +787,8 @@ fn answer_for(f: &Fixture, lease: &rotation::Lease) -> rotation::Answer {
         issued_at: now,
         external_id: Some(format!("id-{}", lease.token_name)),
         next_rotation_at: Some(now + TimeDelta::days(20)),
+        refresh_token_rotates: None,
+        scope: None,
     };
     rotation::Answer { lease: lease.clone(), success, actor: "scheduler".into(), now }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{FlagValues, HumanDuration};
-use crate::domain::{ClientName, ClientRole, ProviderKind, ProviderName, TokenKind, TokenName};
+use crate::domain::{ClientAuth, ClientName, ClientRole, ProviderKind, ProviderName, TokenKind, TokenName};
 
 /// Keeps GitLab and OAuth 2.0 credentials alive.
 #[derive(Debug, Parser)]
@@ -128,6 +128,27 @@ pub enum ProviderCommand {
         /// Provider name
         name: ProviderName,
     },
+    /// Show one provider: endpoints, client authentication, what discovery found (never the secret)
+    Show {
+        /// Provider name
+        name: ProviderName,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Change a provider's URLs or client credentials; tokens whose refresh the old client
+    /// credentials failed are retried at once
+    Update(ProviderUpdateArgs),
+}
+
+/// `provider update` options: only what is given changes.
+#[derive(Debug, Args)]
+pub struct ProviderUpdateArgs {
+    /// Provider name
+    pub name: ProviderName,
+    #[command(flatten)]
+    pub fields: ProviderFieldArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `provider add` options.
@@ -138,6 +159,16 @@ pub struct ProviderAddArgs {
     /// gitlab or oauth2
     #[arg(long)]
     pub kind: ProviderKind,
+    #[command(flatten)]
+    pub fields: ProviderFieldArgs,
+    /// Discover the endpoints from this issuer (RFC 8414 or OpenID Connect discovery; oauth2)
+    #[arg(long, value_name = "URL", conflicts_with = "token_url")]
+    pub issuer: Option<String>,
+}
+
+/// The provider settings `provider add` sets and `provider update` changes.
+#[derive(Debug, Args)]
+pub struct ProviderFieldArgs {
     /// GitLab base URL, e.g. https://gitlab.example.com
     #[arg(long)]
     pub url: Option<String>,
@@ -153,6 +184,10 @@ pub struct ProviderAddArgs {
     /// Redirect URI registered for the OAuth application (sent with refresh requests)
     #[arg(long)]
     pub redirect_uri: Option<String>,
+    /// How the client authenticates at the token endpoint: basic (default for oauth2), post
+    /// (GitLab's default) or none (a public client: only client_id is sent)
+    #[arg(long, value_name = "METHOD")]
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// `token …`

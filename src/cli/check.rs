@@ -170,6 +170,8 @@ mod tests {
             last_failure_at: None,
             last_error: None,
             attention_reason: Some("revoked".into()),
+            remedy: None,
+            refresh_token_rotates: None,
             recovery: None,
             scopes: None,
             created_at: now,

@@ -8,6 +8,7 @@ use crate::crypto::Cipher;
 use crate::engine::backoff::Backoff;
 use crate::engine::{EngineContext, EngineSettings, Limits, SystemClock};
 use crate::providers::HttpSettings;
+use crate::providers::oauth::OauthSettings;
 use crate::store::Store;
 
 /// The engine settings the configuration asks for.
@@ -19,6 +20,7 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
             connect_timeout: scheduler.provider_timeout.get().min(std::time::Duration::from_secs(10)),
         },
         backoff: Backoff { base: scheduler.retry_base.get(), max: scheduler.retry_max.get() },
+        oauth: OauthSettings { assumed_lifetime: settings.oauth.assumed_lifetime.get() },
     }
 }
 

@@ -19,6 +19,7 @@ mod engine;
 mod error;
 mod output;
 mod provider;
+mod provider_update;
 mod secret_input;
 mod serve;
 mod systemd;

@@ -1,15 +1,18 @@
-//! `tokenwarden provider add|list|remove`.
+//! `tokenwarden provider add|list|show|remove` (`update` lives in `provider_update`).
 
 use chrono::Utc;
 
 use super::args::{ProviderAddArgs, ProviderCommand};
 use super::context::{open_cipher, open_store};
-use super::output::{print_json, print_table, text};
+use super::engine::engine_settings;
+use super::output::{print_fields, print_json, print_table, text, time};
 use super::secret_input::read_secret_line;
 use super::{CLI_ACTOR, CliError};
 use crate::config::Settings;
-use crate::domain::ProviderKind;
-use crate::store::providers::{self, NewProvider};
+use crate::domain::{ClientAuth, ProviderKind, ProviderName};
+use crate::providers::build_http_client;
+use crate::providers::discovery::{Discovered, discover, pick_client_auth};
+use crate::store::providers::{self, NewProvider, ProviderEndpoints};
 
 /// Runs a `provider` subcommand.
 pub async fn run(settings: Settings, command: ProviderCommand) -> Result<(), CliError> {
@@ -35,6 +38,8 @@ pub async fn run(settings: Settings, command: ProviderCommand) -> Result<(), Cli
             print_table(&["NAME", "KIND", "URL", "CLIENT ID"], &rows);
             Ok(())
         }
+        ProviderCommand::Show { name, output } => show(settings, name, output.json).await,
+        ProviderCommand::Update(args) => super::provider_update::run(settings, args).await,
         ProviderCommand::Remove { name } => {
             let store = open_store(&settings).await?;
             store.run(move |conn| providers::remove(conn, &name, CLI_ACTOR, Utc::now())).await?;
@@ -56,41 +61,110 @@ pub fn validate_http_url(flag: &str, value: &str) -> Result<String, CliError> {
     Ok(value.trim_end_matches('/').to_owned())
 }
 
-/// Validates the flags for the provider's kind, reads the client secret, and stores it.
+/// The URLs `provider add` was given, validated.
+struct AddUrls {
+    url: Option<String>,
+    token_url: Option<String>,
+    redirect_uri: Option<String>,
+    issuer: Option<String>,
+}
+
+/// Validates the flags, discovers the endpoints when `--issuer` is given, reads the client
+/// secret, and stores the provider — nothing is stored when any step fails.
 async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> {
-    let usage = |message: &str| Err(CliError::Usage(message.to_owned()));
-    let url = args.url.as_deref().map(|u| validate_http_url("--url", u)).transpose()?;
-    let token_url = args.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?;
-    let redirect_uri = args.redirect_uri.as_deref().map(|u| validate_http_url("--redirect-uri", u)).transpose()?;
-    match args.kind {
-        ProviderKind::Gitlab if url.is_none() => {
-            return usage("a gitlab provider needs --url (e.g. https://gitlab.example.com)");
+    let mut urls = check_add_flags(&args)?;
+    let mut endpoints = ProviderEndpoints::default_for(args.kind);
+    if let Some(issuer) = &urls.issuer {
+        let found = discover_endpoints(&settings, issuer).await?;
+        if args.fields.client_auth.is_none() {
+            endpoints.client_auth =
+                pick_client_auth(found.auth_methods.as_deref()).map_err(|err| CliError::Usage(err.to_string()))?;
         }
-        ProviderKind::Gitlab if token_url.is_some() => {
-            return usage("a gitlab provider takes --url, not --token-url ({url}/oauth/token is used)");
-        }
-        ProviderKind::Oauth2 if token_url.is_none() => return usage("an oauth2 provider needs --token-url"),
-        ProviderKind::Oauth2 if args.client_id.is_none() || !args.client_secret_stdin => {
-            return usage("an oauth2 provider needs --client-id and --client-secret-stdin");
-        }
-        _ => {}
+        urls.token_url = Some(found.token_endpoint);
+        endpoints.issuer = Some(found.issuer);
+        endpoints.authorization_url = found.authorization_endpoint;
+        endpoints.revocation_url = found.revocation_endpoint;
     }
-    if args.client_id.is_some() != args.client_secret_stdin {
-        return usage("give --client-id and --client-secret-stdin together");
+    if let Some(method) = args.fields.client_auth {
+        endpoints.client_auth = method;
     }
-    let client_secret = if args.client_secret_stdin { Some(read_secret_line("OAuth client secret")?) } else { None };
+    let client_secret =
+        if args.fields.client_secret_stdin { Some(read_secret_line("OAuth client secret")?) } else { None };
     let new = NewProvider {
         name: args.name,
         kind: args.kind,
-        url,
-        token_url,
-        client_id: args.client_id,
+        url: urls.url,
+        token_url: urls.token_url,
+        client_id: args.fields.client_id,
         client_secret,
-        redirect_uri,
+        redirect_uri: urls.redirect_uri,
     };
     let store = open_store(&settings).await?;
     let cipher = open_cipher(&settings, &store).await?;
-    let provider = store.run(move |conn| providers::insert(conn, &cipher, &new, CLI_ACTOR, Utc::now())).await?;
-    eprintln!("added provider '{}' ({})", provider.name, provider.kind);
+    let provider =
+        store.run(move |conn| providers::insert_with(conn, &cipher, &new, &endpoints, CLI_ACTOR, Utc::now())).await?;
+    eprintln!("added provider '{}' ({}, client auth {})", provider.name, provider.kind, provider.client_auth);
+    Ok(())
+}
+
+/// Checks that the flags fit the provider's kind and that every URL is usable.
+fn check_add_flags(args: &ProviderAddArgs) -> Result<AddUrls, CliError> {
+    let usage = |message: &str| Err(CliError::Usage(message.to_owned()));
+    let fields = &args.fields;
+    let urls = AddUrls {
+        url: fields.url.as_deref().map(|u| validate_http_url("--url", u)).transpose()?,
+        token_url: fields.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?,
+        redirect_uri: fields.redirect_uri.as_deref().map(|u| validate_http_url("--redirect-uri", u)).transpose()?,
+        issuer: args.issuer.as_deref().map(|u| validate_http_url("--issuer", u)).transpose()?,
+    };
+    match args.kind {
+        ProviderKind::Gitlab if urls.url.is_none() => {
+            return usage("a gitlab provider needs --url (e.g. https://gitlab.example.com)");
+        }
+        ProviderKind::Gitlab if urls.token_url.is_some() || urls.issuer.is_some() => {
+            return usage("a gitlab provider takes --url, not --token-url or --issuer ({url}/oauth/token is used)");
+        }
+        ProviderKind::Gitlab if fields.client_id.is_some() != fields.client_secret_stdin => {
+            return usage("give --client-id and --client-secret-stdin together");
+        }
+        ProviderKind::Oauth2 if urls.token_url.is_none() && urls.issuer.is_none() => {
+            return usage("an oauth2 provider needs --token-url (or --issuer to discover it)");
+        }
+        ProviderKind::Oauth2 if fields.client_id.is_none() => return usage("an oauth2 provider needs --client-id"),
+        ProviderKind::Oauth2 if !fields.client_secret_stdin && fields.client_auth != Some(ClientAuth::None) => {
+            return usage("an oauth2 provider needs --client-secret-stdin (or --client-auth none for a public client)");
+        }
+        _ => {}
+    }
+    Ok(urls)
+}
+
+/// Reads the issuer's metadata; any failure is bad input (exit 2) and stores nothing.
+async fn discover_endpoints(settings: &Settings, issuer: &str) -> Result<Discovered, CliError> {
+    let http = build_http_client(engine_settings(settings).http).map_err(|err| CliError::Failed(err.to_string()))?;
+    discover(&http, issuer).await.map_err(|err| CliError::Usage(err.to_string()))
+}
+
+/// `provider show NAME`: everything but the secret, including what discovery found.
+async fn show(settings: Settings, name: ProviderName, json: bool) -> Result<(), CliError> {
+    let store = open_store(&settings).await?;
+    let provider = store.run(move |conn| providers::find(conn, &name)).await?;
+    if json {
+        return print_json(&provider);
+    }
+    print_fields(&[
+        ("name", provider.name.to_string()),
+        ("kind", provider.kind.to_string()),
+        ("url", text(provider.url.as_deref())),
+        ("issuer", text(provider.issuer.as_deref())),
+        ("token endpoint", text(provider.token_url.as_deref())),
+        ("authorization endpoint", text(provider.authorization_url.as_deref())),
+        ("revocation endpoint", text(provider.revocation_url.as_deref())),
+        ("client id", text(provider.client_id.as_deref())),
+        ("client secret", if provider.has_client_secret { "stored" } else { "-" }.to_owned()),
+        ("client auth", provider.client_auth.to_string()),
+        ("redirect uri", text(provider.redirect_uri.as_deref())),
+        ("created", time(Some(provider.created_at))),
+    ]);
     Ok(())
 }

@@ -206,8 +206,18 @@ async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result
         ("last failure", time(token.last_failure_at)),
         ("last error", text(token.last_error.as_deref())),
         ("attention reason", text(token.attention_reason.as_deref())),
-        ("created", time(Some(token.created_at))),
     ]);
+    if let Some(remedy) = &token.remedy {
+        fields.push(("remedy", remedy.clone()));
+    }
+    if let Some(rotates) = token.refresh_token_rotates {
+        let answer = if rotates { "yes (a new one with every refresh)" } else { "no (the server keeps it valid)" };
+        fields.push(("refresh token rotates", answer.to_owned()));
+    }
+    if let Some(scopes) = &token.scopes {
+        fields.push(("scopes", scopes.clone()));
+    }
+    fields.push(("created", time(Some(token.created_at))));
     print_fields(&fields);
     Ok(())
 }
@@ -221,9 +231,16 @@ async fn history(settings: Settings, name: TokenName, output: OutputArgs) -> Res
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            vec![e.version.to_string(), e.event.clone(), e.actor.clone(), time(Some(e.occurred_at)), time(e.expires_at)]
+            vec![
+                e.version.to_string(),
+                e.event.clone(),
+                e.actor.clone(),
+                time(Some(e.occurred_at)),
+                time(e.expires_at),
+                e.scopes.as_deref().map_or_else(String::new, |scopes| format!("scope changed to '{scopes}'")),
+            ]
         })
         .collect();
-    print_table(&["VERSION", "EVENT", "BY", "WHEN", "EXPIRES"], &rows);
+    print_table(&["VERSION", "EVENT", "BY", "WHEN", "EXPIRES", "NOTE"], &rows);
     Ok(())
 }

@@ -66,15 +66,18 @@ async fn report_forced(store: &Store, name: &TokenName, result: ForcedRotation, 
             token.last_error.unwrap_or_default()
         ))),
         ForcedRotation::Refused(state) => {
-            Err(CliError::Failed(refusal(name, state, token.attention_reason.as_deref())))
+            Err(CliError::Failed(refusal(name, state, token.attention_reason.as_deref(), token.provider.as_str())))
         }
     }
 }
 
 /// Why a forced rotation is refused in `state`, and what to do.
-fn refusal(name: &TokenName, state: TokenState, reason: Option<&str>) -> String {
+fn refusal(name: &TokenName, state: TokenState, reason: Option<&str>, provider: &str) -> String {
     match state {
         TokenState::Paused => format!("token '{name}' is paused; run `tokenwarden token resume {name}` first"),
+        TokenState::NeedsAttention if reason == Some(crate::domain::CLIENT_CREDENTIALS_REJECTED) => format!(
+            "token '{name}' needs attention: the provider rejected its client credentials; update the provider's client secret with `tokenwarden provider update {provider} --client-secret-stdin` (the token is retried at once)"
+        ),
         TokenState::NeedsAttention => format!(
             "token '{name}' needs attention ({}); re-authorise it with `token reauth` (OAuth) or remove and re-add it",
             reason.unwrap_or("no reason recorded")

@@ -85,6 +85,14 @@ pub(super) struct FileConfig {
     pub policy: Option<FilePolicy>,
     pub scheduler: Option<FileScheduler>,
     pub maintenance: Option<FileMaintenance>,
+    pub oauth: Option<FileOauth>,
+}
+
+/// The `[oauth]` table: how OAuth answers are read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileOauth {
+    pub assumed_lifetime: Option<String>,
 }
 
 /// The `[policy]` table: defaults for tokens that do not override them.

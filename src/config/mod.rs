@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use database_url::{DEFAULT_KEY_FILE_NAME, DatabaseUrl, InvalidDatabaseUrl};
 pub use duration::{HumanDuration, InvalidDuration};
-use file::{FileConfig, FileMaintenance, FilePolicy, FileScheduler};
+use file::{FileConfig, FileMaintenance, FileOauth, FilePolicy, FileScheduler};
 
 /// Default database when nothing else is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tokenwarden.db";
@@ -85,6 +85,19 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// How OAuth answers are read (`[oauth]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OauthConfig {
+    /// Access-token lifetime assumed when a refresh answer has no `expires_in`.
+    pub assumed_lifetime: HumanDuration,
+}
+
+impl Default for OauthConfig {
+    fn default() -> Self {
+        Self { assumed_lifetime: HumanDuration::minutes(60) }
+    }
+}
+
 /// Cron expressions (six fields, with seconds) for periodic maintenance jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaintenanceConfig {
@@ -141,6 +154,8 @@ pub struct Settings {
     pub scheduler: SchedulerConfig,
     /// Periodic maintenance schedules.
     pub maintenance: MaintenanceConfig,
+    /// How OAuth answers are read.
+    pub oauth: OauthConfig,
 }
 
 /// Raw values given as command-line flags (the highest precedence).
@@ -279,7 +294,20 @@ pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Resu
     let policy = resolve_policy(&file.policy.unwrap_or_default(), &file_origin)?;
     let scheduler = resolve_scheduler(&file.scheduler.unwrap_or_default(), &file_origin)?;
     let maintenance = resolve_maintenance(&file.maintenance.unwrap_or_default(), &file_origin)?;
-    Ok(Settings { database_url, listen, master_key_file, log_format, policy, scheduler, maintenance })
+    let oauth = resolve_oauth(&file.oauth.unwrap_or_default(), &file_origin)?;
+    Ok(Settings { database_url, listen, master_key_file, log_format, policy, scheduler, maintenance, oauth })
+}
+
+/// Applies the `[oauth]` table over the defaults: a lifetime between 1 minute and 366 days.
+fn resolve_oauth(file: &FileOauth, file_origin: &dyn Fn() -> Origin) -> Result<OauthConfig, ConfigError> {
+    let key = "oauth.assumed_lifetime";
+    let assumed_lifetime =
+        file_duration(key, &file.assumed_lifetime, OauthConfig::default().assumed_lifetime, file_origin)?;
+    if assumed_lifetime < HumanDuration::minutes(1) || assumed_lifetime > HumanDuration::days(366) {
+        let message = "must be between 1m and 366d".to_owned();
+        return Err(ConfigError::Invalid { key, origin: file_origin(), message });
+    }
+    Ok(OauthConfig { assumed_lifetime })
 }
 
 /// Reads and parses the TOML file, rejecting unknown keys.

@@ -191,3 +191,21 @@ fn bad_cron_and_bad_limits_are_named() {
     let (message, _) = error_for_file("[scheduler]\nprovider_timeout = \"soon\"\n");
     assert!(message.contains("scheduler.provider_timeout"), "{message}");
 }
+
+#[test]
+fn oauth_assumed_lifetime_defaults_to_an_hour_and_is_read_from_the_oauth_table() {
+    let settings = resolve(&FlagValues::default(), &env_from(&[])).unwrap();
+    assert_eq!(settings.oauth.assumed_lifetime, HumanDuration::minutes(60));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[oauth]\nassumed_lifetime = \"15m\"\n");
+    let flags = FlagValues { config: Some(path), ..FlagValues::default() };
+    assert_eq!(resolve(&flags, &env_from(&[])).unwrap().oauth.assumed_lifetime, HumanDuration::minutes(15));
+}
+
+#[test]
+fn an_oauth_assumed_lifetime_out_of_bounds_is_named() {
+    for bad in ["0s", "30s", "400d", "soon"] {
+        let (message, _) = error_for_file(&format!("[oauth]\nassumed_lifetime = \"{bad}\"\n"));
+        assert!(message.contains("oauth.assumed_lifetime"), "{bad}: {message}");
+    }
+}

@@ -49,6 +49,38 @@ impl TokenKind {
 }
 
 string_enum!(
+    /// How an OAuth client authenticates at the token endpoint (RFC 6749 §2.3.1).
+    ClientAuth, "client authentication", {
+        /// HTTP Basic with the form-URL-encoded id and secret (`client_secret_basic`).
+        Basic => "basic",
+        /// Id and secret in the form body (`client_secret_post`).
+        Post => "post",
+        /// Only `client_id` in the form body: a public client (`none`).
+        None => "none",
+    }
+);
+
+impl ClientAuth {
+    /// The default for a new provider of `kind`: Basic for standard OAuth 2.0 servers (the one
+    /// method every server must support); the form body for GitLab, which has always worked.
+    pub fn default_for(kind: ProviderKind) -> Self {
+        match kind {
+            ProviderKind::Oauth2 => ClientAuth::Basic,
+            ProviderKind::Gitlab => ClientAuth::Post,
+        }
+    }
+
+    /// The method's name in RFC 8414 metadata (`token_endpoint_auth_methods_supported`).
+    pub fn metadata_name(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "client_secret_basic",
+            ClientAuth::Post => "client_secret_post",
+            ClientAuth::None => "none",
+        }
+    }
+}
+
+string_enum!(
     /// What an API client may do.
     ClientRole, "client role", {
         /// May do everything: list, inspect, read any secret, force rotation.

@@ -8,10 +8,10 @@ mod names;
 mod policy;
 mod state;
 
-pub use kinds::{ClientRole, ProviderKind, TokenKind};
+pub use kinds::{ClientAuth, ClientRole, ProviderKind, TokenKind};
 pub use names::{ClientName, InvalidName, ProviderName, TokenName};
 pub use policy::{Policy, PolicyOverrides};
-pub use state::{Recovery, TokenState};
+pub use state::{CLIENT_CREDENTIALS_REJECTED, Recovery, TokenState};
 
 /// A string that did not name any of a closed set of values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

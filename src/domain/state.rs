@@ -40,3 +40,7 @@ string_enum!(
         RetryInFlight => "retry_in_flight",
     }
 );
+
+/// `needs_attention` reason for a refused client (`invalid_client`): the provider's client id,
+/// secret or authentication method is wrong, not the grant — `provider update` fixes it.
+pub const CLIENT_CREDENTIALS_REJECTED: &str = "client_credentials_rejected";

@@ -1,6 +1,7 @@
 //! Everything a rotation needs, shared by the scheduler's workers and forced rotations.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -11,8 +12,9 @@ use super::clock::SharedClock;
 use crate::config::PolicyDefaults;
 use crate::crypto::Cipher;
 use crate::domain::{ProviderKind, TokenKind};
+use crate::providers::client_auth::ClientCredentials;
 use crate::providers::gitlab::{AccessTokenScope, GitlabAccessTokens};
-use crate::providers::oauth::OauthRefresher;
+use crate::providers::oauth::{OauthRefresher, OauthSettings};
 use crate::providers::{HttpSettings, ProviderError, TokenProvider, build_http_client};
 use crate::store::models::ProviderRow;
 use crate::store::{Store, providers};
@@ -27,6 +29,8 @@ pub struct EngineSettings {
     pub http: HttpSettings,
     /// Retry backoff after transient failures.
     pub backoff: Backoff,
+    /// How OAuth answers are read.
+    pub oauth: OauthSettings,
 }
 
 /// Shared state for rotations.
@@ -46,6 +50,8 @@ pub struct EngineContext {
     pub settings: EngineSettings,
     /// This process's lease owner id.
     pub owner: String,
+    /// Tokens already warned about a missing `expires_in` (warned once per process).
+    pub assumed_lifetime_warned: Arc<Mutex<HashSet<String>>>,
 }
 
 impl EngineContext {
@@ -66,7 +72,15 @@ impl EngineContext {
             policy,
             settings,
             owner: owner_id(owner_label),
+            assumed_lifetime_warned: Arc::default(),
         })
+    }
+
+    /// True the first time it is asked about `token_id` in this process: whether to warn that
+    /// its provider's answers carry no `expires_in`.
+    pub fn first_assumed_lifetime(&self, token_id: &str) -> bool {
+        let mut warned = self.assumed_lifetime_warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        warned.insert(token_id.to_owned())
     }
 
     /// How long a claimed lease lasts: room for a probe and a rotation at the full timeout,
@@ -128,14 +142,17 @@ pub fn build_provider(
                 .client_id
                 .clone()
                 .ok_or_else(|| format!("provider '{}' has no OAuth client id", provider.name))?;
-            let client_secret = open_client_secret(context, provider)?;
+            let method = provider.client_auth.parse().map_err(|err| format!("{err}"))?;
+            let credentials =
+                ClientCredentials { id: client_id, secret: open_client_secret(context, provider)?, method };
             let refresher = OauthRefresher::new(
                 context.http.clone(),
                 &token_url,
-                &client_id,
-                client_secret,
+                credentials,
+                &provider.name,
                 provider.redirect_uri.clone(),
-            );
+            )
+            .with_assumed_lifetime(context.settings.oauth.assumed_lifetime);
             Ok(Box::new(match provider_kind {
                 ProviderKind::Gitlab => refresher.with_token_info_url(format!("{}/oauth/token/info", base_url()?)),
                 ProviderKind::Oauth2 => refresher,

@@ -44,12 +44,17 @@
 //!   token), exactly **one** retry with the stored refresh token, marked `retry_in_flight` under
 //!   the lease before it is sent so a crash during it is not retried again; `invalid_grant` or
 //!   another unknown outcome then → `grant_lost`.
+//! - **OAuth grants at a server that keeps refresh tokens** (its refresh answers carry no new
+//!   one, recorded as `refresh_token_rotates = false`): the refresh token presented is still
+//!   valid after a refresh, so a lost answer cannot have used the grant up. An unknown outcome or
+//!   a lease left behind is retried like a transient failure, as often as needed, and
+//!   `invalid_grant` there means the grant was revoked — never `grant_lost`.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::SecretString;
-use tracing::error;
+use tracing::{error, warn};
 
 use super::context::{EngineContext, build_provider};
 use super::outcome_log;
@@ -263,7 +268,7 @@ async fn gitlab_attempt(
     match provider.renew(credential).await {
         Ok(renewed) => Attempt::Renewed(renewed),
         Err(ProviderError::Permanent { reason, message }) => needs_attention(&reason, message),
-        Err(err @ ProviderError::Unknown { .. }) => unknown_outcome(context, claim, &err, Recovery::Probe),
+        Err(err @ ProviderError::Unknown { .. }) => unknown_outcome(context, claim, &err, Some(Recovery::Probe)),
         Err(err) => retry(context, claim, &err, None),
     }
 }
@@ -314,6 +319,9 @@ async fn oauth_attempt(
     provider: &dyn TokenProvider,
     credential: &Credential,
 ) -> Attempt {
+    if claim.token.refresh_token_rotates == Some(false) {
+        return non_rotating_attempt(context, claim, provider, credential).await;
+    }
     let after_unknown = claim.recovery == Some(Recovery::RetryOnce);
     let mut single_retry = false;
     if after_unknown {
@@ -355,7 +363,25 @@ async fn oauth_attempt(
                 "the single retry after an unknown outcome had an unknown outcome too; re-authorise and run `tokenwarden token reauth` ({err})"
             ),
         ),
-        Err(err @ ProviderError::Unknown { .. }) => unknown_outcome(context, claim, &err, Recovery::RetryOnce),
+        Err(err @ ProviderError::Unknown { .. }) => unknown_outcome(context, claim, &err, Some(Recovery::RetryOnce)),
+    }
+}
+
+/// OAuth at a server known to keep the refresh token valid across refreshes (its answers carry
+/// no new one): a lost answer cannot have used the grant up, so an unknown outcome is retried
+/// like a transient failure — after the settle time, with the same refresh token, as often as
+/// needed — and `invalid_grant` means the grant was revoked, never that a refresh was lost.
+async fn non_rotating_attempt(
+    context: &EngineContext,
+    claim: &Claim,
+    provider: &dyn TokenProvider,
+    credential: &Credential,
+) -> Attempt {
+    match provider.renew(credential).await {
+        Ok(renewed) => Attempt::Renewed(renewed),
+        Err(ProviderError::Permanent { reason, message }) => needs_attention(&reason, message),
+        Err(err @ ProviderError::Unknown { .. }) => unknown_outcome(context, claim, &err, None),
+        Err(err) => retry(context, claim, &err, None),
     }
 }
 
@@ -415,17 +441,16 @@ fn retry(context: &EngineContext, claim: &Claim, err: &ProviderError, recovery: 
     Attempt::Failed(failure, retry_after)
 }
 
-/// An unknown outcome: the next attempt must start with `recovery`, and not before
+/// An unknown outcome: the next attempt must start with `recovery` (if any), and not before
 /// [`EngineContext::settle`] has passed since this request gave up (counted from now, after the
 /// call, so a request the provider is still working on has finished by then) — nor sooner than
 /// the ordinary backoff.
-fn unknown_outcome(context: &EngineContext, claim: &Claim, err: &ProviderError, recovery: Recovery) -> Attempt {
+fn unknown_outcome(context: &EngineContext, claim: &Claim, err: &ProviderError, recovery: Option<Recovery>) -> Attempt {
     let now = context.clock.now();
     let attempt_number = claim.token.attempt_count + 1;
     let backoff = context.settings.backoff.next_attempt(attempt_number, now, claim.token.expires_at, None);
     let next_attempt_at = backoff.max(now + context.settle());
-    let failure =
-        Failure::Retry { next_attempt_at, error: err.to_string(), recovery: Some(recovery), provider_not_before: None };
+    let failure = Failure::Retry { next_attempt_at, error: err.to_string(), recovery, provider_not_before: None };
     Attempt::Failed(failure, None)
 }
 
@@ -459,6 +484,9 @@ async fn commit_renewed(
     renewed: Renewed,
     actor: &str,
 ) -> RotationOutcome {
+    if renewed.assumed_lifetime {
+        warn_assumed_lifetime(context, claim);
+    }
     let seal = |field, secret: &SecretString| context.cipher.try_seal(secret_context(&claim.token.id, field), secret);
     let next_rotation_at = renewed
         .expires_at
@@ -477,6 +505,8 @@ async fn commit_renewed(
         issued_at: renewed.issued_at,
         external_id: renewed.external_id,
         next_rotation_at,
+        refresh_token_rotates: renewed.refresh_token_rotates,
+        scope: renewed.scope,
     };
     let lease = claim.lease();
     let expires_at = success.expires_at;
@@ -487,6 +517,19 @@ async fn commit_renewed(
         Err(StoreError::LeaseLost { .. }) => RotationOutcome::LeaseLost,
         Err(err) => RotationOutcome::StoreFailed { error: err.to_string() },
     }
+}
+
+/// Warns, once per token and process, that the provider gave no `expires_in`, so the access
+/// token's expiry is the configured assumption (`oauth.assumed_lifetime`).
+fn warn_assumed_lifetime(context: &EngineContext, claim: &Claim) {
+    if !context.first_assumed_lifetime(&claim.token.id) {
+        return;
+    }
+    let assumed = crate::config::HumanDuration::new(context.settings.oauth.assumed_lifetime);
+    warn!(
+        token = %claim.token.name, assumed_lifetime = %assumed,
+        "the provider's refresh answer has no expires_in; assuming the access token lives oauth.assumed_lifetime"
+    );
 }
 
 /// Records a failed attempt (retrying or needs attention) and releases the lease.

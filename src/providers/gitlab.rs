@@ -177,6 +177,9 @@ impl TokenProvider for GitlabAccessTokens {
             expires_at: Some(expiry_instant(expiry)),
             issued_at: parsed.created_at.as_deref().and_then(parse_time).unwrap_or(credential.requested_at),
             external_id: Some(id_text(&parsed.id)),
+            refresh_token_rotates: None,
+            assumed_lifetime: false,
+            scope: None,
         })
     }
 

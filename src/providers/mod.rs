@@ -6,6 +6,8 @@
 //! `/oauth/token` or any `token_url`). Every call classifies its outcome as success or a
 //! [`ProviderError`] that says whether retrying is safe, pointless, or must wait for a probe.
 
+pub mod client_auth;
+pub mod discovery;
 pub mod gitlab;
 mod http;
 pub mod oauth;
@@ -44,6 +46,13 @@ pub struct Renewed {
     pub issued_at: DateTime<Utc>,
     /// The provider's id for the new token (GitLab issues a new id on rotation).
     pub external_id: Option<String>,
+    /// For OAuth grants: whether the server issued a new refresh token (`false`: it kept the
+    /// current one valid, so a lost answer cannot lose the grant). `None` for GitLab tokens.
+    pub refresh_token_rotates: Option<bool>,
+    /// True when the answer had no `expires_in`, so `expires_at` is an assumption.
+    pub assumed_lifetime: bool,
+    /// The scope the answer granted, if it named one (space-separated).
+    pub scope: Option<String>,
 }
 
 /// What GitLab says about a token presented to `GET /personal_access_tokens/self`.

@@ -12,25 +12,42 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::client_auth::ClientCredentials;
 use super::gitlab::validate_token_text;
 use super::http::{Answer, body_snippet, classify_status, describe_json_error, look_up, send};
 use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
 
-/// Access-token lifetime assumed when a provider omits `expires_in`.
+/// Access-token lifetime assumed when a provider omits `expires_in` and nothing else is
+/// configured (`oauth.assumed_lifetime`).
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 /// Longest access-token lifetime believed: a larger `expires_in` is cut to this, so every
 /// grant keeps a planned refresh.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(366 * 24 * 3600);
+pub use crate::domain::CLIENT_CREDENTIALS_REJECTED;
+
+/// Settings for reading OAuth answers (`[oauth]` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OauthSettings {
+    /// The access-token lifetime assumed when an answer has no `expires_in`.
+    pub assumed_lifetime: Duration,
+}
+
+impl Default for OauthSettings {
+    fn default() -> Self {
+        Self { assumed_lifetime: DEFAULT_EXPIRES_IN }
+    }
+}
 
 /// Runs the refresh-token grant at one token endpoint with one client's credentials.
 #[derive(Debug, Clone)]
 pub struct OauthRefresher {
     client: reqwest::Client,
     token_url: String,
-    client_id: String,
-    client_secret: Option<SecretString>,
+    credentials: ClientCredentials,
+    provider_name: String,
     redirect_uri: Option<String>,
     token_info_url: Option<String>,
+    assumed_lifetime: Duration,
 }
 
 /// A successful token response.
@@ -43,6 +60,8 @@ struct TokenResponse {
     expires_in: Option<u64>,
     #[serde(default)]
     refresh_token: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 /// An error response (RFC 6749 §5.2).
@@ -54,21 +73,23 @@ struct ErrorResponse {
 }
 
 impl OauthRefresher {
-    /// A refresher posting to `token_url` as `client_id`.
+    /// A refresher posting to `token_url` as the client in `credentials`, of the provider
+    /// named `provider_name` (for error messages).
     pub fn new(
         client: reqwest::Client,
         token_url: &str,
-        client_id: &str,
-        client_secret: Option<SecretString>,
+        credentials: ClientCredentials,
+        provider_name: &str,
         redirect_uri: Option<String>,
     ) -> Self {
         Self {
             client,
             token_url: token_url.to_owned(),
-            client_id: client_id.to_owned(),
-            client_secret,
+            credentials,
+            provider_name: provider_name.to_owned(),
             redirect_uri,
             token_info_url: None,
+            assumed_lifetime: DEFAULT_EXPIRES_IN,
         }
     }
 
@@ -78,6 +99,68 @@ impl OauthRefresher {
         self.token_info_url = Some(url);
         self
     }
+
+    /// The access-token lifetime assumed when an answer has no `expires_in`.
+    pub fn with_assumed_lifetime(mut self, lifetime: Duration) -> Self {
+        self.assumed_lifetime = lifetime;
+        self
+    }
+
+    /// Names the client authentication used and the flags that change it in an
+    /// `invalid_client` refusal.
+    fn client_rejected(&self, message: String) -> ProviderError {
+        let name = &self.provider_name;
+        let method = self.credentials.method;
+        ProviderError::permanent(
+            CLIENT_CREDENTIALS_REJECTED,
+            format!(
+                "the provider rejected the client credentials sent with --client-auth {method} ({message}); update the provider's client secret with `tokenwarden provider update {name} --client-secret-stdin`, or choose another method with `tokenwarden provider update {name} --client-auth basic|post|none`"
+            ),
+        )
+    }
+}
+
+/// Reads a successful token answer (RFC 6749 §5.1) as far as the RFC lets a server vary it:
+/// `token_type` in any case, no `refresh_token` (the current one stays), no `expires_in`
+/// (`assumed_lifetime` applies), an optional `scope`.
+fn parse_token_response(
+    body: &[u8],
+    credential: &Credential,
+    assumed_lifetime: Duration,
+) -> Result<Renewed, ProviderError> {
+    let parsed: TokenResponse = serde_json::from_slice(body).map_err(|err| {
+        ProviderError::unknown(format!(
+            "the provider answered the refresh but not with a token response: {}",
+            describe_json_error(&err)
+        ))
+    })?;
+    if let Some(kind) = &parsed.token_type
+        && !kind.eq_ignore_ascii_case("bearer")
+    {
+        return Err(ProviderError::unknown(format!(
+            "the refresh answer's token_type is {}, not Bearer",
+            quote_token_type(kind)
+        )));
+    }
+    validate_token_text("access_token", &parsed.access_token)?;
+    if let Some(refresh) = &parsed.refresh_token {
+        validate_token_text("refresh_token", refresh)?;
+    }
+    let current = credential.refresh_token.as_ref().map(|token| token.expose_secret());
+    let rotates = parsed.refresh_token.as_deref().is_some_and(|new| Some(new) != current);
+    let issued_at = credential.requested_at;
+    let lifetime = parsed.expires_in.map(Duration::from_secs).unwrap_or(assumed_lifetime).min(MAX_EXPIRES_IN);
+    let expires_at = chrono::TimeDelta::from_std(lifetime).ok().and_then(|d| issued_at.checked_add_signed(d));
+    Ok(Renewed {
+        secret: SecretString::from(parsed.access_token),
+        refresh_token: parsed.refresh_token.filter(|_| rotates).map(SecretString::from),
+        expires_at,
+        issued_at,
+        external_id: None,
+        refresh_token_rotates: Some(rotates),
+        assumed_lifetime: parsed.expires_in.is_none(),
+        scope: parsed.scope.map(|scope| scope.split_whitespace().collect::<Vec<_>>().join(" ")),
+    })
 }
 
 /// Classifies an OAuth error answer: the RFC's error codes are permanent; statuses without
@@ -94,7 +177,15 @@ fn classify_oauth_error(status: StatusCode, headers: &reqwest::header::HeaderMap
         Err(_) if status == StatusCode::UNAUTHORIZED => {
             ProviderError::permanent("invalid_client", format!("401: {}", body_snippet(body)))
         }
-        Err(_) => classify_status(status, headers, body),
+        Err(_) => match classify_status(status, headers, body) {
+            ProviderError::Permanent { reason, message } => ProviderError::permanent(
+                reason,
+                format!(
+                    "the answer is not an OAuth error response (a proxy's page?); the grant was not judged: {message}"
+                ),
+            ),
+            other => other,
+        },
     }
 }
 
@@ -114,50 +205,22 @@ impl TokenProvider for OauthRefresher {
             .refresh_token
             .as_ref()
             .ok_or_else(|| ProviderError::permanent("no_refresh_token", "the grant has no stored refresh token"))?;
-        let mut form = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose_secret()),
-            ("client_id", self.client_id.as_str()),
-        ];
-        if let Some(secret) = &self.client_secret {
-            form.push(("client_secret", secret.expose_secret()));
-        }
+        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose_secret())];
         if let Some(redirect_uri) = &self.redirect_uri {
             form.push(("redirect_uri", redirect_uri.as_str()));
         }
-        let request = self.client.post(&self.token_url).header(reqwest::header::ACCEPT, "application/json").form(&form);
-        let Answer { status, headers, body } = send(request).await?;
+        let request = self.client.post(&self.token_url).header(reqwest::header::ACCEPT, "application/json");
+        let request = self.credentials.apply(request, &mut form);
+        let Answer { status, headers, body } = send(request.form(&form)).await?;
         if !status.is_success() {
-            return Err(classify_oauth_error(status, &headers, &body));
+            return Err(match classify_oauth_error(status, &headers, &body) {
+                ProviderError::Permanent { reason, message } if reason == "invalid_client" => {
+                    self.client_rejected(message)
+                }
+                other => other,
+            });
         }
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|err| {
-            ProviderError::unknown(format!(
-                "the provider answered the refresh but not with a token response: {}",
-                describe_json_error(&err)
-            ))
-        })?;
-        if let Some(kind) = &parsed.token_type
-            && !kind.eq_ignore_ascii_case("bearer")
-        {
-            return Err(ProviderError::unknown(format!(
-                "the refresh answer's token_type is {}, not Bearer",
-                quote_token_type(kind)
-            )));
-        }
-        validate_token_text("access_token", &parsed.access_token)?;
-        if let Some(refresh) = &parsed.refresh_token {
-            validate_token_text("refresh_token", refresh)?;
-        }
-        let issued_at = credential.requested_at;
-        let lifetime = parsed.expires_in.map(Duration::from_secs).unwrap_or(DEFAULT_EXPIRES_IN).min(MAX_EXPIRES_IN);
-        let expires_at = chrono::TimeDelta::from_std(lifetime).ok().and_then(|d| issued_at.checked_add_signed(d));
-        Ok(Renewed {
-            secret: SecretString::from(parsed.access_token),
-            refresh_token: parsed.refresh_token.map(SecretString::from),
-            expires_at,
-            issued_at,
-            external_id: None,
-        })
+        parse_token_response(&body, credential, self.assumed_lifetime)
     }
 
     /// Asks the token-info endpoint about the current access token: active → `Some`, 401 →
@@ -221,7 +284,9 @@ mod tests {
         let url = format!("http://{}/oauth/token", closed.local_addr().unwrap());
         drop(closed);
         let client = crate::providers::build_http_client(crate::providers::HttpSettings::default()).unwrap();
-        let refresher = OauthRefresher::new(client, &url, "app", None, None);
+        let credentials =
+            ClientCredentials { id: "app".into(), secret: None, method: crate::domain::ClientAuth::Basic };
+        let refresher = OauthRefresher::new(client, &url, credentials, "p", None);
         let credential = Credential {
             secret: None,
             refresh_token: Some(SecretString::from("glrt-x")),
@@ -244,5 +309,54 @@ mod tests {
         let body = br#"{"error":"server_error"}"#;
         let err = classify_oauth_error(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), body);
         assert!(matches!(err, ProviderError::Transient { .. }), "{err:?}");
+    }
+
+    fn credential(refresh: &str) -> Credential {
+        Credential {
+            secret: None,
+            refresh_token: Some(SecretString::from(refresh)),
+            requested_expiry: chrono::Utc::now().date_naive(),
+            requested_at: chrono::DateTime::parse_from_rfc3339("2026-12-03T08:00:00Z").unwrap().to_utc(),
+        }
+    }
+
+    #[test]
+    fn an_answer_without_a_refresh_token_keeps_the_current_one_and_says_it_does_not_rotate() {
+        let body = br#"{"access_token":"at-1","token_type":"bearer","expires_in":600}"#;
+        let renewed = parse_token_response(body, &credential("rt-1"), DEFAULT_EXPIRES_IN).unwrap();
+        assert!(renewed.refresh_token.is_none());
+        assert_eq!(renewed.refresh_token_rotates, Some(false));
+        assert!(!renewed.assumed_lifetime);
+        let same = br#"{"access_token":"at-2","token_type":"Bearer","expires_in":600,"refresh_token":"rt-1"}"#;
+        let renewed = parse_token_response(same, &credential("rt-1"), DEFAULT_EXPIRES_IN).unwrap();
+        assert!(renewed.refresh_token.is_none(), "the same refresh token again is not a rotation");
+        assert_eq!(renewed.refresh_token_rotates, Some(false));
+        let new = br#"{"access_token":"at-3","token_type":"BEARER","expires_in":600,"refresh_token":"rt-2"}"#;
+        let renewed = parse_token_response(new, &credential("rt-1"), DEFAULT_EXPIRES_IN).unwrap();
+        assert_eq!(renewed.refresh_token.map(|t| t.expose_secret().to_owned()).as_deref(), Some("rt-2"));
+        assert_eq!(renewed.refresh_token_rotates, Some(true));
+    }
+
+    #[test]
+    fn an_answer_without_expires_in_gets_the_assumed_lifetime_and_says_so() {
+        let body = br#"{"access_token":"at-1","token_type":"Bearer","scope":"read  write"}"#;
+        let credential = credential("rt-1");
+        let renewed = parse_token_response(body, &credential, Duration::from_secs(900)).unwrap();
+        assert!(renewed.assumed_lifetime);
+        assert_eq!(renewed.expires_at, Some(credential.requested_at + chrono::TimeDelta::seconds(900)));
+        assert_eq!(renewed.scope.as_deref(), Some("read write"));
+    }
+
+    #[test]
+    fn an_html_error_page_is_classified_by_its_status_and_never_judges_the_grant() {
+        let page = b"<html><body>Bad Gateway</body></html>";
+        let err = classify_oauth_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), page);
+        assert!(matches!(err, ProviderError::Transient { .. }), "{err:?}");
+        let err = classify_oauth_error(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), page);
+        assert!(matches!(err, ProviderError::Transient { .. }), "{err:?}");
+        let err = classify_oauth_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), page);
+        let ProviderError::Permanent { reason, message } = err else { panic!("{err:?}") };
+        assert_eq!(reason, "http_400");
+        assert!(message.contains("not an OAuth error response"), "{message}");
     }
 }

@@ -257,7 +257,16 @@ async fn rotate(
     deliver(shared, fault, response).await
 }
 
-/// Client credentials from the form or from HTTP Basic authentication.
+/// One form-URL-encoded part of HTTP Basic client credentials, decoded (RFC 6749 §2.3.1).
+fn form_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("v={text}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}
+
+/// Client credentials from the form or from HTTP Basic authentication (form-URL-encoded, then
+/// base64, as RFC 6749 §2.3.1 requires).
 fn client_credentials(headers: &HeaderMap, fields: &[(String, String)]) -> (Option<String>, Option<String>) {
     let basic = headers
         .get(header::AUTHORIZATION)
@@ -265,7 +274,7 @@ fn client_credentials(headers: &HeaderMap, fields: &[(String, String)]) -> (Opti
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
         .and_then(|decoded| String::from_utf8(decoded).ok())
-        .and_then(|pair| pair.split_once(':').map(|(id, secret)| (id.to_owned(), secret.to_owned())));
+        .and_then(|pair| pair.split_once(':').map(|(id, secret)| (form_decode(id), form_decode(secret))));
     if let Some((id, secret)) = basic {
         return (Some(id), Some(secret));
     }
@@ -284,23 +293,31 @@ pub async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
         return json_response(StatusCode::BAD_REQUEST, error);
     }
     let (client_id, client_secret) = client_credentials(&headers, &fields);
+    let by_basic = headers.get(header::AUTHORIZATION).is_some_and(|value| value.as_bytes().starts_with(b"Basic "));
     let refresh_token = field(&fields, "refresh_token").unwrap_or_default().to_owned();
     let now = shared.now();
     let result = shared.with_state(|state| {
+        if state.require_basic_auth && !by_basic {
+            return Err(RefreshError::InvalidClient);
+        }
         let result =
             state.refresh(client_id.as_deref().unwrap_or_default(), client_secret.as_deref(), &refresh_token, now);
         note_drop(state, fault, result.is_ok());
         result
     });
+    let (omit_expires_in, scope) = shared.with_state(|state| (state.omit_expires_in, state.oauth_scope.clone()));
     let response = match result {
         Ok(refreshed) => {
             let mut body = json!({
                 "access_token": refreshed.access_token,
                 "token_type": "Bearer",
                 "expires_in": refreshed.expires_in,
-                "scope": "api",
+                "scope": scope.as_deref().unwrap_or("api"),
                 "created_at": refreshed.created_at,
             });
+            if omit_expires_in && let Some(fields) = body.as_object_mut() {
+                fields.remove("expires_in");
+            }
             if let Some(refresh_token) = refreshed.refresh_token {
                 body["refresh_token"] = json!(refresh_token);
             }

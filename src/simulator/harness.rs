@@ -238,6 +238,7 @@ impl EngineHarness {
                             actor: ACTOR.to_owned(),
                             expires_at: row.expires_at,
                             occurred_at: naive(now),
+                            scopes: None,
                         };
                         diesel::insert_into(schema::token_history::table).values(&history).execute(conn)?;
                         let target = AuditTarget { kind: "token", name: &token_name };

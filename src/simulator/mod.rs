@@ -8,6 +8,7 @@
 //! Seeding and faults are also reachable over HTTP under `/-/sim/` ([`admin`]).
 
 pub mod admin;
+mod discovery;
 pub mod faults;
 mod gitlab_api;
 pub mod harness;
@@ -97,6 +98,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/groups/{id}/access_tokens/self/rotate", post(gitlab_api::rotate_group))
         .route("/oauth/token", post(gitlab_api::oauth_token))
         .route("/oauth/token/info", get(gitlab_api::oauth_token_info))
+        .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
         .merge(admin::router())
         .with_state(shared)
 }

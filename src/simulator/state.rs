@@ -171,6 +171,13 @@ pub struct GitlabState {
     /// Answer refreshes like providers that do not rotate refresh tokens: no `refresh_token`
     /// in the answer, and the one presented stays usable.
     pub keep_refresh_tokens: bool,
+    /// Answer refreshes without `expires_in` (RFC 6749 makes it only RECOMMENDED).
+    pub omit_expires_in: bool,
+    /// The `scope` refresh answers name (`api` when unset).
+    pub oauth_scope: Option<String>,
+    /// Accept client credentials at `/oauth/token` only by HTTP Basic, as many OAuth servers
+    /// do (GitLab itself also accepts them in the form body).
+    pub require_basic_auth: bool,
     /// No renewal request should arrive before this moment (the last `Retry-After`).
     pub blocked_until: Option<DateTime<Utc>>,
     /// The counters.

@@ -11,7 +11,7 @@ use super::StoreError;
 use super::schema::{audit_log, clients, providers, token_history, tokens};
 use crate::config::HumanDuration;
 use crate::domain::{
-    ClientName, ClientRole, PolicyOverrides, ProviderKind, ProviderName, TokenKind, TokenName, TokenState,
+    ClientAuth, ClientName, ClientRole, PolicyOverrides, ProviderKind, ProviderName, TokenKind, TokenName, TokenState,
 };
 
 /// Converts a stored naive timestamp (always UTC) to `DateTime<Utc>`.
@@ -67,6 +67,14 @@ pub struct ProviderRow {
     pub updated_at: NaiveDateTime,
     /// No request goes to this provider before this time (its last `Retry-After`).
     pub not_before: Option<NaiveDateTime>,
+    /// How the OAuth client authenticates at the token endpoint (`basic`, `post`, `none`).
+    pub client_auth: String,
+    /// The issuer its endpoints were discovered from (`provider add --issuer`).
+    pub issuer: Option<String>,
+    /// The discovered authorization endpoint.
+    pub authorization_url: Option<String>,
+    /// The discovered revocation endpoint (RFC 7009).
+    pub revocation_url: Option<String>,
 }
 
 /// A provider as the rest of tokenwarden sees it (without its sealed client secret).
@@ -89,6 +97,14 @@ pub struct Provider {
     pub has_client_secret: bool,
     /// Redirect URI sent with refresh requests.
     pub redirect_uri: Option<String>,
+    /// How the OAuth client authenticates at the token endpoint.
+    pub client_auth: ClientAuth,
+    /// The issuer its endpoints were discovered from, if any.
+    pub issuer: Option<String>,
+    /// The discovered authorization endpoint.
+    pub authorization_url: Option<String>,
+    /// The discovered revocation endpoint.
+    pub revocation_url: Option<String>,
     /// When it was added.
     pub created_at: DateTime<Utc>,
 }
@@ -101,6 +117,10 @@ impl TryFrom<ProviderRow> for Provider {
             name: parse_stored("provider name", &row.name)?,
             kind: parse_stored("provider kind", &row.kind)?,
             has_client_secret: row.client_secret.is_some(),
+            client_auth: parse_stored("provider client_auth", &row.client_auth)?,
+            issuer: row.issuer,
+            authorization_url: row.authorization_url,
+            revocation_url: row.revocation_url,
             id: row.id,
             url: row.url,
             token_url: row.token_url,
@@ -141,6 +161,8 @@ pub struct TokenRow {
     pub scopes: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// 1 when the OAuth server issues a new refresh token on refresh, 0 when it keeps the old.
+    pub refresh_token_rotates: Option<i32>,
 }
 
 /// A new row of `tokens`, secrets already sealed.
@@ -215,6 +237,14 @@ pub struct Token {
     pub last_error: Option<String>,
     /// Why a human must act (with `needs_attention`).
     pub attention_reason: Option<String>,
+    /// What the human should do about it (with `needs_attention`): `reauthorize`,
+    /// `update_provider` or `replace`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+    /// For OAuth grants, once refreshed: whether the server issues a new refresh token on each
+    /// refresh (`false`: it keeps the current one valid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token_rotates: Option<bool>,
     /// An earlier attempt whose outcome is not known yet (`probe`, `retry_once`, `retry_in_flight`).
     pub recovery: Option<String>,
     /// The token's scopes as the provider reported them.
@@ -229,6 +259,7 @@ impl Token {
     /// Builds a record from a row and its provider's name.
     pub fn from_row(row: TokenRow, provider_name: &str) -> Result<Self, StoreError> {
         let kind: TokenKind = parse_stored("token kind", &row.kind)?;
+        let state: TokenState = parse_stored("token state", &row.state)?;
         let (project, group) = match kind {
             TokenKind::GitlabProjectAccessToken => (row.resource, None),
             TokenKind::GitlabGroupAccessToken => (None, row.resource),
@@ -240,7 +271,7 @@ impl Token {
             kind,
             project,
             group,
-            state: parse_stored("token state", &row.state)?,
+            state,
             policy_overrides: PolicyOverrides {
                 lifetime: stored_duration("lifetime_seconds", row.lifetime_seconds)?,
                 rotate_before: stored_duration("rotate_before_seconds", row.rotate_before_seconds)?,
@@ -258,12 +289,26 @@ impl Token {
             last_success_at: row.last_success_at.map(utc),
             last_failure_at: row.last_failure_at.map(utc),
             last_error: row.last_error,
+            remedy: (state == TokenState::NeedsAttention)
+                .then(|| remedy(kind, row.attention_reason.as_deref().unwrap_or_default()).to_owned()),
             attention_reason: row.attention_reason,
+            refresh_token_rotates: row.refresh_token_rotates.map(|flag| flag != 0),
             recovery: row.recovery,
             scopes: row.scopes,
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
         })
+    }
+}
+
+/// What a human does about a token in `needs_attention` for `reason`: fix the provider's
+/// client credentials (`update_provider`), re-authorise an OAuth grant (`reauthorize`), or
+/// issue a new GitLab token and add it again (`replace`).
+pub fn remedy(kind: TokenKind, reason: &str) -> &'static str {
+    match reason {
+        crate::domain::CLIENT_CREDENTIALS_REJECTED | "provider_misconfigured" => "update_provider",
+        _ if kind.is_oauth_grant() => "reauthorize",
+        _ => "replace",
     }
 }
 
@@ -278,6 +323,8 @@ pub struct HistoryRow {
     pub actor: String,
     pub expires_at: Option<NaiveDateTime>,
     pub occurred_at: NaiveDateTime,
+    /// The scope this version was granted, when it differs from the version before.
+    pub scopes: Option<String>,
 }
 
 /// One version of a token: when it came to be, why, and by whom.
@@ -293,6 +340,9 @@ pub struct HistoryEntry {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
+    /// The scope granted with this version, when the provider changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
 }
 
 impl From<HistoryRow> for HistoryEntry {
@@ -303,6 +353,7 @@ impl From<HistoryRow> for HistoryEntry {
             actor: row.actor,
             expires_at: row.expires_at.map(utc),
             occurred_at: utc(row.occurred_at),
+            scopes: row.scopes,
         }
     }
 }

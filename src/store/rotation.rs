@@ -78,6 +78,8 @@ pub struct Lease {
     pub expires_at: Option<DateTime<Utc>>,
     /// The provider's id for the current secret.
     pub external_id: Option<String>,
+    /// The scope recorded for the current secret (a refresh that names another is history).
+    pub scopes: Option<String>,
 }
 
 impl Claim {
@@ -92,6 +94,7 @@ impl Claim {
             attempt_count: self.token.attempt_count,
             expires_at: self.token.expires_at,
             external_id: self.token.external_id.clone(),
+            scopes: self.token.scopes.clone(),
         }
     }
 }
@@ -138,6 +141,10 @@ pub struct Success {
     pub external_id: Option<String>,
     /// When to rotate next.
     pub next_rotation_at: Option<DateTime<Utc>>,
+    /// OAuth: whether the server issued a new refresh token (`None`: not an OAuth answer).
+    pub refresh_token_rotates: Option<bool>,
+    /// The scope the answer granted, if it named one.
+    pub scope: Option<String>,
 }
 
 /// A failed attempt.
@@ -202,6 +209,9 @@ fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime
             }
             recovery = match (kind.is_oauth_grant(), recovery) {
                 (false, _) => Some(Recovery::Probe),
+                // A server that keeps refresh tokens valid across refreshes: the lost refresh
+                // did not use the grant up, so the next attempt is an ordinary refresh.
+                (true, _) if row.refresh_token_rotates == Some(0) => None,
                 (true, Some(Recovery::RetryInFlight)) => return Ok(Decision::GrantLost),
                 (true, _) => Some(Recovery::RetryOnce),
             };
@@ -550,6 +560,8 @@ fn store_success(
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
     let fenced = tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
+    // The lease's scope is the stored one: nothing else writes it while the lease is held.
+    let changed_scope = success.scope.as_ref().filter(|scope| Some(*scope) != lease.scopes.as_ref());
     let changed = diesel::update(fenced)
         .set((
             tokens::secret.eq(&success.secret),
@@ -569,6 +581,8 @@ fn store_success(
             tokens::attention_reason.eq(None::<String>),
             tokens::updated_at.eq(naive(now)),
             success.refresh_token.as_ref().map(|refresh_token| tokens::refresh_token.eq(refresh_token)),
+            success.refresh_token_rotates.map(|rotates| tokens::refresh_token_rotates.eq(i32::from(rotates))),
+            changed_scope.map(|scope| tokens::scopes.eq(scope)),
         ))
         .execute(conn)?;
     ensure_fenced(changed, lease)?;
@@ -581,6 +595,7 @@ fn store_success(
         actor: actor.to_owned(),
         expires_at: success.expires_at.map(naive),
         occurred_at: naive(now),
+        scopes: changed_scope.cloned(),
     };
     diesel::insert_into(token_history::table).values(&history).execute(conn)?;
     let name = lease.token_name.as_str();

@@ -25,6 +25,10 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         not_before -> Nullable<Timestamp>,
+        client_auth -> Text,
+        issuer -> Nullable<Text>,
+        authorization_url -> Nullable<Text>,
+        revocation_url -> Nullable<Text>,
     }
 }
 
@@ -59,6 +63,7 @@ diesel::table! {
         scopes -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        refresh_token_rotates -> Nullable<Integer>,
     }
 }
 
@@ -72,6 +77,7 @@ diesel::table! {
         actor -> Text,
         expires_at -> Nullable<Timestamp>,
         occurred_at -> Timestamp,
+        scopes -> Nullable<Text>,
     }
 }
 

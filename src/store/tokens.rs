@@ -138,6 +138,7 @@ pub fn insert(
             actor: actor.to_owned(),
             expires_at: row.expires_at,
             occurred_at: naive(now),
+            scopes: None,
         };
         diesel::insert_into(token_history::table).values(&history).execute(conn)?;
         let target = AuditTarget { kind: "token", name: new.name.as_str() };

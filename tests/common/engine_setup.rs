@@ -21,6 +21,7 @@ pub fn engine_settings(timeout: Duration) -> EngineSettings {
     EngineSettings {
         http: HttpSettings { timeout, connect_timeout: Duration::from_secs(1) },
         backoff: Backoff { base: Duration::from_secs(10), max: Duration::from_secs(600) },
+        oauth: Default::default(),
     }
 }
 
