@@ -82,6 +82,9 @@ pub struct CheckArgs {
     /// CRITICAL when a GitLab token expires within this (or a token needs attention or expired)
     #[arg(long, default_value = "1d")]
     pub critical: HumanDuration,
+    /// Report OK for a store that tracks no token (otherwise UNKNOWN: a check of the wrong, empty store must not pass)
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 /// `audit` options.

@@ -5,7 +5,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::args::{ClientAddArgs, ClientCommand};
-use super::context::{open_cipher, open_store};
+use super::context::{KeyCreation, create_store, open_cipher, open_store};
 use super::output::{print_json, print_table, text};
 use super::provider::validate_http_url;
 use super::{CLI_ACTOR, CliError};
@@ -54,8 +54,8 @@ async fn add(settings: Settings, args: ClientAddArgs) -> Result<(), CliError> {
     let webhook_url = args.webhook.as_deref().map(|u| validate_http_url("--webhook", u)).transpose()?;
     let new = NewClient { name: args.name, role: args.role, grants: args.grants, webhook_url };
     let webhook_secret = new.webhook_url.as_ref().map(|_| generate_webhook_secret());
-    let store = open_store(&settings).await?;
-    let cipher = open_cipher(&settings, &store).await?;
+    let store = create_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Allowed).await?;
     let created =
         store.run(move |conn| clients::insert(conn, &cipher, &new, webhook_secret, CLI_ACTOR, Utc::now())).await?;
     let mut shown = json!({

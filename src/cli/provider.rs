@@ -3,7 +3,7 @@
 use chrono::Utc;
 
 use super::args::{ProviderAddArgs, ProviderCommand};
-use super::context::{open_cipher, open_store};
+use super::context::{KeyCreation, create_store, open_cipher, open_store};
 use super::output::{print_json, print_table, text};
 use super::secret_input::read_secret_line;
 use super::{CLI_ACTOR, CliError};
@@ -88,8 +88,8 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
         client_secret,
         redirect_uri,
     };
-    let store = open_store(&settings).await?;
-    let cipher = open_cipher(&settings, &store).await?;
+    let store = create_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Allowed).await?;
     let provider = store.run(move |conn| providers::insert(conn, &cipher, &new, CLI_ACTOR, Utc::now())).await?;
     eprintln!("added provider '{}' ({})", provider.name, provider.kind);
     Ok(())

@@ -13,6 +13,35 @@ pub enum StoreError {
         /// What went wrong and what to check.
         message: String,
     },
+    /// There is no tokenwarden store where the settings point (a read-only command never
+    /// creates one).
+    #[error(
+        "no tokenwarden store at {url} (check --database-url / TOKENWARDEN_DATABASE_URL and the working \
+         directory; `tokenwarden serve` or an add command creates a store)"
+    )]
+    NoStore {
+        /// The database URL (without password).
+        url: String,
+    },
+    /// The store's schema is older than this tokenwarden's, and the command does not migrate.
+    #[error(
+        "the store at {url} has an older schema ({pending} migration(s) not applied); this command does not \
+         migrate: start `tokenwarden serve` of this version once (it migrates), then run it again"
+    )]
+    SchemaBehind {
+        /// The database URL (without password).
+        url: String,
+        /// How many migrations are not applied.
+        pending: usize,
+    },
+    /// The store was written by a newer tokenwarden.
+    #[error("the store at {url} was written by a newer tokenwarden (schema {versions}); use that version or newer")]
+    SchemaAhead {
+        /// The database URL (without password).
+        url: String,
+        /// The applied migrations this binary does not know.
+        versions: String,
+    },
     /// Applying migrations failed.
     #[error("cannot migrate the database schema: {0}")]
     Migration(String),

@@ -12,7 +12,7 @@ mod connection;
 mod error;
 pub mod job_lock;
 pub mod meta;
-mod migrations;
+pub mod migrations;
 pub mod models;
 pub mod outbox;
 mod pool;
@@ -66,18 +66,50 @@ impl Store {
             warn_without_autovacuum(pg);
         }
         drop(first);
+        Ok(Self::with_pool(url))
+    }
+
+    /// Opens an existing store whose schema is this binary's, without creating or migrating
+    /// anything: for commands that only read or change what exists. A missing SQLite file, or a
+    /// database without tokenwarden's tables, is [`StoreError::NoStore`]; an older or newer
+    /// schema is [`StoreError::SchemaBehind`] / [`StoreError::SchemaAhead`]. Blocking.
+    pub fn open_existing(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let no_store = || StoreError::NoStore { url: url.to_string() };
+        if let DatabaseUrl::Sqlite(path) = url
+            && !path.is_file()
+        {
+            return Err(no_store());
+        }
+        let mut first = connect(url)
+            .map_err(|err| StoreError::Open { url: url.to_string(), message: describe_open_error(url, &err) })?;
+        match migrations::status(&mut first)? {
+            migrations::SchemaStatus::Current => {}
+            migrations::SchemaStatus::Missing => return Err(no_store()),
+            migrations::SchemaStatus::Behind(pending) => {
+                return Err(StoreError::SchemaBehind { url: url.to_string(), pending });
+            }
+            migrations::SchemaStatus::Ahead(versions) => {
+                return Err(StoreError::SchemaAhead { url: url.to_string(), versions: versions.join(", ") });
+            }
+        }
+        drop(first);
+        Ok(Self::with_pool(url))
+    }
+
+    /// The store's pool and helpers on a database that is ready.
+    fn with_pool(url: &DatabaseUrl) -> Self {
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
             .connection_timeout(POOL_WAIT)
             .test_on_check_out(false)
             .build_unchecked(Manager::new(url.clone()));
-        Ok(Self {
+        Self {
             pool,
             url: url.clone(),
             audit: audit_batch::AuditBatcher::default(),
             writes: write_health::WriteHealth::default(),
-        })
+        }
     }
 
     /// The URL this store was opened with.
