@@ -262,6 +262,9 @@ fn provider_in_use_cannot_be_removed() {
 #[test]
 fn client_add_prints_its_key_once_and_list_never_does() {
     let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("a");
+    sandbox.add_project_token("b");
     let created: serde_json::Value = serde_json::from_str(&sandbox.ok(
         &[
             "client",

@@ -204,10 +204,13 @@ pub enum TokenCommand {
         /// Token name
         name: TokenName,
     },
-    /// Stop tracking a token and forget its secrets
+    /// Stop tracking a token and forget its secrets (names the clients granted it; needs --yes when there are any)
     Remove {
         /// Token name
         name: TokenName,
+        /// Remove it although clients are granted it (their grants go with it)
+        #[arg(long)]
+        yes: bool,
     },
 }
 

@@ -51,7 +51,8 @@ impl From<StoreError> for CliError {
             StoreError::AlreadyExists { .. }
             | StoreError::NotFound { .. }
             | StoreError::InvalidInput(_)
-            | StoreError::NoStore { .. } => CliError::Usage(err.to_string()),
+            | StoreError::NoStore { .. }
+            | StoreError::StillGranted { .. } => CliError::Usage(err.to_string()),
             other => CliError::Failed(other.to_string()),
         }
     }

@@ -35,14 +35,14 @@ pub async fn run(settings: Settings, command: TokenCommand) -> Result<(), CliErr
             })
             .await
         }
-        TokenCommand::Remove { name } => {
+        TokenCommand::Remove { name, yes } => {
             let store = open_store(&settings).await?;
             let shown = name.clone();
-            let grants = store.run(move |conn| tokens::remove(conn, &name, CLI_ACTOR, Utc::now())).await?;
-            match grants {
-                0 => eprintln!("removed token '{shown}'"),
-                1 => eprintln!("removed token '{shown}' and the one client grant to read it"),
-                n => eprintln!("removed token '{shown}' and the {n} client grants to read it"),
+            let readers = store.run(move |conn| tokens::remove(conn, &name, yes, CLI_ACTOR, Utc::now())).await?;
+            if readers.is_empty() {
+                eprintln!("removed token '{shown}'");
+            } else {
+                eprintln!("removed token '{shown}' and the grants of client(s) {} to read it", readers.join(", "));
             }
             Ok(())
         }

@@ -64,6 +64,17 @@ pub enum StoreError {
         /// The name.
         name: String,
     },
+    /// A token cannot be removed without the operator's word, since clients may read it.
+    #[error(
+        "token '{token}' is granted to client(s) {clients}; removing it drops their grants: run again with --yes \
+         to remove it anyway"
+    )]
+    StillGranted {
+        /// The token.
+        token: String,
+        /// The clients granted it, comma-separated.
+        clients: String,
+    },
     /// The request contradicts the current state (e.g. removing a provider still in use).
     #[error("{0}")]
     Conflict(String),

@@ -181,25 +181,27 @@ pub fn find_as(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) ->
         .select((TokenRow::as_select(), providers_table::name));
     let found = match reader {
         ReadAs::Operator => token.get_result::<(TokenRow, String)>(conn),
-        ReadAs::Reader { client_id } => {
-            token.filter(diesel::dsl::exists(grant_of(client_id, name))).get_result::<(TokenRow, String)>(conn)
-        }
+        ReadAs::Reader { client_id } => tokens::table
+            .inner_join(providers_table::table)
+            .inner_join(client_grants::table.on(grant_of(client_id)))
+            .filter(tokens::name.eq(name.as_str()))
+            .select((TokenRow::as_select(), providers_table::name))
+            .get_result::<(TokenRow, String)>(conn),
     };
     let (row, provider) = found.optional()?.ok_or_else(|| not_found(name))?;
     Token::from_row(row, &provider)
 }
 
-/// The query [`grant_of`] builds.
-type GrantOf<'a> = diesel::dsl::Filter<
-    diesel::dsl::Filter<client_grants::table, diesel::dsl::Eq<client_grants::client_id, &'a str>>,
-    diesel::dsl::Eq<client_grants::token_name, &'a str>,
+/// The join condition [`grant_of`] builds.
+type GrantOf<'a> = diesel::dsl::And<
+    diesel::dsl::Eq<client_grants::token_id, tokens::id>,
+    diesel::dsl::Eq<client_grants::client_id, &'a str>,
 >;
 
-/// The grant of token `name` to client `client_id`, for an `EXISTS` beside a read.
-fn grant_of<'a>(client_id: &'a str, name: &'a TokenName) -> GrantOf<'a> {
-    client_grants::table
-        .filter(client_grants::client_id.eq(client_id))
-        .filter(client_grants::token_name.eq(name.as_str()))
+/// Joins a token row to its grant to client `client_id` (the grant's primary key), so a read
+/// finds the row only when that client was granted that very token.
+fn grant_of(client_id: &str) -> GrantOf<'_> {
+    client_grants::token_id.eq(tokens::id).and(client_grants::client_id.eq(client_id))
 }
 
 /// What the exported gauges need: tokens per state, and the expiries worth a series each.
@@ -267,8 +269,8 @@ pub enum ReadAs<'a> {
 
 /// As [`read_current`], for `reader`: a token a reader was not granted is
 /// [`StoreError::NotFound`], exactly like one that does not exist. The grant is checked in the
-/// same statement as the read (`… AND EXISTS (SELECT … FROM client_grants …)`), one primary-key
-/// look-up, so both come from one snapshot and the read costs one statement.
+/// same statement as the read (`… JOIN client_grants ON token_id = tokens.id AND client_id = …`),
+/// one primary-key look-up, so both come from one snapshot and the read costs one statement.
 pub fn read_current_as(
     conn: &mut DbConnection,
     cipher: &Cipher,
@@ -280,13 +282,15 @@ pub fn read_current_as(
         providers_table::name,
         tokens::secret,
     ));
-    let found =
-        match reader {
-            ReadAs::Operator => current.get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
-            ReadAs::Reader { client_id } => current
-                .filter(diesel::dsl::exists(grant_of(client_id, name)))
-                .get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
-        };
+    let found = match reader {
+        ReadAs::Operator => current.get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
+        ReadAs::Reader { client_id } => tokens::table
+            .inner_join(providers_table::table)
+            .inner_join(client_grants::table.on(grant_of(client_id)))
+            .filter(tokens::name.eq(name.as_str()))
+            .select((TokenRow::as_select(), providers_table::name, tokens::secret))
+            .get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
+    };
     let (row, provider, sealed) = found.optional()?.ok_or_else(|| not_found(name))?;
     let secret = sealed
         .map(|bytes| cipher.open(secret_context(&row.id, SecretField::Secret), &bytes).map_err(StoreError::from))
@@ -373,24 +377,36 @@ fn token_target(name: &TokenName) -> AuditTarget<'_> {
 }
 
 /// Stops tracking a token and forgets its secrets and history (the audit log keeps a row).
-/// Every client's grant to read it goes in the same transaction: grants are by name, and a
-/// token added later under the same name is another credential, readable only by clients
-/// granted it anew. Returns how many grants were removed.
-pub fn remove(conn: &mut DbConnection, name: &TokenName, actor: &str, now: DateTime<Utc>) -> Result<usize, StoreError> {
+/// Every client's grant to read it goes in the same transaction (grants are by token identity:
+/// a token added later under the same name is another credential, readable only by clients
+/// granted it anew). While clients hold grants, nothing is removed unless `drop_grants` says
+/// the operator agreed ([`StoreError::StillGranted`] names them). Returns the names of the
+/// clients whose grants were removed.
+pub fn remove(
+    conn: &mut DbConnection,
+    name: &TokenName,
+    drop_grants: bool,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
     conn.write_transaction(|conn| {
         let token = find(conn, name)?;
         ensure_settled(&token, "remove")?;
+        let readers = super::clients::granted(conn, &token.id)?;
+        if !readers.is_empty() && !drop_grants {
+            return Err(StoreError::StillGranted { token: name.to_string(), clients: readers.join(", ") });
+        }
+        diesel::delete(client_grants::table.filter(client_grants::token_id.eq(&token.id))).execute(conn)?;
         diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
-        let grants =
-            diesel::delete(client_grants::table.filter(client_grants::token_name.eq(name.as_str()))).execute(conn)?;
-        let detail = format!("version={} grants_removed={grants}", token.version);
+        let detail = format!("version={} grants_removed={}", token.version, readers.len());
+        let detail = if readers.is_empty() { detail } else { format!("{detail} clients={}", readers.join(",")) };
         audit::record(conn, now, actor, "token.remove", token_target(name), Some(detail))?;
-        Ok(grants)
+        Ok(readers)
     })
 }
 
-/// Takes back a `token add` whose first contact with the provider failed: the token row
-/// goes, but grants made for its name before it was added stay, as they were.
+/// Takes back a `token add` whose first contact with the provider failed: the token row goes
+/// (with any grant of it, which can only have been made in the moment since it was added).
 pub fn undo_add(
     conn: &mut DbConnection,
     name: &TokenName,
@@ -401,6 +417,7 @@ pub fn undo_add(
     conn.write_transaction(|conn| {
         let token = find(conn, name)?;
         ensure_settled(&token, "remove")?;
+        diesel::delete(client_grants::table.filter(client_grants::token_id.eq(&token.id))).execute(conn)?;
         diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
         audit::record(conn, now, actor, "token.remove", token_target(name), Some(format!("add undone: {why}")))
     })
