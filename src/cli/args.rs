@@ -71,6 +71,26 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the audit log: rotations, secret reads, and every change made
     Audit(AuditArgs),
+    /// Write a consistent copy of the SQLite store to a new file (mode 0600), while the daemon runs
+    Backup(BackupArgs),
+    /// Replace the SQLite store with a backup (refused while a daemon serves the store)
+    Restore(RestoreArgs),
+}
+
+/// `backup` options.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new file to write (never overwritten; its directory must exist)
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+}
+
+/// `restore` options.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A file written by `tokenwarden backup`
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
 }
 
 /// `check` options.

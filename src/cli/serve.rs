@@ -34,6 +34,8 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         .map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", settings.listen)))?;
     let local = listener.local_addr().map_err(failed("cannot read the listening address"))?;
     let store = create_store(&settings).await?;
+    // Held until the daemon exits: `restore` refuses to replace the store while it is held.
+    let _serving = crate::store::daemon_lock::DaemonLock::for_serve(&settings.database_url)?;
     let cipher = open_cipher(&settings, &store, KeyCreation::Allowed).await?;
     if let Some(path) = created_key_file() {
         warn!(path = %path.display(), "{}", created_key_notice(&path));

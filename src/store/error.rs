@@ -75,6 +75,15 @@ pub enum StoreError {
         /// The clients granted it, comma-separated.
         clients: String,
     },
+    /// A daemon serves the store, so it cannot be replaced under it.
+    #[error(
+        "a tokenwarden daemon is serving this store (it holds {lock}); stop it (e.g. `systemctl stop tokenwarden`) \
+         and run restore again"
+    )]
+    DaemonRunning {
+        /// The lock file the daemon holds.
+        lock: String,
+    },
     /// The request contradicts the current state (e.g. removing a provider still in use).
     #[error("{0}")]
     Conflict(String),

@@ -6,9 +6,11 @@
 
 pub mod audit;
 mod audit_batch;
+pub mod backup;
 pub mod changes;
 pub mod clients;
 mod connection;
+pub mod daemon_lock;
 mod error;
 pub mod job_lock;
 pub mod meta;

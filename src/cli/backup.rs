@@ -1,0 +1,79 @@
+//! `tokenwarden backup` and `tokenwarden restore`: a consistent copy of a SQLite store taken
+//! while the daemon runs, and putting one back while no daemon runs. The master key is not in
+//! the copy; it is backed up separately.
+
+use chrono::Utc;
+
+use super::CliError;
+use super::args::{BackupArgs, RestoreArgs};
+use super::context::open_store;
+use crate::config::{DatabaseUrl, Settings};
+use crate::store::backup::{self, BackupInfo};
+use crate::store::daemon_lock::DaemonLock;
+
+/// What to do instead on PostgreSQL.
+const POSTGRES_BACKUP: &str = "backup and restore copy SQLite stores; back a PostgreSQL store up with \
+     `pg_dump --format=custom --file=FILE URL` and restore it with `pg_restore --clean --dbname=URL FILE` while \
+     no replica runs (keep the master key separately)";
+
+/// `backup --to FILE`: an online, consistent copy of the store, mode 0600, secrets still sealed.
+pub async fn backup(settings: Settings, args: BackupArgs) -> Result<(), CliError> {
+    if matches!(settings.database_url, DatabaseUrl::Postgres(_)) {
+        return Err(CliError::Usage(POSTGRES_BACKUP.into()));
+    }
+    let store = open_store(&settings).await?;
+    let target = args.to.clone();
+    let info = store.run(move |conn| backup::backup(conn, &target)).await?;
+    eprintln!(
+        "backed up {} to {} ({}); keep the master key{} separately: the backup cannot be read without it",
+        settings.database_url,
+        args.to.display(),
+        describe(&info),
+        key_hint(&settings)
+    );
+    Ok(())
+}
+
+/// `restore --from FILE`: checks the file, then replaces the store with it atomically, keeping
+/// the replaced file beside it; refused while a daemon serves the store.
+pub async fn restore(settings: Settings, args: RestoreArgs) -> Result<(), CliError> {
+    let DatabaseUrl::Sqlite(database) = settings.database_url.clone() else {
+        return Err(CliError::Usage(POSTGRES_BACKUP.into()));
+    };
+    let source = args.from.clone();
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let (info, kept) = tokio::task::spawn_blocking(move || {
+        let info = backup::inspect(&source)?;
+        let _lock = DaemonLock::for_restore(&database)?;
+        let kept = backup::replace(&database, &source, &stamp)?;
+        Ok::<_, crate::store::StoreError>((info, kept))
+    })
+    .await
+    .map_err(|err| CliError::Failed(format!("the restore task failed: {err}")))??;
+    let kept = kept.map(|path| format!("; the store it replaced is kept as {}", path.display())).unwrap_or_default();
+    let migrate = if info.pending_migrations > 0 { "; `tokenwarden serve` migrates it on start" } else { "" };
+    eprintln!(
+        "restored {} to {} ({}){kept}{migrate}; start the daemon with the master key the backup was sealed with",
+        args.from.display(),
+        settings.database_url,
+        describe(&info)
+    );
+    Ok(())
+}
+
+fn describe(info: &BackupInfo) -> String {
+    match info.tokens {
+        1 => "1 token".to_owned(),
+        n => format!("{n} tokens"),
+    }
+}
+
+/// The master key file in use, when one is configured or sits beside the database.
+fn key_hint(settings: &Settings) -> String {
+    settings
+        .master_key_file
+        .clone()
+        .or_else(|| settings.database_url.default_master_key_file())
+        .map(|path| format!(" ({})", path.display()))
+        .unwrap_or_default()
+}
