@@ -44,3 +44,75 @@ fn removing_a_granted_token_names_its_readers_and_needs_yes_and_a_new_token_of_t
     assert_eq!(client_grants(&sandbox, "dbt"), serde_json::json!([]), "the new 'ci' is another credential");
     sandbox.ok(&["token", "remove", "ci"], "");
 }
+
+#[test]
+fn token_update_changes_the_policy_in_place_keeps_the_history_and_is_audited() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("ci");
+    let planned = sandbox.token_show("ci")["next_rotation_at"].clone();
+    let args = ["token", "update", "ci", "--lifetime", "90d", "--margin", "10d", "--rotate-at-fraction", "0.5"];
+    let updated: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&[&args[..], &["--gitlab-name", "dbt ci bot", "--json"]].concat(), ""))
+            .unwrap();
+    assert_eq!(updated["policy"]["lifetime"], "90d");
+    assert_eq!(updated["policy"]["rotate_before"], "10d");
+    assert_eq!(updated["policy"]["rotate_at_fraction"], 0.5);
+    assert_eq!(updated["gitlab_name"], "dbt ci bot");
+    assert_eq!(updated["version"], 1);
+    assert_ne!(updated["next_rotation_at"], planned, "re-planned under the new policy");
+    sandbox.ok(&["token", "update", "ci", "--rotate-before", "9d"], "");
+    assert_eq!(sandbox.token_show("ci")["policy"]["rotate_before"], "9d", "--rotate-before is an alias");
+    assert_eq!(sandbox.token_show("ci")["policy"]["lifetime"], "90d", "what is not given is kept");
+
+    let history: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["token", "history", "ci", "--json"], "")).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1, "no new version: {history}");
+    let audit = sandbox.ok(&["audit", "--token", "ci", "--json"], "");
+    assert!(audit.contains("token.update") && audit.contains("lifetime=90d"), "{audit}");
+
+    let before = sandbox.token_show("ci");
+    for (args, expected) in [
+        (&["token", "update", "nope", "--margin", "1d"][..], "no token named 'nope'"),
+        (&["token", "update", "ci"][..], "nothing to change"),
+        (&["token", "update", "ci", "--lifetime", "400d"][..], "--lifetime 400d is outside"),
+        (&["token", "update", "ci", "--margin", "95d"][..], "--margin 95d is not shorter than the lifetime 90d"),
+        (&["token", "update", "ci", "--rotate-at-fraction", "1.5"][..], "--rotate-at-fraction 1.5"),
+        (&["token", "update", "ci", "--gitlab-name", " "][..], "GitLab name"),
+    ] {
+        let stderr = sandbox.fails(args, "", 2);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+    }
+    assert_eq!(sandbox.token_show("ci"), before, "a refused update changes nothing");
+}
+
+#[test]
+fn a_token_update_reschedules_at_once_and_the_running_daemon_rotates_it() {
+    use common::serve_process::ServeProcess;
+    use std::time::{Duration, Instant};
+    use tokenwarden::simulator::TokenOwner;
+
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    let expires = chrono::Utc::now().date_naive() + chrono::Days::new(10);
+    let secret = sandbox.gitlab.sim.create_access_token(TokenOwner::Project("42".into()), &["api"], expires).1;
+    let args = ["token", "add", "ci", "--provider", "gitlab", "--kind", "gitlab-project-access-token"];
+    sandbox.ok(&[&args[..], &["--project", "42", "--secret-stdin"]].concat(), &format!("{secret}\n"));
+
+    let config = sandbox.path().join("serve.toml");
+    std::fs::write(&config, "").unwrap();
+    let log = sandbox.path().join("serve.log");
+    let mut daemon =
+        ServeProcess::start(sandbox.path(), &config, &log, &[("TOKENWARDEN_DATABASE_URL", sandbox.database_url())]);
+    daemon.wait_for_api(&log, Duration::from_secs(30));
+    assert_eq!(sandbox.token_show("ci")["version"], 1, "not due under the default policy (7d margin)");
+
+    sandbox.ok(&["token", "update", "ci", "--margin", "20d"], "");
+    let started = Instant::now();
+    while sandbox.token_show("ci")["version"] != 2 {
+        assert!(started.elapsed() < Duration::from_secs(15), "the daemon did not rotate the re-planned token");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(daemon.terminate(Duration::from_secs(30)).success());
+}

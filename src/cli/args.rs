@@ -224,6 +224,8 @@ pub enum TokenCommand {
         /// Token name
         name: TokenName,
     },
+    /// Change a token's policy or GitLab name in place (rescheduled at once; history unchanged)
+    Update(TokenUpdateArgs),
     /// Stop tracking a token and forget its secrets (names the clients granted it; needs --yes when there are any)
     Remove {
         /// Token name
@@ -261,11 +263,32 @@ pub struct TokenAddArgs {
     #[arg(long)]
     pub lifetime: Option<HumanDuration>,
     /// Minimum margin before expiry (e.g. 7d, 5m)
-    #[arg(long)]
+    #[arg(long, visible_alias = "margin")]
     pub rotate_before: Option<HumanDuration>,
     /// Rotate when this fraction of the lifetime has passed (0 < F <= 1)
     #[arg(long)]
     pub rotate_at_fraction: Option<f64>,
+}
+
+/// `token update` options.
+#[derive(Debug, Args)]
+pub struct TokenUpdateArgs {
+    /// Token name
+    pub name: TokenName,
+    /// Lifetime requested when the GitLab token is rotated (e.g. 90d; at most 365d)
+    #[arg(long)]
+    pub lifetime: Option<HumanDuration>,
+    /// Minimum margin before expiry (e.g. 10d, 5m)
+    #[arg(long, visible_alias = "rotate-before")]
+    pub margin: Option<HumanDuration>,
+    /// Rotate when this fraction of the lifetime has passed (0 < F <= 1)
+    #[arg(long)]
+    pub rotate_at_fraction: Option<f64>,
+    /// The name the token has at GitLab
+    #[arg(long, value_name = "TEXT")]
+    pub gitlab_name: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `client …`

@@ -178,6 +178,7 @@ mod tests {
             attention_reason: Some("revoked".into()),
             recovery: None,
             scopes: None,
+            gitlab_name: None,
             created_at: now,
             updated_at: now,
         }

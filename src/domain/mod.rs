@@ -10,7 +10,7 @@ mod state;
 
 pub use kinds::{ClientRole, ProviderKind, TokenKind};
 pub use names::{ClientName, InvalidName, ProviderName, TokenName};
-pub use policy::{Policy, PolicyOverrides};
+pub use policy::{Policy, PolicyNames, PolicyOverrides};
 pub use state::{Recovery, TokenState};
 
 /// A string that did not name any of a closed set of values.

@@ -43,6 +43,21 @@ pub fn plan_rotation(
     jittered.min(rule)
 }
 
+/// The plan of `token` under its own (possibly just changed) overrides and `defaults`, after
+/// checking them for its kind ([`Policy::checked`]); `None` when its secret's issue time or
+/// expiry is not known yet (the plan stays as it is).
+pub fn replanned(
+    token: &crate::store::models::Token,
+    defaults: &crate::config::PolicyDefaults,
+    names: crate::domain::PolicyNames,
+) -> Result<Option<DateTime<Utc>>, String> {
+    let policy = Policy::checked(token.kind, &token.policy_overrides, defaults, names)?;
+    Ok(match (token.issued_at, token.expires_at) {
+        (Some(issued_at), Some(expires_at)) => Some(plan_rotation(token.name.as_str(), issued_at, expires_at, &policy)),
+        _ => None,
+    })
+}
+
 /// `delta × factor`, rounded to whole milliseconds.
 fn scale(delta: TimeDelta, factor: f64) -> TimeDelta {
     TimeDelta::milliseconds((delta.num_milliseconds() as f64 * factor) as i64)

@@ -141,6 +141,7 @@ pub struct TokenRow {
     pub scopes: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub gitlab_name: Option<String>,
 }
 
 /// A new row of `tokens`, secrets already sealed.
@@ -219,6 +220,8 @@ pub struct Token {
     pub recovery: Option<String>,
     /// The token's scopes as the provider reported them.
     pub scopes: Option<String>,
+    /// The name the token has at GitLab, when an operator recorded it (`token update --gitlab-name`).
+    pub gitlab_name: Option<String>,
     /// When it was added.
     pub created_at: DateTime<Utc>,
     /// When its row last changed.
@@ -261,6 +264,7 @@ impl Token {
             attention_reason: row.attention_reason,
             recovery: row.recovery,
             scopes: row.scopes,
+            gitlab_name: row.gitlab_name,
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
         })

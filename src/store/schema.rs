@@ -59,6 +59,7 @@ diesel::table! {
         scopes -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        gitlab_name -> Nullable<Text>,
     }
 }
 

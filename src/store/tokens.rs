@@ -435,3 +435,106 @@ pub fn history(conn: &mut DbConnection, name: &TokenName) -> Result<Vec<HistoryE
         .map(HistoryEntry::from)
         .collect())
 }
+
+/// What `token update` changes; `None` keeps the current setting.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenChange {
+    /// A new lifetime requested when the GitLab token is rotated.
+    pub lifetime: Option<crate::config::HumanDuration>,
+    /// A new minimum margin before expiry.
+    pub rotate_before: Option<crate::config::HumanDuration>,
+    /// A new fraction of the lifetime after which to rotate.
+    pub rotate_at_fraction: Option<f64>,
+    /// The name the token has at GitLab.
+    pub gitlab_name: Option<String>,
+}
+
+impl TokenChange {
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `overrides` with this change's policy settings put in.
+    pub fn applied_to(&self, overrides: &PolicyOverrides) -> PolicyOverrides {
+        PolicyOverrides {
+            lifetime: self.lifetime.or(overrides.lifetime),
+            rotate_before: self.rotate_before.or(overrides.rotate_before),
+            rotate_at_fraction: self.rotate_at_fraction.or(overrides.rotate_at_fraction),
+        }
+    }
+
+    /// The audit detail: each setting changed, as `key=value`.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(lifetime) = self.lifetime {
+            parts.push(format!("lifetime={lifetime}"));
+        }
+        if let Some(margin) = self.rotate_before {
+            parts.push(format!("rotate_before={margin}"));
+        }
+        if let Some(fraction) = self.rotate_at_fraction {
+            parts.push(format!("rotate_at_fraction={fraction}"));
+        }
+        if let Some(name) = &self.gitlab_name {
+            parts.push(format!("gitlab_name={name:?}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// Longest GitLab token name accepted (GitLab's own limit).
+pub const MAX_GITLAB_NAME_CHARS: usize = 255;
+
+/// Changes a token's policy (and the name it has at GitLab) in place and re-plans its next
+/// rotation at once: `replan` gets the token with its new overrides and answers its new plan
+/// (`Ok(None)` keeps the stored one) or why the new policy is refused. Only `active` and
+/// `paused` tokens are re-planned (a `retrying` token's next time is a backoff). History is
+/// unchanged (no new version); an audit row records the change; the daemon sees the new plan
+/// through its change watch. Refused while a rotation holds the token's lease.
+pub fn update(
+    conn: &mut DbConnection,
+    name: &TokenName,
+    change: &TokenChange,
+    replan: impl Fn(&Token) -> Result<Option<DateTime<Utc>>, String>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Token, StoreError> {
+    if change.is_empty() {
+        return Err(StoreError::InvalidInput(
+            "nothing to change: give a lifetime, a margin, a rotation fraction or a GitLab name".into(),
+        ));
+    }
+    if let Some(gitlab_name) = &change.gitlab_name {
+        let chars = gitlab_name.chars().count();
+        if gitlab_name.trim().is_empty() || chars > MAX_GITLAB_NAME_CHARS || gitlab_name.chars().any(char::is_control) {
+            return Err(StoreError::InvalidInput(format!(
+                "the GitLab name must be 1 to {MAX_GITLAB_NAME_CHARS} characters without control characters"
+            )));
+        }
+    }
+    conn.write_transaction(|conn| {
+        let mut token = find(conn, name)?;
+        ensure_settled(&token, "change")?;
+        token.policy_overrides = change.applied_to(&token.policy_overrides);
+        let planned = replan(&token).map_err(StoreError::InvalidInput)?;
+        let reschedule = matches!(token.state, TokenState::Active | TokenState::Paused);
+        let next_rotation_at = match planned {
+            Some(at) if reschedule => Some(at),
+            _ => token.next_rotation_at,
+        };
+        let overrides = token.policy_overrides;
+        diesel::update(tokens::table.filter(tokens::id.eq(&token.id)))
+            .set((
+                tokens::lifetime_seconds.eq(seconds(overrides.lifetime)),
+                tokens::rotate_before_seconds.eq(seconds(overrides.rotate_before)),
+                tokens::rotate_at_fraction.eq(overrides.rotate_at_fraction),
+                tokens::gitlab_name.eq(change.gitlab_name.as_ref().or(token.gitlab_name.as_ref())),
+                tokens::next_rotation_at.eq(next_rotation_at.map(naive)),
+                tokens::updated_at.eq(naive(now)),
+            ))
+            .execute(conn)?;
+        audit::record(conn, now, actor, "token.update", token_target(name), Some(change.describe()))?;
+        find(conn, name)
+    })
+}
