@@ -116,3 +116,65 @@ fn a_token_update_reschedules_at_once_and_the_running_daemon_rotates_it() {
     }
     assert!(daemon.terminate(Duration::from_secs(30)).success());
 }
+
+/// Pending deliveries for `token` in the sandbox's store: (event, payload).
+fn pending(sandbox: &Sandbox, token: &str) -> Vec<(String, String)> {
+    let url = tokenwarden::config::DatabaseUrl::parse(&sandbox.database_url()).unwrap();
+    let mut conn = tokenwarden::store::connect(&url).unwrap();
+    tokenwarden::store::outbox::pending_for_token(&mut conn, token).unwrap()
+}
+
+#[test]
+fn client_update_grants_revokes_and_sets_or_removes_the_webhook_and_refuses_bad_input_changing_nothing() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    for name in ["ci", "docs", "ops-bot"] {
+        sandbox.add_project_token(name);
+    }
+    sandbox.ok(&["client", "add", "dbt", "--role", "reader", "--grant", "ci"], "");
+    sandbox.ok(&["client", "add", "admin", "--role", "operator"], "");
+
+    let updated: serde_json::Value = serde_json::from_str(
+        &sandbox
+            .ok(&["client", "update", "dbt", "--grant", "docs", "--grant", "ops-bot", "--revoke", "ci", "--json"], ""),
+    )
+    .unwrap();
+    assert_eq!(updated["grants"], serde_json::json!(["docs", "ops-bot"]));
+    assert_eq!(client_grants(&sandbox, "dbt"), serde_json::json!(["docs", "ops-bot"]));
+
+    let before = sandbox.ok(&["client", "list", "--json"], "");
+    for (args, expected) in [
+        (&["client", "update", "dbt", "--grant", "nope"][..], "cannot grant 'nope': no token has that name"),
+        (&["client", "update", "dbt", "--grant", "ci", "--revoke", "ci"][..], "both granted and revoked"),
+        (&["client", "update", "dbt", "--grant", "ci", "--revoke", "ci-old"][..], "holds no grant of 'ci-old'"),
+        (&["client", "update", "dbt"][..], "nothing to change"),
+        (&["client", "update", "ghost", "--grant", "ci"][..], "no client named 'ghost'"),
+        (&["client", "update", "admin", "--grant", "ci"][..], "is an operator"),
+        (&["client", "update", "dbt", "--webhook-url", "ftp://x.example/h"][..], "--webhook-url"),
+        (&["client", "update", "dbt", "--webhook-url", "https://x.example/h", "--no-webhook"][..], "--no-webhook"),
+    ] {
+        let stderr = sandbox.fails(args, "", 2);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+    }
+    assert_eq!(sandbox.ok(&["client", "list", "--json"], ""), before, "refused updates change nothing");
+
+    let printed: serde_json::Value = serde_json::from_str(
+        &sandbox.ok(&["client", "update", "dbt", "--webhook-url", "https://dbt.example/hooks/tokens"], ""),
+    )
+    .unwrap();
+    assert!(printed["webhook_secret"].as_str().unwrap().starts_with("whsec_"), "a new webhook's secret, once");
+    sandbox.ok(&["token", "rotate", "docs"], "");
+    assert_eq!(pending(&sandbox, "docs").len(), 1, "the granted reader is notified");
+    sandbox.ok(&["token", "rotate", "ci"], "");
+    assert!(pending(&sandbox, "ci").is_empty(), "a revoked grant is not notified");
+
+    let stderr = sandbox.fails(&["client", "update", "dbt", "--webhook-url", "https://dbt.example/v2"], "", 0);
+    assert!(stderr.contains("webhook https://dbt.example/v2"), "moving the URL keeps the secret: {stderr}");
+    sandbox.ok(&["client", "update", "dbt", "--no-webhook"], "");
+    assert!(pending(&sandbox, "docs").is_empty(), "pending deliveries are abandoned with the webhook");
+    sandbox.ok(&["token", "rotate", "docs"], "");
+    assert!(pending(&sandbox, "docs").is_empty());
+    let audit = sandbox.ok(&["audit", "--json"], "");
+    assert!(audit.contains("client.update") && audit.contains("granted=docs,ops-bot revoked=ci"), "{audit}");
+}

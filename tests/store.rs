@@ -593,6 +593,34 @@ both_backends! {
         assert_eq!(tokens::remove(&mut f.conn, &t_again, true, "ops", Utc::now()).unwrap(), ["ci"]);
     }
 
+    fn client_update_grants_and_revokes_reads_at_once_and_refuses_a_partly_bad_change_whole(f) {
+        use tokenwarden::store::client_update::{self, ClientChange, WebhookChange};
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        for name in ["a", "b"] {
+            let token = new_token(name, TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+            tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+        }
+        let key = reader_client(&mut f, "ci", &["a"]);
+        let reader = clients::authenticate_key(&mut f.conn, &key).unwrap().unwrap();
+        let name = |n: &str| TokenName::new(n).unwrap();
+        let readable = |conn: &mut DbConnection, token: &str| {
+            tokens::read_current_as(conn, &f.cipher, &name(token), tokens::ReadAs::Reader { client_id: &reader.id }).is_ok()
+        };
+        let client = ClientName::new("ci").unwrap();
+        let change = |grant: &[&str], revoke: &[&str]| ClientChange {
+            grant: grant.iter().map(|n| name(n)).collect(),
+            revoke: revoke.iter().map(|n| name(n)).collect(),
+            webhook: WebhookChange::Keep,
+        };
+        let secret = || SecretString::from("whsec_unused");
+        let refused = client_update::update(&mut f.conn, &f.cipher, &client, &change(&["b"], &["zzz"]), secret(), "ops", Utc::now());
+        assert!(matches!(refused, Err(StoreError::InvalidInput(_))), "{refused:?}");
+        assert!(!readable(&mut f.conn, "b"), "the refused change granted nothing");
+        let updated = client_update::update(&mut f.conn, &f.cipher, &client, &change(&["b"], &["a"]), secret(), "ops", Utc::now()).unwrap();
+        assert_eq!(updated.client.grants, ["b"]);
+        assert!(readable(&mut f.conn, "b") && !readable(&mut f.conn, "a"));
+    }
+
     fn removing_a_token_revokes_its_grants_so_a_new_token_of_that_name_is_not_readable(f) {
         gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
         let old = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-old"), None);

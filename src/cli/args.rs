@@ -298,11 +298,34 @@ pub enum ClientCommand {
     Add(ClientAddArgs),
     /// List clients
     List(OutputArgs),
+    /// Change a client's grants or webhook in place
+    Update(ClientUpdateArgs),
     /// Remove a client (a reader loses its grants at once; a running daemon refuses the key within 2 s)
     Remove {
         /// Client name
         name: ClientName,
     },
+}
+
+/// `client update` options.
+#[derive(Debug, Args)]
+pub struct ClientUpdateArgs {
+    /// Client name
+    pub name: ClientName,
+    /// A token this reader may read from now on (repeat for several)
+    #[arg(long = "grant", value_name = "TOKEN")]
+    pub grants: Vec<TokenName>,
+    /// A token this reader may no longer read (repeat for several)
+    #[arg(long = "revoke", value_name = "TOKEN")]
+    pub revokes: Vec<TokenName>,
+    /// Send signed change notifications to this URL from now on
+    #[arg(long, value_name = "URL", conflicts_with = "no_webhook")]
+    pub webhook_url: Option<String>,
+    /// Send no more notifications (pending ones are abandoned)
+    #[arg(long)]
+    pub no_webhook: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `client add` options.

@@ -8,6 +8,7 @@ pub mod audit;
 mod audit_batch;
 pub mod backup;
 pub mod changes;
+pub mod client_update;
 pub mod clients;
 mod connection;
 pub mod daemon_lock;
