@@ -557,7 +557,7 @@ async fn patch_changes_a_tokens_policy_in_place_for_an_operator_only_and_refuses
         (Some(&api.keys.operator), "alpha", "{}", 400),
         (Some(&api.keys.operator), "alpha", r#"{"lifetime": "400d"}"#, 400),
         (Some(&api.keys.operator), "alpha", r#"{"lifetime": "soon"}"#, 400),
-        (Some(&api.keys.operator), "alpha", r#"{"rotate_before": "40d"}"#, 400),
+        (Some(&api.keys.operator), "alpha", r#"{"rotate_before": "40d"}"#, 409),
         (Some(&api.keys.operator), "alpha", r#"{"owner": "me"}"#, 400),
         (Some(&api.keys.operator), "alpha", change, 200),
     ];

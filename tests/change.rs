@@ -78,7 +78,11 @@ fn token_update_changes_the_policy_in_place_keeps_the_history_and_is_audited() {
         (&["token", "update", "ci", "--lifetime", "400d"][..], "--lifetime 400d is outside"),
         (&["token", "update", "ci", "--margin", "95d"][..], "--margin 95d is not shorter than the lifetime 90d"),
         (&["token", "update", "ci", "--rotate-at-fraction", "1.5"][..], "--rotate-at-fraction 1.5"),
-        (&["token", "update", "ci", "--gitlab-name", " "][..], "GitLab name"),
+        (&["token", "update", "ci", "--gitlab-name", ""][..], "GitLab name"),
+        (
+            &["token", "update", "ci", "--rotate-at-fraction", "0.00001"][..],
+            "less than 10 minutes after every rotation",
+        ),
     ] {
         let stderr = sandbox.fails(args, "", 2);
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");

@@ -486,6 +486,17 @@ impl TokenChange {
 /// Longest GitLab token name accepted (GitLab's own limit).
 pub const MAX_GITLAB_NAME_CHARS: usize = 255;
 
+/// Checks a GitLab token name: 1 to [`MAX_GITLAB_NAME_CHARS`] characters, none a control character.
+pub fn check_gitlab_name(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_GITLAB_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(format!(
+            "the GitLab name must be 1 to {MAX_GITLAB_NAME_CHARS} characters without control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// Changes a token's policy (and the name it has at GitLab) in place and re-plans its next
 /// rotation at once: `replan` gets the token with its new overrides and answers its new plan
 /// (`Ok(None)` keeps the stored one) or why the new policy is refused. Only `active` and
@@ -506,12 +517,7 @@ pub fn update(
         ));
     }
     if let Some(gitlab_name) = &change.gitlab_name {
-        let chars = gitlab_name.chars().count();
-        if gitlab_name.trim().is_empty() || chars > MAX_GITLAB_NAME_CHARS || gitlab_name.chars().any(char::is_control) {
-            return Err(StoreError::InvalidInput(format!(
-                "the GitLab name must be 1 to {MAX_GITLAB_NAME_CHARS} characters without control characters"
-            )));
-        }
+        check_gitlab_name(gitlab_name).map_err(StoreError::InvalidInput)?;
     }
     conn.write_transaction(|conn| {
         let mut token = find(conn, name)?;
