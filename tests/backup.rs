@@ -97,6 +97,11 @@ fn restore_refuses_a_truncated_file_a_foreign_file_and_a_newer_schema_and_keeps_
     one_line_exit(&sandbox, &["restore", "--from", "/nonexistent/b.db"], 2, "cannot read /nonexistent/b.db");
 
     assert_eq!(versions(&sandbox.db_path()), before, "every refused restore left the store as it was");
+
+    let other = sandbox_with_tokens(&["other"]);
+    let other_before = versions(&other.db_path());
+    one_line_exit(&other, &["restore", "--from", backup.to_str().unwrap()], 2, "is sealed with master key");
+    assert_eq!(versions(&other.db_path()), other_before, "a backup the configured key cannot open is not restored");
     let leftovers: Vec<String> = std::fs::read_dir(sandbox.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

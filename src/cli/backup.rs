@@ -2,12 +2,15 @@
 //! while the daemon runs, and putting one back while no daemon runs. The master key is not in
 //! the copy; it is backed up separately.
 
+use std::path::{Path, PathBuf};
+
 use chrono::Utc;
 
 use super::CliError;
 use super::args::{BackupArgs, RestoreArgs};
 use super::context::open_store;
 use crate::config::{DatabaseUrl, Settings};
+use crate::crypto::{Cipher, KeyId, MasterKey, locate_master_key};
 use crate::store::backup::{self, BackupInfo};
 use crate::store::daemon_lock::DaemonLock;
 
@@ -42,8 +45,20 @@ pub async fn restore(settings: Settings, args: RestoreArgs) -> Result<(), CliErr
     };
     let source = args.from.clone();
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let configured_key = configured_key(&settings)?;
+    let from = args.from.clone();
     let (info, kept) = tokio::task::spawn_blocking(move || {
         let info = backup::inspect(&source)?;
+        if let (Some(sealed_with), Some((path, loaded))) = (info.sealed_with, configured_key)
+            && sealed_with != loaded
+        {
+            return Err(crate::store::StoreError::InvalidInput(format!(
+                "{} is sealed with master key {sealed_with}, but the master key at {} is {loaded}: put the \
+                 backup's key there (or give --master-key-file) first; nothing was restored",
+                from.display(),
+                path.display()
+            )));
+        }
         let _lock = DaemonLock::for_restore(&database)?;
         let kept = backup::replace(&database, &source, &stamp)?;
         Ok::<_, crate::store::StoreError>((info, kept))
@@ -59,6 +74,19 @@ pub async fn restore(settings: Settings, args: RestoreArgs) -> Result<(), CliErr
         describe(&info)
     );
     Ok(())
+}
+
+/// The master key the restored store will be opened with, with its id, when it can be read
+/// now (a restore may come before the key is put back; then nothing is compared).
+fn configured_key(settings: &Settings) -> Result<Option<(PathBuf, KeyId)>, CliError> {
+    let credentials_directory = std::env::var_os("CREDENTIALS_DIRECTORY");
+    let location = locate_master_key(
+        settings.master_key_file.as_deref(),
+        credentials_directory.as_deref().map(Path::new),
+        settings.database_url.default_master_key_file(),
+    )?;
+    let path = location.path().to_owned();
+    Ok(MasterKey::read(&path).ok().map(|key| (path, Cipher::new(&key).key_id())))
 }
 
 fn describe(info: &BackupInfo) -> String {

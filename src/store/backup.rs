@@ -25,6 +25,8 @@ pub struct BackupInfo {
     pub tokens: i64,
     /// Migrations this binary would still apply to it (an older tokenwarden wrote it).
     pub pending_migrations: usize,
+    /// The master key its secrets are sealed with, if any secret was ever sealed.
+    pub sealed_with: Option<crate::crypto::KeyId>,
 }
 
 /// The first 16 bytes of every SQLite database file.
@@ -105,7 +107,8 @@ pub fn inspect(source: &Path) -> Result<BackupInfo, StoreError> {
         SchemaStatus::Current => 0,
     };
     let tokens = tokens::table.count().get_result(&mut conn)?;
-    Ok(BackupInfo { tokens, pending_migrations })
+    let sealed_with = super::meta::sealing_key_id(&mut conn)?;
+    Ok(BackupInfo { tokens, pending_migrations, sealed_with })
 }
 
 /// Refuses a file that is not SQLite, or shorter than its header says (cut off in a copy).
