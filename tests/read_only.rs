@@ -117,6 +117,9 @@ fn an_older_schema_is_reported_not_migrated_by_read_only_commands_and_a_newer_on
     sql(&sandbox, "INSERT INTO __diesel_schema_migrations (version) VALUES ('99991231000001')");
     let stderr = sandbox.fails(&["provider", "list"], "", 1);
     assert!(stderr.contains("written by a newer tokenwarden (schema 99991231000001)"), "{stderr}");
+    let url = sandbox.gitlab_url();
+    let stderr = sandbox.fails(&["provider", "add", "other", "--kind", "gitlab", "--url", &url], "", 1);
+    assert!(stderr.contains("written by a newer tokenwarden"), "a migrating command refuses it too: {stderr}");
 }
 
 #[test]

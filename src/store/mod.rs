@@ -59,11 +59,17 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens the database, runs pending migrations (harmless when there are none) and
-    /// builds the pool. Blocking: call before the runtime's work starts, or via
+    /// builds the pool; a database a newer tokenwarden migrated is refused
+    /// ([`StoreError::SchemaAhead`]), never run on with a schema this binary does not know. Blocking: call before the runtime's work starts, or via
     /// `spawn_blocking`.
     pub fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
         let mut first = connect(url)
             .map_err(|err| StoreError::Open { url: url.to_string(), message: describe_open_error(url, &err) })?;
+        // A status that cannot be read now (another replica is migrating) is left to the
+        // migration itself, which waits for that replica.
+        if let Ok(migrations::SchemaStatus::Ahead(versions)) = migrations::status(&mut first) {
+            return Err(StoreError::SchemaAhead { url: url.to_string(), versions: versions.join(", ") });
+        }
         migrations::run(&mut first)?;
         if let DbConnection::Postgres(pg) = &mut first {
             warn_without_autovacuum(pg);
