@@ -159,15 +159,19 @@ pub fn replace(database: &Path, source: &Path, stamp: &str) -> Result<Option<Pat
         std::io::copy(&mut input, &mut out).map_err(failed(format!("cannot write {}", staged.display())))?;
         out.sync_all().map_err(failed(format!("cannot sync {}", staged.display())))
     });
-    if let Err(err) = copied.and_then(|()| inspect(&staged).map(|_| ())) {
+    let replaced = copied.and_then(|()| inspect(&staged)).and_then(|_| swap_in(database, &staged, stamp));
+    if replaced.is_err() {
         let _ = std::fs::remove_file(&staged);
-        return Err(err);
     }
+    replaced
+}
+
+/// Folds the current database's log into it, keeps it under a second name and renames the
+/// checked copy `staged` over it.
+fn swap_in(database: &Path, staged: &Path, stamp: &str) -> Result<Option<PathBuf>, StoreError> {
+    let failed = |what: String| move |err: std::io::Error| StoreError::Unavailable(format!("{what}: {err}"));
     let kept = if database.exists() {
-        if let Err(err) = fold_log(database) {
-            let _ = std::fs::remove_file(&staged);
-            return Err(err);
-        }
+        fold_log(database)?;
         let kept = sibling(database, &format!(".before-restore-{stamp}"));
         std::fs::hard_link(database, &kept)
             .map_err(failed(format!("cannot keep the old store as {}", kept.display())))?;
@@ -175,7 +179,7 @@ pub fn replace(database: &Path, source: &Path, stamp: &str) -> Result<Option<Pat
     } else {
         None
     };
-    std::fs::rename(&staged, database).map_err(failed(format!("cannot move the backup to {}", database.display())))?;
+    std::fs::rename(staged, database).map_err(failed(format!("cannot move the backup to {}", database.display())))?;
     sync_directory(database)?;
     Ok(kept)
 }
