@@ -404,7 +404,9 @@ async fn every_route_the_router_serves_is_in_the_openapi_document_and_nothing_el
     for (method, path) in &served {
         let method: Method = method.to_uppercase().parse().unwrap();
         let concrete = path.replace("{name}", "alpha");
-        let (status, body) = api.call(method.clone(), &concrete, Some(&api.keys.operator), None).await;
+        // A PATCH needs something to change; every other operation succeeds without a body.
+        let request = (method == Method::PATCH).then(|| br#"{"gitlab_name": "alpha"}"#.to_vec());
+        let (status, body) = api.call(method.clone(), &concrete, Some(&api.keys.operator), request).await;
         assert!(
             !matches!(body["error"].as_str(), Some("not_found" | "method_not_allowed")),
             "{method} {path} is listed but the router does not serve it: {status} {body}"
@@ -538,4 +540,41 @@ async fn a_removed_client_is_refused_once_the_key_cache_ttl_has_passed() {
         let (status, body) = api.call(Method::GET, "/v1/tokens/alpha/secret", Some(key), None).await;
         assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")), "{body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_changes_a_tokens_policy_in_place_for_an_operator_only_and_refuses_bad_settings() {
+    let api = start(false).await;
+    let document = api.openapi().await;
+    let documented = documented_statuses(&document, &Method::PATCH, "/v1/tokens/alpha");
+    let planned = api.harness.token("alpha").await.unwrap().next_rotation_at;
+    let body = |json: &str| Some(json.as_bytes().to_vec());
+    let change = r#"{"lifetime": "90d", "margin": "10d", "rotate_at_fraction": 0.5, "gitlab_name": "alpha bot"}"#;
+    let cases: [(Option<&str>, &str, &str, u16); 9] = [
+        (None, "alpha", change, 401),
+        (Some(&api.keys.granted_reader), "alpha", change, 403),
+        (Some(&api.keys.operator), "nope", change, 404),
+        (Some(&api.keys.operator), "alpha", "{}", 400),
+        (Some(&api.keys.operator), "alpha", r#"{"lifetime": "400d"}"#, 400),
+        (Some(&api.keys.operator), "alpha", r#"{"lifetime": "soon"}"#, 400),
+        (Some(&api.keys.operator), "alpha", r#"{"rotate_before": "40d"}"#, 409),
+        (Some(&api.keys.operator), "alpha", r#"{"owner": "me"}"#, 400),
+        (Some(&api.keys.operator), "alpha", change, 200),
+    ];
+    for (key, name, json, expected) in cases {
+        let (status, answer) = api.call(Method::PATCH, &format!("/v1/tokens/{name}"), key, body(json)).await;
+        assert_eq!(status.as_u16(), expected, "{name} {json}: {answer}");
+        assert!(documented.contains(&expected), "{expected} not in {documented:?}");
+        if expected == 200 {
+            assert_eq!(answer["policy_overrides"]["lifetime"], "90d", "{answer}");
+            assert_eq!(answer["policy_overrides"]["rotate_before"], "10d", "{answer}");
+            assert_eq!(answer["gitlab_name"], "alpha bot");
+            assert_eq!(answer["version"], 1, "no new version");
+        } else {
+            assert_eq!(api.harness.token("alpha").await.unwrap().next_rotation_at, planned, "{json}: unchanged");
+        }
+    }
+    assert_ne!(api.harness.token("alpha").await.unwrap().next_rotation_at, planned, "re-planned at once");
+    let audited = api.harness.context.store.run(|conn| audit::list(conn, Some("alpha"))).await.unwrap();
+    assert!(audited.iter().any(|row| row.action == "token.update" && row.actor == "ops"), "audited as the operator");
 }

@@ -381,7 +381,7 @@ both_backends! {
         tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
         assert_eq!(tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Paused);
         assert_eq!(tokens::resume(&mut f.conn, &new.name, "ops", Utc::now()).unwrap().state, TokenState::Active);
-        tokens::remove(&mut f.conn, &new.name, "ops", Utc::now()).unwrap();
+        tokens::remove(&mut f.conn, &new.name, false, "ops", Utc::now()).unwrap();
         assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
         let actions: Vec<String> = audit::list(&mut f.conn, Some("t")).unwrap().into_iter().map(|r| r.action).collect();
         assert_eq!(actions, ["token.remove", "token.resume", "token.pause", "token.add"]);
@@ -402,7 +402,7 @@ both_backends! {
         tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
         diesel::update(schema::tokens::table).set(schema::tokens::state.eq("rotating")).execute(&mut f.conn).unwrap();
         assert!(matches!(tokens::pause(&mut f.conn, &new.name, "ops", Utc::now()), Err(StoreError::Conflict(_))));
-        assert!(matches!(tokens::remove(&mut f.conn, &new.name, "ops", Utc::now()), Err(StoreError::Conflict(_))));
+        assert!(matches!(tokens::remove(&mut f.conn, &new.name, true, "ops", Utc::now()), Err(StoreError::Conflict(_))));
         assert_eq!(tokens::find(&mut f.conn, &new.name).unwrap().state, TokenState::Rotating);
     }
 
@@ -431,6 +431,11 @@ both_backends! {
     }
 
     fn round_trip_clients_and_grants(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        for name in ["a", "b"] {
+            let token = new_token(name, TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+            tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+        }
         let new = NewClient {
             name: ClientName::new("ci").unwrap(),
             role: ClientRole::Reader,
@@ -537,29 +542,103 @@ both_backends! {
         assert_eq!(names, ["t1", "t1", "t1", "t2"]);
     }
 
+    fn removing_a_granted_token_needs_the_operators_word_and_names_the_clients(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let t = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-t"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &t, "test", Utc::now()).unwrap();
+        reader_client(&mut f, "ci", &["t"]);
+        reader_client(&mut f, "billing", &["t"]);
+        let refused = tokens::remove(&mut f.conn, &t.name, false, "ops", Utc::now()).unwrap_err();
+        assert!(matches!(&refused, StoreError::StillGranted { clients, .. } if clients == "billing, ci"), "{refused:?}");
+        assert!(refused.to_string().contains("--yes"), "{refused}");
+        assert_eq!(tokens::find(&mut f.conn, &t.name).unwrap().version, 1, "nothing was removed");
+        assert_eq!(tokens::remove(&mut f.conn, &t.name, true, "ops", Utc::now()).unwrap(), ["billing", "ci"]);
+    }
+
+    fn a_grant_of_a_token_that_does_not_exist_is_refused_and_nothing_is_written(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let t = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-t"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &t, "test", Utc::now()).unwrap();
+        let new = NewClient {
+            name: ClientName::new("ci").unwrap(),
+            role: ClientRole::Reader,
+            grants: vec![TokenName::new("t").unwrap(), TokenName::new("later").unwrap()],
+            webhook_url: None,
+        };
+        let err = clients::insert(&mut f.conn, &f.cipher, &new, None, "test", Utc::now()).unwrap_err();
+        assert!(matches!(&err, StoreError::InvalidInput(m) if m.contains("'later'")), "{err:?}");
+        assert!(clients::list(&mut f.conn).unwrap().is_empty(), "no client, no grant");
+    }
+
+    fn the_grants_migration_keeps_grants_of_existing_tokens_by_identity_and_drops_dangling_names(f) {
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let t = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-t"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &t, "test", Utc::now()).unwrap();
+        reader_client(&mut f, "ci", &["t"]);
+        // Back to name-based grants, as an older tokenwarden left them, with a dangling one.
+        let (tree, migration) = match &f.conn {
+            DbConnection::Sqlite(_) => ("sqlite", "2026-12-03-000041_grants_by_token_id"),
+            DbConnection::Postgres(_) => ("postgres", "2026-12-03-000041_grants_by_token_id"),
+        };
+        let dir = format!("{}/migrations/{tree}/{migration}", env!("CARGO_MANIFEST_DIR"));
+        f.conn.batch_execute(&std::fs::read_to_string(format!("{dir}/down.sql")).unwrap()).unwrap();
+        f.conn.batch_execute("DELETE FROM __diesel_schema_migrations WHERE version = '20261203000041'").unwrap();
+        f.conn
+            .batch_execute("INSERT INTO client_grants (client_id, token_name) SELECT id, 'later' FROM clients")
+            .unwrap();
+        Store::open(&f.url).unwrap();
+        let listed = clients::list(&mut f.conn).unwrap();
+        assert_eq!(listed[0].grants, ["t"], "the existing token's grant survives; the dangling name is gone");
+        let t_again = TokenName::new("t").unwrap();
+        assert_eq!(tokens::remove(&mut f.conn, &t_again, true, "ops", Utc::now()).unwrap(), ["ci"]);
+    }
+
+    fn client_update_grants_and_revokes_reads_at_once_and_refuses_a_partly_bad_change_whole(f) {
+        use tokenwarden::store::client_update::{self, ClientChange, WebhookChange};
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        for name in ["a", "b"] {
+            let token = new_token(name, TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
+            tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
+        }
+        let key = reader_client(&mut f, "ci", &["a"]);
+        let reader = clients::authenticate_key(&mut f.conn, &key).unwrap().unwrap();
+        let name = |n: &str| TokenName::new(n).unwrap();
+        let readable = |conn: &mut DbConnection, token: &str| {
+            tokens::read_current_as(conn, &f.cipher, &name(token), tokens::ReadAs::Reader { client_id: &reader.id }).is_ok()
+        };
+        let client = ClientName::new("ci").unwrap();
+        let change = |grant: &[&str], revoke: &[&str]| ClientChange {
+            grant: grant.iter().map(|n| name(n)).collect(),
+            revoke: revoke.iter().map(|n| name(n)).collect(),
+            webhook: WebhookChange::Keep,
+        };
+        let secret = || SecretString::from("whsec_unused");
+        let refused = client_update::update(&mut f.conn, &f.cipher, &client, &change(&["b"], &["zzz"]), secret(), "ops", Utc::now());
+        assert!(matches!(refused, Err(StoreError::InvalidInput(_))), "{refused:?}");
+        assert!(!readable(&mut f.conn, "b"), "the refused change granted nothing");
+        let updated = client_update::update(&mut f.conn, &f.cipher, &client, &change(&["b"], &["a"]), secret(), "ops", Utc::now()).unwrap();
+        assert_eq!(updated.client.grants, ["b"]);
+        assert!(readable(&mut f.conn, "b") && !readable(&mut f.conn, "a"));
+    }
+
     fn removing_a_token_revokes_its_grants_so_a_new_token_of_that_name_is_not_readable(f) {
         gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
         let old = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-old"), None);
         tokens::insert(&mut f.conn, &f.cipher, &old, "test", Utc::now()).unwrap();
+        let keep = new_token("keep", TokenKind::GitlabPersonalAccessToken, Some("glpat-keep"), None);
+        tokens::insert(&mut f.conn, &f.cipher, &keep, "test", Utc::now()).unwrap();
         let key = reader_client(&mut f, "ci", &["t", "keep"]);
-        assert_eq!(tokens::remove(&mut f.conn, &old.name, "ops", Utc::now()).unwrap(), 1);
+        assert_eq!(tokens::remove(&mut f.conn, &old.name, true, "ops", Utc::now()).unwrap(), ["ci"]);
 
         let again = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-new"), None);
         tokens::insert(&mut f.conn, &f.cipher, &again, "test", Utc::now()).unwrap();
         let client = clients::authenticate(&mut f.conn, &key).unwrap().expect("the key still authenticates");
         assert_eq!(client.grants, ["keep"], "the grant to the removed token is gone, other grants stay");
         let rows = audit::search(&mut f.conn, &audit::AuditQuery { token: Some("t".into()), ..Default::default() });
-        assert!(rows.unwrap().iter().any(|r| r.detail.as_deref() == Some("version=1 grants_removed=1")));
-    }
-
-    fn undoing_a_refused_add_keeps_the_grants_made_for_its_name_before(f) {
-        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
-        let key = reader_client(&mut f, "ci", &["t"]);
-        let new = new_token("t", TokenKind::GitlabPersonalAccessToken, Some("glpat-x"), None);
-        tokens::insert(&mut f.conn, &f.cipher, &new, "test", Utc::now()).unwrap();
-        tokens::undo_add(&mut f.conn, &new.name, "cli", Utc::now(), "refused").unwrap();
-        assert!(matches!(tokens::find(&mut f.conn, &new.name), Err(StoreError::NotFound { .. })));
-        assert_eq!(clients::authenticate(&mut f.conn, &key).unwrap().unwrap().grants, ["t"]);
+        assert!(rows.unwrap().iter().any(|r| r.detail.as_deref() == Some("version=1 grants_removed=1 clients=ci")));
+        let reader = clients::authenticate_key(&mut f.conn, &key).unwrap().unwrap();
+        let read = tokens::read_current_as(&mut f.conn, &f.cipher, &old.name, tokens::ReadAs::Reader { client_id: &reader.id });
+        assert!(matches!(read, Err(StoreError::NotFound { .. })), "the new 't' was never granted: {read:?}");
     }
 
     fn the_secret_read_path_binds_no_limit_so_its_cached_statements_are_not_prepared_again(f) {

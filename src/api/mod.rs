@@ -10,6 +10,7 @@ pub mod extract;
 mod health;
 mod key_cache;
 pub mod openapi;
+mod token_update;
 mod tokens;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::StatusCode;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, patch, post};
 use tokio::sync::watch;
 
 pub use auth::Caller;
@@ -132,6 +133,11 @@ impl RouteTable {
     fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Self {
         self.add("post", path, post(handler))
     }
+
+    /// Adds a PATCH to a path already routed (axum merges the methods of one path).
+    fn patch<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, handler: H) -> Self {
+        self.add("patch", path, patch(handler))
+    }
 }
 
 /// Every route, in one place: [`router`] serves exactly these and [`routes`] lists them (a
@@ -146,6 +152,7 @@ fn table() -> RouteTable {
         .get("/v1/tokens/{name}", tokens::show)
         .get("/v1/tokens/{name}/secret", tokens::secret)
         .post("/v1/tokens/{name}/rotate", tokens::rotate)
+        .patch("/v1/tokens/{name}", token_update::update)
 }
 
 /// Every method and path the router serves.

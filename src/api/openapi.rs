@@ -7,6 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
 use super::health::{self, StatusBody};
+use super::token_update::{self, TokenUpdateRequest};
 use super::tokens::{self, RotateRequest, TokenSecret};
 use crate::domain::{PolicyOverrides, ProviderName, TokenKind, TokenName, TokenState};
 use crate::store::models::Token;
@@ -32,6 +33,7 @@ pub const BEARER_SCHEME: &str = "bearer";
         tokens::show,
         tokens::secret,
         tokens::rotate,
+        token_update::update,
     ),
     components(schemas(
         ErrorBody,
@@ -39,6 +41,7 @@ pub const BEARER_SCHEME: &str = "bearer";
         Token,
         TokenSecret,
         RotateRequest,
+        TokenUpdateRequest,
         PolicyOverrides,
         TokenName,
         ProviderName,

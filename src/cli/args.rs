@@ -71,6 +71,26 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the audit log: rotations, secret reads, and every change made
     Audit(AuditArgs),
+    /// Write a consistent copy of the SQLite store to a new file (mode 0600), while the daemon runs
+    Backup(BackupArgs),
+    /// Replace the SQLite store with a backup (refused while a daemon serves the store)
+    Restore(RestoreArgs),
+}
+
+/// `backup` options.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new file to write (never overwritten; its directory must exist)
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+}
+
+/// `restore` options.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A file written by `tokenwarden backup`
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
 }
 
 /// `check` options.
@@ -82,6 +102,9 @@ pub struct CheckArgs {
     /// CRITICAL when a GitLab token expires within this (or a token needs attention or expired)
     #[arg(long, default_value = "1d")]
     pub critical: HumanDuration,
+    /// Report OK for a store that tracks no token (otherwise UNKNOWN: a check of the wrong, empty store must not pass)
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 /// `audit` options.
@@ -236,10 +259,15 @@ pub enum TokenCommand {
         /// Token name
         name: TokenName,
     },
-    /// Stop tracking a token and forget its secrets
+    /// Change a token's policy or GitLab name in place (rescheduled at once; history unchanged)
+    Update(TokenUpdateArgs),
+    /// Stop tracking a token and forget its secrets (names the clients granted it; needs --yes when there are any)
     Remove {
         /// Token name
         name: TokenName,
+        /// Remove it although clients are granted it (their grants go with it)
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -270,11 +298,32 @@ pub struct TokenAddArgs {
     #[arg(long)]
     pub lifetime: Option<HumanDuration>,
     /// Minimum margin before expiry (e.g. 7d, 5m)
-    #[arg(long)]
+    #[arg(long, visible_alias = "margin")]
     pub rotate_before: Option<HumanDuration>,
     /// Rotate when this fraction of the lifetime has passed (0 < F <= 1)
     #[arg(long)]
     pub rotate_at_fraction: Option<f64>,
+}
+
+/// `token update` options.
+#[derive(Debug, Args)]
+pub struct TokenUpdateArgs {
+    /// Token name
+    pub name: TokenName,
+    /// Lifetime requested when the GitLab token is rotated (e.g. 90d; at most 365d)
+    #[arg(long)]
+    pub lifetime: Option<HumanDuration>,
+    /// Minimum margin before expiry (e.g. 10d, 5m)
+    #[arg(long, visible_alias = "rotate-before")]
+    pub margin: Option<HumanDuration>,
+    /// Rotate when this fraction of the lifetime has passed (0 < F <= 1)
+    #[arg(long)]
+    pub rotate_at_fraction: Option<f64>,
+    /// The name the token has at GitLab
+    #[arg(long, value_name = "TEXT")]
+    pub gitlab_name: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `client …`
@@ -284,11 +333,34 @@ pub enum ClientCommand {
     Add(ClientAddArgs),
     /// List clients
     List(OutputArgs),
+    /// Change a client's grants or webhook in place
+    Update(ClientUpdateArgs),
     /// Remove a client (a reader loses its grants at once; a running daemon refuses the key within 2 s)
     Remove {
         /// Client name
         name: ClientName,
     },
+}
+
+/// `client update` options.
+#[derive(Debug, Args)]
+pub struct ClientUpdateArgs {
+    /// Client name
+    pub name: ClientName,
+    /// A token this reader may read from now on (repeat for several)
+    #[arg(long = "grant", value_name = "TOKEN")]
+    pub grants: Vec<TokenName>,
+    /// A token this reader may no longer read (repeat for several)
+    #[arg(long = "revoke", value_name = "TOKEN")]
+    pub revokes: Vec<TokenName>,
+    /// Send signed change notifications to this URL from now on
+    #[arg(long, value_name = "URL", conflicts_with = "no_webhook")]
+    pub webhook_url: Option<String>,
+    /// Send no more notifications (pending ones are abandoned)
+    #[arg(long)]
+    pub no_webhook: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `client add` options.

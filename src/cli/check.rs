@@ -130,6 +130,12 @@ pub async fn run(settings: Settings, args: CheckArgs) -> Result<ExitCode, CliErr
     let critical = TimeDelta::from_std(args.critical.get()).unwrap_or(TimeDelta::MAX);
     let store = open_store(&settings).await?;
     let all = store.run(tokens::list).await?;
+    if all.is_empty() && !args.allow_empty {
+        return Err(CliError::Failed(format!(
+            "the store at {} tracks no token (is it the right store? --allow-empty reports OK for it)",
+            settings.database_url
+        )));
+    }
     let (status, lines) = report(&all, Utc::now(), warn, critical);
     for line in lines {
         println!("{line}");
@@ -174,6 +180,7 @@ mod tests {
             refresh_token_rotates: None,
             recovery: None,
             scopes: None,
+            gitlab_name: None,
             created_at: now,
             updated_at: now,
         }

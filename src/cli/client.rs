@@ -4,14 +4,15 @@ use chrono::Utc;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use super::args::{ClientAddArgs, ClientCommand};
-use super::context::{open_cipher, open_store};
+use super::args::{ClientAddArgs, ClientCommand, ClientUpdateArgs};
+use super::context::{KeyCreation, create_store, open_cipher, open_store};
 use super::output::{print_json, print_table, text};
 use super::provider::validate_http_url;
 use super::{CLI_ACTOR, CliError};
 use crate::config::Settings;
 use crate::crypto::generate_webhook_secret;
 use crate::domain::ClientRole;
+use crate::store::client_update::{self, ClientChange, WebhookChange};
 use crate::store::clients::{self, NewClient};
 
 /// Runs a `client` subcommand.
@@ -38,12 +39,42 @@ pub async fn run(settings: Settings, command: ClientCommand) -> Result<(), CliEr
             print_table(&["NAME", "ROLE", "GRANTS", "WEBHOOK"], &rows);
             Ok(())
         }
+        ClientCommand::Update(args) => update(settings, args).await,
         ClientCommand::Remove { name } => {
             let store = open_store(&settings).await?;
             store.run(move |conn| clients::remove(conn, &name, CLI_ACTOR, Utc::now())).await?;
             Ok(())
         }
     }
+}
+
+/// Changes a client's grants or webhook; a webhook set on a client that had none prints its new
+/// signing secret once, as JSON (like `client add`).
+async fn update(settings: Settings, args: ClientUpdateArgs) -> Result<(), CliError> {
+    let webhook = match (&args.webhook_url, args.no_webhook) {
+        (Some(url), _) => WebhookChange::Set(validate_http_url("--webhook-url", url)?),
+        (None, true) => WebhookChange::Remove,
+        (None, false) => WebhookChange::Keep,
+    };
+    let sets_webhook = matches!(webhook, WebhookChange::Set(_));
+    let change = ClientChange { grant: args.grants, revoke: args.revokes, webhook };
+    let store = open_store(&settings).await?;
+    let creation = if sets_webhook { KeyCreation::Allowed } else { KeyCreation::Forbidden };
+    let cipher = open_cipher(&settings, &store, creation).await?;
+    let (name, fresh) = (args.name, generate_webhook_secret());
+    let updated = store
+        .run(move |conn| client_update::update(conn, &cipher, &name, &change, fresh, CLI_ACTOR, Utc::now()))
+        .await?;
+    if let Some(secret) = &updated.webhook_secret {
+        return print_json(&json!({"name": updated.client.name, "webhook_secret": secret.expose_secret()}));
+    }
+    if args.output.json {
+        return print_json(&updated.client);
+    }
+    let client = &updated.client;
+    let grants = if client.grants.is_empty() { "none".to_owned() } else { client.grants.join(", ") };
+    eprintln!("updated client '{}': grants {grants}; webhook {}", client.name, text(client.webhook_url.as_deref()));
+    Ok(())
 }
 
 /// Creates the client and prints its key (and webhook secret) once, as JSON.
@@ -54,8 +85,8 @@ async fn add(settings: Settings, args: ClientAddArgs) -> Result<(), CliError> {
     let webhook_url = args.webhook.as_deref().map(|u| validate_http_url("--webhook", u)).transpose()?;
     let new = NewClient { name: args.name, role: args.role, grants: args.grants, webhook_url };
     let webhook_secret = new.webhook_url.as_ref().map(|_| generate_webhook_secret());
-    let store = open_store(&settings).await?;
-    let cipher = open_cipher(&settings, &store).await?;
+    let store = create_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Allowed).await?;
     let created =
         store.run(move |conn| clients::insert(conn, &cipher, &new, webhook_secret, CLI_ACTOR, Utc::now())).await?;
     let mut shown = json!({

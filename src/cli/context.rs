@@ -25,13 +25,34 @@ pub fn created_key_notice(path: &Path) -> String {
     )
 }
 
-/// Opens the store named by the settings (running migrations) on the blocking pool.
+/// Opens the store named by the settings, creating and migrating it when needed: only for
+/// `serve` and the commands that add something.
+pub async fn create_store(settings: &Settings) -> Result<Store, CliError> {
+    let url = settings.database_url.clone();
+    blocking_open(move || Store::open(&url)).await
+}
+
+/// Opens the existing, migrated store named by the settings; never creates or migrates one
+/// (see [`Store::open_existing`]): for the commands that read or change what is there.
 pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
     let url = settings.database_url.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&url))
+    blocking_open(move || Store::open_existing(&url)).await
+}
+
+async fn blocking_open(open: impl FnOnce() -> Result<Store, StoreError> + Send + 'static) -> Result<Store, CliError> {
+    let store = tokio::task::spawn_blocking(open)
         .await
         .map_err(|err| CliError::Failed(format!("opening the store failed: {err}")))??;
     Ok(store)
+}
+
+/// Whether [`open_cipher`] may generate the default master key file when there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCreation {
+    /// `serve` and the adding commands: a new SQLite store gets its key file.
+    Allowed,
+    /// Every other command: a missing key is an error.
+    Forbidden,
 }
 
 /// Loads the master key and checks it against the database.
@@ -40,7 +61,9 @@ pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
 /// (mode 0600) — but only while the database holds no sealed secret; a database sealed with
 /// a key that has gone missing is an error, never a silent new key. The new file is
 /// recorded for [`created_key_file`], so that the command announces it exactly once.
-pub async fn open_cipher(settings: &Settings, store: &Store) -> Result<Cipher, CliError> {
+///
+/// With [`KeyCreation::Forbidden`] a missing key file is an error, whatever the database holds.
+pub async fn open_cipher(settings: &Settings, store: &Store, creation: KeyCreation) -> Result<Cipher, CliError> {
     let credentials_directory = std::env::var_os("CREDENTIALS_DIRECTORY");
     let location = locate_master_key(
         settings.master_key_file.as_deref(),
@@ -49,7 +72,7 @@ pub async fn open_cipher(settings: &Settings, store: &Store) -> Result<Cipher, C
     )?;
     let sealed_with = store.run(meta::sealing_key_id).await?;
     let key = match (&location, sealed_with) {
-        (KeyLocation::BesideDatabase(path), None) if !path.exists() => {
+        (KeyLocation::BesideDatabase(path), None) if !path.exists() && creation == KeyCreation::Allowed => {
             let key = MasterKey::create(path)?;
             *CREATED_KEY.lock().unwrap_or_else(PoisonError::into_inner) = Some(path.clone());
             key

@@ -48,9 +48,11 @@ impl From<CryptoError> for CliError {
 impl From<StoreError> for CliError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::AlreadyExists { .. } | StoreError::NotFound { .. } | StoreError::InvalidInput(_) => {
-                CliError::Usage(err.to_string())
-            }
+            StoreError::AlreadyExists { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::InvalidInput(_)
+            | StoreError::NoStore { .. }
+            | StoreError::StillGranted { .. } => CliError::Usage(err.to_string()),
             other => CliError::Failed(other.to_string()),
         }
     }

@@ -12,6 +12,7 @@
 
 mod args;
 mod audit;
+mod backup;
 mod check;
 mod client;
 mod context;
@@ -115,6 +116,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Token(command) => token::run(settings, command).await,
         Command::Client(command) => client::run(settings, command).await,
         Command::Audit(args) => audit::run(settings, args).await,
+        Command::Backup(args) => backup::backup(settings, args).await,
+        Command::Restore(args) => backup::restore(settings, args).await,
         Command::Check(args) => return check::run(settings, args).await,
     }
     .map(|()| ExitCode::SUCCESS)

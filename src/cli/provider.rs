@@ -3,7 +3,7 @@
 use chrono::Utc;
 
 use super::args::{ProviderAddArgs, ProviderCommand};
-use super::context::{open_cipher, open_store};
+use super::context::{KeyCreation, create_store, open_cipher, open_store};
 use super::engine::engine_settings;
 use super::output::{print_fields, print_json, print_table, text, time};
 use super::secret_input::read_secret_line;
@@ -99,8 +99,8 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
         client_secret,
         redirect_uri: urls.redirect_uri,
     };
-    let store = open_store(&settings).await?;
-    let cipher = open_cipher(&settings, &store).await?;
+    let store = create_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Allowed).await?;
     let provider =
         store.run(move |conn| providers::insert_with(conn, &cipher, &new, &endpoints, CLI_ACTOR, Utc::now())).await?;
     eprintln!("added provider '{}' ({}, client auth {})", provider.name, provider.kind, provider.client_auth);

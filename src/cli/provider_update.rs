@@ -5,7 +5,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::args::ProviderUpdateArgs;
-use super::context::{open_cipher, open_store};
+use super::context::{KeyCreation, open_cipher, open_store};
 use super::engine::engine_context;
 use super::output::print_json;
 use super::provider::validate_http_url;
@@ -49,7 +49,8 @@ pub async fn run(settings: Settings, args: ProviderUpdateArgs) -> Result<(), Cli
         },
         ..changes
     };
-    let context = engine_context(&settings, store.clone(), open_cipher(&settings, &store).await?, "cli")?;
+    let context =
+        engine_context(&settings, store.clone(), open_cipher(&settings, &store, KeyCreation::Forbidden).await?, "cli")?;
     let updated = {
         let (name, cipher) = (name.clone(), context.cipher.clone());
         store.run(move |conn| providers::update(conn, &cipher, &name, &changes, CLI_ACTOR, Utc::now())).await?

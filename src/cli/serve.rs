@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use super::CliError;
-use super::context::{created_key_file, created_key_notice, open_cipher, open_store};
+use super::context::{KeyCreation, create_store, created_key_file, created_key_notice, open_cipher};
 use super::engine::{engine_context, limits};
 use super::systemd;
 use crate::api::{self, AppState};
@@ -35,8 +35,10 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         .await
         .map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", settings.listen)))?;
     let local = listener.local_addr().map_err(failed("cannot read the listening address"))?;
-    let store = open_store(&settings).await?;
-    let cipher = open_cipher(&settings, &store).await?;
+    let store = create_store(&settings).await?;
+    // Held until the daemon exits: `restore` refuses to replace the store while it is held.
+    let _serving = crate::store::daemon_lock::DaemonLock::for_serve(&settings.database_url)?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Allowed).await?;
     if let Some(path) = created_key_file() {
         warn!(path = %path.display(), "{}", created_key_notice(&path));
     }

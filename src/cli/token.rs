@@ -3,13 +3,13 @@
 use chrono::Utc;
 use serde::Serialize;
 
-use super::args::{OutputArgs, TokenAddArgs, TokenCommand};
+use super::args::{OutputArgs, TokenAddArgs, TokenCommand, TokenUpdateArgs};
 use super::context::open_store;
 use super::output::{print_fields, print_json, print_table, text, time};
 use super::secret_input::read_secret_line;
 use super::{CLI_ACTOR, CliError};
-use crate::config::{Settings, validate_fraction, validate_lifetime};
-use crate::domain::{Policy, PolicyOverrides, TokenKind, TokenName};
+use crate::config::Settings;
+use crate::domain::{Policy, PolicyNames, PolicyOverrides, TokenKind, TokenName};
 use crate::store::Store;
 use crate::store::models::Token;
 use crate::store::tokens::{self, NewToken};
@@ -35,14 +35,15 @@ pub async fn run(settings: Settings, command: TokenCommand) -> Result<(), CliErr
             })
             .await
         }
-        TokenCommand::Remove { name } => {
+        TokenCommand::Update(args) => update(settings, args).await,
+        TokenCommand::Remove { name, yes } => {
             let store = open_store(&settings).await?;
             let shown = name.clone();
-            let grants = store.run(move |conn| tokens::remove(conn, &name, CLI_ACTOR, Utc::now())).await?;
-            match grants {
-                0 => eprintln!("removed token '{shown}'"),
-                1 => eprintln!("removed token '{shown}' and the one client grant to read it"),
-                n => eprintln!("removed token '{shown}' and the {n} client grants to read it"),
+            let readers = store.run(move |conn| tokens::remove(conn, &name, yes, CLI_ACTOR, Utc::now())).await?;
+            if readers.is_empty() {
+                eprintln!("removed token '{shown}'");
+            } else {
+                eprintln!("removed token '{shown}' and the grants of client(s) {} to read it", readers.join(", "));
             }
             Ok(())
         }
@@ -100,29 +101,17 @@ fn validate_add(args: &TokenAddArgs, settings: &Settings) -> Result<(Option<Stri
     if kind.is_gitlab_access_token() && !args.secret_stdin {
         return usage(format!("a {kind} needs --secret-stdin (the token on standard input)"));
     }
-    if kind.is_oauth_grant() && args.lifetime.is_some() {
-        return usage(
-            "--lifetime applies to GitLab access tokens; an OAuth provider decides its access tokens' lifetime".into(),
-        );
-    }
-    if let Some(lifetime) = args.lifetime {
-        validate_lifetime(lifetime).map_err(|m| CliError::Usage(format!("--lifetime {m}")))?;
-    }
-    if let Some(fraction) = args.rotate_at_fraction {
-        validate_fraction(fraction).map_err(|m| CliError::Usage(format!("--rotate-at-fraction {m}")))?;
-    }
     let overrides = PolicyOverrides {
         lifetime: args.lifetime,
         rotate_before: args.rotate_before,
         rotate_at_fraction: args.rotate_at_fraction,
     };
-    let policy = Policy::resolve(kind, &overrides, &settings.policy);
-    if kind.is_gitlab_access_token() && policy.rotate_before >= policy.lifetime {
-        return usage(format!(
-            "--rotate-before {} is not shorter than the lifetime {}",
-            policy.rotate_before, policy.lifetime
-        ));
-    }
+    let names = PolicyNames {
+        lifetime: "--lifetime",
+        rotate_before: "--rotate-before",
+        rotate_at_fraction: "--rotate-at-fraction",
+    };
+    Policy::checked(kind, &overrides, &settings.policy, names).map_err(CliError::Usage)?;
     Ok((resource, overrides))
 }
 
@@ -149,6 +138,45 @@ async fn add(settings: Settings, args: TokenAddArgs) -> Result<(), CliError> {
         scopes: None,
     };
     super::token_rotate::add_checked(settings, new).await
+}
+
+/// `token update NAME …`: changes the policy (or GitLab name) in place and re-plans at once.
+async fn update(settings: Settings, args: TokenUpdateArgs) -> Result<(), CliError> {
+    let change = tokens::TokenChange {
+        lifetime: args.lifetime,
+        rotate_before: args.margin,
+        rotate_at_fraction: args.rotate_at_fraction,
+        gitlab_name: args.gitlab_name,
+    };
+    if change.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to change: give --lifetime, --margin, --rotate-at-fraction or --gitlab-name".into(),
+        ));
+    }
+    let names =
+        PolicyNames { lifetime: "--lifetime", rotate_before: "--margin", rotate_at_fraction: "--rotate-at-fraction" };
+    let store = open_store(&settings).await?;
+    let defaults = settings.policy;
+    let name = args.name;
+    let token = store
+        .run(move |conn| {
+            let replan = |token: &Token| crate::engine::policy::replanned(token, &defaults, names);
+            tokens::update(conn, &name, &change, replan, CLI_ACTOR, Utc::now())
+        })
+        .await?;
+    let shown = TokenOutput::new(&token, &settings);
+    if args.output.json {
+        return print_json(&shown);
+    }
+    eprintln!(
+        "updated token '{}': lifetime {}, margin {}, rotate at fraction {}; next rotation {}",
+        token.name,
+        shown.policy.lifetime,
+        shown.policy.rotate_before,
+        shown.policy.rotate_at_fraction,
+        time(token.next_rotation_at)
+    );
+    Ok(())
 }
 
 async fn list(settings: Settings, output: OutputArgs) -> Result<(), CliError> {
@@ -193,6 +221,9 @@ async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result
     }
     if let Some(group) = &token.group {
         fields.push(("group", group.clone()));
+    }
+    if let Some(gitlab_name) = &token.gitlab_name {
+        fields.push(("gitlab name", gitlab_name.clone()));
     }
     fields.extend([
         ("state", token.state.to_string()),

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 
-use super::context::{open_cipher, open_store};
+use super::context::{KeyCreation, create_store, open_cipher, open_store};
 use super::engine::engine_context;
 use super::output::print_json;
 use super::secret_input::read_secret_line;
@@ -23,7 +23,7 @@ use crate::store::{Store, providers};
 pub async fn rotate(settings: Settings, name: TokenName, json: bool) -> Result<(), CliError> {
     let store = open_store(&settings).await?;
     ensure_token_exists(&store, &name).await?;
-    let cipher = open_cipher(&settings, &store).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Forbidden).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
     let result = rotate_now(&context, &name, CLI_ACTOR).await?;
     report_forced(&store, &name, result, json).await
@@ -92,7 +92,7 @@ pub async fn reauth(settings: Settings, name: TokenName) -> Result<(), CliError>
     let refresh_token = read_secret_line("refresh token")?;
     let store = open_store(&settings).await?;
     ensure_token_exists(&store, &name).await?;
-    let cipher = open_cipher(&settings, &store).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Forbidden).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
     {
         let (name, cipher) = (name.clone(), context.cipher.clone());
@@ -115,7 +115,7 @@ pub async fn reauth(settings: Settings, name: TokenName) -> Result<(), CliError>
 /// The name and the provider are checked before the master key is opened, so that a command
 /// refused for them never generates a key file.
 pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), CliError> {
-    let store = open_store(&settings).await?;
+    let store = create_store(&settings).await?;
     ensure_name_is_free(&store, &new.name).await?;
     let provider = {
         let (provider_name, kind) = (new.provider.clone(), new.kind);
@@ -127,7 +127,7 @@ pub async fn add_checked(settings: Settings, mut new: NewToken) -> Result<(), Cl
             })
             .await?
     };
-    let cipher = open_cipher(&settings, &store).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Allowed).await?;
     let context = engine_context(&settings, store.clone(), cipher, "cli")?;
     if new.kind.is_gitlab_access_token() {
         let info = look_up_gitlab_token(&context, &provider, &new).await?;

@@ -10,7 +10,7 @@ mod state;
 
 pub use kinds::{ClientAuth, ClientRole, ProviderKind, TokenKind};
 pub use names::{ClientName, InvalidName, ProviderName, TokenName};
-pub use policy::{Policy, PolicyOverrides};
+pub use policy::{Policy, PolicyNames, PolicyOverrides};
 pub use state::{CLIENT_CREDENTIALS_REJECTED, Recovery, TokenState};
 
 /// A string that did not name any of a closed set of values.

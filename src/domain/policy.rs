@@ -30,7 +30,50 @@ pub struct Policy {
     pub rotate_at_fraction: f64,
 }
 
+/// What the policy settings are called where they were given (command-line flags or API fields),
+/// so that a refusal names the setting the way its author wrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyNames {
+    /// The lifetime setting, e.g. `--lifetime`.
+    pub lifetime: &'static str,
+    /// The margin setting, e.g. `--rotate-before`.
+    pub rotate_before: &'static str,
+    /// The fraction setting, e.g. `--rotate-at-fraction`.
+    pub rotate_at_fraction: &'static str,
+}
+
 impl Policy {
+    /// Checks a token's overrides for its kind (lifetime 1d..365d and only for GitLab access
+    /// tokens, a fraction in (0, 1], a GitLab token's margin shorter than its lifetime) and
+    /// resolves them; the refusal names the setting as `names` spell it.
+    pub fn checked(
+        kind: TokenKind,
+        overrides: &PolicyOverrides,
+        defaults: &PolicyDefaults,
+        names: PolicyNames,
+    ) -> Result<Self, String> {
+        if let Some(lifetime) = overrides.lifetime {
+            if kind.is_oauth_grant() {
+                return Err(format!(
+                    "{} applies to GitLab access tokens; an OAuth provider decides its access tokens' lifetime",
+                    names.lifetime
+                ));
+            }
+            crate::config::validate_lifetime(lifetime).map_err(|m| format!("{} {m}", names.lifetime))?;
+        }
+        if let Some(fraction) = overrides.rotate_at_fraction {
+            crate::config::validate_fraction(fraction).map_err(|m| format!("{} {m}", names.rotate_at_fraction))?;
+        }
+        let policy = Self::resolve(kind, overrides, defaults);
+        if kind.is_gitlab_access_token() && policy.rotate_before >= policy.lifetime {
+            return Err(format!(
+                "{} {} is not shorter than the lifetime {}",
+                names.rotate_before, policy.rotate_before, policy.lifetime
+            ));
+        }
+        Ok(policy)
+    }
+
     /// Resolves the policy for a token of `kind` from its overrides and the defaults.
     pub fn resolve(kind: TokenKind, overrides: &PolicyOverrides, defaults: &PolicyDefaults) -> Self {
         let default_margin =

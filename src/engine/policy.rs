@@ -43,6 +43,52 @@ pub fn plan_rotation(
     jittered.min(rule)
 }
 
+/// The shortest time between rotations a changed policy may plan: a policy that rotates a
+/// token right after every rotation would hammer the provider without end.
+pub const MIN_ROTATION_INTERVAL: TimeDelta = TimeDelta::minutes(10);
+
+/// The plan of `token` under its own (possibly just changed) overrides and `defaults`, after
+/// checking them for its kind ([`Policy::checked`]) and that a fresh secret would be kept at
+/// least [`MIN_ROTATION_INTERVAL`] (a GitLab token for the policy's lifetime, an OAuth grant for
+/// its access token's current lifetime); `None` when its secret's issue time or expiry is not
+/// known yet (the plan stays as it is).
+pub fn replanned(
+    token: &crate::store::models::Token,
+    defaults: &crate::config::PolicyDefaults,
+    names: crate::domain::PolicyNames,
+) -> Result<Option<DateTime<Utc>>, String> {
+    let policy = Policy::checked(token.kind, &token.policy_overrides, defaults, names)?;
+    let lifetime = if token.kind.is_oauth_grant() {
+        token.issued_at.zip(token.expires_at).map(|(issued_at, expires_at)| expires_at - issued_at)
+    } else {
+        TimeDelta::from_std(policy.lifetime.get()).ok()
+    };
+    if let Some(lifetime) = lifetime {
+        let margin = TimeDelta::from_std(policy.rotate_before.get()).unwrap_or(TimeDelta::MAX);
+        let interval = lifetime
+            .checked_sub(&margin)
+            .unwrap_or(TimeDelta::MIN)
+            .min(scale(lifetime, policy.rotate_at_fraction.clamp(0.0, 1.0)));
+        if interval < MIN_ROTATION_INTERVAL {
+            return Err(format!(
+                "with {} {}, {} {} and a secret that lives {}s, token '{}' would be rotated again less than {} minutes after \
+                 every rotation; choose a shorter margin or a larger fraction",
+                names.rotate_before,
+                policy.rotate_before,
+                names.rotate_at_fraction,
+                policy.rotate_at_fraction,
+                lifetime.num_seconds(),
+                token.name,
+                MIN_ROTATION_INTERVAL.num_minutes()
+            ));
+        }
+    }
+    Ok(match (token.issued_at, token.expires_at) {
+        (Some(issued_at), Some(expires_at)) => Some(plan_rotation(token.name.as_str(), issued_at, expires_at, &policy)),
+        _ => None,
+    })
+}
+
 /// `delta × factor`, rounded to whole milliseconds.
 fn scale(delta: TimeDelta, factor: f64) -> TimeDelta {
     TimeDelta::milliseconds((delta.num_milliseconds() as f64 * factor) as i64)

@@ -8,7 +8,7 @@ use secrecy::SecretString;
 
 use super::audit::{self, AuditTarget};
 use super::models::{Client, ClientRow, naive, new_id};
-use super::schema::{client_grants, clients};
+use super::schema::{client_grants, clients, tokens};
 use super::{DbConnection, StoreError};
 use crate::crypto::{ApiKey, ApiKeyHash, Cipher, SealContext};
 use crate::domain::{ClientName, ClientRole, TokenName};
@@ -73,13 +73,14 @@ pub fn insert(
     };
     let grants: Vec<String> = new.grants.iter().map(ToString::to_string).collect();
     let client = conn.write_transaction(|conn| {
+        let token_ids = grantable(conn, &new.grants)?;
         diesel::insert_into(clients::table)
             .values(&row)
             .execute(conn)
             .map_err(StoreError::on_unique("client", new.name.as_str()))?;
-        for token_name in &grants {
+        for token_id in &token_ids {
             diesel::insert_into(client_grants::table)
-                .values((client_grants::client_id.eq(&id), client_grants::token_name.eq(token_name)))
+                .values((client_grants::client_id.eq(&id), client_grants::token_id.eq(token_id)))
                 .execute(conn)?;
         }
         let detail = format!("role={} grants={}", new.role, grants.join(","));
@@ -89,13 +90,40 @@ pub fn insert(
     Ok(CreatedClient { client, api_key, webhook_secret })
 }
 
+/// The ids of the tokens named, in order; a name no token has is refused (a grant refers to one
+/// existing token, never to whatever is added under that name later).
+pub fn grantable(conn: &mut DbConnection, names: &[TokenName]) -> Result<Vec<String>, StoreError> {
+    names
+        .iter()
+        .map(|name| {
+            tokens::table
+                .filter(tokens::name.eq(name.as_str()))
+                .select(tokens::id)
+                .get_result::<String>(conn)
+                .optional()?
+                .ok_or_else(|| StoreError::InvalidInput(format!("cannot grant '{name}': no token has that name")))
+        })
+        .collect()
+}
+
+/// The names of the clients granted the token with row id `token_id`, by name.
+pub fn granted(conn: &mut DbConnection, token_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(client_grants::table
+        .inner_join(clients::table)
+        .filter(client_grants::token_id.eq(token_id))
+        .select(clients::name)
+        .order(clients::name.asc())
+        .load(conn)?)
+}
+
 /// All clients with their grants, by name.
 pub fn list(conn: &mut DbConnection) -> Result<Vec<Client>, StoreError> {
     let rows: Vec<ClientRow> = clients::table.select(ClientRow::as_select()).order(clients::name.asc()).load(conn)?;
     let mut grants: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (client_id, token_name) in client_grants::table
-        .select((client_grants::client_id, client_grants::token_name))
-        .order(client_grants::token_name.asc())
+        .inner_join(tokens::table)
+        .select((client_grants::client_id, tokens::name))
+        .order(tokens::name.asc())
         .load::<(String, String)>(conn)?
     {
         grants.entry(client_id).or_default().push(token_name);
@@ -114,11 +142,18 @@ pub fn authenticate(conn: &mut DbConnection, presented: &str) -> Result<Option<C
     let Some(mut client) = authenticate_key(conn, presented)? else {
         return Ok(None);
     };
-    client.grants = client_grants::table
-        .filter(client_grants::client_id.eq(&client.id))
-        .select(client_grants::token_name)
-        .load(conn)?;
+    client.grants = granted_names(conn, &client.id)?;
     Ok(Some(client))
+}
+
+/// The names of the tokens client `client_id` may read, by name.
+fn granted_names(conn: &mut DbConnection, client_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(client_grants::table
+        .inner_join(tokens::table)
+        .filter(client_grants::client_id.eq(client_id))
+        .select(tokens::name)
+        .order(tokens::name.asc())
+        .load(conn)?)
 }
 
 /// The client whose API key is `presented`, if any, WITHOUT its grants (`grants` is empty):

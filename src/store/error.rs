@@ -13,6 +13,35 @@ pub enum StoreError {
         /// What went wrong and what to check.
         message: String,
     },
+    /// There is no tokenwarden store where the settings point (a read-only command never
+    /// creates one).
+    #[error(
+        "no tokenwarden store at {url} (check --database-url / TOKENWARDEN_DATABASE_URL and the working \
+         directory; `tokenwarden serve` or an add command creates a store)"
+    )]
+    NoStore {
+        /// The database URL (without password).
+        url: String,
+    },
+    /// The store's schema is older than this tokenwarden's, and the command does not migrate.
+    #[error(
+        "the store at {url} has an older schema ({pending} migration(s) not applied); this command does not \
+         migrate: start `tokenwarden serve` of this version once (it migrates), then run it again"
+    )]
+    SchemaBehind {
+        /// The database URL (without password).
+        url: String,
+        /// How many migrations are not applied.
+        pending: usize,
+    },
+    /// The store was written by a newer tokenwarden.
+    #[error("the store at {url} was written by a newer tokenwarden (schema {versions}); use that version or newer")]
+    SchemaAhead {
+        /// The database URL (without password).
+        url: String,
+        /// The applied migrations this binary does not know.
+        versions: String,
+    },
     /// Applying migrations failed.
     #[error("cannot migrate the database schema: {0}")]
     Migration(String),
@@ -34,6 +63,26 @@ pub enum StoreError {
         what: &'static str,
         /// The name.
         name: String,
+    },
+    /// A token cannot be removed without the operator's word, since clients may read it.
+    #[error(
+        "token '{token}' is granted to client(s) {clients}; removing it drops their grants: run again with --yes \
+         to remove it anyway"
+    )]
+    StillGranted {
+        /// The token.
+        token: String,
+        /// The clients granted it, comma-separated.
+        clients: String,
+    },
+    /// A daemon serves the store, so it cannot be replaced under it.
+    #[error(
+        "a tokenwarden daemon is serving this store (it holds {lock}); stop it (e.g. `systemctl stop tokenwarden`) \
+         and run restore again"
+    )]
+    DaemonRunning {
+        /// The lock file the daemon holds.
+        lock: String,
     },
     /// The request contradicts the current state (e.g. removing a provider still in use).
     #[error("{0}")]

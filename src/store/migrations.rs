@@ -6,6 +6,7 @@
 //! migrating leaves the schema at the last whole step.
 
 use diesel::connection::SimpleConnection;
+use diesel::migration::MigrationSource;
 use diesel::{PgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -56,6 +57,68 @@ fn schema_is_current(conn: &mut PgConnection) -> bool {
         return false;
     };
     exists && matches!(conn.has_pending_migration(POSTGRES_MIGRATIONS), Ok(false))
+}
+
+/// Diesel's bookkeeping table of applied migrations, read (never created) by [`status`].
+mod bookkeeping {
+    diesel::table! {
+        /// One row per applied migration.
+        __diesel_schema_migrations (version) {
+            version -> Text,
+        }
+    }
+}
+
+/// How a database's schema compares with the migrations compiled into this binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaStatus {
+    /// No tokenwarden schema at all (an empty file, or a PostgreSQL database without our tables).
+    Missing,
+    /// Every migration this binary knows is applied, and no other.
+    Current,
+    /// Written by an older tokenwarden: this many migrations are not applied yet.
+    Behind(usize),
+    /// Written by a newer tokenwarden: these applied migrations are unknown to this binary.
+    Ahead(Vec<String>),
+}
+
+/// Compares the database's applied migrations with the embedded ones, without writing anything
+/// (Diesel's own harness would create its bookkeeping table on a database that has none).
+pub fn status(conn: &mut DbConnection) -> Result<SchemaStatus, StoreError> {
+    let (exists_sql, known) = match conn {
+        DbConnection::Sqlite(_) => (
+            "(SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+             AND name IN ('__diesel_schema_migrations', 'tokens')) = 2",
+            embedded_versions::<diesel::sqlite::Sqlite>(&SQLITE_MIGRATIONS)?,
+        ),
+        DbConnection::Postgres(_) => (
+            "to_regclass('__diesel_schema_migrations') IS NOT NULL AND to_regclass('tokens') IS NOT NULL",
+            embedded_versions::<diesel::pg::Pg>(&POSTGRES_MIGRATIONS)?,
+        ),
+    };
+    let exists = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(exists_sql)).get_result::<bool>(conn)?;
+    if !exists {
+        return Ok(SchemaStatus::Missing);
+    }
+    use diesel::QueryDsl;
+    let applied: Vec<String> = bookkeeping::__diesel_schema_migrations::table
+        .select(bookkeeping::__diesel_schema_migrations::version)
+        .load(conn)?;
+    let unknown: Vec<String> = applied.iter().filter(|version| !known.contains(version)).cloned().collect();
+    if !unknown.is_empty() {
+        return Ok(SchemaStatus::Ahead(unknown));
+    }
+    let pending = known.iter().filter(|version| !applied.contains(version)).count();
+    Ok(if pending == 0 { SchemaStatus::Current } else { SchemaStatus::Behind(pending) })
+}
+
+/// The versions of the embedded migrations, as Diesel records them when it applies them.
+fn embedded_versions<DB: diesel::backend::Backend>(source: &EmbeddedMigrations) -> Result<Vec<String>, StoreError>
+where
+    EmbeddedMigrations: MigrationSource<DB>,
+{
+    let migrations = MigrationSource::<DB>::migrations(source).map_err(migration_error)?;
+    Ok(migrations.iter().map(|migration| migration.name().version().to_string()).collect())
 }
 
 fn migration_error(err: Box<dyn std::error::Error + Send + Sync>) -> StoreError {

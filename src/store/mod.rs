@@ -7,13 +7,16 @@
 mod answer_batch;
 pub mod audit;
 mod audit_batch;
+pub mod backup;
 pub mod changes;
+pub mod client_update;
 pub mod clients;
 mod connection;
+pub mod daemon_lock;
 mod error;
 pub mod job_lock;
 pub mod meta;
-mod migrations;
+pub mod migrations;
 pub mod models;
 pub mod outbox;
 mod pool;
@@ -58,29 +61,67 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens the database, runs pending migrations (harmless when there are none) and
-    /// builds the pool. Blocking: call before the runtime's work starts, or via
+    /// builds the pool; a database a newer tokenwarden migrated is refused
+    /// ([`StoreError::SchemaAhead`]), never run on with a schema this binary does not know. Blocking: call before the runtime's work starts, or via
     /// `spawn_blocking`.
     pub fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
         let mut first = connect(url)
             .map_err(|err| StoreError::Open { url: url.to_string(), message: describe_open_error(url, &err) })?;
+        // A status that cannot be read now (another replica is migrating) is left to the
+        // migration itself, which waits for that replica.
+        if let Ok(migrations::SchemaStatus::Ahead(versions)) = migrations::status(&mut first) {
+            return Err(StoreError::SchemaAhead { url: url.to_string(), versions: versions.join(", ") });
+        }
         migrations::run(&mut first)?;
         if let DbConnection::Postgres(pg) = &mut first {
             warn_without_autovacuum(pg);
         }
         drop(first);
+        Ok(Self::with_pool(url))
+    }
+
+    /// Opens an existing store whose schema is this binary's, without creating or migrating
+    /// anything: for commands that only read or change what exists. A missing SQLite file, or a
+    /// database without tokenwarden's tables, is [`StoreError::NoStore`]; an older or newer
+    /// schema is [`StoreError::SchemaBehind`] / [`StoreError::SchemaAhead`]. Blocking.
+    pub fn open_existing(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let no_store = || StoreError::NoStore { url: url.to_string() };
+        if let DatabaseUrl::Sqlite(path) = url
+            && !path.is_file()
+        {
+            return Err(no_store());
+        }
+        let mut first = connect(url)
+            .map_err(|err| StoreError::Open { url: url.to_string(), message: describe_open_error(url, &err) })?;
+        match migrations::status(&mut first)? {
+            migrations::SchemaStatus::Current => {}
+            migrations::SchemaStatus::Missing => return Err(no_store()),
+            migrations::SchemaStatus::Behind(pending) => {
+                return Err(StoreError::SchemaBehind { url: url.to_string(), pending });
+            }
+            migrations::SchemaStatus::Ahead(versions) => {
+                return Err(StoreError::SchemaAhead { url: url.to_string(), versions: versions.join(", ") });
+            }
+        }
+        drop(first);
+        Ok(Self::with_pool(url))
+    }
+
+    /// The store's pool and helpers on a database that is ready.
+    fn with_pool(url: &DatabaseUrl) -> Self {
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
             .connection_timeout(POOL_WAIT)
             .test_on_check_out(false)
             .build_unchecked(Manager::new(url.clone()));
-        Ok(Self {
+        Self {
             pool,
             url: url.clone(),
             audit: audit_batch::AuditBatcher::default(),
             answers: answer_batch::AnswerBatcher::default(),
             writes: write_health::WriteHealth::default(),
-        })
+        }
     }
 
     /// The URL this store was opened with.

@@ -163,6 +163,8 @@ pub struct TokenRow {
     pub updated_at: NaiveDateTime,
     /// 1 when the OAuth server issues a new refresh token on refresh, 0 when it keeps the old.
     pub refresh_token_rotates: Option<i32>,
+    /// The token's name at GitLab (set by `token update --gitlab-name`).
+    pub gitlab_name: Option<String>,
 }
 
 /// A new row of `tokens`, secrets already sealed.
@@ -249,6 +251,8 @@ pub struct Token {
     pub recovery: Option<String>,
     /// The token's scopes as the provider reported them.
     pub scopes: Option<String>,
+    /// The name the token has at GitLab, when an operator recorded it (`token update --gitlab-name`).
+    pub gitlab_name: Option<String>,
     /// When it was added.
     pub created_at: DateTime<Utc>,
     /// When its row last changed.
@@ -295,6 +299,7 @@ impl Token {
             refresh_token_rotates: row.refresh_token_rotates.map(|flag| flag != 0),
             recovery: row.recovery,
             scopes: row.scopes,
+            gitlab_name: row.gitlab_name,
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
         })

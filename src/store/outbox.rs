@@ -16,7 +16,7 @@ use diesel::prelude::*;
 use serde_json::json;
 
 use super::models::{naive, new_id, utc};
-use super::schema::{client_grants, clients, outbox, webhook_attempts};
+use super::schema::{client_grants, clients, outbox, tokens, webhook_attempts};
 use super::{DbConnection, StoreError};
 use crate::domain::ClientRole;
 
@@ -52,8 +52,9 @@ pub fn enqueue(
     expires_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
+    let token_id = tokens::table.filter(tokens::name.eq(token_name)).select(tokens::id);
     let granted =
-        client_grants::table.filter(client_grants::token_name.eq(token_name)).select(client_grants::client_id);
+        client_grants::table.filter(client_grants::token_id.eq_any(token_id)).select(client_grants::client_id);
     let subscribers: Vec<String> = clients::table
         .filter(clients::webhook_url.is_not_null())
         .filter(clients::role.eq(ClientRole::Operator.as_str()).or(clients::id.eq_any(granted)))

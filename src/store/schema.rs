@@ -64,6 +64,7 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         refresh_token_rotates -> Nullable<Integer>,
+        gitlab_name -> Nullable<Text>,
     }
 }
 
@@ -97,10 +98,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Which tokens a reader may read, by token name.
-    client_grants (client_id, token_name) {
+    /// Which tokens a reader may read, by token identity (a token added later under a removed
+    /// token's name is not granted).
+    client_grants (client_id, token_id) {
         client_id -> Text,
-        token_name -> Text,
+        token_id -> Text,
     }
 }
 
@@ -153,6 +155,7 @@ diesel::table! {
 diesel::joinable!(tokens -> providers (provider_id));
 diesel::joinable!(token_history -> tokens (token_id));
 diesel::joinable!(client_grants -> clients (client_id));
+diesel::joinable!(client_grants -> tokens (token_id));
 diesel::joinable!(outbox -> clients (client_id));
 diesel::joinable!(webhook_attempts -> outbox (delivery_id));
 
@@ -161,5 +164,7 @@ diesel::allow_tables_to_appear_in_same_query!(client_grants, clients);
 // A secret read checks the reader's grant in the same statement (tokens::read_current_as).
 diesel::allow_tables_to_appear_in_same_query!(client_grants, tokens);
 diesel::allow_tables_to_appear_in_same_query!(client_grants, providers);
+// Webhook fan-out finds the clients granted a token (outbox::enqueue); grants name token ids.
+diesel::allow_tables_to_appear_in_same_query!(clients, tokens);
 diesel::allow_tables_to_appear_in_same_query!(outbox, clients);
 diesel::allow_tables_to_appear_in_same_query!(webhook_attempts, outbox);

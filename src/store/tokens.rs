@@ -182,25 +182,27 @@ pub fn find_as(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) ->
         .select((TokenRow::as_select(), providers_table::name));
     let found = match reader {
         ReadAs::Operator => token.get_result::<(TokenRow, String)>(conn),
-        ReadAs::Reader { client_id } => {
-            token.filter(diesel::dsl::exists(grant_of(client_id, name))).get_result::<(TokenRow, String)>(conn)
-        }
+        ReadAs::Reader { client_id } => tokens::table
+            .inner_join(providers_table::table)
+            .inner_join(client_grants::table.on(grant_of(client_id)))
+            .filter(tokens::name.eq(name.as_str()))
+            .select((TokenRow::as_select(), providers_table::name))
+            .get_result::<(TokenRow, String)>(conn),
     };
     let (row, provider) = found.optional()?.ok_or_else(|| not_found(name))?;
     Token::from_row(row, &provider)
 }
 
-/// The query [`grant_of`] builds.
-type GrantOf<'a> = diesel::dsl::Filter<
-    diesel::dsl::Filter<client_grants::table, diesel::dsl::Eq<client_grants::client_id, &'a str>>,
-    diesel::dsl::Eq<client_grants::token_name, &'a str>,
+/// The join condition [`grant_of`] builds.
+type GrantOf<'a> = diesel::dsl::And<
+    diesel::dsl::Eq<client_grants::token_id, tokens::id>,
+    diesel::dsl::Eq<client_grants::client_id, &'a str>,
 >;
 
-/// The grant of token `name` to client `client_id`, for an `EXISTS` beside a read.
-fn grant_of<'a>(client_id: &'a str, name: &'a TokenName) -> GrantOf<'a> {
-    client_grants::table
-        .filter(client_grants::client_id.eq(client_id))
-        .filter(client_grants::token_name.eq(name.as_str()))
+/// Joins a token row to its grant to client `client_id` (the grant's primary key), so a read
+/// finds the row only when that client was granted that very token.
+fn grant_of(client_id: &str) -> GrantOf<'_> {
+    client_grants::token_id.eq(tokens::id).and(client_grants::client_id.eq(client_id))
 }
 
 /// What the exported gauges need: tokens per state, and the expiries worth a series each.
@@ -268,8 +270,8 @@ pub enum ReadAs<'a> {
 
 /// As [`read_current`], for `reader`: a token a reader was not granted is
 /// [`StoreError::NotFound`], exactly like one that does not exist. The grant is checked in the
-/// same statement as the read (`… AND EXISTS (SELECT … FROM client_grants …)`), one primary-key
-/// look-up, so both come from one snapshot and the read costs one statement.
+/// same statement as the read (`… JOIN client_grants ON token_id = tokens.id AND client_id = …`),
+/// one primary-key look-up, so both come from one snapshot and the read costs one statement.
 pub fn read_current_as(
     conn: &mut DbConnection,
     cipher: &Cipher,
@@ -281,13 +283,15 @@ pub fn read_current_as(
         providers_table::name,
         tokens::secret,
     ));
-    let found =
-        match reader {
-            ReadAs::Operator => current.get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
-            ReadAs::Reader { client_id } => current
-                .filter(diesel::dsl::exists(grant_of(client_id, name)))
-                .get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
-        };
+    let found = match reader {
+        ReadAs::Operator => current.get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
+        ReadAs::Reader { client_id } => tokens::table
+            .inner_join(providers_table::table)
+            .inner_join(client_grants::table.on(grant_of(client_id)))
+            .filter(tokens::name.eq(name.as_str()))
+            .select((TokenRow::as_select(), providers_table::name, tokens::secret))
+            .get_result::<(TokenRow, String, Option<Vec<u8>>)>(conn),
+    };
     let (row, provider, sealed) = found.optional()?.ok_or_else(|| not_found(name))?;
     let secret = sealed
         .map(|bytes| cipher.open(secret_context(&row.id, SecretField::Secret), &bytes).map_err(StoreError::from))
@@ -374,24 +378,36 @@ fn token_target(name: &TokenName) -> AuditTarget<'_> {
 }
 
 /// Stops tracking a token and forgets its secrets and history (the audit log keeps a row).
-/// Every client's grant to read it goes in the same transaction: grants are by name, and a
-/// token added later under the same name is another credential, readable only by clients
-/// granted it anew. Returns how many grants were removed.
-pub fn remove(conn: &mut DbConnection, name: &TokenName, actor: &str, now: DateTime<Utc>) -> Result<usize, StoreError> {
+/// Every client's grant to read it goes in the same transaction (grants are by token identity:
+/// a token added later under the same name is another credential, readable only by clients
+/// granted it anew). While clients hold grants, nothing is removed unless `drop_grants` says
+/// the operator agreed ([`StoreError::StillGranted`] names them). Returns the names of the
+/// clients whose grants were removed.
+pub fn remove(
+    conn: &mut DbConnection,
+    name: &TokenName,
+    drop_grants: bool,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
     conn.write_transaction(|conn| {
         let token = find(conn, name)?;
         ensure_settled(&token, "remove")?;
+        let readers = super::clients::granted(conn, &token.id)?;
+        if !readers.is_empty() && !drop_grants {
+            return Err(StoreError::StillGranted { token: name.to_string(), clients: readers.join(", ") });
+        }
+        diesel::delete(client_grants::table.filter(client_grants::token_id.eq(&token.id))).execute(conn)?;
         diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
-        let grants =
-            diesel::delete(client_grants::table.filter(client_grants::token_name.eq(name.as_str()))).execute(conn)?;
-        let detail = format!("version={} grants_removed={grants}", token.version);
+        let detail = format!("version={} grants_removed={}", token.version, readers.len());
+        let detail = if readers.is_empty() { detail } else { format!("{detail} clients={}", readers.join(",")) };
         audit::record(conn, now, actor, "token.remove", token_target(name), Some(detail))?;
-        Ok(grants)
+        Ok(readers)
     })
 }
 
-/// Takes back a `token add` whose first contact with the provider failed: the token row
-/// goes, but grants made for its name before it was added stay, as they were.
+/// Takes back a `token add` whose first contact with the provider failed: the token row goes
+/// (with any grant of it, which can only have been made in the moment since it was added).
 pub fn undo_add(
     conn: &mut DbConnection,
     name: &TokenName,
@@ -402,6 +418,7 @@ pub fn undo_add(
     conn.write_transaction(|conn| {
         let token = find(conn, name)?;
         ensure_settled(&token, "remove")?;
+        diesel::delete(client_grants::table.filter(client_grants::token_id.eq(&token.id))).execute(conn)?;
         diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
         audit::record(conn, now, actor, "token.remove", token_target(name), Some(format!("add undone: {why}")))
     })
@@ -418,4 +435,113 @@ pub fn history(conn: &mut DbConnection, name: &TokenName) -> Result<Vec<HistoryE
         .into_iter()
         .map(HistoryEntry::from)
         .collect())
+}
+
+/// What `token update` changes; `None` keeps the current setting.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenChange {
+    /// A new lifetime requested when the GitLab token is rotated.
+    pub lifetime: Option<crate::config::HumanDuration>,
+    /// A new minimum margin before expiry.
+    pub rotate_before: Option<crate::config::HumanDuration>,
+    /// A new fraction of the lifetime after which to rotate.
+    pub rotate_at_fraction: Option<f64>,
+    /// The name the token has at GitLab.
+    pub gitlab_name: Option<String>,
+}
+
+impl TokenChange {
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `overrides` with this change's policy settings put in.
+    pub fn applied_to(&self, overrides: &PolicyOverrides) -> PolicyOverrides {
+        PolicyOverrides {
+            lifetime: self.lifetime.or(overrides.lifetime),
+            rotate_before: self.rotate_before.or(overrides.rotate_before),
+            rotate_at_fraction: self.rotate_at_fraction.or(overrides.rotate_at_fraction),
+        }
+    }
+
+    /// The audit detail: each setting changed, as `key=value`.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(lifetime) = self.lifetime {
+            parts.push(format!("lifetime={lifetime}"));
+        }
+        if let Some(margin) = self.rotate_before {
+            parts.push(format!("rotate_before={margin}"));
+        }
+        if let Some(fraction) = self.rotate_at_fraction {
+            parts.push(format!("rotate_at_fraction={fraction}"));
+        }
+        if let Some(name) = &self.gitlab_name {
+            parts.push(format!("gitlab_name={name:?}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// Longest GitLab token name accepted (GitLab's own limit).
+pub const MAX_GITLAB_NAME_CHARS: usize = 255;
+
+/// Checks a GitLab token name: 1 to [`MAX_GITLAB_NAME_CHARS`] characters, none a control character.
+pub fn check_gitlab_name(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_GITLAB_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(format!(
+            "the GitLab name must be 1 to {MAX_GITLAB_NAME_CHARS} characters without control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Changes a token's policy (and the name it has at GitLab) in place and re-plans its next
+/// rotation at once: `replan` gets the token with its new overrides and answers its new plan
+/// (`Ok(None)` keeps the stored one) or why the new policy is refused. Only `active` and
+/// `paused` tokens are re-planned (a `retrying` token's next time is a backoff). History is
+/// unchanged (no new version); an audit row records the change; the daemon sees the new plan
+/// through its change watch. Refused while a rotation holds the token's lease.
+pub fn update(
+    conn: &mut DbConnection,
+    name: &TokenName,
+    change: &TokenChange,
+    replan: impl Fn(&Token) -> Result<Option<DateTime<Utc>>, String>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Token, StoreError> {
+    if change.is_empty() {
+        return Err(StoreError::InvalidInput(
+            "nothing to change: give a lifetime, a margin, a rotation fraction or a GitLab name".into(),
+        ));
+    }
+    if let Some(gitlab_name) = &change.gitlab_name {
+        check_gitlab_name(gitlab_name).map_err(StoreError::InvalidInput)?;
+    }
+    conn.write_transaction(|conn| {
+        let mut token = find(conn, name)?;
+        ensure_settled(&token, "change")?;
+        token.policy_overrides = change.applied_to(&token.policy_overrides);
+        let planned = replan(&token).map_err(StoreError::InvalidInput)?;
+        let reschedule = matches!(token.state, TokenState::Active | TokenState::Paused);
+        let next_rotation_at = match planned {
+            Some(at) if reschedule => Some(at),
+            _ => token.next_rotation_at,
+        };
+        let overrides = token.policy_overrides;
+        diesel::update(tokens::table.filter(tokens::id.eq(&token.id)))
+            .set((
+                tokens::lifetime_seconds.eq(seconds(overrides.lifetime)),
+                tokens::rotate_before_seconds.eq(seconds(overrides.rotate_before)),
+                tokens::rotate_at_fraction.eq(overrides.rotate_at_fraction),
+                tokens::gitlab_name.eq(change.gitlab_name.as_ref().or(token.gitlab_name.as_ref())),
+                tokens::next_rotation_at.eq(next_rotation_at.map(naive)),
+                tokens::updated_at.eq(naive(now)),
+            ))
+            .execute(conn)?;
+        audit::record(conn, now, actor, "token.update", token_target(name), Some(change.describe()))?;
+        find(conn, name)
+    })
 }

@@ -46,6 +46,11 @@ impl TestSchema {
         Some(Self { admin, schema, url, url_text })
     }
 
+    /// This schema's URL as text.
+    pub fn url_text(&self) -> &str {
+        &self.url_text
+    }
+
     /// The server's TCP address: the first address of the host the URL names (port 5432 when it
     /// names none) that accepts a connection.
     pub fn server_addr(&self) -> std::net::SocketAddr {
