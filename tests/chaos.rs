@@ -987,12 +987,12 @@ impl Report {
     }
 }
 
-/// The commit gaps one daemon logged (`commit_gap_us=Some(N)` on each `rotated` line).
+/// The commit gaps one daemon logged (`commit_gap_us=N` on each `rotated` line).
 fn commit_gaps_in(log: &Path) -> Vec<Duration> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.split("commit_gap_us=Some(")
+    text.split("commit_gap_us=")
         .skip(1)
-        .filter_map(|part| part.split(')').next().and_then(|n| n.parse().ok()))
+        .filter_map(|part| part.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()))
         .map(Duration::from_micros)
         .collect()
 }

@@ -536,16 +536,18 @@ pub fn commit_successes(
         let mut results = Vec::with_capacity(answers.len());
         for answer in answers {
             conn.batch_execute("SAVEPOINT answer")?;
-            let stored = store_success(conn, &answer.lease, &answer.success, &answer.actor, answer.now);
-            match &stored {
+            match store_success(conn, &answer.lease, &answer.success, &answer.actor, answer.now) {
                 // A conflict dooms the whole transaction on PostgreSQL: run it again.
-                Err(err) if crate::store::connection::TransactionError::is_retryable_conflict(err) => {
-                    return Err(stored.expect_err("matched an error"));
+                Err(err) if super::connection::TransactionError::is_retryable_conflict(&err) => return Err(err),
+                Ok(version) => {
+                    conn.batch_execute("RELEASE SAVEPOINT answer")?;
+                    results.push(Ok(version));
                 }
-                Ok(_) => conn.batch_execute("RELEASE SAVEPOINT answer")?,
-                Err(_) => conn.batch_execute("ROLLBACK TO SAVEPOINT answer; RELEASE SAVEPOINT answer")?,
+                Err(err) => {
+                    conn.batch_execute("ROLLBACK TO SAVEPOINT answer; RELEASE SAVEPOINT answer")?;
+                    results.push(Err(err));
+                }
             }
-            results.push(stored);
         }
         Ok(results)
     })
