@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::Sandbox;
 use common::serve_process::ServeProcess;
+use diesel::Connection;
 use diesel::connection::SimpleConnection;
 use secrecy::ExposeSecret;
 use tokenwarden::config::DatabaseUrl;
@@ -218,4 +219,34 @@ fn a_backup_taken_during_a_rotation_storm_restores_every_committed_version_and_s
         assert_eq!(read_secret(&base, &api_key, name), (*version, secret.clone()), "{name}");
     }
     assert!(daemon.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn restore_refuses_while_a_command_or_a_foreign_connection_has_the_store_open_and_changes_nothing() {
+    let sandbox = sandbox_with_tokens(&["ci"]);
+    let backup = sandbox.path().join("b.db");
+    sandbox.fails(&["backup", "--to", backup.to_str().unwrap()], "", 0);
+    sandbox.add_project_token("added-after-backup");
+    let live = versions(&sandbox.db_path());
+    let backup_arg = backup.to_str().unwrap();
+
+    // Any tokenwarden process with the store open (here a Store, as `token rotate` holds one)
+    // keeps a restore from replacing the file under its connections.
+    let url = DatabaseUrl::Sqlite(sandbox.db_path());
+    let open = tokenwarden::store::Store::open_existing(&url).unwrap();
+    one_line_exit(&sandbox, &["restore", "--from", backup_arg], 1, "another tokenwarden command has it open");
+    assert_eq!(versions(&sandbox.db_path()), live, "refused while a command has the store open");
+    drop(open);
+
+    // A connection from outside tokenwarden (an sqlite3 shell) in a read transaction: the log
+    // cannot be folded in, so nothing is replaced and the log is not removed.
+    let mut foreign = diesel::SqliteConnection::establish(sandbox.db_path().to_str().unwrap()).unwrap();
+    foreign.batch_execute("BEGIN; SELECT count(*) FROM tokens;").unwrap();
+    one_line_exit(&sandbox, &["restore", "--from", backup_arg], 1, "another process has it open");
+    foreign.batch_execute("COMMIT;").unwrap();
+    drop(foreign);
+    assert_eq!(versions(&sandbox.db_path()), live, "refused while another process reads the store");
+
+    sandbox.fails(&["restore", "--from", backup_arg], "", 0);
+    assert!(!versions(&sandbox.db_path()).contains_key("added-after-backup"), "restored once nothing holds it");
 }

@@ -113,6 +113,12 @@ fn an_older_schema_is_reported_not_migrated_by_read_only_commands_and_a_newer_on
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("TOKENWARDEN UNKNOWN - the store at"));
     assert_eq!(applied_migrations(&sandbox), all - 1, "a read-only command does not migrate");
+    // A backup before the upgrade is exactly when the schema is older: copied as it is.
+    let copy = sandbox.path().join("before-upgrade.db");
+    let stderr = sandbox.fails(&["backup", "--to", copy.to_str().unwrap()], "", 0);
+    assert!(stderr.contains("backed up"), "{stderr}");
+    assert!(stderr.contains("older schema"), "says the copy needs migrating: {stderr}");
+    assert_eq!(applied_migrations(&sandbox), all - 1, "backup does not migrate either");
 
     sql(&sandbox, "INSERT INTO __diesel_schema_migrations (version) VALUES ('99991231000001')");
     let stderr = sandbox.fails(&["provider", "list"], "", 1);

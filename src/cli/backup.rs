@@ -8,11 +8,11 @@ use chrono::Utc;
 
 use super::CliError;
 use super::args::{BackupArgs, RestoreArgs};
-use super::context::open_store;
+use super::context::open_store_for_copy;
 use crate::config::{DatabaseUrl, Settings};
 use crate::crypto::{Cipher, KeyId, MasterKey, locate_master_key};
 use crate::store::backup::{self, BackupInfo};
-use crate::store::daemon_lock::DaemonLock;
+use crate::store::store_lock::StoreLock;
 
 /// What to do instead on PostgreSQL.
 const POSTGRES_BACKUP: &str = "backup and restore copy SQLite stores; back a PostgreSQL store up with \
@@ -24,11 +24,16 @@ pub async fn backup(settings: Settings, args: BackupArgs) -> Result<(), CliError
     if matches!(settings.database_url, DatabaseUrl::Postgres(_)) {
         return Err(CliError::Usage(POSTGRES_BACKUP.into()));
     }
-    let store = open_store(&settings).await?;
+    let store = open_store_for_copy(&settings).await?;
     let target = args.to.clone();
     let info = store.run(move |conn| backup::backup(conn, &target)).await?;
+    let older = if info.pending_migrations > 0 {
+        format!("; it has an older schema ({} migration(s) not applied), as the store does", info.pending_migrations)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "backed up {} to {} ({}); keep the master key{} separately: the backup cannot be read without it",
+        "backed up {} to {} ({}{older}); keep the master key{} separately: the backup cannot be read without it",
         settings.database_url,
         args.to.display(),
         describe(&info),
@@ -59,7 +64,7 @@ pub async fn restore(settings: Settings, args: RestoreArgs) -> Result<(), CliErr
                 path.display()
             )));
         }
-        let _lock = DaemonLock::for_restore(&database)?;
+        let _lock = StoreLock::exclusive(&database)?;
         let kept = backup::replace(&database, &source, &stamp)?;
         Ok::<_, crate::store::StoreError>((info, kept))
     })

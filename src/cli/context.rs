@@ -39,6 +39,13 @@ pub async fn open_store(settings: &Settings) -> Result<Store, CliError> {
     blocking_open(move || Store::open_existing(&url)).await
 }
 
+/// Opens the existing store named by the settings as it is, an older schema included, without
+/// migrating it (see [`Store::open_for_copy`]): for `backup`.
+pub async fn open_store_for_copy(settings: &Settings) -> Result<Store, CliError> {
+    let url = settings.database_url.clone();
+    blocking_open(move || Store::open_for_copy(&url)).await
+}
+
 async fn blocking_open(open: impl FnOnce() -> Result<Store, StoreError> + Send + 'static) -> Result<Store, CliError> {
     let store = tokio::task::spawn_blocking(open)
         .await

@@ -35,9 +35,8 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         .await
         .map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", settings.listen)))?;
     let local = listener.local_addr().map_err(failed("cannot read the listening address"))?;
+    // The store holds its lock file until the daemon exits: `restore` refuses to replace it.
     let store = create_store(&settings).await?;
-    // Held until the daemon exits: `restore` refuses to replace the store while it is held.
-    let _serving = crate::store::daemon_lock::DaemonLock::for_serve(&settings.database_url)?;
     let cipher = open_cipher(&settings, &store, KeyCreation::Allowed).await?;
     if let Some(path) = created_key_file() {
         warn!(path = %path.display(), "{}", created_key_notice(&path));
@@ -73,11 +72,12 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         AppState { scheduler: Some(scheduler_handle), metrics: Some(metrics_handle), ..AppState::new(store, context) };
     let forced_rotations = state.rotations.clone();
     let auth_failures = state.auth_failures.clone();
+    let periodic_failures = auth_failures.clone();
     let auth_failure_log = tokio::spawn(async move {
         let mut every = tokio::time::interval(api::AUTH_FAILURE_LOG_INTERVAL);
         loop {
             every.tick().await;
-            auth_failures.flush();
+            periodic_failures.flush();
         }
     });
     let shutdown = async move {
@@ -101,6 +101,8 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         watchdog.abort();
     }
     auth_failure_log.abort();
+    // Failures counted since the last periodic line are logged before the daemon stops.
+    auth_failures.flush_pending();
     let _ = jobs.shutdown().await;
     let _ = metrics_task.await;
     let _ = scheduler_task.await;

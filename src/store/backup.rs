@@ -149,7 +149,7 @@ fn open_read_only(source: &Path) -> Result<SqliteConnection, StoreError> {
 /// copy is written (mode 0600) and synced beside the database, the current database's log is
 /// checkpointed into it and removed, the current file is kept as `<database>.before-restore-<time>`
 /// (returned) and the copy renamed over it. Until that rename the old store is untouched; the
-/// caller holds [`super::daemon_lock::DaemonLock::for_restore`].
+/// caller holds [`super::store_lock::StoreLock::exclusive`].
 pub fn replace(database: &Path, source: &Path, stamp: &str) -> Result<Option<PathBuf>, StoreError> {
     let failed = |what: String| move |err: std::io::Error| StoreError::Unavailable(format!("{what}: {err}"));
     let staged = sibling(database, &format!(".restore-{stamp}"));
@@ -185,14 +185,35 @@ fn swap_in(database: &Path, staged: &Path, stamp: &str) -> Result<Option<PathBuf
 }
 
 /// Checkpoints the database's write-ahead log into the file and removes the log, so that no
-/// log of the old store is ever replayed into the restored one.
+/// log of the old store is ever replayed into the restored one. Refused, with the log left in
+/// place, when SQLite cannot do both (another connection still has the store open).
 fn fold_log(database: &Path) -> Result<(), StoreError> {
+    let in_use = |what: &str| {
+        StoreError::Conflict(format!(
+            "cannot {what} of {}: another process has it open; stop it and run restore again",
+            database.display()
+        ))
+    };
+    let busy = |what: &'static str| {
+        move |err: diesel::result::Error| match err.to_string() {
+            words if words.contains("locked") || words.contains("busy") => in_use(what),
+            _ => StoreError::from(err),
+        }
+    };
     let mut conn = super::connection::open_sqlite(database)
         .map_err(|err| StoreError::Unavailable(format!("cannot open {}: {err}", database.display())))?;
-    diesel::connection::SimpleConnection::batch_execute(
-        &mut conn,
-        "PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;",
-    )?;
+    let fold = "fold the write-ahead log into the store";
+    let checkpoint: Vec<Checkpoint> =
+        diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)").load(&mut conn).map_err(busy(fold))?;
+    if checkpoint.iter().any(|row| row.busy != 0) {
+        return Err(in_use(fold));
+    }
+    let leave = "leave write-ahead-log mode";
+    let mode: Vec<JournalMode> =
+        diesel::sql_query("PRAGMA journal_mode = DELETE").load(&mut conn).map_err(busy(leave))?;
+    if !mode.iter().any(|row| row.journal_mode.eq_ignore_ascii_case("delete")) {
+        return Err(in_use(leave));
+    }
     drop(conn);
     for suffix in ["-wal", "-shm"] {
         let path = sibling(database, suffix);
@@ -204,6 +225,20 @@ fn fold_log(database: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The answer of `PRAGMA wal_checkpoint`: `busy` is 1 when the checkpoint could not finish.
+#[derive(QueryableByName)]
+struct Checkpoint {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    busy: i32,
+}
+
+/// The answer of `PRAGMA journal_mode = …`: the mode in force afterwards.
+#[derive(QueryableByName)]
+struct JournalMode {
+    #[diesel(sql_type = Text)]
+    journal_mode: String,
 }
 
 /// `path` with `suffix` appended to its file name.

@@ -75,13 +75,14 @@ pub enum StoreError {
         /// The clients granted it, comma-separated.
         clients: String,
     },
-    /// A daemon serves the store, so it cannot be replaced under it.
+    /// A daemon (or another tokenwarden command) has the store open, so it cannot be replaced
+    /// under it.
     #[error(
-        "a tokenwarden daemon is serving this store (it holds {lock}); stop it (e.g. `systemctl stop tokenwarden`) \
-         and run restore again"
+        "a tokenwarden daemon is serving this store, or another tokenwarden command has it open (they hold {lock}); \
+         stop the daemon (e.g. `systemctl stop tokenwarden`), let the command finish and run restore again"
     )]
-    DaemonRunning {
-        /// The lock file the daemon holds.
+    StoreInUse {
+        /// The lock file they hold.
         lock: String,
     },
     /// The request contradicts the current state (e.g. removing a provider still in use).

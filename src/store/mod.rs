@@ -12,7 +12,6 @@ pub mod changes;
 pub mod client_update;
 pub mod clients;
 mod connection;
-pub mod daemon_lock;
 mod error;
 pub mod job_lock;
 pub mod meta;
@@ -24,6 +23,7 @@ pub mod providers;
 pub mod replan;
 pub mod rotation;
 pub mod schema;
+pub mod store_lock;
 pub mod tokens;
 pub mod write_health;
 mod writer_gate;
@@ -51,6 +51,8 @@ pub struct Store {
     audit: audit_batch::AuditBatcher,
     answers: answer_batch::AnswerBatcher,
     writes: write_health::WriteHealth,
+    /// Held while any clone of this store lives (SQLite): `restore` refuses to replace it.
+    _lock: Option<std::sync::Arc<store_lock::StoreLock>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -65,6 +67,7 @@ impl Store {
     /// ([`StoreError::SchemaAhead`]), never run on with a schema this binary does not know. Blocking: call before the runtime's work starts, or via
     /// `spawn_blocking`.
     pub fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let lock = store_lock::StoreLock::shared(url)?;
         let mut first = connect(url)
             .map_err(|err| StoreError::Open { url: url.to_string(), message: describe_open_error(url, &err) })?;
         // A status that cannot be read now (another replica is migrating) is left to the
@@ -77,7 +80,7 @@ impl Store {
             warn_without_autovacuum(pg);
         }
         drop(first);
-        Ok(Self::with_pool(url))
+        Ok(Self::with_pool(url, lock))
     }
 
     /// Opens an existing store whose schema is this binary's, without creating or migrating
@@ -85,17 +88,30 @@ impl Store {
     /// database without tokenwarden's tables, is [`StoreError::NoStore`]; an older or newer
     /// schema is [`StoreError::SchemaBehind`] / [`StoreError::SchemaAhead`]. Blocking.
     pub fn open_existing(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        Self::open_unmigrated(url, false)
+    }
+
+    /// Opens an existing store as it is, an older schema included, for copying it whole
+    /// (`backup` before an upgrade is exactly when the schema is behind this binary); never
+    /// creates or migrates anything. Otherwise as [`Store::open_existing`]. Blocking.
+    pub fn open_for_copy(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        Self::open_unmigrated(url, true)
+    }
+
+    fn open_unmigrated(url: &DatabaseUrl, older_schema_allowed: bool) -> Result<Self, StoreError> {
         let no_store = || StoreError::NoStore { url: url.to_string() };
         if let DatabaseUrl::Sqlite(path) = url
             && !path.is_file()
         {
             return Err(no_store());
         }
+        let lock = store_lock::StoreLock::shared(url)?;
         let mut first = connect(url)
             .map_err(|err| StoreError::Open { url: url.to_string(), message: describe_open_error(url, &err) })?;
         match migrations::status(&mut first)? {
             migrations::SchemaStatus::Current => {}
             migrations::SchemaStatus::Missing => return Err(no_store()),
+            migrations::SchemaStatus::Behind(_) if older_schema_allowed => {}
             migrations::SchemaStatus::Behind(pending) => {
                 return Err(StoreError::SchemaBehind { url: url.to_string(), pending });
             }
@@ -104,11 +120,11 @@ impl Store {
             }
         }
         drop(first);
-        Ok(Self::with_pool(url))
+        Ok(Self::with_pool(url, lock))
     }
 
-    /// The store's pool and helpers on a database that is ready.
-    fn with_pool(url: &DatabaseUrl) -> Self {
+    /// The store's pool and helpers on a database that is ready, holding `lock`.
+    fn with_pool(url: &DatabaseUrl, lock: Option<store_lock::StoreLock>) -> Self {
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -121,6 +137,7 @@ impl Store {
             audit: audit_batch::AuditBatcher::default(),
             answers: answer_batch::AnswerBatcher::default(),
             writes: write_health::WriteHealth::default(),
+            _lock: lock.map(std::sync::Arc::new),
         }
     }
 
