@@ -942,4 +942,53 @@ mod group_commit {
             assert_eq!(attempt.as_deref(), Some(leases[1].attempt_id.as_str()));
         }
     }
+
+    /// On PostgreSQL a concurrent change of one answer's row (an operator's `token update`)
+    /// is a serialization conflict for that answer only: it is rolled back to its savepoint,
+    /// the others commit, and it is stored in a transaction of its own afterwards.
+    #[test]
+    fn a_conflict_on_one_answer_is_retried_alone_and_every_answer_is_stored() {
+        let Some(mut f) = postgres_fixture() else { return };
+        gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
+        let leases: Vec<_> = ["a", "b", "c"].iter().map(|name| claim_new_token(&mut f, name)).collect();
+        let answers: Vec<_> = leases.iter().map(|lease| answer_for(&f, lease)).collect();
+        // Another connection holds b's row locked by an update it has not committed yet.
+        let mut other = connect(&f.url).unwrap();
+        other.batch_execute("BEGIN").unwrap();
+        diesel::update(schema::tokens::table.filter(schema::tokens::name.eq("b")))
+            .set(schema::tokens::rotate_before_seconds.eq(Some(3600)))
+            .execute(&mut other)
+            .unwrap();
+        let url = f.url.clone();
+        let batch = std::thread::spawn(move || {
+            let mut conn = connect(&url).unwrap();
+            rotation::commit_successes(&mut conn, &answers).unwrap()
+        });
+        // Once the batch waits on b's row lock, commit the change under it.
+        let mut waiting_on_a_lock = || {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "(SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database())",
+            ))
+            .get_result::<i64>(&mut f.conn)
+            .unwrap()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while waiting_on_a_lock() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the batch never reached b's locked row");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        other.batch_execute("COMMIT").unwrap();
+
+        let results = batch.join().unwrap();
+        for (name, result) in ["a", "b", "c"].iter().zip(&results) {
+            assert_eq!(result.as_ref().ok(), Some(&2), "{name}: {result:?}");
+            assert_eq!(versions(&mut f, name), (2, vec![1, 2]), "{name}");
+        }
+        let margin: Option<i64> = schema::tokens::table
+            .filter(schema::tokens::name.eq("b"))
+            .select(schema::tokens::rotate_before_seconds)
+            .get_result(&mut f.conn)
+            .unwrap();
+        assert_eq!(margin, Some(3600), "the operator's change is kept too");
+    }
 }

@@ -525,33 +525,59 @@ pub fn commit_success(
 
 /// Commits several answers in one transaction (group commit): each in a savepoint of its own
 /// and fenced by its own attempt id, so one stale lease or one failing answer costs none of the
-/// others. Returns one result per answer, in order; the outer error means the transaction itself
-/// failed (nothing of the batch was stored) and every answer may be tried again.
+/// others. An answer whose row a concurrent transaction changed (a PostgreSQL serialization
+/// conflict) is rolled back to its savepoint while the others commit, and is tried again in a
+/// transaction of its own snapshot, at most [`ANSWER_CONFLICT_ROUNDS`] times. Returns one result
+/// per answer, in order; the outer error means a transaction itself failed (the answers it held
+/// were not stored) and every answer without a result may be tried again.
 pub fn commit_successes(
     conn: &mut DbConnection,
     answers: &[Answer],
 ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
     use diesel::connection::SimpleConnection;
-    conn.answer_transaction(|conn| {
-        let mut results = Vec::with_capacity(answers.len());
-        for answer in answers {
-            conn.batch_execute("SAVEPOINT answer")?;
-            match store_success(conn, &answer.lease, &answer.success, &answer.actor, answer.now) {
-                // A conflict dooms the whole transaction on PostgreSQL: run it again.
-                Err(err) if super::connection::TransactionError::is_retryable_conflict(&err) => return Err(err),
-                Ok(version) => {
-                    conn.batch_execute("RELEASE SAVEPOINT answer")?;
-                    results.push(Ok(version));
-                }
-                Err(err) => {
-                    conn.batch_execute("ROLLBACK TO SAVEPOINT answer; RELEASE SAVEPOINT answer")?;
-                    results.push(Err(err));
+    let mut results: Vec<Option<Result<i64, StoreError>>> = answers.iter().map(|_| None).collect();
+    let mut waiting: Vec<usize> = (0..answers.len()).collect();
+    for round in 1..=ANSWER_CONFLICT_ROUNDS {
+        let last_round = round == ANSWER_CONFLICT_ROUNDS;
+        let (stored, conflicted) = conn.answer_transaction(|conn| {
+            let (mut stored, mut conflicted) = (Vec::new(), Vec::new());
+            for &index in &waiting {
+                let answer = &answers[index];
+                conn.batch_execute("SAVEPOINT answer")?;
+                match store_success(conn, &answer.lease, &answer.success, &answer.actor, answer.now) {
+                    Ok(version) => {
+                        conn.batch_execute("RELEASE SAVEPOINT answer")?;
+                        stored.push((index, Ok(version)));
+                    }
+                    Err(err) => {
+                        conn.batch_execute("ROLLBACK TO SAVEPOINT answer; RELEASE SAVEPOINT answer")?;
+                        if super::connection::TransactionError::is_retryable_conflict(&err) && !last_round {
+                            conflicted.push(index);
+                        } else {
+                            stored.push((index, Err(err)));
+                        }
+                    }
                 }
             }
+            Ok::<_, StoreError>((stored, conflicted))
+        })?;
+        for (index, result) in stored {
+            results[index] = Some(result);
         }
-        Ok(results)
-    })
+        if conflicted.is_empty() {
+            break;
+        }
+        crate::telemetry::metrics::record_transaction_retry();
+        waiting = conflicted;
+    }
+    Ok(results
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|| Err(StoreError::TaskFailed("the answer was not committed".into()))))
+        .collect())
 }
+
+/// How many transactions [`commit_successes`] gives an answer whose row keeps changing under it.
+pub const ANSWER_CONFLICT_ROUNDS: u32 = 4;
 
 /// The writes of one stored answer, inside the caller's transaction.
 fn store_success(
