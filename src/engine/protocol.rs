@@ -484,9 +484,7 @@ async fn commit_renewed(
     renewed: Renewed,
     actor: &str,
 ) -> RotationOutcome {
-    if renewed.assumed_lifetime {
-        warn_assumed_lifetime(context, claim);
-    }
+    let assumed_lifetime = renewed.assumed_lifetime;
     let seal = |field, secret: &SecretString| context.cipher.try_seal(secret_context(&claim.token.id, field), secret);
     let next_rotation_at = renewed
         .expires_at
@@ -513,7 +511,14 @@ async fn commit_renewed(
     let answer = |now| Answer { lease: lease.clone(), success: success.clone(), actor: actor.to_owned(), now };
     let committed = commit_with_retries(context, |now| context.store.commit_answer(answer(now)));
     match committed.await {
-        Ok(version) => RotationOutcome::Rotated { version, expires_at },
+        Ok(version) => {
+            // Logged after the commit: nothing but the store's write sits between the
+            // provider's answer and the commit (a crash there loses the credential).
+            if assumed_lifetime {
+                warn_assumed_lifetime(context, claim);
+            }
+            RotationOutcome::Rotated { version, expires_at }
+        }
         Err(StoreError::LeaseLost { .. }) => RotationOutcome::LeaseLost,
         Err(err) => RotationOutcome::StoreFailed { error: err.to_string() },
     }
