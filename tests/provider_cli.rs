@@ -34,14 +34,24 @@ fn refused(sandbox: &Sandbox, args: &[&str], stdin: &str, expected: &str) {
 
 /// A server on loopback that answers every request with `status` and the body `body` makes
 /// from the server's own URL, on a thread; returns that URL.
-fn answering(status: u16, content_type: &'static str, body: impl FnOnce(&str) -> String) -> String {
+fn answering(status: u16, content_type: &'static str, body: impl Fn(&str) -> String + Send + 'static) -> String {
+    answering_by_path(move |url, _| (status, content_type, body(url)))
+}
+
+/// A server on loopback whose answer to each request is `answer(its own URL, request path)`:
+/// a status, a content type and a body; returns that URL.
+fn answering_by_path(answer: impl Fn(&str, &str) -> (u16, &'static str, String) + Send + 'static) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let body = body(&url);
+    let own_url = url.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let _ = stream.read(&mut [0u8; 4096]);
+            let mut request = [0u8; 4096];
+            let read = stream.read(&mut request).unwrap_or(0);
+            let request = String::from_utf8_lossy(&request[..read]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, content_type, body) = answer(&own_url, path);
             let head = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
@@ -86,8 +96,10 @@ fn discovery_refuses_an_issuer_that_does_not_answer_or_answers_wrong_and_stores_
         r#"{"issuer":"https://elsewhere.example","token_endpoint":"https://elsewhere.example/token"}"#.into()
     });
     let no_token_endpoint = answering(200, "application/json", |url| format!(r#"{{"issuer":"{url}"}}"#));
+    let args = ["provider", "add", "op", "--kind", "oauth2", "--issuer", &silent, "--client-id", "app"];
+    let stderr = sandbox.fails(&[&args[..], &["--client-secret-stdin"]].concat(), "secret\n", 1);
+    assert!(stderr.contains("did not answer discovery"), "unreachable: a failure worth retrying, exit 1: {stderr}");
     let cases = [
-        (silent.as_str(), "did not answer discovery"),
         (missing.as_str(), "did not answer discovery"),
         (html.as_str(), "is not JSON metadata"),
         (other.as_str(), "names the issuer 'https://elsewhere.example'"),
@@ -104,6 +116,21 @@ fn discovery_refuses_an_issuer_that_does_not_answer_or_answers_wrong_and_stores_
         "--issuer",
     );
     assert!(!sandbox.db_path().exists(), "nothing was stored, not even an empty store");
+}
+
+#[test]
+fn discovery_falls_back_to_openid_configuration_when_the_rfc8414_document_is_unusable() {
+    let sandbox = Sandbox::new();
+    let issuer = answering_by_path(|url, path| match path {
+        "/.well-known/oauth-authorization-server" => (200, "text/html", "<html>portal</html>".into()),
+        "/.well-known/openid-configuration" => {
+            (200, "application/json", format!(r#"{{"issuer":"{url}","token_endpoint":"{url}/oidc/token"}}"#))
+        }
+        _ => (404, "text/plain", "no".into()),
+    });
+    let args = ["provider", "add", "op", "--kind", "oauth2", "--issuer", &issuer, "--client-id", "app"];
+    sandbox.ok(&[&args[..], &["--client-secret-stdin"]].concat(), "secret\n");
+    assert_eq!(provider_json(&sandbox, "op")["token_url"], format!("{issuer}/oidc/token"));
 }
 
 /// Adds a grant issued by the simulator for its first application (refreshed once by `token add`).

@@ -11,7 +11,7 @@ use super::{CLI_ACTOR, CliError};
 use crate::config::Settings;
 use crate::domain::{ClientAuth, ProviderKind, ProviderName};
 use crate::providers::build_http_client;
-use crate::providers::discovery::{Discovered, discover, pick_client_auth};
+use crate::providers::discovery::{Discovered, DiscoveryError, discover, pick_client_auth};
 use crate::store::providers::{self, NewProvider, ProviderEndpoints};
 
 /// Runs a `provider` subcommand.
@@ -142,7 +142,11 @@ fn check_add_flags(args: &ProviderAddArgs) -> Result<AddUrls, CliError> {
 /// Reads the issuer's metadata; any failure is bad input (exit 2) and stores nothing.
 async fn discover_endpoints(settings: &Settings, issuer: &str) -> Result<Discovered, CliError> {
     let http = build_http_client(engine_settings(settings).http).map_err(|err| CliError::Failed(err.to_string()))?;
-    discover(&http, issuer).await.map_err(|err| CliError::Usage(err.to_string()))
+    discover(&http, issuer).await.map_err(|err| match err {
+        // The network failed: the same command may work later.
+        DiscoveryError::NoAnswer { unreachable: true, .. } => CliError::Failed(err.to_string()),
+        _ => CliError::Usage(err.to_string()),
+    })
 }
 
 /// `provider show NAME`: everything but the secret, including what discovery found.

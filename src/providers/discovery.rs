@@ -38,6 +38,9 @@ pub enum DiscoveryError {
         issuer: String,
         /// What each URL answered.
         why: String,
+        /// Whether a URL could not be reached at all (a network failure, worth trying again),
+        /// rather than answering with an error status.
+        unreachable: bool,
     },
     /// The document is not JSON metadata.
     #[error("the discovery document at {url} is not JSON metadata: {why}")]
@@ -56,6 +59,15 @@ pub enum DiscoveryError {
         asked: String,
         /// The issuer the metadata names.
         named: String,
+    },
+    /// The metadata of an https issuer names a plain-http endpoint: the client secret would
+    /// cross the network in clear text.
+    #[error("the metadata at {url} names a plain-http {field} for an https issuer; refusing it")]
+    InsecureEndpoint {
+        /// Where it was read.
+        url: String,
+        /// The metadata field.
+        field: &'static str,
     },
     /// The metadata has no usable token endpoint.
     #[error("the metadata at {url} has no usable token_endpoint")]
@@ -99,21 +111,39 @@ pub fn metadata_urls(issuer: &str) -> Result<Vec<String>, DiscoveryError> {
     Ok(vec![rfc8414.to_string(), oidc.to_string()])
 }
 
-/// Fetches and checks the metadata of `issuer`.
+/// Fetches and checks the metadata of `issuer`: RFC 8414's document first, then OpenID
+/// Connect's when the first is missing or unusable. When neither is usable, the first
+/// document's own problem is reported (a mismatched issuer, say) before a plain "no answer".
 pub async fn discover(client: &reqwest::Client, issuer: &str) -> Result<Discovered, DiscoveryError> {
     let mut failures = Vec::new();
+    let mut unusable = None;
+    let mut unreachable = false;
     for url in metadata_urls(issuer)? {
         let request = client.get(&url).header(reqwest::header::ACCEPT, "application/json");
         match look_up(request).await {
-            Ok(answer) if answer.status.is_success() => return read_metadata(&url, issuer, &answer.body),
+            Ok(answer) if answer.status.is_success() => match read_metadata(&url, issuer, &answer.body) {
+                Ok(found) => return Ok(found),
+                Err(err) => {
+                    failures.push(err.to_string());
+                    unusable.get_or_insert(err);
+                }
+            },
             Ok(answer) => failures.push(format!("{url}: HTTP {}", answer.status.as_u16())),
-            Err(err) => failures.push(format!("{url}: {err}")),
+            Err(err) => {
+                unreachable = true;
+                failures.push(format!("{url}: {err}"));
+            }
         }
     }
-    Err(DiscoveryError::NoAnswer { issuer: issuer.to_owned(), why: failures.join("; ") })
+    Err(unusable.unwrap_or(DiscoveryError::NoAnswer {
+        issuer: issuer.to_owned(),
+        why: failures.join("; "),
+        unreachable,
+    }))
 }
 
-/// Checks one metadata document: JSON, the same issuer, a token endpoint.
+/// Checks one metadata document: JSON, the same issuer, a token endpoint, and for an https
+/// issuer no plain-http endpoint.
 fn read_metadata(url: &str, issuer: &str, body: &[u8]) -> Result<Discovered, DiscoveryError> {
     let metadata: Metadata = serde_json::from_slice(body)
         .map_err(|err| DiscoveryError::NotMetadata { url: url.to_owned(), why: describe_json_error(&err) })?;
@@ -121,16 +151,23 @@ fn read_metadata(url: &str, issuer: &str, body: &[u8]) -> Result<Discovered, Dis
     if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
         return Err(DiscoveryError::IssuerMismatch { url: url.to_owned(), asked: issuer.to_owned(), named });
     }
-    let is_http = |value: &String| url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-    let token_endpoint = metadata
-        .token_endpoint
-        .filter(is_http)
+    let https_only = issuer.starts_with("https://");
+    let endpoint = |field: &'static str, value: Option<String>| -> Result<Option<String>, DiscoveryError> {
+        let Some(parsed) = value.as_deref().and_then(|value| url::Url::parse(value).ok()) else { return Ok(None) };
+        match parsed.scheme() {
+            "https" => Ok(value),
+            "http" if !https_only => Ok(value),
+            "http" => Err(DiscoveryError::InsecureEndpoint { url: url.to_owned(), field }),
+            _ => Ok(None),
+        }
+    };
+    let token_endpoint = endpoint("token_endpoint", metadata.token_endpoint)?
         .ok_or_else(|| DiscoveryError::NoTokenEndpoint { url: url.to_owned() })?;
     Ok(Discovered {
         issuer: named,
         token_endpoint,
-        authorization_endpoint: metadata.authorization_endpoint.filter(is_http),
-        revocation_endpoint: metadata.revocation_endpoint.filter(is_http),
+        authorization_endpoint: endpoint("authorization_endpoint", metadata.authorization_endpoint)?,
+        revocation_endpoint: endpoint("revocation_endpoint", metadata.revocation_endpoint)?,
         auth_methods: metadata.token_endpoint_auth_methods_supported,
     })
 }
@@ -183,6 +220,19 @@ mod tests {
         assert!(matches!(err, DiscoveryError::NoTokenEndpoint { .. }), "{err}");
         let err = read_metadata("u", "https://a.example", b"<html>hi</html>").unwrap_err();
         assert!(matches!(err, DiscoveryError::NotMetadata { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_https_issuer_with_a_plain_http_endpoint_is_refused_and_an_http_issuer_may_use_one() {
+        let body = br#"{"issuer":"https://a.example","token_endpoint":"http://a.example/token"}"#;
+        let err = read_metadata("u", "https://a.example", body).unwrap_err();
+        assert_eq!(err, DiscoveryError::InsecureEndpoint { url: "u".into(), field: "token_endpoint" });
+        let body = br#"{"issuer":"https://a.example","token_endpoint":"https://a.example/token",
+                        "revocation_endpoint":"http://a.example/revoke"}"#;
+        let err = read_metadata("u", "https://a.example", body).unwrap_err();
+        assert_eq!(err, DiscoveryError::InsecureEndpoint { url: "u".into(), field: "revocation_endpoint" });
+        let body = br#"{"issuer":"http://127.0.0.1:9","token_endpoint":"http://127.0.0.1:9/token"}"#;
+        assert_eq!(read_metadata("u", "http://127.0.0.1:9", body).unwrap().token_endpoint, "http://127.0.0.1:9/token");
     }
 
     #[test]
