@@ -158,6 +158,16 @@ impl AuthFailures {
         });
     }
 
+    /// Logs every source's refusals not yet logged, however recent its last line: for a
+    /// daemon that stops, so that no refusal goes unreported.
+    pub fn flush_pending(&self) {
+        let now = self.inner.clock.now();
+        let mut sources = self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        for (source, entry) in sources.iter_mut().filter(|(_, entry)| entry.pending_total() > 0) {
+            log(*source, entry, now);
+        }
+    }
+
     fn due(&self, entry: &Source, now: DateTime<Utc>) -> bool {
         entry.logged_at.is_none_or(|at| now - at >= self.inner.interval || now < at)
     }
@@ -215,6 +225,25 @@ mod tests {
         clock.advance(TimeDelta::seconds(60));
         assert!(lines_logged(|| failures.flush()).is_empty(), "nothing new, nothing logged");
         assert!(failures.inner.sources.lock().unwrap().is_empty(), "quiet sources are forgotten");
+    }
+
+    #[test]
+    fn refusals_not_yet_logged_are_logged_when_the_daemon_stops() {
+        let clock = Arc::new(ManualClock::new(start()));
+        let failures = AuthFailures::new(clock.clone());
+        let source: IpAddr = "192.0.2.9".parse().unwrap();
+        let first = lines_logged(|| {
+            failures.record(Some(source), AuthFailure::Unknown);
+            failures.record(Some(source), AuthFailure::Revoked);
+            failures.flush();
+        });
+        assert_eq!(first.len(), 1, "{first:#?}");
+        clock.advance(TimeDelta::seconds(5));
+        assert!(lines_logged(|| failures.flush()).is_empty(), "within the minute the periodic flush waits");
+        let last = lines_logged(|| failures.flush_pending());
+        assert_eq!(last.len(), 1, "{last:#?}");
+        assert!(last[0].contains("reasons=revoked:1"), "{last:#?}");
+        assert!(lines_logged(|| failures.flush_pending()).is_empty(), "nothing is logged twice");
     }
 
     #[test]

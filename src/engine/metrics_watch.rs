@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::maintenance::{MaintenanceContext, refresh_metrics};
 use crate::store::changes::ChangeWatch;
+use crate::telemetry::repeated_warning::{REPEAT_INTERVAL, RepeatedWarning};
 
 /// How often the store is asked whether anything changed.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -27,8 +28,12 @@ pub async fn run(context: MaintenanceContext, mut shutdown: watch::Receiver<bool
     let mut changes: Option<ChangeWatch> = None;
     let mut pending = false;
     let mut last_refresh: Option<Instant> = None;
+    let mut unwatched = RepeatedWarning::new(
+        "the metrics cannot watch the store for changes; refreshing them instead",
+        REPEAT_INTERVAL,
+    );
     loop {
-        pending |= changed(&context, &mut changes).await;
+        pending |= changed(&context, &mut changes, &mut unwatched).await;
         let allowed = last_refresh.is_none_or(|at| at.elapsed() >= MIN_REFRESH);
         if pending && allowed {
             refresh_metrics(&context).await;
@@ -48,9 +53,19 @@ pub async fn run(context: MaintenanceContext, mut shutdown: watch::Receiver<bool
 
 /// Whether the store changed since the last look; a watch that cannot be opened or fails counts
 /// as a change (and is opened again next time), so the gauges are never left stale.
-async fn changed(context: &MaintenanceContext, changes: &mut Option<ChangeWatch>) -> bool {
-    context.engine.store.changed_since(changes).await.unwrap_or_else(|err| {
-        warn!(error = %err, "the metrics cannot watch the store for changes; refreshing them instead");
-        true
-    })
+async fn changed(
+    context: &MaintenanceContext,
+    changes: &mut Option<ChangeWatch>,
+    unwatched: &mut RepeatedWarning,
+) -> bool {
+    match context.engine.store.changed_since(changes).await {
+        Ok(changed) => {
+            unwatched.succeeded();
+            changed
+        }
+        Err(err) => {
+            unwatched.failed(&err);
+            true
+        }
+    }
 }

@@ -24,13 +24,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use super::context::EngineContext;
 use super::protocol::{RotationReport, execute};
 use super::window::{Placement, WINDOW_SIZE, Window};
 use crate::store::changes::ChangeWatch;
 use crate::store::rotation::{self, DueToken, ProviderRoom};
+use crate::telemetry::repeated_warning::{REPEAT_INTERVAL, RepeatedWarning};
 
 /// How often the scheduler looks for commits made by other connections or processes (so a
 /// token added by the CLI is seen within this time), and the longest it goes without a pass.
@@ -120,21 +121,27 @@ impl Scheduler {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut window = Window::default();
         let mut changes: Option<ChangeWatch> = None;
+        let mut unwatched =
+            RepeatedWarning::new("cannot watch the store for changes; reading the due tokens instead", REPEAT_INTERVAL);
+        let mut failing_passes = RepeatedWarning::new("scheduler pass failed; retrying", REPEAT_INTERVAL);
         let mut next_change_check = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 return;
             }
             if tokio::time::Instant::now() >= next_change_check {
-                if self.changed_elsewhere(&mut changes).await {
+                if self.changed_elsewhere(&mut changes, &mut unwatched).await {
                     window.mark_stale();
                 }
                 next_change_check = tokio::time::Instant::now() + CHANGE_POLL;
             }
             let wake_at = match self.pass(&mut window).await {
-                Ok(wake_at) => wake_at,
+                Ok(wake_at) => {
+                    failing_passes.succeeded();
+                    wake_at
+                }
                 Err(err) => {
-                    error!(error = %err, "scheduler pass failed; retrying");
+                    failing_passes.failed(&err);
                     window.mark_stale();
                     DateTime::<Utc>::MAX_UTC
                 }
@@ -156,11 +163,17 @@ impl Scheduler {
     /// Whether another connection committed since the last look. Without a working watch
     /// (it could not be opened, or it failed) every look counts as a change, so the window is
     /// simply read again.
-    async fn changed_elsewhere(&self, changes: &mut Option<ChangeWatch>) -> bool {
-        self.context.store.changed_since(changes).await.unwrap_or_else(|err| {
-            warn!(error = %err, "cannot watch the store for changes; reading the due tokens instead");
-            true
-        })
+    async fn changed_elsewhere(&self, changes: &mut Option<ChangeWatch>, unwatched: &mut RepeatedWarning) -> bool {
+        match self.context.store.changed_since(changes).await {
+            Ok(changed) => {
+                unwatched.succeeded();
+                changed
+            }
+            Err(err) => {
+                unwatched.failed(&err);
+                true
+            }
+        }
     }
 
     /// One pass: read the window if needed, dispatch what is due now, and say when to look

@@ -5,6 +5,7 @@
 //! whose `Debug` prints `[REDACTED]`, and no code formats an exposed secret into a message.
 
 pub mod metrics;
+pub mod repeated_warning;
 
 #[cfg(test)]
 pub(crate) mod captured_log;
