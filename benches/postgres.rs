@@ -1,5 +1,5 @@
 //! `cargo bench --bench postgres`: the PostgreSQL backend at 1,000,000 tokens. Batch claims
-//! (`rotation::claim_due`, `FOR NO KEY UPDATE SKIP LOCKED`) and commits (`rotation::commit_success`)
+//! (`rotation::claim_due`, `FOR NO KEY UPDATE SKIP LOCKED`) and commits (`Store::commit_answer`, the engine's group commit)
 //! by 1, 2 and 3 "replicas" against an instant provider (no HTTP: a claim is committed at
 //! once with a freshly sealed fake secret), the rotation lag of due tokens spread over a window,
 //! the memory of real `tokenwarden serve` replicas on the same schema, the dead tuples all that
@@ -162,7 +162,7 @@ fn run(admin_url: &str) -> BenchResult {
         println!(
             "(b) claim throughput: {throughput_due} of the {tokens} tokens due at once (a fresh set per run), {PROVIDERS} \
              providers; each replica is a Store of its own (pool of 8) looping claim_due(room {PER_PROVIDER} per \
-             provider = {} overall) and committing every claim at once (commit_success, concurrently on the pool)",
+             provider = {} overall) and committing every claim at once (Store::commit_answer, group-committed)",
             PER_PROVIDER * PROVIDERS as usize
         );
         for (set, replicas) in REPLICAS.into_iter().enumerate() {
@@ -732,14 +732,14 @@ impl Replica {
                 commits.push(tokio::spawn(async move {
                     let (lease, planned_at, name) = (claim.lease(), claim.planned_at, claim.token.name.to_string());
                     let started = Instant::now();
-                    let committed = store
-                        .run(move |conn| {
-                            let now = Utc::now();
-                            let success = fake_success(&cipher, &lease.token_id, &name, now, &policy)?;
-                            rotation::commit_success(conn, &lease, &success, "bench", now)?;
-                            Ok(Utc::now())
-                        })
-                        .await;
+                    let now = Utc::now();
+                    let committed = match fake_success(&cipher, &lease.token_id, &name, now, &policy) {
+                        Ok(success) => {
+                            let answer = rotation::Answer { lease, success, actor: "bench".into(), now };
+                            store.commit_answer(answer).await.map(|_| Utc::now())
+                        }
+                        Err(err) => Err(err),
+                    };
                     (committed, planned_at, started.elapsed())
                 }));
             }

@@ -511,18 +511,6 @@ pub struct Answer {
     pub now: DateTime<Utc>,
 }
 
-/// Commits a renewed secret: new version, history, webhook deliveries, audit and the next
-/// rotation time, in one transaction — only if this attempt still holds the lease.
-pub fn commit_success(
-    conn: &mut DbConnection,
-    lease: &Lease,
-    success: &Success,
-    actor: &str,
-    now: DateTime<Utc>,
-) -> Result<i64, StoreError> {
-    conn.answer_transaction(|conn| store_success(conn, lease, success, actor, now))
-}
-
 /// Commits several answers in one transaction (group commit): each in a savepoint of its own
 /// and fenced by its own attempt id, so one stale lease or one failing answer costs none of the
 /// others. An answer whose row a concurrent transaction changed (a PostgreSQL serialization
