@@ -5,7 +5,7 @@
 //! The store holds many OAuth grants whose access tokens live seconds (so a grant is refreshed
 //! every few seconds, and most kills find refreshes in flight) and GitLab project access tokens
 //! that are due at once (added in waves, so kills meet GitLab rotations throughout the run).
-//! Grants flagged lost are replaced by fresh ones every 50 kills, so a long run keeps renewing.
+//! Grants flagged lost are replaced by fresh ones every 10 kills, so a long run keeps renewing.
 //! Each daemon is killed after a random delay, just after it said it is serving, or while it
 //! holds rotation leases. A final daemon then runs with no faults until every token is settled
 //! and every webhook delivered, and the test checks, against the simulator's own records:
@@ -13,10 +13,10 @@
 //! a secret GitLab accepts or needs attention because its credential was used up with the answer
 //! lost, GitLab's renewals equal the versions stored plus the answers lost (nothing renewed
 //! twice), every lost credential has a cause (below), kills landing in the commit gap are rare
-//! (at most one in ten), and every committed version reached the webhook receiver under one
+//! (at most one in ten; one in five in restart bursts), and every committed version reached the webhook receiver under one
 //! delivery id however often it was sent.
 //!
-//! Two regimes, one test each (run one after the other):
+//! Three regimes, one test each (run one after the other):
 //! - **blind retry**: access tokens live 20 s, so when a killed daemon's lease runs out the
 //!   access token has less than the engine's `PROBE_MARGIN` (30 s) left and recovery is the
 //!   single blind retry: a grant whose refresh had reached GitLab is refused as a reuse and
@@ -24,6 +24,9 @@
 //!   costs the grant by design.
 //! - **probe**: access tokens live 90 s, so recovery asks GitLab about the old access token and
 //!   never sends a refresh token blindly: no reuse at all.
+//! - **restart burst** (issue 11): 20 grants whose access tokens live 4 s, so most are due
+//!   whenever a daemon starts, and every daemon killed 0.2–1.2 s after its start: the burst of
+//!   answers after a crash or a deploy, where the commit gap is widest. A quarter as many kills.
 //!
 //! Every lost credential is explained from the simulator's log of renewals (family, time, answer
 //! cut off or not): its family's last renewal had its answer cut off; or a kill stopped the
@@ -88,7 +91,7 @@ retry_max = "2s"
 "#;
 
 /// How a grant whose refresh outcome is unknown (a killed daemon's lease ran out) is recovered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Regime {
     name: &'static str,
     /// Lifetime of the access tokens the simulator issues while the chaos runs.
@@ -98,6 +101,25 @@ struct Regime {
     rotate_before: &'static str,
     /// Whether grants start with an access token (and its expiry) the engine can probe.
     seed_access_tokens: bool,
+    /// OAuth grants kept renewing.
+    grants: usize,
+    /// Whether waves of GitLab access tokens are added during the run.
+    gitlab_waves: bool,
+    /// How each daemon's life ends: at the regime's mix of moments, or only after a random
+    /// delay in this range (milliseconds after its start).
+    kills: KillPlan,
+    /// The bound the test asserts: at most one kill in this many lands in the commit gap
+    /// (set where a run cannot exceed it by chance; the report prints the measured share).
+    gap_kills_one_in: usize,
+}
+
+/// When the daemons of a regime are killed.
+#[derive(Debug, Clone)]
+enum KillPlan {
+    /// A mix: after a random delay ([`KILL_DELAY_MS`]), just after serving, or holding leases.
+    Mixed,
+    /// Only after a random delay in this range of milliseconds.
+    RandomDelay(std::ops::Range<u64>),
 }
 
 /// Access tokens live 20 s and are refreshed about every 8 s: when a killed daemon's lease
@@ -109,13 +131,42 @@ const BLIND_RETRY: Regime = Regime {
     access_lifetime: Duration::from_secs(20),
     rotate_before: "12s",
     seed_access_tokens: false,
+    grants: GRANTS,
+    gitlab_waves: true,
+    kills: KillPlan::Mixed,
+    gap_kills_one_in: 10,
 };
 /// Access tokens live 90 s and are refreshed about every 10 s: a lease left by a kill runs out
 /// with well over `PROBE_MARGIN` left, so recovery asks GitLab whether the old access token
 /// still works and never sends a refresh token blindly. Only a kill between GitLab's refresh and
 /// our commit (or a dropped answer) costs a grant.
-const PROBE: Regime =
-    Regime { name: "probe", access_lifetime: Duration::from_secs(90), rotate_before: "80s", seed_access_tokens: true };
+const PROBE: Regime = Regime {
+    name: "probe",
+    access_lifetime: Duration::from_secs(90),
+    rotate_before: "80s",
+    seed_access_tokens: true,
+    grants: GRANTS,
+    gitlab_waves: true,
+    kills: KillPlan::Mixed,
+    gap_kills_one_in: 10,
+};
+/// Restart bursts (issue 11), as a user's restarts would go: 20 grants whose access tokens live
+/// 4 s, so most are due whenever a daemon starts, and each daemon killed 0.2–1.2 s after its
+/// start — the moment after a deploy, an OOM kill or a node failure, when every overdue answer
+/// arrives at once and waits for its commit. Measures how many kills land in the commit gap.
+const RESTART_BURST: Regime = Regime {
+    name: "restart burst",
+    access_lifetime: Duration::from_secs(4),
+    rotate_before: "3s",
+    seed_access_tokens: true,
+    grants: 20,
+    gitlab_waves: false,
+    kills: KillPlan::RandomDelay(200..1200),
+    // Measured 4 of 50 (debug build, loaded machine; the report's "acted on but not yet
+    // committed" average was 0.064): 1 in 5 is the bound a run cannot miss by chance. The
+    // target (issue 11) is 1 in 50.
+    gap_kills_one_in: 5,
+};
 
 /// The simulator's faults while the chaos runs: every request waits this long before GitLab acts
 /// (a kill often finds a request sent but not yet acted on) and a few percent of renewal answers
@@ -175,24 +226,34 @@ fn sigkills_with_probed_recovery_reuse_nothing_and_lose_only_explained_credentia
     assert_eq!(report.stats.refresh_token_reuses, 0, "no refresh token was sent after it was used");
 }
 
+#[test]
+fn restart_bursts_lose_few_credentials_in_the_commit_gap() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kills = env_number("TOKENWARDEN_CHAOS_KILLS").unwrap_or(DEFAULT_KILLS) / 4;
+    chaos(RESTART_BURST, kills);
+}
+
 /// Seeds the store, kills `kills` daemons at random moments, settles, checks and reports.
 fn chaos(regime: Regime, kills: usize) -> Report {
     let started = Instant::now();
     let seed = env_number("TOKENWARDEN_CHAOS_SEED").map_or_else(rand::random::<u64>, |seed| seed as u64);
     eprintln!("chaos ({} regime): {kills} kills, seed {seed} (replay with TOKENWARDEN_CHAOS_SEED={seed})", regime.name);
+    let gitlab_waves = regime.gitlab_waves;
     let mut run = ChaosRun::new(regime, seed);
-    run.seed_grants(GRANTS);
+    run.seed_grants(run.regime.grants);
     run.sim().set_rates(CHAOS_FAULTS);
     eprintln!("set-up done after {:?}", started.elapsed());
 
     let wave_every = kills.div_ceil(GITLAB_WAVES).max(1);
     for kill in 0..kills {
-        if kill % wave_every == 0 {
+        if gitlab_waves && kill % wave_every == 0 {
             run.add_gitlab_wave(GITLAB_PER_WAVE);
         }
         run.kill_once();
-        if (kill + 1) % 50 == 0 {
+        if (kill + 1) % 10 == 0 {
             run.top_up_grants();
+        }
+        if (kill + 1) % 50 == 0 {
             eprintln!("{} kills after {:?}: {:?}", kill + 1, started.elapsed(), run.sim().stats());
         }
     }
@@ -206,7 +267,7 @@ fn chaos(regime: Regime, kills: usize) -> Report {
     if std::env::var_os("TOKENWARDEN_CHAOS_DEBUG").is_some() {
         report.explain_losses(&run);
     }
-    report.assert_lost_to_kills_rare(&run.kills);
+    report.assert_lost_to_kills_rare(&run.kills, run.regime.gap_kills_one_in);
     report
 }
 
@@ -447,15 +508,15 @@ impl ChaosRun {
         }
     }
 
-    /// Seeds fresh grants for those flagged lost, so a long run keeps [`GRANTS`] grants renewing
+    /// Seeds fresh grants for those flagged lost, so a long run keeps the regime's grants renewing
     /// (a grant that needs attention is never renewed again, and kills would find idle daemons).
     fn top_up_grants(&mut self) {
         let flagged = (self.tokens().iter())
             .filter(|t| t.kind == TokenKind::GitlabOauth && t.state == TokenState::NeedsAttention)
             .count();
         let renewing = self.grants - flagged;
-        if renewing < GRANTS {
-            self.seed_grants(GRANTS - renewing);
+        if renewing < self.regime.grants {
+            self.seed_grants(self.regime.grants - renewing);
         }
     }
 
@@ -513,12 +574,15 @@ impl ChaosRun {
 
     /// Starts a daemon, kills it at a random moment, and records what it left behind.
     fn kill_once(&mut self) {
-        let moment = match self.rng.random_range(0..10) {
-            0..4 => KillMoment::RandomDelay,
-            4..6 => KillMoment::JustServing,
-            _ => KillMoment::HoldingLeases,
+        let (moment, delay_ms) = match &self.regime.kills {
+            KillPlan::RandomDelay(range) => (KillMoment::RandomDelay, range.clone()),
+            KillPlan::Mixed => match self.rng.random_range(0..10) {
+                0..4 => (KillMoment::RandomDelay, KILL_DELAY_MS),
+                4..6 => (KillMoment::JustServing, KILL_DELAY_MS),
+                _ => (KillMoment::HoldingLeases, KILL_DELAY_MS),
+            },
         };
-        let delay = Duration::from_millis(self.rng.random_range(KILL_DELAY_MS));
+        let delay = Duration::from_millis(self.rng.random_range(delay_ms));
         let jitter = Duration::from_millis(self.rng.random_range(AIMED_DELAY_MS));
         let mut daemon = self.start_daemon();
         let since_start = Instant::now();
@@ -969,15 +1033,15 @@ impl Report {
     }
 
     /// Every lost credential has a cause the run can name, and kills that landed between
-    /// GitLab's renewal and our commit are rare: at most one in ten (typically one to four in a
-    /// hundred; the bound leaves room for chance, not for a regression to the one in four seen
-    /// before answers jumped the writer queue). A single such kill can cost several credentials:
-    /// the answers of up to `provider_concurrency` renewals arrive together and are committed one
-    /// after another.
-    fn assert_lost_to_kills_rare(&self, kills: &[Kill]) {
+    /// GitLab's renewal and our commit are rare: at most one in `one_in` (the regime's bound; in
+    /// the mixed regimes one in ten, typically one to four in a hundred; the bound leaves room
+    /// for chance, not for a regression to the one in four seen before answers jumped the writer
+    /// queue). A single such kill can cost several credentials: the answers that arrive together
+    /// are committed together, after the batch before them.
+    fn assert_lost_to_kills_rare(&self, kills: &[Kill], one_in: usize) {
         assert!(self.unexplained.is_empty(), "credentials lost for no reason the run knows: {:?}", self.unexplained);
         let gap_kills = self.gap_kills(kills).len();
-        let bound = kills.len().div_ceil(10).max(3);
+        let bound = kills.len().div_ceil(one_in).max(3);
         assert!(
             gap_kills <= bound,
             "{gap_kills} of {} kills landed in the commit gap (bound {bound}), costing {:?}",

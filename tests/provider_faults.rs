@@ -65,6 +65,20 @@ async fn through_5xx_rate_limits_and_stalls_every_token_is_renewed_before_it_exp
         let (cipher, now) = (harness.context.cipher.clone(), Utc::now());
         harness.context.store.run(move |conn| tokens::insert(conn, &cipher, &grant, "test", now)).await.unwrap();
     }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // One request at a time to the provider: every request after a 429 was sent knowing its
+    // `Retry-After`, so any that arrives early is the engine's fault.
+    let limits = Limits { max_concurrency: 8, per_provider: 1 };
+    tokio::spawn(Scheduler::new(harness.context.clone(), limits).run(stopped));
+    // Each grant's first refresh runs before the faults start, as in production a grant is
+    // refreshed when it is added: from then on it holds an access token, so a lost answer can be
+    // resolved by asking GitLab about it. (A first refresh lost twice in a row, with no access
+    // token to ask about, is `grant_lost` by design: see src/engine/protocol.rs.)
+    let warm = Instant::now();
+    while harness.context.store.run(tokens::list).await.unwrap().iter().any(|token| token.version < 2) {
+        assert!(warm.elapsed() < Duration::from_secs(20), "the grants' first refreshes did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let expires_soon = Utc::now().date_naive() + Days::new(2);
     for i in 0..GITLAB_TOKENS {
         harness.track_access_token(&format!("gitlab-{i}"), TokenOwner::Personal, expires_soon).await.unwrap();
@@ -78,11 +92,6 @@ async fn through_5xx_rate_limits_and_stalls_every_token_is_renewed_before_it_exp
         ..FaultRates::default()
     });
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    // One request at a time to the provider: every request after a 429 was sent knowing its
-    // `Retry-After`, so any that arrives early is the engine's fault.
-    let limits = Limits { max_concurrency: 8, per_provider: 1 };
-    tokio::spawn(Scheduler::new(harness.context.clone(), limits).run(stopped));
     let started = Instant::now();
     let mut expired_seen = Vec::new();
     while started.elapsed() < RUN {
@@ -105,7 +114,8 @@ async fn through_5xx_rate_limits_and_stalls_every_token_is_renewed_before_it_exp
     assert_eq!((stats.refresh_token_reuses, stats.family_revocations), (0, 0), "{stats:?}");
     assert!(stats.faults_injected >= 8, "the provider failed often (about a third of some 60 renewals): {stats:?}");
     for token in harness.context.store.run(tokens::list).await.unwrap() {
-        let renewed = if token.kind == TokenKind::GitlabOauth { 3 } else { 2 };
+        // Grants: the refresh before the faults and at least two under them.
+        let renewed = if token.kind == TokenKind::GitlabOauth { 4 } else { 2 };
         assert!(
             token.version >= renewed
                 && matches!(token.state, TokenState::Active | TokenState::Retrying | TokenState::Rotating),
