@@ -9,7 +9,9 @@ mod error;
 pub mod extract;
 mod health;
 mod key_cache;
+pub mod listener;
 pub mod openapi;
+pub mod tls;
 mod token_update;
 mod tokens;
 

@@ -39,17 +39,20 @@ pub struct GlobalArgs {
 impl GlobalArgs {
     /// The flag values for configuration loading (`--listen` comes from `serve`).
     pub fn flag_values(&self, command: &Command) -> FlagValues {
-        let listen = match command {
-            Command::Serve(serve) => serve.listen.clone(),
-            _ => None,
-        };
-        FlagValues {
+        let mut flags = FlagValues {
             config: self.config.clone(),
             database_url: self.database_url.clone(),
-            listen,
             master_key_file: self.master_key_file.clone(),
             log_format: self.log_format.clone(),
+            ..FlagValues::default()
+        };
+        if let Command::Serve(serve) = command {
+            flags.listen = serve.listen.clone();
+            flags.tls_cert_file = serve.tls_cert_file.clone();
+            flags.tls_key_file = serve.tls_key_file.clone();
+            flags.allow_plaintext = serve.allow_plaintext;
         }
+        flags
     }
 }
 
@@ -129,6 +132,15 @@ pub struct ServeArgs {
     /// Address the API listens on (default 127.0.0.1:8787) [env: TOKENWARDEN_LISTEN]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (re-read on SIGHUP) [env: TOKENWARDEN_TLS_CERT_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert-file [env: TOKENWARDEN_TLS_KEY_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on an address outside loopback (behind a TLS-terminating proxy) [env: TOKENWARDEN_ALLOW_PLAINTEXT]
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 /// `--json` for commands that list or show.

@@ -1,17 +1,17 @@
 //! `tokenwarden serve`: open the store, then run the scheduler, the webhook dispatcher, the
 //! maintenance jobs, the metrics' change watch and the API until SIGINT or SIGTERM.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::CliError;
 use super::context::{KeyCreation, create_store, created_key_file, created_key_notice, open_cipher};
 use super::engine::{engine_context, limits};
 use super::systemd;
+use crate::api::tls::ReloadableTls;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::engine::maintenance::{self, MaintenanceContext};
@@ -28,6 +28,16 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     };
     let mut terminate = signal(SignalKind::terminate()).map_err(failed("cannot listen for SIGTERM"))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(failed("cannot listen for SIGINT"))?;
+    if settings.tls.is_none() && !settings.allow_plaintext && api::listener::exposes_plaintext(settings.listen) {
+        return Err(CliError::Usage(format!(
+            "refusing to serve plain HTTP on {}, outside loopback: API keys and secrets would cross the network in clear \
+             text; set tls_cert_file and tls_key_file, or allow_plaintext = true behind a proxy that terminates TLS",
+            settings.listen
+        )));
+    }
+    let tls =
+        settings.tls.clone().map(ReloadableTls::load).transpose().map_err(|err| CliError::Usage(err.to_string()))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(failed("cannot listen for SIGHUP"))?;
     let metrics_handle = metrics::install().map_err(CliError::Failed)?;
     // The address first: a busy port is the likeliest failure, and it should stop the daemon
     // before anything (the database, a new master key) is created.
@@ -42,7 +52,22 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         warn!(path = %path.display(), "{}", created_key_notice(&path));
     }
     let context = Arc::new(engine_context(&settings, store.clone(), cipher, "serve")?);
-    info!(listen = %local, database = %settings.database_url, "tokenwarden is serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(listen = %local, scheme, database = %settings.database_url, "tokenwarden is serving");
+    let reloads = tls.clone();
+    let reload_task = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match &reloads {
+                Some(tls) => match tls.reload() {
+                    Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key; new connections use them"),
+                    Err(err) => {
+                        error!(error = %err, "SIGHUP: the TLS files could not be reloaded; still serving the previous ones")
+                    }
+                },
+                None => info!("SIGHUP: nothing to reload (no TLS files configured)"),
+            }
+        }
+    });
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let scheduler = Scheduler::new(context.clone(), limits(&settings));
@@ -88,10 +113,10 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         systemd::notify_stopping();
     };
     systemd::notify_ready();
-    axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
+    api::listener::serve(listener, api::router(state), tls, shutdown)
         .await
         .map_err(|err| CliError::Failed(format!("the API server failed: {err}")))?;
+    reload_task.abort();
     if forced_rotations.running() > 0 {
         info!(running = forced_rotations.running(), "waiting for forced rotations to commit");
     }

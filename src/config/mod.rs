@@ -156,6 +156,20 @@ pub struct Settings {
     pub maintenance: MaintenanceConfig,
     /// How OAuth answers are read.
     pub oauth: OauthConfig,
+    /// The API's certificate and key when it serves HTTPS.
+    pub tls: Option<TlsFiles>,
+    /// Whether plain HTTP may be served on an address outside loopback (behind a proxy that
+    /// terminates TLS).
+    pub allow_plaintext: bool,
+}
+
+/// Where the API's certificate chain and private key are (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Raw values given as command-line flags (the highest precedence).
@@ -171,6 +185,12 @@ pub struct FlagValues {
     pub master_key_file: Option<PathBuf>,
     /// `--log-format`
     pub log_format: Option<String>,
+    /// `--tls-cert-file`
+    pub tls_cert_file: Option<PathBuf>,
+    /// `--tls-key-file`
+    pub tls_key_file: Option<PathBuf>,
+    /// `--allow-plaintext`
+    pub allow_plaintext: bool,
 }
 
 /// Where a configuration value came from, for error messages.
@@ -239,6 +259,17 @@ pub const ENV_LISTEN: &str = "TOKENWARDEN_LISTEN";
 pub const ENV_MASTER_KEY_FILE: &str = "TOKENWARDEN_MASTER_KEY_FILE";
 /// Environment variable for the log format.
 pub const ENV_LOG_FORMAT: &str = "TOKENWARDEN_LOG_FORMAT";
+/// Environment variable for the API's TLS certificate chain (PEM).
+pub const ENV_TLS_CERT_FILE: &str = "TOKENWARDEN_TLS_CERT_FILE";
+/// Environment variable for the API's TLS private key (PEM).
+pub const ENV_TLS_KEY_FILE: &str = "TOKENWARDEN_TLS_KEY_FILE";
+/// Environment variable allowing plain HTTP outside loopback (`true` or `false`).
+pub const ENV_ALLOW_PLAINTEXT: &str = "TOKENWARDEN_ALLOW_PLAINTEXT";
+
+/// HTTPS configured by half: `given` is set (in `origin`) but `missing` is not.
+fn half_of_tls(given: &'static str, missing: &str, origin: Origin) -> ConfigError {
+    ConfigError::Invalid { key: given, origin, message: format!("HTTPS needs {missing} too") }
+}
 
 /// Loads settings from the process environment and the given flags.
 pub fn load(flags: &FlagValues) -> Result<Settings, ConfigError> {
@@ -291,11 +322,49 @@ pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Resu
         Some((text, origin)) => parse_log_format(&text, origin)?,
     };
 
+    let path_flag = |flag: &Option<PathBuf>| flag.as_ref().map(|p| p.display().to_string());
+    let cert = pick(&path_flag(&flags.tls_cert_file), "--tls-cert-file", ENV_TLS_CERT_FILE, &file.tls_cert_file);
+    let key = pick(&path_flag(&flags.tls_key_file), "--tls-key-file", ENV_TLS_KEY_FILE, &file.tls_key_file);
+    let tls = match (cert, key) {
+        (Some((cert, cert_origin)), Some((key, key_origin))) => Some(TlsFiles {
+            cert: non_empty_path(&cert, "tls_cert_file", cert_origin)?,
+            key: non_empty_path(&key, "tls_key_file", key_origin)?,
+        }),
+        (None, None) => None,
+        (Some((_, origin)), None) => return Err(half_of_tls("tls_cert_file", "tls_key_file", origin)),
+        (None, Some((_, origin))) => return Err(half_of_tls("tls_key_file", "tls_cert_file", origin)),
+    };
+    let plaintext_flag = flags.allow_plaintext.then(|| "true".to_owned());
+    let allow_plaintext = match pick(
+        &plaintext_flag,
+        "--allow-plaintext",
+        ENV_ALLOW_PLAINTEXT,
+        &file.allow_plaintext.map(|b| b.to_string()),
+    ) {
+        None => false,
+        Some((text, origin)) => text.parse::<bool>().map_err(|_| ConfigError::Invalid {
+            key: "allow_plaintext",
+            origin,
+            message: format!("'{text}' is not true or false"),
+        })?,
+    };
+
     let policy = resolve_policy(&file.policy.unwrap_or_default(), &file_origin)?;
     let scheduler = resolve_scheduler(&file.scheduler.unwrap_or_default(), &file_origin)?;
     let maintenance = resolve_maintenance(&file.maintenance.unwrap_or_default(), &file_origin)?;
     let oauth = resolve_oauth(&file.oauth.unwrap_or_default(), &file_origin)?;
-    Ok(Settings { database_url, listen, master_key_file, log_format, policy, scheduler, maintenance, oauth })
+    Ok(Settings {
+        database_url,
+        listen,
+        master_key_file,
+        log_format,
+        policy,
+        scheduler,
+        maintenance,
+        oauth,
+        tls,
+        allow_plaintext,
+    })
 }
 
 /// Applies the `[oauth]` table over the defaults: a lifetime between 1 minute and 366 days.

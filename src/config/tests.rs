@@ -130,6 +130,21 @@ fn bad_listen_flag_names_the_flag() {
 }
 
 #[test]
+fn tls_files_come_as_a_pair_and_allow_plaintext_is_true_or_false() {
+    let both = env_from(&[(ENV_TLS_CERT_FILE, "/etc/tw/cert.pem"), (ENV_TLS_KEY_FILE, "/etc/tw/key.pem")]);
+    let settings = resolve(&FlagValues::default(), &both).unwrap();
+    let tls = settings.tls.unwrap();
+    assert_eq!((tls.cert.to_str(), tls.key.to_str()), (Some("/etc/tw/cert.pem"), Some("/etc/tw/key.pem")));
+    assert!(!settings.allow_plaintext);
+    let message = resolve(&FlagValues::default(), &env_from(&[(ENV_TLS_KEY_FILE, "/k.pem")])).unwrap_err().to_string();
+    assert!(message.contains(ENV_TLS_KEY_FILE) && message.contains("needs tls_cert_file too"), "{message}");
+    let message = resolve(&FlagValues::default(), &env_from(&[(ENV_ALLOW_PLAINTEXT, "yes")])).unwrap_err().to_string();
+    assert!(message.contains(ENV_ALLOW_PLAINTEXT) && message.contains("not true or false"), "{message}");
+    let flags = FlagValues { allow_plaintext: true, ..FlagValues::default() };
+    assert!(resolve(&flags, &env_from(&[(ENV_ALLOW_PLAINTEXT, "false")])).unwrap().allow_plaintext, "the flag wins");
+}
+
+#[test]
 fn wrongly_typed_value_is_a_syntax_error_naming_the_key() {
     let (message, _) = error_for_file("listen = 8787\n");
     assert!(message.contains("listen"), "{message}");

@@ -28,6 +28,12 @@ impl ServeProcess {
     /// environment `env`, its standard error going to a new file `log` and its standard output
     /// to `log` with the extension `stdout`.
     pub fn start(dir: &Path, config: &Path, log: &Path, env: &[(&str, String)]) -> Self {
+        Self::start_with(dir, config, log, env, &["--listen", "127.0.0.1:0"])
+    }
+
+    /// [`ServeProcess::start`] with `serve_args` after `serve` instead of the loopback listen
+    /// address.
+    pub fn start_with(dir: &Path, config: &Path, log: &Path, env: &[(&str, String)], serve_args: &[&str]) -> Self {
         let stderr = File::create(log).expect("create the daemon log");
         let stdout = File::create(log.with_extension("stdout")).expect("create the daemon's stdout file");
         let child = Command::new(assert_cmd::cargo::cargo_bin("tokenwarden"))
@@ -36,7 +42,8 @@ impl ServeProcess {
             .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
             .arg("--config")
             .arg(config)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
+            .args(serve_args)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
