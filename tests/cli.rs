@@ -293,6 +293,25 @@ fn client_add_prints_its_key_once_and_list_never_does() {
 
     let list = sandbox.ok(&["client", "list", "--json"], "");
     assert!(!list.contains(api_key) && !list.contains(webhook_secret));
+
+    // A new key and a new webhook secret, each printed once; the old ones keep working for the
+    // overlap (tests/store.rs and tests/notify.rs check that), and no other command shows them.
+    let rotated: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["client", "rotate-key", "ci", "--overlap", "1h"], "")).unwrap();
+    assert_eq!(rotated["name"], "ci");
+    let new_key = rotated["api_key"].as_str().unwrap();
+    assert!(new_key.starts_with("tw_") && new_key != api_key);
+    let rotated: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["client", "rotate-webhook-secret", "ci"], "")).unwrap();
+    let new_secret = rotated["webhook_secret"].as_str().unwrap();
+    assert!(new_secret.starts_with("whsec_") && new_secret != webhook_secret);
+    let stderr = sandbox.fails(&["client", "rotate-webhook-secret", "ops"], "", 2);
+    assert!(stderr.contains("has no webhook"), "{stderr}");
+    let stderr = sandbox.fails(&["client", "rotate-key", "nobody"], "", 2);
+    assert!(stderr.contains("nobody"), "{stderr}");
+    let audit = sandbox.ok(&["audit", "--json"], "");
+    assert!(audit.contains("client.rotate_key") && audit.contains("client.rotate_webhook_secret"), "{audit}");
+    assert!(!audit.contains(new_key) && !audit.contains(new_secret));
     let clients: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(clients[0]["name"], "ci");
     assert_eq!(clients[0]["grants"], serde_json::json!(["a", "b"]));

@@ -56,6 +56,7 @@ struct Received {
     delivery: String,
     content_type: String,
     body: Vec<u8>,
+    signature: String,
     verified: Result<(), SignatureError>,
 }
 
@@ -87,6 +88,7 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 async fn receive(State(context): State<ReceiverContext>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let signature = header(&headers, "x-tokenwarden-signature");
     let verified = verify(&context.secret, &signature, &body, context.clock.now(), DEFAULT_TOLERANCE);
+    let signature = signature.clone();
     let reply = {
         let mut state = context.state.lock().unwrap();
         state.received.push(Received {
@@ -94,6 +96,7 @@ async fn receive(State(context): State<ReceiverContext>, headers: HeaderMap, bod
             delivery: header(&headers, "x-tokenwarden-delivery"),
             content_type: header(&headers, "content-type"),
             body: body.to_vec(),
+            signature,
             verified,
         });
         state.script.pop_front().unwrap_or(Reply::Status(200))
@@ -254,6 +257,41 @@ async fn a_rotation_is_delivered_signed_with_the_committed_payload() {
     assert_eq!((delivery.attempts, delivery.delivered_at), (1, Some(start_time())));
     assert_eq!((delivery.leased_until, delivery.lease_owner), (None, None), "the lease is released");
     wait_for_counters(&running.handle, (1, 0, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_webhook_secret_overlap_deliveries_verify_with_the_old_and_the_new_secret_and_after_it_only_the_new() {
+    let Setup { harness, clock, _dir } = setup().await;
+    // The receiver still knows only the secret the client had.
+    let receiver = Receiver::start("whsec_old", &clock, Vec::new()).await;
+    subscribe(&harness, "ops", &receiver.url, "whsec_old").await;
+    let new_secret = SecretString::from("whsec_new".to_owned());
+    let (cipher, now, stored) = (harness.context.cipher.clone(), harness.now(), new_secret.clone());
+    let overlap = TimeDelta::hours(1);
+    harness
+        .context
+        .store
+        .run(move |conn| {
+            clients::rotate_webhook_secret(conn, &cipher, &"ops".parse().unwrap(), &stored, overlap, "test", now)
+        })
+        .await
+        .unwrap();
+    let running = start_dispatcher(&harness, harness.context.store.clone());
+
+    rotate(&harness, "t").await;
+    running.handle.wake();
+    let during = receiver.wait_for(1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(during.verified, Ok(()), "the old secret still verifies during the overlap: {}", during.signature);
+    assert_eq!(verify(&new_secret, &during.signature, &during.body, clock.now(), DEFAULT_TOLERANCE), Ok(()));
+    assert_eq!(during.signature.matches("v1=").count(), 2, "{}", during.signature);
+
+    clock.advance(TimeDelta::hours(1) + TimeDelta::seconds(1));
+    rotate(&harness, "t").await;
+    running.handle.wake();
+    let after = receiver.wait_for(2, Duration::from_secs(5)).await.remove(1);
+    assert_eq!(after.verified, Err(SignatureError::Mismatch), "the overlap is over: {}", after.signature);
+    assert_eq!(verify(&new_secret, &after.signature, &after.body, clock.now(), DEFAULT_TOLERANCE), Ok(()));
+    assert_eq!(after.signature.matches("v1=").count(), 1, "{}", after.signature);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -325,6 +325,36 @@ macro_rules! both_backends {
 }
 
 both_backends! {
+    fn a_rotated_api_key_works_beside_the_new_one_until_the_overlap_ends(f) {
+        let old = reader_client(&mut f, "ci", &[]);
+        let name = ClientName::new("ci").unwrap();
+        let new = clients::rotate_key(&mut f.conn, &name, chrono::TimeDelta::hours(1), "test", Utc::now()).unwrap();
+        let new = new.expose().to_owned();
+        assert_ne!(new, old);
+        for key in [&old, &new] {
+            let client = clients::authenticate_key(&mut f.conn, key).unwrap().expect("both keys work in the overlap");
+            assert_eq!(client.name, name);
+        }
+        let mut wrong = old.clone();
+        wrong.pop();
+        wrong.push(if old.ends_with('A') { 'B' } else { 'A' });
+        assert!(clients::authenticate_key(&mut f.conn, &wrong).unwrap().is_none(), "the old lookup with a wrong secret");
+        // The overlap ends.
+        diesel::update(schema::clients::table)
+            .set(schema::clients::previous_key_expires_at.eq(Some(Utc::now().naive_utc() - chrono::TimeDelta::seconds(1))))
+            .execute(&mut f.conn)
+            .unwrap();
+        assert!(clients::authenticate_key(&mut f.conn, &old).unwrap().is_none(), "refused once the overlap is over");
+        assert!(clients::authenticate_key(&mut f.conn, &new).unwrap().is_some());
+        // Without an overlap the key in use stops at once, and a key from an earlier overlap too.
+        let newest = clients::rotate_key(&mut f.conn, &name, chrono::TimeDelta::zero(), "test", Utc::now()).unwrap();
+        assert!(clients::authenticate_key(&mut f.conn, &new).unwrap().is_none());
+        assert!(clients::authenticate_key(&mut f.conn, newest.expose()).unwrap().is_some());
+        let unknown = ClientName::new("nobody").unwrap();
+        let err = clients::rotate_key(&mut f.conn, &unknown, chrono::TimeDelta::zero(), "test", Utc::now()).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    }
+
     fn round_trip_providers(f) {
         gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
         let list = providers::list(&mut f.conn).unwrap();

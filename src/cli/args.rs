@@ -352,6 +352,21 @@ pub enum ClientCommand {
         /// Client name
         name: ClientName,
     },
+    /// Give a client a new API key, printed once as JSON; the old one works until the overlap ends
+    RotateKey(ClientRotateArgs),
+    /// Give a client a new webhook signing secret, printed once as JSON; deliveries are signed
+    /// with the old one too until the overlap ends
+    RotateWebhookSecret(ClientRotateArgs),
+}
+
+/// `client rotate-key` and `client rotate-webhook-secret` options.
+#[derive(Debug, Args)]
+pub struct ClientRotateArgs {
+    /// Client name
+    pub name: ClientName,
+    /// How long the old key or secret stays valid beside the new one (0s: not at all)
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub overlap: HumanDuration,
 }
 
 /// `client update` options.

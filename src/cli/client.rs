@@ -1,10 +1,10 @@
-//! `tokenwarden client add|list|remove`.
+//! `tokenwarden client add|list|update|remove|rotate-key|rotate-webhook-secret`.
 
 use chrono::Utc;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use super::args::{ClientAddArgs, ClientCommand, ClientUpdateArgs};
+use super::args::{ClientAddArgs, ClientCommand, ClientRotateArgs, ClientUpdateArgs};
 use super::context::{KeyCreation, create_store, open_cipher, open_store};
 use super::output::{print_json, print_table, text};
 use super::provider::validate_http_url;
@@ -45,7 +45,40 @@ pub async fn run(settings: Settings, command: ClientCommand) -> Result<(), CliEr
             store.run(move |conn| clients::remove(conn, &name, CLI_ACTOR, Utc::now())).await?;
             Ok(())
         }
+        ClientCommand::RotateKey(args) => rotate_key(settings, args).await,
+        ClientCommand::RotateWebhookSecret(args) => rotate_webhook_secret(settings, args).await,
     }
+}
+
+fn overlap_of(args: &ClientRotateArgs) -> Result<chrono::TimeDelta, CliError> {
+    chrono::TimeDelta::from_std(args.overlap.get())
+        .map_err(|_| CliError::Usage(format!("--overlap {} is too long", args.overlap)))
+}
+
+/// A new API key for the client, printed once as JSON like `client add`'s; the old key works
+/// until the overlap ends.
+async fn rotate_key(settings: Settings, args: ClientRotateArgs) -> Result<(), CliError> {
+    let overlap = overlap_of(&args)?;
+    let store = open_store(&settings).await?;
+    let name = args.name.clone();
+    let key = store.run(move |conn| clients::rotate_key(conn, &name, overlap, CLI_ACTOR, Utc::now())).await?;
+    eprintln!("client '{}': the previous key works for {} more", args.name, args.overlap);
+    print_json(&json!({"name": args.name, "api_key": key.expose()}))
+}
+
+/// A new webhook signing secret for the client, printed once as JSON; deliveries carry a second
+/// signature made with the old secret until the overlap ends.
+async fn rotate_webhook_secret(settings: Settings, args: ClientRotateArgs) -> Result<(), CliError> {
+    let overlap = overlap_of(&args)?;
+    let store = open_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Forbidden).await?;
+    let (name, fresh) = (args.name.clone(), generate_webhook_secret());
+    let stored = fresh.clone();
+    store
+        .run(move |conn| clients::rotate_webhook_secret(conn, &cipher, &name, &stored, overlap, CLI_ACTOR, Utc::now()))
+        .await?;
+    eprintln!("client '{}': deliveries are signed with the previous secret too for {}", args.name, args.overlap);
+    print_json(&json!({"name": args.name, "webhook_secret": fresh.expose_secret()}))
 }
 
 /// Changes a client's grants or webhook; a webhook set on a client that had none prints its new

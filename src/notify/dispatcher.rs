@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 use tracing::{debug, error, info, warn};
 
-use super::signature::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign};
+use super::signature::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign_with};
 use crate::crypto::{Cipher, CryptoError};
 use crate::engine::SharedClock;
 use crate::engine::backoff::Backoff;
@@ -359,9 +359,12 @@ impl Shared {
     async fn send(&self, delivery: &ClaimedDelivery) -> Result<StatusCode, DeliveryError> {
         let url = delivery.webhook_url.as_deref().ok_or(DeliveryError::NoWebhookUrl)?;
         let sealed = delivery.sealed_secret.as_deref().ok_or(DeliveryError::NoSecret)?;
-        let secret = self.cipher.open(clients::webhook_secret_context(&delivery.client_id), sealed)?;
+        let context = clients::webhook_secret_context(&delivery.client_id);
+        let secret = self.cipher.open(context, sealed)?;
+        let previous =
+            delivery.previous_sealed_secret.as_deref().map(|sealed| self.cipher.open(context, sealed)).transpose()?;
         let body = delivery.payload.clone().into_bytes();
-        let signature = sign(&secret, self.clock.now(), &body);
+        let signature = sign_with(&secret, previous.as_ref(), self.clock.now(), &body);
         let timeout = self.settings.request_timeout;
         let response = self
             .http

@@ -67,6 +67,22 @@ pub fn sign(secret: &SecretString, timestamp: DateTime<Utc>, body: &[u8]) -> Str
     format!("t={seconds},v1={}", hex::encode(tag))
 }
 
+/// [`sign`] with `secret`, plus a second `v1` made with `previous` during a secret change, so
+/// a receiver that still knows only the previous secret accepts the delivery.
+pub fn sign_with(
+    secret: &SecretString,
+    previous: Option<&SecretString>,
+    timestamp: DateTime<Utc>,
+    body: &[u8],
+) -> String {
+    let mut header = sign(secret, timestamp, body);
+    if let Some(previous) = previous {
+        let tag = mac_for(previous, timestamp.timestamp(), body).finalize().into_bytes();
+        header.push_str(&format!(",v1={}", hex::encode(tag)));
+    }
+    header
+}
+
 /// A parsed signature header: the timestamp and every `v1` tag.
 struct ParsedHeader {
     timestamp: i64,

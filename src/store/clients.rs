@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use secrecy::SecretString;
 
 use super::audit::{self, AuditTarget};
-use super::models::{Client, ClientRow, naive, new_id};
+use super::models::{Client, ClientRow, naive, new_id, utc};
 use super::schema::{client_grants, clients, tokens};
 use super::{DbConnection, StoreError};
 use crate::crypto::{ApiKey, ApiKeyHash, Cipher, SealContext};
@@ -169,20 +169,108 @@ pub fn authenticate_key(conn: &mut DbConnection, presented: &str) -> Result<Opti
     let Some(lookup) = ApiKey::lookup_of(presented) else {
         return Ok(None);
     };
-    let Some(row) = clients::table
+    let current = clients::table
         .filter(clients::api_key_lookup.eq(lookup))
         .select(ClientRow::as_select())
         .get_result(conn)
-        .optional()?
-    else {
-        return Ok(None);
-    };
-    let stored = <[u8; 32]>::try_from(row.api_key_hash.as_slice())
+        .optional()?;
+    if let Some(row) = current {
+        return matching(row.api_key_hash.clone(), row, presented);
+    }
+    // A key replaced by `client rotate-key` works until its overlap ends.
+    let previous: Option<(ClientRow, Option<Vec<u8>>, Option<chrono::NaiveDateTime>)> = clients::table
+        .filter(clients::previous_key_lookup.eq(lookup))
+        .select((ClientRow::as_select(), clients::previous_key_hash, clients::previous_key_expires_at))
+        .get_result(conn)
+        .optional()?;
+    match previous {
+        Some((row, Some(hash), Some(until))) if utc(until) > Utc::now() => matching(hash, row, presented),
+        _ => Ok(None),
+    }
+}
+
+/// The client of `row` if `presented` hashes to `stored` (compared in constant time).
+fn matching(stored: Vec<u8>, row: ClientRow, presented: &str) -> Result<Option<Client>, StoreError> {
+    let stored = <[u8; 32]>::try_from(stored.as_slice())
         .map_err(|_| StoreError::Corrupt(format!("api key hash of client '{}'", row.name)))?;
     if !ApiKeyHash(stored).matches(presented) {
         return Ok(None);
     }
     Client::from_row(row, Vec::new()).map(Some)
+}
+
+/// Gives client `name` a new API key; the one it had stays valid for `overlap` (not at all when
+/// zero). A key still in an earlier overlap stops working now: at most two keys are valid.
+pub fn rotate_key(
+    conn: &mut DbConnection,
+    name: &ClientName,
+    overlap: chrono::TimeDelta,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<ApiKey, StoreError> {
+    conn.write_transaction(|conn| {
+        let (lookup, hash): (String, Vec<u8>) = clients::table
+            .filter(clients::name.eq(name.as_str()))
+            .select((clients::api_key_lookup, clients::api_key_hash))
+            .get_result(conn)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { what: "client", name: name.to_string() })?;
+        let kept = (overlap > chrono::TimeDelta::zero()).then_some(());
+        let api_key = ApiKey::generate();
+        diesel::update(clients::table.filter(clients::name.eq(name.as_str())))
+            .set((
+                clients::api_key_lookup.eq(&api_key.lookup),
+                clients::api_key_hash.eq(api_key.hash.0.to_vec()),
+                clients::previous_key_lookup.eq(kept.map(|()| lookup)),
+                clients::previous_key_hash.eq(kept.map(|()| hash)),
+                clients::previous_key_expires_at.eq(kept.map(|()| naive(now + overlap))),
+                clients::updated_at.eq(naive(now)),
+            ))
+            .execute(conn)?;
+        let detail = format!("overlap={}s", overlap.num_seconds());
+        audit::record(conn, now, actor, "client.rotate_key", client_target(name.as_str()), Some(detail))?;
+        Ok(api_key)
+    })
+}
+
+/// Gives client `name` the webhook signing secret `fresh`; deliveries carry a signature with
+/// the secret it had too for `overlap` (not at all when zero). Refused for a client without a
+/// webhook.
+pub fn rotate_webhook_secret(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    name: &ClientName,
+    fresh: &SecretString,
+    overlap: chrono::TimeDelta,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        let (id, sealed): (String, Option<Vec<u8>>) = clients::table
+            .filter(clients::name.eq(name.as_str()))
+            .select((clients::id, clients::webhook_secret))
+            .get_result(conn)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { what: "client", name: name.to_string() })?;
+        let Some(sealed) = sealed else {
+            return Err(StoreError::InvalidInput(format!(
+                "client '{name}' has no webhook, so no webhook secret; give it one with `client update {name} --webhook-url URL`"
+            )));
+        };
+        let kept = (overlap > chrono::TimeDelta::zero()).then_some(());
+        let new_sealed = cipher.try_seal(webhook_secret_context(&id), fresh)?;
+        diesel::update(clients::table.filter(clients::id.eq(&id)))
+            .set((
+                clients::webhook_secret.eq(new_sealed),
+                clients::previous_webhook_secret.eq(kept.map(|()| sealed)),
+                clients::previous_webhook_secret_expires_at.eq(kept.map(|()| naive(now + overlap))),
+                clients::updated_at.eq(naive(now)),
+            ))
+            .execute(conn)?;
+        let detail = format!("overlap={}s", overlap.num_seconds());
+        audit::record(conn, now, actor, "client.rotate_webhook_secret", client_target(name.as_str()), Some(detail))?;
+        Ok(())
+    })
 }
 
 /// Removes a client, its grants and its pending deliveries.

@@ -118,6 +118,9 @@ pub struct ClaimedDelivery {
     pub webhook_url: Option<String>,
     /// The client's sealed webhook secret; open it with [`super::clients::webhook_secret_context`].
     pub sealed_secret: Option<Vec<u8>>,
+    /// The secret it had before `client rotate-webhook-secret`, while their overlap lasts
+    /// (sealed the same way): deliveries are signed with both.
+    pub previous_sealed_secret: Option<Vec<u8>>,
 }
 
 /// What happens to a delivery after a failed attempt.
@@ -211,7 +214,10 @@ impl From<DeliveryRow> for Delivery {
 }
 
 /// The columns of a delivery joined with its client's webhook settings.
-type ClaimColumns = (String, String, String, String, String, NaiveDateTime, i32, Option<String>, Option<Vec<u8>>);
+type ClaimColumns = (
+    (String, String, String, String, String, NaiveDateTime, i32, Option<String>, Option<Vec<u8>>),
+    (Option<Vec<u8>>, Option<NaiveDateTime>),
+);
 
 /// Neither delivered nor abandoned, and due at `now`.
 #[diesel::dsl::auto_type]
@@ -291,19 +297,24 @@ fn oldest_due_for_client(
         .filter(due(now))
         .order((outbox::created_at.asc(), outbox::id.asc()))
         .select((
-            outbox::id,
-            outbox::client_id,
-            clients::name,
-            outbox::event,
-            outbox::payload,
-            outbox::created_at,
-            outbox::attempts,
-            clients::webhook_url,
-            clients::webhook_secret,
+            (
+                outbox::id,
+                outbox::client_id,
+                clients::name,
+                outbox::event,
+                outbox::payload,
+                outbox::created_at,
+                outbox::attempts,
+                clients::webhook_url,
+                clients::webhook_secret,
+            ),
+            (clients::previous_webhook_secret, clients::previous_webhook_secret_expires_at),
         ))
         .first(conn)
         .optional()?;
-    Ok(row.map(|(id, client_id, client_name, event, payload, created_at, attempts, webhook_url, sealed_secret)| {
+    Ok(row.map(|(delivery, (previous, previous_until))| {
+        let (id, client_id, client_name, event, payload, created_at, attempts, webhook_url, sealed_secret) = delivery;
+        let previous_sealed_secret = previous.filter(|_| previous_until.is_some_and(|until| until > now));
         ClaimedDelivery {
             id,
             client_id,
@@ -314,6 +325,7 @@ fn oldest_due_for_client(
             attempts,
             webhook_url,
             sealed_secret,
+            previous_sealed_secret,
         }
     }))
 }

@@ -94,6 +94,11 @@ diesel::table! {
         webhook_secret -> Nullable<Binary>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        previous_key_lookup -> Nullable<Text>,
+        previous_key_hash -> Nullable<Binary>,
+        previous_key_expires_at -> Nullable<Timestamp>,
+        previous_webhook_secret -> Nullable<Binary>,
+        previous_webhook_secret_expires_at -> Nullable<Timestamp>,
     }
 }
 

@@ -31,17 +31,18 @@ pub fn lock_path(database: &Path) -> PathBuf {
 
 /// Opens (creating, mode 0600) the lock file; a user who may only read the directory opens an
 /// existing lock file read-only, which `flock` accepts just as well.
-fn open(path: &Path) -> Result<File, StoreError> {
+fn open(database: &Path, path: &Path) -> Result<File, StoreError> {
     let created = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path);
     match created {
         Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
         other => other,
     }
-    .map_err(|err| {
-        StoreError::Unavailable(format!(
-            "cannot open the lock file {}: {err} (check that its directory exists and is writable by this user)",
+    .map_err(|err| StoreError::Open {
+        url: database.display().to_string(),
+        message: format!(
+            "cannot open its lock file {}: {err} (check that the directory exists and is writable by this user)",
             path.display()
-        ))
+        ),
     })
 }
 
@@ -52,7 +53,7 @@ impl StoreLock {
     pub fn shared(url: &DatabaseUrl) -> Result<Option<Self>, StoreError> {
         let DatabaseUrl::Sqlite(database) = url else { return Ok(None) };
         let path = lock_path(database);
-        let file = open(&path)?;
+        let file = open(database, &path)?;
         match file.try_lock_shared() {
             Ok(()) => Ok(Some(Self { _file: file })),
             Err(TryLockError::WouldBlock) => Err(StoreError::Conflict(format!(
@@ -69,7 +70,7 @@ impl StoreLock {
     /// at once ([`StoreError::StoreInUse`]) while any process has that store open.
     pub fn exclusive(database: &Path) -> Result<Self, StoreError> {
         let path = lock_path(database);
-        let file = open(&path)?;
+        let file = open(database, &path)?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
             Err(TryLockError::WouldBlock) => Err(StoreError::StoreInUse { lock: path.display().to_string() }),
