@@ -58,14 +58,5 @@ async fn changed(
     changes: &mut Option<ChangeWatch>,
     unwatched: &mut RepeatedWarning,
 ) -> bool {
-    match context.engine.store.changed_since(changes).await {
-        Ok(changed) => {
-            unwatched.succeeded();
-            changed
-        }
-        Err(err) => {
-            unwatched.failed(&err);
-            true
-        }
-    }
+    unwatched.note(context.engine.store.changed_since(changes).await).unwrap_or(true)
 }

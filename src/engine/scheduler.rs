@@ -164,16 +164,7 @@ impl Scheduler {
     /// (it could not be opened, or it failed) every look counts as a change, so the window is
     /// simply read again.
     async fn changed_elsewhere(&self, changes: &mut Option<ChangeWatch>, unwatched: &mut RepeatedWarning) -> bool {
-        match self.context.store.changed_since(changes).await {
-            Ok(changed) => {
-                unwatched.succeeded();
-                changed
-            }
-            Err(err) => {
-                unwatched.failed(&err);
-                true
-            }
-        }
+        unwatched.note(self.context.store.changed_since(changes).await).unwrap_or(true)
     }
 
     /// One pass: read the window if needed, dispatch what is due now, and say when to look

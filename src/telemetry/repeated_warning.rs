@@ -39,6 +39,21 @@ impl RepeatedWarning {
         true
     }
 
+    /// Notes `result`: a success is [`RepeatedWarning::succeeded`] and gives its value, a
+    /// failure is [`RepeatedWarning::failed`] and gives `None`.
+    pub fn note<T, E: Display>(&mut self, result: Result<T, E>) -> Option<T> {
+        match result {
+            Ok(value) => {
+                self.succeeded();
+                Some(value)
+            }
+            Err(err) => {
+                self.failed(&err);
+                None
+            }
+        }
+    }
+
     /// Notes a success; logs once that the condition cleared when a failure was logged.
     /// Returns whether it logged.
     pub fn succeeded(&mut self) -> bool {
