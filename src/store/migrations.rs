@@ -124,3 +124,65 @@ where
 fn migration_error(err: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
     StoreError::Migration(err.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::Connection;
+    use diesel::sql_types::Text;
+
+    use super::*;
+
+    /// Reverts the newest migrations until `version` is no longer applied.
+    fn revert_through(conn: &mut diesel::SqliteConnection, version: &str) {
+        loop {
+            let reverted = conn.revert_last_migration(SQLITE_MIGRATIONS).expect("revert a migration");
+            if reverted.to_string().replace('-', "").starts_with(&version.replace('-', "")) {
+                return;
+            }
+        }
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Dropped {
+        #[diesel(sql_type = Text)]
+        target_name: String,
+        #[diesel(sql_type = Text)]
+        detail: String,
+    }
+
+    #[test]
+    fn grants_by_name_of_no_token_are_dropped_with_an_audit_row_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        conn.run_pending_migrations(SQLITE_MIGRATIONS).unwrap();
+        revert_through(&mut conn, "2026-12-03-000041");
+        conn.batch_execute(
+            "INSERT INTO providers (id, name, kind, created_at, updated_at)
+                 VALUES ('p', 'gitlab', 'gitlab', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP);
+             INSERT INTO tokens (id, name, provider_id, kind, version, state, attempt_count, created_at, updated_at)
+                 VALUES ('t', 'deploy', 'p', 'gitlab-project-access-token', 1, 'active', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP);
+             INSERT INTO clients (id, name, role, api_key_lookup, api_key_hash, created_at, updated_at)
+                 VALUES ('c', 'ci', 'reader', 'lookup', x'00', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP);
+             INSERT INTO client_grants (client_id, token_name) VALUES ('c', 'deploy'), ('c', 'future');",
+        )
+        .unwrap();
+
+        conn.run_pending_migrations(SQLITE_MIGRATIONS).unwrap();
+
+        let kept: Vec<Dropped> = diesel::sql_query(
+            "SELECT c.name AS target_name, g.token_id AS detail FROM client_grants g JOIN clients c ON c.id = g.client_id",
+        )
+        .load(&mut conn)
+        .unwrap();
+        assert_eq!(kept.iter().map(|g| (g.target_name.as_str(), g.detail.as_str())).collect::<Vec<_>>(), [("ci", "t")]);
+        let dropped: Vec<Dropped> = diesel::sql_query(
+            "SELECT target_name, detail FROM audit_log WHERE action = 'client.grant_dropped' AND actor = 'migration'",
+        )
+        .load(&mut conn)
+        .unwrap();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].target_name, "ci");
+        assert!(dropped[0].detail.starts_with("token=future "), "{}", dropped[0].detail);
+    }
+}

@@ -1,7 +1,14 @@
 -- A grant names the token it was given for by identity, not by name: a token removed and
 -- added again under the same name is another credential, readable only by clients granted it
--- anew. Existing grants are converted through the token that has the name now; a grant of a
--- name no token has (given before the token existed) granted nothing yet and is dropped.
+-- anew. Existing grants are converted through the token that has the name now. A grant of a
+-- name no token has (given before the token existed) granted nothing yet and is dropped: each
+-- is recorded in the audit log, so an operator can grant it again once the token exists
+-- (`tokenwarden audit` shows `client.grant_dropped`).
+INSERT INTO audit_log (id, occurred_at, actor, action, target_kind, target_name, detail)
+    SELECT gen_random_uuid()::text, (now() AT TIME ZONE 'UTC'), 'migration', 'client.grant_dropped', 'client', c.name,
+           'token=' || g.token_name || ' (no token had this name; grant it again once the token exists)'
+    FROM client_grants g JOIN clients c ON c.id = g.client_id
+    WHERE NOT EXISTS (SELECT 1 FROM tokens t WHERE t.name = g.token_name);
 ALTER TABLE client_grants ADD COLUMN token_id TEXT;
 UPDATE client_grants g SET token_id = t.id FROM tokens t WHERE t.name = g.token_name;
 DELETE FROM client_grants WHERE token_id IS NULL;
