@@ -70,6 +70,9 @@ pub enum Command {
     /// Manage API clients
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Rotate the master key that seals the stored secrets, and see how far a rotation got
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Check every token for monitoring (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
     Check(CheckArgs),
     /// Show the audit log: rotations, secret reads, and every change made
@@ -357,6 +360,22 @@ pub enum ClientCommand {
     /// Give a client a new webhook signing secret, printed once as JSON; deliveries are signed
     /// with the old one too until the overlap ends
     RotateWebhookSecret(ClientRotateArgs),
+}
+
+/// The `key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Re-seal every stored secret under a new master key, online and in batches (resumable)
+    Rotate {
+        /// The new master key (64 hex characters or 32 raw bytes); the configured master key and
+        /// retired_master_key_files must open what is stored now
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// How many stored secrets each master key seals
+    Status(OutputArgs),
 }
 
 /// `client rotate-key` and `client rotate-webhook-secret` options.

@@ -89,8 +89,10 @@ pub async fn open_cipher(settings: &Settings, store: &Store, creation: KeyCreati
         }
         _ => MasterKey::read(location.path())?,
     };
-    let cipher = Cipher::new(&key);
-    let check = Cipher::new(&key);
+    let retired =
+        settings.retired_master_key_files.iter().map(|path| MasterKey::read(path)).collect::<Result<Vec<_>, _>>()?;
+    let cipher = Cipher::new(&key).with_retired(&retired);
+    let check = Cipher::new(&key).with_retired(&retired);
     store.run(move |conn| meta::verify_or_record_key(conn, &check)).await.map_err(|err| match err {
         StoreError::Crypto(crypto) => CliError::from(crypto),
         other => CliError::from(other),

@@ -18,6 +18,7 @@ mod client;
 mod context;
 mod engine;
 mod error;
+mod key;
 mod output;
 mod provider;
 mod provider_update;
@@ -115,6 +116,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Provider(command) => provider::run(settings, command).await,
         Command::Token(command) => token::run(settings, command).await,
         Command::Client(command) => client::run(settings, command).await,
+        Command::Key(command) => key::run(settings, command).await,
         Command::Audit(args) => audit::run(settings, args).await,
         Command::Backup(args) => backup::backup(settings, args).await,
         Command::Restore(args) => backup::restore(settings, args).await,

@@ -81,6 +81,7 @@ pub(super) struct FileConfig {
     pub database_url: Option<String>,
     pub listen: Option<String>,
     pub master_key_file: Option<String>,
+    pub retired_master_key_files: Option<Vec<String>>,
     pub log_format: Option<String>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,

@@ -146,6 +146,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// An explicitly configured master key file, if any.
     pub master_key_file: Option<PathBuf>,
+    /// Master keys that only open values sealed before a key rotation (never seal).
+    pub retired_master_key_files: Vec<PathBuf>,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// Rotation policy defaults.
@@ -257,6 +259,8 @@ pub const ENV_DATABASE_URL: &str = "TOKENWARDEN_DATABASE_URL";
 pub const ENV_LISTEN: &str = "TOKENWARDEN_LISTEN";
 /// Environment variable for the master key file.
 pub const ENV_MASTER_KEY_FILE: &str = "TOKENWARDEN_MASTER_KEY_FILE";
+/// Environment variable for the retired master key files (`:`-separated paths).
+pub const ENV_RETIRED_MASTER_KEY_FILES: &str = "TOKENWARDEN_RETIRED_MASTER_KEY_FILES";
 /// Environment variable for the log format.
 pub const ENV_LOG_FORMAT: &str = "TOKENWARDEN_LOG_FORMAT";
 /// Environment variable for the API's TLS certificate chain (PEM).
@@ -317,6 +321,16 @@ pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Resu
         .map(|(text, origin)| non_empty_path(&text, "master_key_file", origin))
         .transpose()?;
 
+    let retired_master_key_files = match env(ENV_RETIRED_MASTER_KEY_FILES) {
+        Some(text) => text
+            .split(':')
+            .map(|path| non_empty_path(path, "retired_master_key_files", Origin::Env(ENV_RETIRED_MASTER_KEY_FILES)))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => (file.retired_master_key_files.clone().unwrap_or_default().iter())
+            .map(|path| non_empty_path(path, "retired_master_key_files", file_origin()))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+
     let log_format = match pick(&flags.log_format, "--log-format", ENV_LOG_FORMAT, &file.log_format) {
         None => LogFormat::default(),
         Some((text, origin)) => parse_log_format(&text, origin)?,
@@ -357,6 +371,7 @@ pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Resu
         database_url,
         listen,
         master_key_file,
+        retired_master_key_files,
         log_format,
         policy,
         scheduler,

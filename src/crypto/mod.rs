@@ -60,7 +60,7 @@ pub enum CryptoError {
     },
     /// The value was sealed with a different master key than the one loaded.
     #[error(
-        "wrong master key: the stored secrets were sealed with key {sealed_with}, but the loaded key is {loaded}; point --master-key-file at the key this database was created with"
+        "wrong master key: the stored secrets were sealed with key {sealed_with}, but the loaded key is {loaded}; point --master-key-file at the key this database was created with (while rotating the master key, list the old key in retired_master_key_files)"
     )]
     WrongKey {
         /// The key id recorded in the ciphertext.

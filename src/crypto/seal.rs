@@ -72,10 +72,12 @@ impl SealContext<'_> {
     }
 }
 
-/// Seals and opens secrets with the master key.
+/// Seals and opens secrets with the master key; opens values sealed with retired master keys
+/// too (during a key rotation, see [`Cipher::with_retired`]).
 pub struct Cipher {
     aead: Aes256Gcm,
     key_id: KeyId,
+    retired: Vec<(KeyId, Aes256Gcm)>,
 }
 
 impl fmt::Debug for Cipher {
@@ -91,7 +93,31 @@ impl Cipher {
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
         let aead = Aes256Gcm::new(key.bytes().into());
-        Self { aead, key_id: KeyId(id) }
+        Self { aead, key_id: KeyId(id), retired: Vec::new() }
+    }
+
+    /// This cipher, also opening (never sealing) values sealed with `retired` keys: what a
+    /// daemon runs with while `key rotate` re-seals the store under its master key.
+    pub fn with_retired(mut self, retired: &[MasterKey]) -> Self {
+        for key in retired {
+            let other = Cipher::new(key);
+            if !self.knows(other.key_id) {
+                self.retired.push((other.key_id, other.aead));
+            }
+        }
+        self
+    }
+
+    /// Whether this cipher opens values sealed with the key `id`.
+    pub fn knows(&self, id: KeyId) -> bool {
+        self.aead_for(id).is_some()
+    }
+
+    fn aead_for(&self, id: KeyId) -> Option<&Aes256Gcm> {
+        if id == self.key_id {
+            return Some(&self.aead);
+        }
+        self.retired.iter().find(|(retired, _)| *retired == id).map(|(_, aead)| aead)
     }
 
     /// The id of the master key this cipher uses.
@@ -130,14 +156,12 @@ impl Cipher {
     /// master key sealed it, and [`CryptoError::Tampered`] when it was altered or moved.
     pub fn open(&self, context: SealContext<'_>, sealed: &[u8]) -> Result<SecretString, CryptoError> {
         let key_id = Self::sealed_key_id(sealed).ok_or_else(|| context.malformed())?;
-        if key_id != self.key_id {
-            return Err(CryptoError::WrongKey { sealed_with: key_id, loaded: self.key_id });
-        }
+        let aead = self.aead_for(key_id).ok_or(CryptoError::WrongKey { sealed_with: key_id, loaded: self.key_id })?;
         let nonce_bytes: [u8; NONCE_LEN] =
             sealed[1 + KEY_ID_LEN..HEADER_LEN].try_into().map_err(|_| context.malformed())?;
-        let aad = context.associated_data(&self.key_id);
+        let aad = context.associated_data(&key_id);
         let payload = Payload { msg: &sealed[HEADER_LEN..], aad: &aad };
-        let plain = self.aead.decrypt(&Nonce::from(nonce_bytes), payload).map_err(|_| context.tampered())?;
+        let plain = aead.decrypt(&Nonce::from(nonce_bytes), payload).map_err(|_| context.tampered())?;
         let text = String::from_utf8(plain).map_err(|_| context.malformed())?;
         Ok(SecretString::from(text))
     }
@@ -177,6 +201,20 @@ mod tests {
         let err = Cipher::new(&MasterKey::generate()).open(context("r"), &sealed).unwrap_err();
         assert!(matches!(err, CryptoError::WrongKey { .. }));
         assert!(err.to_string().contains("wrong master key"), "{err}");
+    }
+
+    #[test]
+    fn a_cipher_with_a_retired_key_opens_what_either_key_sealed_and_seals_with_its_own() {
+        let (old, new) = (MasterKey::generate(), MasterKey::generate());
+        let sealed_old = Cipher::new(&old).try_seal(context("r"), &SecretString::from("old")).unwrap();
+        let keyring = Cipher::new(&new).with_retired(std::slice::from_ref(&old));
+        assert_eq!(keyring.open(context("r"), &sealed_old).unwrap().expose_secret(), "old");
+        let sealed_new = keyring.try_seal(context("r"), &SecretString::from("new")).unwrap();
+        assert_eq!(Cipher::sealed_key_id(&sealed_new), Some(Cipher::new(&new).key_id()));
+        assert!(matches!(Cipher::new(&old).open(context("r"), &sealed_new), Err(CryptoError::WrongKey { .. })));
+        assert!(
+            keyring.knows(Cipher::new(&old).key_id()) && !keyring.knows(Cipher::new(&MasterKey::generate()).key_id())
+        );
     }
 
     #[test]

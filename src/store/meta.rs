@@ -55,6 +55,19 @@ fn verify_or_insert_key(conn: &mut DbConnection, cipher: &Cipher) -> Result<(), 
     })
 }
 
+/// Seals the key-check row again with `cipher`'s master key (which must open the current one):
+/// the last step of a key rotation, after which the store counts as sealed with that key.
+pub fn reseal_key_check(conn: &mut DbConnection, cipher: &Cipher) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        let existing: Option<Vec<u8>> =
+            meta::table.filter(meta::name.eq(KEY_CHECK)).select(meta::value).get_result(conn).optional()?;
+        let Some(sealed) = existing else { return Ok(()) };
+        let fresh = cipher.try_seal(KEY_CHECK_CONTEXT, &cipher.open(KEY_CHECK_CONTEXT, &sealed)?)?;
+        diesel::update(meta::table.filter(meta::name.eq(KEY_CHECK))).set(meta::value.eq(fresh)).execute(conn)?;
+        Ok(())
+    })
+}
+
 /// Writes (and commits) a small row, to find out whether the storage accepts writes again after
 /// it refused one (full disk, read-only file system).
 pub fn probe_write(conn: &mut DbConnection) -> Result<(), StoreError> {

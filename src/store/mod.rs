@@ -20,6 +20,7 @@ pub mod models;
 pub mod outbox;
 mod pool;
 pub mod providers;
+pub mod rekey;
 pub mod replan;
 pub mod rotation;
 pub mod schema;

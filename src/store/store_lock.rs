@@ -31,7 +31,7 @@ pub fn lock_path(database: &Path) -> PathBuf {
 
 /// Opens (creating, mode 0600) the lock file; a user who may only read the directory opens an
 /// existing lock file read-only, which `flock` accepts just as well.
-fn open(database: &Path, path: &Path) -> Result<File, StoreError> {
+pub(super) fn open(database: &Path, path: &Path) -> Result<File, StoreError> {
     let created = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path);
     match created {
         Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
