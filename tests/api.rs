@@ -132,6 +132,24 @@ fn documented_statuses(document: &Value, method: &Method, path: &str) -> BTreeSe
     responses.keys().map(|status| status.parse().unwrap()).collect()
 }
 
+/// The properties and required properties of a component schema, following `allOf` and `$ref`.
+fn schema_fields(schemas: &Value, name: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut fields = (BTreeSet::new(), BTreeSet::new());
+    let mut pending = vec![schemas[name].clone()];
+    while let Some(schema) = pending.pop() {
+        if let Some(reference) = schema["$ref"].as_str() {
+            pending.push(schemas[reference.trim_start_matches("#/components/schemas/")].clone());
+            continue;
+        }
+        pending.extend(schema["allOf"].as_array().cloned().unwrap_or_default());
+        fields.0.extend(schema["properties"].as_object().into_iter().flat_map(|p| p.keys().cloned()));
+        fields
+            .1
+            .extend(schema["required"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(String::from)));
+    }
+    fields
+}
+
 /// A key shaped like a real one, with the lookup part of an existing client's key (so the
 /// client's row is found) but a different secret (so only the hash comparison refuses it).
 fn wrong_secret_for(key: &str) -> String {
@@ -404,14 +422,19 @@ async fn every_route_the_router_serves_is_in_the_openapi_document_and_nothing_el
     for (method, path) in &served {
         let method: Method = method.to_uppercase().parse().unwrap();
         let concrete = path.replace("{name}", "alpha");
-        // A PATCH needs something to change; every other operation succeeds without a body.
-        let request = (method == Method::PATCH).then(|| br#"{"gitlab_name": "alpha"}"#.to_vec());
-        let (status, body) = api.call(method.clone(), &concrete, Some(&api.keys.operator), request).await;
+        // A PATCH needs something to change and an acknowledgement a version (and a reader);
+        // every other operation succeeds for the operator without a body.
+        let (key, request) = match (method.as_str(), path.as_str()) {
+            ("PATCH", _) => (&api.keys.operator, Some(br#"{"gitlab_name": "alpha"}"#.to_vec())),
+            (_, "/v1/tokens/{name}/ack") => (&api.keys.granted_reader, Some(br#"{"version": 1}"#.to_vec())),
+            _ => (&api.keys.operator, None),
+        };
+        let (status, body) = api.call(method.clone(), &concrete, Some(key), request).await;
         assert!(
             !matches!(body["error"].as_str(), Some("not_found" | "method_not_allowed")),
             "{method} {path} is listed but the router does not serve it: {status} {body}"
         );
-        assert!(status.is_success(), "{method} {concrete} as the operator: {status} {body}");
+        assert!(status.is_success(), "{method} {concrete}: {status} {body}");
     }
 }
 
@@ -464,14 +487,17 @@ async fn the_documented_token_metadata_has_no_secret_and_matches_what_is_served(
     let ok_schema = |path: &str| {
         document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].clone()
     };
-    assert_eq!(ok_schema("/v1/tokens/{name}"), "#/components/schemas/Token");
+    assert_eq!(ok_schema("/v1/tokens/{name}"), "#/components/schemas/TokenDetail");
     assert_eq!(ok_schema("/v1/tokens/{name}/secret"), "#/components/schemas/TokenSecret");
+    let (detail, detail_required) = schema_fields(schemas, "TokenDetail");
+    assert!(properties.is_subset(&detail) && detail.contains("consumers"), "{detail:?}");
 
     let (_, served) = api.call(Method::GET, "/v1/tokens/alpha", Some(&api.keys.operator), None).await;
     let served: BTreeSet<String> = served.as_object().unwrap().keys().cloned().collect();
-    assert!(served.is_subset(&properties), "served but undocumented: {:?}", served.difference(&properties));
+    assert!(served.is_subset(&detail), "served but undocumented: {:?}", served.difference(&detail));
     let required = schemas["Token"]["required"].as_array().unwrap();
     assert!(required.iter().all(|field| served.contains(field.as_str().unwrap())), "{required:?} vs {served:?}");
+    assert!(detail_required.is_subset(&served), "{detail_required:?} vs {served:?}");
     let secret = api.harness.secret("alpha").await.unwrap().unwrap();
     assert!(!document.to_string().contains(&secret));
 }
@@ -577,4 +603,67 @@ async fn patch_changes_a_tokens_policy_in_place_for_an_operator_only_and_refuses
     assert_ne!(api.harness.token("alpha").await.unwrap().next_rotation_at, planned, "re-planned at once");
     let audited = api.harness.context.store.run(|conn| audit::list(conn, Some("alpha"))).await.unwrap();
     assert!(audited.iter().any(|row| row.action == "token.update" && row.actor == "ops"), "audited as the operator");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_reader_acknowledges_versions_and_operators_see_who_lags() {
+    let api = start(false).await;
+    let api = &api;
+    let ack = |key: &str, name: &str, body: &str| {
+        let (key, path, body) = (key.to_owned(), format!("/v1/tokens/{name}/ack"), body.as_bytes().to_vec());
+        async move { api.call(Method::POST, &path, Some(&key), Some(body)).await }
+    };
+    let reader = api.keys.granted_reader.clone();
+
+    let (status, body) = ack(&reader, "alpha", r#"{"version": 1}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["client"].as_str(), body["acknowledged_version"].as_i64()), (Some("dbt"), Some(1)));
+    assert!(body["acknowledged_at"].is_string(), "{body}");
+
+    // Refusals: a version the token never had, an ungranted or unknown token, an operator, bad JSON.
+    for (key, name, request, status, error) in [
+        (&reader, "alpha", r#"{"version": 2}"#, 409, "conflict"),
+        (&reader, "alpha", r#"{"version": 0}"#, 409, "conflict"),
+        (&reader, "beta", r#"{"version": 1}"#, 404, "unknown_token"),
+        (&reader, "gamma", r#"{"version": 1}"#, 404, "unknown_token"),
+        (&api.keys.operator, "alpha", r#"{"version": 1}"#, 403, "forbidden"),
+        (&reader, "alpha", r#"{"version": "1"}"#, 400, "bad_json"),
+        (&reader, "alpha", r#"{"version": 1, "extra": true}"#, 400, "bad_json"),
+        (&reader, "alpha", r#"{}"#, 400, "bad_json"),
+    ] {
+        let (got, body) = ack(key, name, request).await;
+        assert_eq!(got.as_u16(), status, "{name} {request}: {body}");
+        assert!(body["message"].is_string(), "{body}");
+        assert_eq!(body["error"], error, "{body}");
+    }
+
+    let (status, rotated) = api.call(Method::POST, "/v1/tokens/alpha/rotate", Some(&api.keys.operator), None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let (_, shown) = api.call(Method::GET, "/v1/tokens/alpha", Some(&api.keys.operator), None).await;
+    assert_eq!(shown["version"], 2, "{shown}");
+    assert_eq!(shown["consumers"].as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown["consumers"][0]["client"], "dbt");
+    assert_eq!(shown["consumers"][0]["acknowledged_version"], 1);
+    let gauges = api.harness.context.store.run(|conn| tokens::gauges(conn, 10)).await.unwrap();
+    tokenwarden::telemetry::metrics::refresh_token_gauges(&gauges);
+    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"tokenwarden_consumer_version_lag{token="alpha",client="dbt"} 1"#), "{metrics}");
+
+    let (status, body) = ack(&reader, "alpha", r#"{"version": 2}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, shown) = api.call(Method::GET, "/v1/tokens/alpha", Some(&reader), None).await;
+    assert_eq!(shown["consumers"][0]["acknowledged_version"], 2, "{shown}");
+    let gauges = api.harness.context.store.run(|conn| tokens::gauges(conn, 10)).await.unwrap();
+    tokenwarden::telemetry::metrics::refresh_token_gauges(&gauges);
+    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"tokenwarden_consumer_version_lag{token="alpha",client="dbt"} 0"#), "{metrics}");
+
+    let rows = api.harness.context.store.run(|conn| audit::list(conn, Some("alpha"))).await.unwrap();
+    let acks: Vec<_> = rows
+        .iter()
+        .filter(|row| row.action == "token.acknowledged")
+        .map(|row| (row.actor.as_str(), row.detail.as_deref()))
+        .collect();
+    assert_eq!(acks.len(), 2, "{acks:?}");
+    assert!(acks.contains(&("dbt", Some("version=1"))) && acks.contains(&("dbt", Some("version=2"))), "{acks:?}");
 }

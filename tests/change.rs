@@ -182,3 +182,24 @@ fn client_update_grants_revokes_and_sets_or_removes_the_webhook_and_refuses_bad_
     let audit = sandbox.ok(&["audit", "--json"], "");
     assert!(audit.contains("client.update") && audit.contains("granted=docs,ops-bot revoked=ci"), "{audit}");
 }
+
+#[test]
+fn token_show_lists_the_readers_granted_it_as_consumers() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("ci");
+    assert_eq!(sandbox.token_show("ci")["consumers"], serde_json::json!([]));
+    sandbox.ok(&["client", "add", "dbt", "--role", "reader", "--grant", "ci"], "");
+    sandbox.ok(&["client", "add", "ops", "--role", "operator"], "");
+    let consumers = sandbox.token_show("ci")["consumers"].clone();
+    assert_eq!(
+        consumers,
+        serde_json::json!([{"client": "dbt", "acknowledged_version": null, "acknowledged_at": null}]),
+        "only readers granted the token are its consumers"
+    );
+    let text = sandbox.ok(&["token", "show", "ci"], "");
+    assert!(
+        text.lines().any(|line| line.starts_with("consumer:") && line.contains("dbt (has not acknowledged")),
+        "{text}"
+    );
+}

@@ -229,6 +229,8 @@ struct Accepted {
     /// Accepted `PATCH /v1/tokens/{name}`: each changes the token's policy and plan, and a plan
     /// it made due is rotated by the scheduler.
     updates: BTreeMap<String, i64>,
+    /// Accepted `POST /v1/tokens/{name}/ack`: each records the reader's version and an audit row.
+    acks: BTreeMap<String, i64>,
 }
 
 fn accepted(interactions: &[Interaction]) -> Accepted {
@@ -239,6 +241,7 @@ fn accepted(interactions: &[Interaction]) -> Accepted {
             ("POST", ["v1", "tokens", _, "rotate"]) => &mut accepted.rotations,
             ("GET", ["v1", "tokens", _, "secret"]) => &mut accepted.secret_reads,
             ("PATCH", ["v1", "tokens", _]) => &mut accepted.updates,
+            ("POST", ["v1", "tokens", _, "ack"]) => &mut accepted.acks,
             _ => continue,
         };
         *counter.entry(percent_decode(segments[2])).or_default() += 1;
@@ -289,7 +292,7 @@ fn snapshot(db: &Path) -> Snapshot {
 
 /// The store `before` should turn into after `accepted` requests and nothing else: rotated
 /// tokens one version up per rotation (their other fields are the rotation's), every other
-/// token untouched, one history and audit row per rotation, one audit row per secret read and
+/// token untouched, one history and audit row per rotation, one audit row per secret read, per acknowledgement and
 /// per policy update. A token whose policy an accepted update changed may also have been
 /// rotated by the scheduler (the new plan made it due): never fewer versions than accepted
 /// rotations, and still one history and audit row per version.
@@ -333,6 +336,9 @@ fn matches_expectation(before: &Snapshot, after: &Snapshot, accepted: &Accepted)
     }
     for (name, n) in &accepted.secret_reads {
         *audit.entry(format!("token.secret_read {name}")).or_default() += n;
+    }
+    for (name, n) in &accepted.acks {
+        *audit.entry(format!("token.acknowledged {name}")).or_default() += n;
     }
     if audit != after.audit {
         problems.push(format!("audit rows: expected {audit:?}, found {:?}", after.audit));
@@ -393,10 +399,11 @@ fn fuzzed_requests_with_any_key_get_contract_answers_and_rejected_ones_change_no
         assert_store_explained(&sandbox.db_path(), &before, &accepted, label);
         let cases = run.cases_generated.unwrap_or(0);
         println!(
-            "fuzzed with {label}: {cases} cases generated, {} requests, accepted rotations {:?}, secret reads {:?}, in {:.1} s (seed {seed})",
+            "fuzzed with {label}: {cases} cases generated, {} requests, accepted rotations {:?}, secret reads {:?}, acknowledgements {:?}, in {:.1} s (seed {seed})",
             run.interactions.len(),
             accepted.rotations,
             accepted.secret_reads,
+            accepted.acks,
             started.elapsed().as_secs_f64()
         );
         total_cases += cases;

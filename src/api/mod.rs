@@ -3,6 +3,7 @@
 //! Bind it to a private address: `/metrics` and the health endpoints need no key.
 //! `GET /openapi.json` describes it all ([`openapi`]).
 
+mod ack;
 mod auth;
 mod auth_failures;
 mod error;
@@ -154,6 +155,7 @@ fn table() -> RouteTable {
         .get("/v1/tokens/{name}", tokens::show)
         .get("/v1/tokens/{name}/secret", tokens::secret)
         .post("/v1/tokens/{name}/rotate", tokens::rotate)
+        .post("/v1/tokens/{name}/ack", ack::acknowledge)
         .patch("/v1/tokens/{name}", token_update::update)
 }
 

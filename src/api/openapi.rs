@@ -5,11 +5,13 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::ack::{self, AckRequest};
 use super::error::ErrorBody;
 use super::health::{self, StatusBody};
 use super::token_update::{self, TokenUpdateRequest};
-use super::tokens::{self, RotateRequest, TokenSecret};
+use super::tokens::{self, RotateRequest, TokenDetail, TokenSecret};
 use crate::domain::{PolicyOverrides, ProviderName, TokenKind, TokenName, TokenState};
+use crate::store::consumers::Consumer;
 use crate::store::models::Token;
 
 /// The name of the security scheme every `/v1` operation requires.
@@ -34,6 +36,7 @@ pub const BEARER_SCHEME: &str = "bearer";
         tokens::secret,
         tokens::rotate,
         token_update::update,
+        ack::acknowledge,
     ),
     components(schemas(
         ErrorBody,
@@ -42,6 +45,9 @@ pub const BEARER_SCHEME: &str = "bearer";
         TokenSecret,
         RotateRequest,
         TokenUpdateRequest,
+        AckRequest,
+        Consumer,
+        TokenDetail,
         PolicyOverrides,
         TokenName,
         ProviderName,

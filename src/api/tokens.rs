@@ -16,9 +16,10 @@ use super::auth::Caller;
 use super::error::ErrorBody;
 use super::extract::{ApiPath, ApiQuery};
 use super::{ApiError, AppState};
-use crate::domain::{TokenName, TokenState};
+use crate::domain::{ClientRole, TokenName, TokenState};
 use crate::engine::{ForcedRotation, RotationOutcome, rotate_now};
 use crate::store::audit::{self, AuditTarget};
+use crate::store::consumers::{self, Consumer};
 use crate::store::models::Token;
 use crate::store::tokens;
 
@@ -74,7 +75,7 @@ pub async fn list(
     params(("name" = TokenName, Path, description = "The token's name")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The token's metadata (never its secret)", body = Token),
+        (status = 200, description = "The token's metadata (never its secret) and its consumers", body = TokenDetail),
         (status = 400, description = "`bad_path`: the name cannot be decoded (e.g. `%FF`)", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ErrorBody),
         (status = 404, description = "`unknown_token`: no such token, or a reader not granted it", body = ErrorBody),
@@ -85,10 +86,30 @@ pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
-) -> Result<Json<Token>, ApiError> {
+) -> Result<Json<TokenDetail>, ApiError> {
     let name = token_name(&raw)?;
-    let found = state.store_call(move |conn| tokens::find_as(conn, &name, caller.read_as())).await?;
-    Ok(Json(found))
+    let detail = state
+        .store_call(move |conn| {
+            let token = tokens::find_as(conn, &name, caller.read_as())?;
+            let mut consumers = consumers::of_token(conn, &token.id)?;
+            if caller.client.role == ClientRole::Reader {
+                consumers.retain(|consumer| consumer.client == caller.client.name.as_str());
+            }
+            Ok(TokenDetail { token, consumers })
+        })
+        .await?;
+    Ok(Json(detail))
+}
+
+/// The body of `GET /v1/tokens/{name}`: the token's metadata and its consumers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenDetail {
+    /// The token's metadata.
+    #[serde(flatten)]
+    token: Token,
+    /// The readers granted it and the version each acknowledged (`POST /v1/tokens/{name}/ack`);
+    /// a reader sees only its own entry.
+    consumers: Vec<Consumer>,
 }
 
 /// The body of `GET /v1/tokens/{name}/secret`.

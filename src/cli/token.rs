@@ -11,6 +11,7 @@ use super::{CLI_ACTOR, CliError};
 use crate::config::Settings;
 use crate::domain::{Policy, PolicyNames, PolicyOverrides, TokenKind, TokenName};
 use crate::store::Store;
+use crate::store::consumers::{self, Consumer};
 use crate::store::models::Token;
 use crate::store::tokens::{self, NewToken};
 
@@ -68,6 +69,14 @@ struct TokenOutput<'a> {
     #[serde(flatten)]
     token: &'a Token,
     policy: Policy,
+}
+
+/// `token show --json`: the token as `token list` prints it, and its consumers.
+#[derive(Serialize)]
+struct TokenDetailOutput<'a> {
+    #[serde(flatten)]
+    shown: TokenOutput<'a>,
+    consumers: &'a [Consumer],
 }
 
 impl<'a> TokenOutput<'a> {
@@ -206,10 +215,16 @@ async fn list(settings: Settings, output: OutputArgs) -> Result<(), CliError> {
 
 async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result<(), CliError> {
     let store = open_store(&settings).await?;
-    let token = store.run(move |conn| tokens::find(conn, &name)).await?;
+    let (token, consumers) = store
+        .run(move |conn| {
+            let token = tokens::find(conn, &name)?;
+            let consumers = consumers::of_token(conn, &token.id)?;
+            Ok((token, consumers))
+        })
+        .await?;
     let shown = TokenOutput::new(&token, &settings);
     if output.json {
-        return print_json(&shown);
+        return print_json(&TokenDetailOutput { shown, consumers: &consumers });
     }
     let mut fields = vec![
         ("name", token.name.to_string()),
@@ -249,6 +264,16 @@ async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result
         fields.push(("scopes", scopes.clone()));
     }
     fields.push(("created", time(Some(token.created_at))));
+    for consumer in &consumers {
+        let acknowledged = match (consumer.acknowledged_version, consumer.acknowledged_at) {
+            (Some(version), Some(at)) => {
+                let behind = token.version - version;
+                format!("{} uses version {version} (said {}; {behind} behind)", consumer.client, time(Some(at)))
+            }
+            _ => format!("{} (has not acknowledged a version)", consumer.client),
+        };
+        fields.push(("consumer", acknowledged));
+    }
     print_fields(&fields);
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod changes;
 pub mod client_update;
 pub mod clients;
 mod connection;
+pub mod consumers;
 mod error;
 pub mod job_lock;
 pub mod meta;

@@ -108,6 +108,10 @@ diesel::table! {
     client_grants (client_id, token_id) {
         client_id -> Text,
         token_id -> Text,
+        /// The version the reader last said it uses (`POST /v1/tokens/{name}/ack`).
+        acknowledged_version -> Nullable<BigInt>,
+        /// When it said so.
+        acknowledged_at -> Nullable<Timestamp>,
     }
 }
 

@@ -214,6 +214,9 @@ pub struct TokenGauges {
     /// expired, paused, being rotated), then the scheduled ones soonest to expire, up to the
     /// limit given to [`gauges`].
     pub expiries: Vec<(String, DateTime<Utc>)>,
+    /// How many versions behind each consumer that acknowledged a version is, most behind
+    /// first, up to the same limit.
+    pub consumer_lags: Vec<super::consumers::ConsumerLag>,
 }
 
 /// The read behind the exported gauges: the counts per state in one grouped statement, and at
@@ -242,7 +245,8 @@ pub fn gauges(conn: &mut DbConnection, expiry_limit: i64) -> Result<TokenGauges,
         .chain(soonest)
         .filter_map(|(name, expires_at)| Some((name, super::models::utc(expires_at?))))
         .collect();
-    Ok(TokenGauges { per_state, expiries })
+    let consumer_lags = super::consumers::lags(conn, expiry_limit)?;
+    Ok(TokenGauges { per_state, expiries, consumer_lags })
 }
 
 /// The token and its current secret, read in one statement so the version and the secret

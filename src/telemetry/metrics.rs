@@ -17,6 +17,8 @@ use crate::store::tokens::TokenGauges;
 pub const TOKENS: &str = "tokenwarden_tokens";
 /// Each token's expiry as a Unix timestamp (gauge, label `token`).
 pub const TOKEN_EXPIRY: &str = "tokenwarden_token_expiry_timestamp_seconds";
+/// Versions a reader is behind a token's current one (gauge, labels `token` and `client`).
+pub const CONSUMER_VERSION_LAG: &str = "tokenwarden_consumer_version_lag";
 /// Rotation attempts (counter, labels `kind` and `outcome`).
 pub const ROTATIONS: &str = "tokenwarden_rotations_total";
 /// Actual start minus planned time of scheduled rotations (histogram).
@@ -66,6 +68,10 @@ fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildErro
 fn describe() {
     describe_gauge!(TOKENS, "Tokens per state.");
     describe_gauge!(TOKEN_EXPIRY, "When each token's current secret expires, as a Unix timestamp in seconds.");
+    describe_gauge!(
+        CONSUMER_VERSION_LAG,
+        "Versions each reader is behind the token's current one, by its last acknowledgement (readers that never acknowledged have no series)."
+    );
     describe_counter!(ROTATIONS, "Rotation attempts by token kind and outcome.");
     describe_histogram!(ROTATION_LAG, "Seconds from a scheduled rotation's planned time to its start.");
     describe_histogram!(COMMIT_GAP, "Seconds from a provider's answer to the committed result.");
@@ -95,6 +101,10 @@ pub fn refresh_token_gauges(gauges: &TokenGauges) {
     }
     for (name, expires_at) in &gauges.expiries {
         gauge!(TOKEN_EXPIRY, "token" => name.clone()).set(expires_at.timestamp() as f64);
+    }
+    for lag in &gauges.consumer_lags {
+        gauge!(CONSUMER_VERSION_LAG, "token" => lag.token.clone(), "client" => lag.client.clone())
+            .set(lag.versions_behind as f64);
     }
 }
 
@@ -157,6 +167,11 @@ mod tests {
             let gauges = TokenGauges {
                 per_state: vec![("active".to_owned(), 3)],
                 expiries: vec![("t".to_owned(), chrono::Utc::now())],
+                consumer_lags: vec![crate::store::consumers::ConsumerLag {
+                    token: "t".to_owned(),
+                    client: "app".to_owned(),
+                    versions_behind: 1,
+                }],
             };
             refresh_token_gauges(&gauges);
             refresh_webhook_counters(&DeliveryCounters::default());
@@ -172,6 +187,7 @@ mod tests {
         for name in [
             TOKENS,
             TOKEN_EXPIRY,
+            CONSUMER_VERSION_LAG,
             ROTATIONS,
             ROTATION_LAG,
             COMMIT_GAP,
