@@ -283,6 +283,12 @@ pub enum TokenCommand {
         /// Remove it although clients are granted it (their grants go with it)
         #[arg(long)]
         yes: bool,
+        /// Revoke the credential at the provider first, and remove the token only if that worked
+        #[arg(long)]
+        revoke: bool,
+        /// With --revoke: remove the token even if the revocation failed
+        #[arg(long, requires = "revoke")]
+        force: bool,
     },
 }
 

@@ -26,6 +26,7 @@ mod secret_input;
 mod serve;
 mod systemd;
 mod token;
+mod token_revoke;
 mod token_rotate;
 mod usage;
 

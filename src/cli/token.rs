@@ -37,7 +37,10 @@ pub async fn run(settings: Settings, command: TokenCommand) -> Result<(), CliErr
             .await
         }
         TokenCommand::Update(args) => update(settings, args).await,
-        TokenCommand::Remove { name, yes } => {
+        TokenCommand::Remove { name, yes, revoke: true, force } => {
+            super::token_revoke::revoke_and_remove(settings, name, yes, force).await
+        }
+        TokenCommand::Remove { name, yes, revoke: false, .. } => {
             let store = open_store(&settings).await?;
             let shown = name.clone();
             let readers = store.run(move |conn| tokens::remove(conn, &name, yes, CLI_ACTOR, Utc::now())).await?;

@@ -154,7 +154,9 @@ pub fn build_provider(
             )
             .with_assumed_lifetime(context.settings.oauth.assumed_lifetime);
             Ok(Box::new(match provider_kind {
-                ProviderKind::Gitlab => refresher.with_token_info_url(format!("{}/oauth/token/info", base_url()?)),
+                ProviderKind::Gitlab => refresher
+                    .with_token_info_url(format!("{}/oauth/token/info", base_url()?))
+                    .with_revocation_url(format!("{}/oauth/revoke", base_url()?)),
                 ProviderKind::Oauth2 => refresher,
             }))
         }

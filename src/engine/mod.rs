@@ -13,6 +13,7 @@ pub mod metrics_watch;
 mod outcome_log;
 pub mod policy;
 pub mod protocol;
+pub mod revoke;
 pub mod scheduler;
 pub mod window;
 

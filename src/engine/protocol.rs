@@ -459,7 +459,7 @@ fn needs_attention(reason: &str, error: String) -> Attempt {
 }
 
 /// Opens the sealed secrets the provider needs.
-fn open_credential(context: &EngineContext, claim: &Claim, policy: &Policy) -> Result<Credential, String> {
+pub(super) fn open_credential(context: &EngineContext, claim: &Claim, policy: &Policy) -> Result<Credential, String> {
     let open = |field: SecretField, sealed: &Option<Vec<u8>>| -> Result<Option<SecretString>, String> {
         sealed
             .as_ref()

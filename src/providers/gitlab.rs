@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::http::{Answer, body_snippet, classify_status, describe_json_error, look_up, send};
-use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
+use super::{Credential, ProviderError, Renewed, Revocation, TokenInfo, TokenProvider};
 
 /// Which self-rotate endpoint a token uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +181,26 @@ impl TokenProvider for GitlabAccessTokens {
             assumed_lifetime: false,
             scope: None,
         })
+    }
+
+    /// `DELETE /personal_access_tokens/self` with the token itself (personal, project and group
+    /// tokens alike): 204 revoked it; 401 means it no longer worked anyway.
+    async fn revoke(&self, credential: &Credential) -> Result<Revocation, ProviderError> {
+        let secret = Self::secret(credential)?;
+        let request = self
+            .client
+            .delete(format!("{}/api/v4/personal_access_tokens/self", self.base_url))
+            .header("PRIVATE-TOKEN", secret.expose_secret());
+        let Answer { status, headers, body } = send(request).await?;
+        match status {
+            status if status.is_success() => Ok(Revocation::Revoked),
+            StatusCode::UNAUTHORIZED => Ok(Revocation::AlreadyInvalid),
+            StatusCode::FORBIDDEN => Err(ProviderError::permanent(
+                "forbidden",
+                format!("GitLab refused to let the token revoke itself: {}", body_snippet(&body)),
+            )),
+            _ => Err(classify_gitlab_error(status, &headers, &body)),
+        }
     }
 
     async fn inspect(&self, credential: &Credential) -> Result<Option<TokenInfo>, ProviderError> {

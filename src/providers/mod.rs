@@ -126,9 +126,28 @@ impl ProviderError {
     }
 }
 
+/// What a revocation request achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The provider revoked the credential now.
+    Revoked,
+    /// The provider did not know it as a working credential any more (revoked, expired or
+    /// rotated before): nothing is left to revoke under this secret.
+    AlreadyInvalid,
+}
+
 /// Renews one kind of credential at one provider.
 #[async_trait::async_trait]
 pub trait TokenProvider: Send + Sync {
+    /// Revokes the credential at the provider (`token remove --revoke`). Providers without a
+    /// way to do so refuse with `Permanent("revocation_unsupported")`.
+    async fn revoke(&self, _credential: &Credential) -> Result<Revocation, ProviderError> {
+        Err(ProviderError::permanent(
+            "revocation_unsupported",
+            "tokenwarden knows no revocation endpoint for this provider: revoke the credential at the provider, then remove it with --force",
+        ))
+    }
+
     /// Renews the credential: rotates a GitLab token or runs the refresh-token grant.
     async fn renew(&self, credential: &Credential) -> Result<Renewed, ProviderError>;
 

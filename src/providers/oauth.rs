@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::client_auth::ClientCredentials;
 use super::gitlab::validate_token_text;
 use super::http::{Answer, body_snippet, classify_status, describe_json_error, look_up, send};
-use super::{Credential, ProviderError, Renewed, TokenInfo, TokenProvider};
+use super::{Credential, ProviderError, Renewed, Revocation, TokenInfo, TokenProvider};
 
 /// Access-token lifetime assumed when a provider omits `expires_in` and nothing else is
 /// configured (`oauth.assumed_lifetime`).
@@ -47,6 +47,7 @@ pub struct OauthRefresher {
     provider_name: String,
     redirect_uri: Option<String>,
     token_info_url: Option<String>,
+    revocation_url: Option<String>,
     assumed_lifetime: Duration,
 }
 
@@ -89,6 +90,7 @@ impl OauthRefresher {
             provider_name: provider_name.to_owned(),
             redirect_uri,
             token_info_url: None,
+            revocation_url: None,
             assumed_lifetime: DEFAULT_EXPIRES_IN,
         }
     }
@@ -97,6 +99,12 @@ impl OauthRefresher {
     /// access token still works — which tells whether a refresh whose answer was lost happened.
     pub fn with_token_info_url(mut self, url: String) -> Self {
         self.token_info_url = Some(url);
+        self
+    }
+
+    /// Lets [`TokenProvider::revoke`] revoke the grant at `url` (RFC 7009; GitLab's `/oauth/revoke`).
+    pub fn with_revocation_url(mut self, url: String) -> Self {
+        self.revocation_url = Some(url);
         self
     }
 
@@ -221,6 +229,37 @@ impl TokenProvider for OauthRefresher {
             });
         }
         parse_token_response(&body, credential, self.assumed_lifetime)
+    }
+
+    /// Revokes the refresh token (and with it the grant's access tokens) at the revocation
+    /// endpoint, as the client (RFC 7009: an unknown or already revoked token is answered 200
+    /// as well, so success never tells the two apart).
+    async fn revoke(&self, credential: &Credential) -> Result<Revocation, ProviderError> {
+        let Some(url) = &self.revocation_url else {
+            return Err(ProviderError::permanent(
+                "revocation_unsupported",
+                format!(
+                    "provider '{}' has no revocation endpoint known to tokenwarden: revoke the grant at the provider, then remove it with --force",
+                    self.provider_name
+                ),
+            ));
+        };
+        let (token, hint) = match (&credential.refresh_token, &credential.secret) {
+            (Some(refresh_token), _) => (refresh_token, "refresh_token"),
+            (None, Some(access_token)) => (access_token, "access_token"),
+            (None, None) => return Ok(Revocation::AlreadyInvalid),
+        };
+        let mut form = vec![("token", token.expose_secret()), ("token_type_hint", hint)];
+        let request = self.client.post(url).header(reqwest::header::ACCEPT, "application/json");
+        let request = self.credentials.apply(request, &mut form);
+        let Answer { status, headers, body } = send(request.form(&form)).await?;
+        if status.is_success() {
+            return Ok(Revocation::Revoked);
+        }
+        Err(match classify_oauth_error(status, &headers, &body) {
+            ProviderError::Permanent { reason, message } if reason == "invalid_client" => self.client_rejected(message),
+            other => other,
+        })
     }
 
     /// Asks the token-info endpoint about the current access token: active → `Some`, 401 →

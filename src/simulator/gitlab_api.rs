@@ -166,6 +166,41 @@ pub async fn look_up(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     deliver(&shared, fault, response).await
 }
 
+/// `DELETE /personal_access_tokens/self`: the presented token revokes itself (204), or 401.
+pub async fn revoke_self(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let fault = begin(&shared, &headers, FaultTarget::Renewal).await;
+    if let Some(response) = answer_before_acting(&shared, fault) {
+        return response;
+    }
+    let now = shared.now();
+    let revoked = presented_token(&headers).is_some_and(|secret| shared.with_state(|s| s.revoke_self(&secret, now)));
+    let response = if revoked { StatusCode::NO_CONTENT.into_response() } else { unauthorized() };
+    deliver(&shared, fault, response).await
+}
+
+/// `POST /oauth/revoke` (RFC 7009): the client revokes a token of its grant; 200 `{}` whether
+/// or not the token was known, 401 `invalid_client` for bad client credentials.
+pub async fn oauth_revoke(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let fault = begin(&shared, &headers, FaultTarget::Renewal).await;
+    if let Some(response) = answer_before_acting(&shared, fault) {
+        return response;
+    }
+    let fields = form_fields(None, &body);
+    let (client_id, client_secret) = client_credentials(&headers, &fields);
+    let token = field(&fields, "token").unwrap_or_default().to_owned();
+    let result = shared.with_state(|state| {
+        state.revoke_oauth(client_id.as_deref().unwrap_or_default(), client_secret.as_deref(), &token)
+    });
+    let response = match result {
+        Ok(()) => json_response(StatusCode::OK, json!({})),
+        Err(_) => json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_client", "error_description": "Client authentication failed due to unknown client, no client authentication included, or unsupported authentication method."}),
+        ),
+    };
+    deliver(&shared, fault, response).await
+}
+
 /// `GET /oauth/token/info` with the access token as a bearer token.
 pub async fn oauth_token_info(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let fault = begin(&shared, &headers, FaultTarget::Lookup).await;

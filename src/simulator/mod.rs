@@ -92,12 +92,13 @@ impl Drop for Simulator {
 /// The simulator's routes: GitLab's and the `/-/sim/` control endpoints.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/api/v4/personal_access_tokens/self", get(gitlab_api::look_up))
+        .route("/api/v4/personal_access_tokens/self", get(gitlab_api::look_up).delete(gitlab_api::revoke_self))
         .route("/api/v4/personal_access_tokens/self/rotate", post(gitlab_api::rotate_personal))
         .route("/api/v4/projects/{id}/access_tokens/self/rotate", post(gitlab_api::rotate_project))
         .route("/api/v4/groups/{id}/access_tokens/self/rotate", post(gitlab_api::rotate_group))
         .route("/oauth/token", post(gitlab_api::oauth_token))
         .route("/oauth/token/info", get(gitlab_api::oauth_token_info))
+        .route("/oauth/revoke", post(gitlab_api::oauth_revoke))
         .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
         .merge(admin::router())
         .with_state(shared)

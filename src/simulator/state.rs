@@ -156,6 +156,8 @@ pub struct Stats {
     pub malformed_answers: u64,
     /// Bytes of oversize malformed bodies handed to the connection.
     pub malformed_bytes_sent: u64,
+    /// Credentials revoked by their holder (`DELETE …/self`, `POST /oauth/revoke`).
+    pub revocations: u64,
 }
 
 /// Everything the simulated GitLab knows.
@@ -403,6 +405,46 @@ impl GitlabState {
             expires_in: self.expires_in,
             created_at: now.timestamp(),
         })
+    }
+
+    /// `DELETE /personal_access_tokens/self`: revokes an active token presented by itself;
+    /// `false` (GitLab's 401) for an unknown, revoked or expired one.
+    pub fn revoke_self(&mut self, secret: &str, now: DateTime<Utc>) -> bool {
+        match self.access_tokens.get_mut(secret) {
+            Some(token) if token.is_active(now) => {
+                token.revoked = true;
+                self.stats.revocations += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `POST /oauth/revoke` (RFC 7009) by client `client_id`: revokes the refresh token or
+    /// access token `token` of that client's grant, with the access token issued with it. An
+    /// unknown token, or another client's, changes nothing and is not an error (RFC 7009).
+    pub fn revoke_oauth(
+        &mut self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        token: &str,
+    ) -> Result<(), RefreshError> {
+        let client_ok = self.applications.get(client_id).is_some_and(|app| client_secret == Some(app.secret.as_str()));
+        if !client_ok {
+            return Err(RefreshError::InvalidClient);
+        }
+        let record = self.refresh_tokens.iter_mut().find(|(refresh, record)| {
+            record.client_id == client_id
+                && (refresh.as_str() == token || record.access_token.as_deref() == Some(token))
+        });
+        if let Some((_, record)) = record {
+            record.revoked = true;
+            if let Some(access) = record.access_token.clone().and_then(|access| self.oauth_access.get_mut(&access)) {
+                access.revoked = true;
+            }
+            self.stats.revocations += 1;
+        }
+        Ok(())
     }
 
     /// Revokes a grant's refresh token (the user revoked the application).

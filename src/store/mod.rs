@@ -23,6 +23,7 @@ mod pool;
 pub mod providers;
 pub mod rekey;
 pub mod replan;
+pub mod revocation;
 pub mod rotation;
 pub mod schema;
 pub mod store_lock;

@@ -308,10 +308,12 @@ impl Token {
 
 /// What a human does about a token in `needs_attention` for `reason`: fix the provider's
 /// client credentials (`update_provider`), re-authorise an OAuth grant (`reauthorize`), or
-/// issue a new GitLab token and add it again (`replace`).
+/// issue a new GitLab token and add it again (`replace`), or run an interrupted `token remove
+/// --revoke` again (`remove_again`).
 pub fn remedy(kind: TokenKind, reason: &str) -> &'static str {
     match reason {
         crate::domain::CLIENT_CREDENTIALS_REJECTED | "provider_misconfigured" => "update_provider",
+        super::rotation::REVOKE_INTERRUPTED => "remove_again",
         _ if kind.is_oauth_grant() => "reauthorize",
         _ => "replace",
     }

@@ -173,14 +173,14 @@ pub enum Failure {
 /// Reason recorded when a grant's only retry after an unknown outcome was itself lost.
 pub const GRANT_LOST: &str = "grant_lost";
 
-fn parse<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, StoreError>
+pub(super) fn parse<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
     value.parse().map_err(|err| StoreError::Corrupt(format!("{what} '{value}': {err}")))
 }
 
-type ClaimRow = (TokenRow, ProviderRow, Option<Vec<u8>>, Option<Vec<u8>>);
+pub(super) type ClaimRow = (TokenRow, ProviderRow, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// What [`decide`] concluded about one token row.
 enum Decision {
@@ -190,6 +190,8 @@ enum Decision {
     Answer(ClaimResult),
     /// The single OAuth retry's worker died: the grant is lost.
     GrantLost,
+    /// A `token remove --revoke` died holding the lease: the credential may be revoked.
+    RevokeInterrupted,
 }
 
 /// The claim rules, shared by single and batch claims: whether `row` may be claimed under
@@ -206,6 +208,9 @@ fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime
                     owner: row.lease_owner.clone().unwrap_or_default(),
                     until,
                 }));
+            }
+            if row.lease_owner.as_deref().is_some_and(super::revocation::is_revoke_lease) {
+                return Ok(Decision::RevokeInterrupted);
             }
             recovery = match (kind.is_oauth_grant(), recovery) {
                 (false, _) => Some(Recovery::Probe),
@@ -243,7 +248,7 @@ fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime
 }
 
 /// Writes the lease on a row [`decide`] allowed and builds the claim.
-fn take_lease(
+pub(super) fn take_lease(
     conn: &mut DbConnection,
     (row, provider, sealed_secret, sealed_refresh_token): ClaimRow,
     recovery: Option<Recovery>,
@@ -305,6 +310,10 @@ pub fn claim(
             Decision::GrantLost => {
                 mark_grant_lost(conn, &found.0, now)?;
                 Ok(ClaimResult::GrantLost)
+            }
+            Decision::RevokeInterrupted => {
+                mark_revoke_interrupted(conn, &found.0, now)?;
+                Ok(ClaimResult::Refused(TokenState::NeedsAttention))
             }
         }
     })
@@ -426,6 +435,7 @@ pub fn claim_due(
                         taken += 1;
                     }
                     Decision::GrantLost => mark_grant_lost(conn, &row, now)?,
+                    Decision::RevokeInterrupted => mark_revoke_interrupted(conn, &row, now)?,
                     Decision::Answer(_) => {}
                 }
             }
@@ -455,10 +465,36 @@ fn forced_wait(
 fn mark_grant_lost(conn: &mut DbConnection, row: &TokenRow, now: DateTime<Utc>) -> Result<(), StoreError> {
     let error = "the single retry after an unknown refresh outcome was interrupted; the refresh token is presumed \
                  used. Re-authorise the grant and run `tokenwarden token reauth`";
+    mark_interrupted(conn, row, GRANT_LOST, error, now)
+}
+
+/// `needs_attention` reason of a token whose `token remove --revoke` was interrupted.
+pub const REVOKE_INTERRUPTED: &str = "revoke_interrupted";
+
+/// Marks a token whose revocation (`token remove --revoke`) died with its process: the
+/// credential may be revoked at the provider already, so it is never rotated again on its own.
+fn mark_revoke_interrupted(conn: &mut DbConnection, row: &TokenRow, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let error = format!(
+        "`token remove --revoke` was interrupted: the credential may already be revoked at the provider. Run \
+         `tokenwarden token remove {} --revoke` again (or with --force)",
+        row.name
+    );
+    mark_interrupted(conn, row, REVOKE_INTERRUPTED, &error, now)
+}
+
+/// Puts a token whose lease ran out in a state no automatic attempt may resolve into
+/// `needs_attention` with `reason`, audited and announced.
+fn mark_interrupted(
+    conn: &mut DbConnection,
+    row: &TokenRow,
+    reason: &str,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
         .set((
             tokens::state.eq(TokenState::NeedsAttention.as_str()),
-            tokens::attention_reason.eq(GRANT_LOST),
+            tokens::attention_reason.eq(reason),
             tokens::last_error.eq(error),
             tokens::last_failure_at.eq(naive(now)),
             tokens::next_rotation_at.eq(None::<chrono::NaiveDateTime>),
@@ -470,7 +506,7 @@ fn mark_grant_lost(conn: &mut DbConnection, row: &TokenRow, now: DateTime<Utc>) 
         ))
         .execute(conn)?;
     let target = AuditTarget { kind: "token", name: &row.name };
-    audit::record(conn, now, "scheduler", "token.needs_attention", target, Some(GRANT_LOST.to_owned()))?;
+    audit::record(conn, now, "scheduler", "token.needs_attention", target, Some(reason.to_owned()))?;
     outbox::enqueue(conn, Event::NeedsAttention, &row.name, row.version, row.expires_at.map(utc), now)?;
     Ok(())
 }
