@@ -89,6 +89,7 @@ pub struct Scheduler {
     blocked_until: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     worker_done: Arc<Notify>,
     reports: Option<tokio::sync::mpsc::UnboundedSender<RotationReport>>,
+    claims: Arc<Mutex<ClaimQueue>>,
 }
 
 impl Scheduler {
@@ -103,6 +104,7 @@ impl Scheduler {
             blocked_until: Arc::new(Mutex::new(HashMap::new())),
             worker_done: Arc::new(Notify::new()),
             reports: None,
+            claims: Arc::new(Mutex::new(ClaimQueue::default())),
         }
     }
 
@@ -247,49 +249,39 @@ impl Scheduler {
     /// runs each claimed rotation on its own task with one of the reserved workers. Workers
     /// left over (another replica took those tokens, or they are no longer due) are released,
     /// which also makes the loop read its window again.
-    fn claim_batch(&self, mut batch: Reservations) {
-        let context = self.context.clone();
-        let worker_done = self.worker_done.clone();
-        let blocked_until = self.blocked_until.clone();
-        let reports = self.reports.clone();
-        tokio::spawn(async move {
-            let rooms = batch.rooms();
-            let (owner, lease, now) = (context.owner.clone(), context.lease(), context.clock.now());
-            let claimed = context.store.run(move |conn| rotation::claim_due(conn, &rooms, &owner, lease, now)).await;
-            let claims = match claimed {
-                Ok(claims) => claims,
-                Err(err) => {
-                    error!(error = %err, "cannot claim due tokens");
-                    drop(batch);
-                    worker_done.notify_one();
-                    return;
-                }
-            };
-            hold_providers(&blocked_until, claims.held);
-            for claim in claims.claimed {
-                let Some(worker) = batch.take(&claim.provider.id) else {
-                    error!(token = %claim.token.name, "a claim beyond the reserved workers; its lease will run out");
-                    continue;
-                };
-                let (context, worker_done, blocked_until, reports) =
-                    (context.clone(), worker_done.clone(), blocked_until.clone(), reports.clone());
-                tokio::spawn(async move {
-                    let provider_id = claim.provider.id.clone();
-                    let report = execute(&context, claim, SCHEDULER_ACTOR).await;
-                    let now = context.clock.now();
-                    if let Some(wait) = report.retry_after.and_then(|wait| TimeDelta::from_std(wait).ok()) {
-                        hold_providers(&blocked_until, vec![(provider_id, now + wait)]);
-                    }
-                    if let Some(reports) = reports {
-                        let _ = reports.send(report);
-                    }
-                    drop(worker);
-                    worker_done.notify_one();
-                });
+    ///
+    /// One claim runs at a time: workers reserved while it runs wait in the [`ClaimQueue`] and
+    /// are claimed together in the next batch. Under load (a worker finishing every
+    /// millisecond) the batches grow instead of each finished worker queueing a write
+    /// transaction of its own behind the commits of providers' answers.
+    fn claim_batch(&self, batch: Reservations) {
+        {
+            let mut queue = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.pending.merge(batch);
+            if queue.running {
+                return;
             }
-            if !batch.is_empty() {
-                drop(batch);
-                worker_done.notify_one();
+            queue.running = true;
+        }
+        let claimer = Claimer {
+            context: self.context.clone(),
+            worker_done: self.worker_done.clone(),
+            blocked_until: self.blocked_until.clone(),
+            reports: self.reports.clone(),
+        };
+        let claims = self.claims.clone();
+        tokio::spawn(async move {
+            let _running = ClaimerRunning(claims.clone());
+            loop {
+                let batch = {
+                    let mut queue = claims.lock().unwrap_or_else(PoisonError::into_inner);
+                    if queue.pending.is_empty() {
+                        queue.running = false;
+                        return;
+                    }
+                    std::mem::take(&mut queue.pending)
+                };
+                claimer.claim_and_start(batch).await;
             }
         });
     }
@@ -329,6 +321,78 @@ fn hold_providers(blocked_until: &Mutex<HashMap<String, DateTime<Utc>>>, held: V
     }
 }
 
+/// What a claim task needs of the scheduler.
+struct Claimer {
+    context: Arc<EngineContext>,
+    worker_done: Arc<Notify>,
+    blocked_until: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    reports: Option<tokio::sync::mpsc::UnboundedSender<RotationReport>>,
+}
+
+impl Claimer {
+    /// Claims due tokens for `batch`'s reserved workers in one transaction and starts each
+    /// claimed rotation on a task of its own; releases the workers nothing was claimed for.
+    async fn claim_and_start(&self, mut batch: Reservations) {
+        let context = &self.context;
+        let rooms = batch.rooms();
+        let (owner, lease, now) = (context.owner.clone(), context.lease(), context.clock.now());
+        let claimed = context.store.run(move |conn| rotation::claim_due(conn, &rooms, &owner, lease, now)).await;
+        let claims = match claimed {
+            Ok(claims) => claims,
+            Err(err) => {
+                error!(error = %err, "cannot claim due tokens");
+                drop(batch);
+                self.worker_done.notify_one();
+                return;
+            }
+        };
+        hold_providers(&self.blocked_until, claims.held);
+        for claim in claims.claimed {
+            let Some(worker) = batch.take(&claim.provider.id) else {
+                error!(token = %claim.token.name, "a claim beyond the reserved workers; its lease will run out");
+                continue;
+            };
+            let (context, worker_done, blocked_until, reports) =
+                (context.clone(), self.worker_done.clone(), self.blocked_until.clone(), self.reports.clone());
+            tokio::spawn(async move {
+                let provider_id = claim.provider.id.clone();
+                let report = execute(&context, claim, SCHEDULER_ACTOR).await;
+                let now = context.clock.now();
+                if let Some(wait) = report.retry_after.and_then(|wait| TimeDelta::from_std(wait).ok()) {
+                    hold_providers(&blocked_until, vec![(provider_id, now + wait)]);
+                }
+                if let Some(reports) = reports {
+                    let _ = reports.send(report);
+                }
+                drop(worker);
+                worker_done.notify_one();
+            });
+        }
+        if !batch.is_empty() {
+            drop(batch);
+            self.worker_done.notify_one();
+        }
+    }
+}
+
+/// Workers reserved for the next batch claim, and whether a claim task is running.
+#[derive(Default)]
+struct ClaimQueue {
+    pending: Reservations,
+    running: bool,
+}
+
+/// Held by the claim task: if it panics, the next reservation starts a new one.
+struct ClaimerRunning(Arc<Mutex<ClaimQueue>>);
+
+impl Drop for ClaimerRunning {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).running = false;
+        }
+    }
+}
+
 /// The permits one rotation holds while it runs: one of all workers and one of its provider's.
 struct Worker {
     _overall: OwnedSemaphorePermit,
@@ -350,6 +414,13 @@ impl Reservations {
         self.by_provider.values().all(Vec::is_empty)
     }
 
+    /// Adds `other`'s workers to these.
+    fn merge(&mut self, other: Reservations) {
+        for (provider_id, workers) in other.by_provider {
+            self.by_provider.entry(provider_id).or_default().extend(workers);
+        }
+    }
+
     /// How many tokens of each provider the claim may take.
     fn rooms(&self) -> Vec<ProviderRoom> {
         self.by_provider
@@ -361,5 +432,39 @@ impl Reservations {
     /// One reserved worker for a claimed token of `provider_id`.
     fn take(&mut self, provider_id: &str) -> Option<Worker> {
         self.by_provider.get_mut(provider_id).and_then(Vec::pop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(overall: &Arc<Semaphore>, provider: &Arc<Semaphore>) -> Worker {
+        Worker {
+            _overall: overall.clone().try_acquire_owned().unwrap(),
+            _provider: provider.clone().try_acquire_owned().unwrap(),
+        }
+    }
+
+    #[test]
+    fn reservations_made_while_a_claim_runs_are_claimed_together_and_free_their_permits_when_dropped() {
+        let overall = Arc::new(Semaphore::new(4));
+        let (a, b) = (Arc::new(Semaphore::new(4)), Arc::new(Semaphore::new(4)));
+        let mut queue = ClaimQueue::default();
+        for (provider, semaphore) in [("a", &a), ("b", &b), ("a", &a)] {
+            let mut batch = Reservations::default();
+            batch.add(provider, worker(&overall, semaphore));
+            queue.pending.merge(batch);
+        }
+        let mut rooms: Vec<(String, usize)> =
+            queue.pending.rooms().into_iter().map(|room| (room.provider_id, room.room)).collect();
+        rooms.sort();
+        assert_eq!(rooms, [("a".to_owned(), 2), ("b".to_owned(), 1)]);
+        assert_eq!(overall.available_permits(), 1);
+        let mut batch = std::mem::take(&mut queue.pending);
+        assert!(queue.pending.is_empty());
+        assert!(batch.take("a").is_some());
+        drop(batch);
+        assert_eq!((overall.available_permits(), a.available_permits(), b.available_permits()), (4, 4, 4));
     }
 }
