@@ -13,5 +13,6 @@ pub mod engine;
 pub mod notify;
 pub mod providers;
 pub mod simulator;
+pub mod sinks;
 pub mod store;
 pub mod telemetry;

@@ -77,6 +77,8 @@ fn exposition_after_a_scheduled_rotation() -> String {
     let (_, secret) = sandbox.gitlab.sim.create_access_token(TokenOwner::Project("42".into()), &["api"], expires);
     let args = ["token", "add", "due", "--provider", "gitlab", "--kind", "gitlab-project-access-token"];
     sandbox.ok(&[&args[..], &["--project", "42", "--secret-stdin"]].concat(), &format!("{secret}\n"));
+    let sink_path = sandbox.path().join("due.token").display().to_string();
+    sandbox.ok(&["sink", "add", "due-file", "--token", "due", "--path", &sink_path], "");
     let JsonLogged { child, addr, rest, .. } = start_json_logged(&sandbox);
     let _daemon = ServeProcess::new(child);
     std::thread::spawn(move || rest.map_while(Result::ok).for_each(drop));
@@ -89,6 +91,7 @@ fn exposition_after_a_scheduled_rotation() -> String {
             "tokenwarden_rotation_lag_seconds",
             "tokenwarden_rotation_commit_gap_seconds",
             "tokenwarden_scheduler_last_tick_timestamp_seconds",
+            "tokenwarden_sink_version_lag",
         ];
         if wanted.iter().all(|name| names.contains(*name)) {
             return text;

@@ -12,6 +12,7 @@ mod health;
 mod key_cache;
 pub mod listener;
 pub mod openapi;
+mod sinks;
 pub mod tls;
 mod token_update;
 mod tokens;
@@ -157,6 +158,7 @@ fn table() -> RouteTable {
         .post("/v1/tokens/{name}/rotate", tokens::rotate)
         .post("/v1/tokens/{name}/ack", ack::acknowledge)
         .patch("/v1/tokens/{name}", token_update::update)
+        .get("/v1/sinks", sinks::list)
 }
 
 /// Every method and path the router serves.

@@ -8,6 +8,7 @@ use utoipa::{Modify, OpenApi};
 use super::ack::{self, AckRequest};
 use super::error::ErrorBody;
 use super::health::{self, StatusBody};
+use super::sinks::{self, SinkView};
 use super::token_update::{self, TokenUpdateRequest};
 use super::tokens::{self, RotateRequest, TokenDetail, TokenSecret};
 use crate::domain::{PolicyOverrides, ProviderName, TokenKind, TokenName, TokenState};
@@ -37,6 +38,7 @@ pub const BEARER_SCHEME: &str = "bearer";
         tokens::rotate,
         token_update::update,
         ack::acknowledge,
+        sinks::list,
     ),
     components(schemas(
         ErrorBody,
@@ -48,6 +50,7 @@ pub const BEARER_SCHEME: &str = "bearer";
         AckRequest,
         Consumer,
         TokenDetail,
+        SinkView,
         PolicyOverrides,
         TokenName,
         ProviderName,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{FlagValues, HumanDuration};
-use crate::domain::{ClientAuth, ClientName, ClientRole, ProviderKind, ProviderName, TokenKind, TokenName};
+use crate::domain::{ClientAuth, ClientName, ClientRole, ProviderKind, ProviderName, SinkName, TokenKind, TokenName};
 
 /// Keeps GitLab and OAuth 2.0 credentials alive.
 #[derive(Debug, Parser)]
@@ -73,6 +73,9 @@ pub enum Command {
     /// Rotate the master key that seals the stored secrets, and see how far a rotation got
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Deliver a token's current secret to a file after every rotation
+    #[command(subcommand)]
+    Sink(SinkCommand),
     /// Check every token for monitoring (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)
     Check(CheckArgs),
     /// Show the audit log: rotations, secret reads, and every change made
@@ -366,6 +369,62 @@ pub enum ClientCommand {
     /// Give a client a new webhook signing secret, printed once as JSON; deliveries are signed
     /// with the old one too until the overlap ends
     RotateWebhookSecret(ClientRotateArgs),
+}
+
+/// The `sink` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SinkCommand {
+    /// Add a sink: the token's current secret is delivered at once (by `serve`) and after every
+    /// rotation
+    Add(SinkAddArgs),
+    /// List the sinks with what each holds
+    List(OutputArgs),
+    /// Show one sink
+    Show {
+        /// Sink name
+        name: SinkName,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Remove a sink (the file it wrote stays)
+    Remove {
+        /// Sink name
+        name: SinkName,
+    },
+}
+
+/// `sink add` options.
+#[derive(Debug, Args)]
+pub struct SinkAddArgs {
+    /// Unique name (lowercase letters, digits, '-', '_', '.')
+    pub name: SinkName,
+    /// The token whose secret is delivered
+    #[arg(long)]
+    pub token: TokenName,
+    /// Where to deliver it (only `file` in this version)
+    #[arg(long, default_value = "file")]
+    pub kind: String,
+    /// The file to write (its directory must exist)
+    #[arg(long)]
+    pub path: PathBuf,
+    /// The file's permission bits, octal
+    #[arg(long, default_value = "0600")]
+    pub mode: String,
+    /// raw (the secret alone), json ({"token","version","secret","expires_at"}) or env (VAR=secret)
+    #[arg(long, value_enum, default_value = "raw")]
+    pub format: crate::sinks::file::FileFormat,
+    /// The variable name of the env format
+    #[arg(long, default_value = "TOKEN", value_name = "NAME")]
+    pub env_var: String,
+    /// How long the --exec program may run
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub exec_timeout: HumanDuration,
+    /// A program (and its arguments, the rest of the line) run without a shell after the file
+    /// is in place, e.g. to make the consumer reload; it gets neither the secret nor our environment
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM [ARG]...")]
+    pub exec: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// The `key` subcommands.

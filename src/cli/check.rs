@@ -124,6 +124,27 @@ pub fn report(tokens: &[Token], now: DateTime<Utc>, warn: TimeDelta, critical: T
     (worst, lines)
 }
 
+/// Adds the sinks whose deliveries keep failing to a report: each is CRITICAL (its consumer
+/// is left with a secret that will stop working), named after the token lines.
+pub fn with_sinks(status: Status, mut lines: Vec<String>, failing: &[(String, String)]) -> (Status, Vec<String>) {
+    if failing.is_empty() {
+        return (status, lines);
+    }
+    let status = status.max(Status::Critical);
+    if let Some(summary) = lines.first_mut() {
+        *summary = format!(
+            "TOKENWARDEN {}{}; {} sink(s) failing",
+            status.label(),
+            summary.split_once(" - ").map_or(String::new(), |(_, rest)| format!(" - {rest}")),
+            failing.len()
+        );
+    }
+    for (sink, error) in failing {
+        lines.push(format!("CRITICAL: sink {sink}: deliveries keep failing: {}", super::one_line(error)));
+    }
+    (status, lines)
+}
+
 /// Runs the check; a store that cannot be read is UNKNOWN (exit 3), reported by the caller.
 pub async fn run(settings: Settings, args: CheckArgs) -> Result<ExitCode, CliError> {
     let warn = TimeDelta::from_std(args.warn.get()).unwrap_or(TimeDelta::MAX);
@@ -137,6 +158,8 @@ pub async fn run(settings: Settings, args: CheckArgs) -> Result<ExitCode, CliErr
         )));
     }
     let (status, lines) = report(&all, Utc::now(), warn, critical);
+    let failing_sinks = store.run(crate::store::sinks::needing_attention).await?;
+    let (status, lines) = with_sinks(status, lines, &failing_sinks);
     for line in lines {
         println!("{line}");
     }

@@ -24,6 +24,7 @@ mod provider;
 mod provider_update;
 mod secret_input;
 mod serve;
+mod sink;
 mod systemd;
 mod token;
 mod token_revoke;
@@ -118,6 +119,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Token(command) => token::run(settings, command).await,
         Command::Client(command) => client::run(settings, command).await,
         Command::Key(command) => key::run(settings, command).await,
+        Command::Sink(command) => sink::run(settings, command).await,
         Command::Audit(args) => audit::run(settings, args).await,
         Command::Backup(args) => backup::backup(settings, args).await,
         Command::Restore(args) => backup::restore(settings, args).await,

@@ -18,6 +18,7 @@ use crate::engine::maintenance::{self, MaintenanceContext};
 use crate::engine::metrics_watch;
 use crate::engine::{Scheduler, SystemClock};
 use crate::notify::Dispatcher;
+use crate::sinks::dispatcher::SinkDispatcher;
 use crate::telemetry::metrics;
 
 /// Runs the daemon until a shutdown signal arrives.
@@ -77,6 +78,8 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         Dispatcher::new(store.clone(), context.cipher.clone(), Arc::new(SystemClock), context.http.clone());
     let deliveries = dispatcher.handle().counters();
     let dispatcher_task = tokio::spawn(dispatcher.run(stopped.clone()));
+    let sink_dispatcher = SinkDispatcher::new(store.clone(), context.cipher.clone());
+    let sink_task = tokio::spawn(sink_dispatcher.run(stopped.clone()));
     let maintenance_context = MaintenanceContext {
         engine: context.clone(),
         scheduler: scheduler_handle.clone(),
@@ -132,6 +135,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let _ = metrics_task.await;
     let _ = scheduler_task.await;
     let _ = dispatcher_task.await;
+    let _ = sink_task.await;
     info!("stopped");
     Ok(())
 }

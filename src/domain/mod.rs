@@ -9,7 +9,7 @@ mod policy;
 mod state;
 
 pub use kinds::{ClientAuth, ClientRole, ProviderKind, TokenKind};
-pub use names::{ClientName, InvalidName, ProviderName, TokenName};
+pub use names::{ClientName, InvalidName, ProviderName, SinkName, TokenName};
 pub use policy::{Policy, PolicyNames, PolicyOverrides};
 pub use state::{CLIENT_CREDENTIALS_REJECTED, Recovery, TokenState};
 

@@ -103,6 +103,10 @@ slug_type!(
     /// The unique name of an API client.
     ClientName, "client"
 );
+slug_type!(
+    /// The unique name of a sink (where a token's secret is delivered).
+    SinkName, "sink"
+);
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,7 @@ pub mod replan;
 pub mod revocation;
 pub mod rotation;
 pub mod schema;
+pub mod sinks;
 pub mod store_lock;
 pub mod tokens;
 pub mod write_health;

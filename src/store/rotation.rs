@@ -657,6 +657,7 @@ fn store_success(
     diesel::insert_into(token_history::table).values(&history).execute(conn)?;
     let name = lease.token_name.as_str();
     outbox::enqueue(conn, Event::Rotated, name, version, success.expires_at, now)?;
+    super::sinks::enqueue(conn, &lease.token_id, version, now)?;
     let target = AuditTarget { kind: "token", name };
     audit::record(conn, now, actor, "token.rotate", target, Some(format!("version={version}")))?;
     Ok(version)

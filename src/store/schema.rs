@@ -161,6 +161,36 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Where a token's current secret is put for a consumer (a file, a GitLab CI/CD variable),
+    /// and how far its delivery got.
+    sinks (id) {
+        id -> Text,
+        name -> Text,
+        token_id -> Text,
+        kind -> Text,
+        settings -> Text,
+        state -> Text,
+        delivered_version -> Nullable<BigInt>,
+        delivered_at -> Nullable<Timestamp>,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        lease_until -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// A version a sink must receive, written in the transaction that committed it.
+    sink_deliveries (id) {
+        id -> Text,
+        sink_id -> Text,
+        version -> BigInt,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(tokens -> providers (provider_id));
 diesel::joinable!(token_history -> tokens (token_id));
 diesel::joinable!(client_grants -> clients (client_id));
@@ -177,3 +207,9 @@ diesel::allow_tables_to_appear_in_same_query!(client_grants, providers);
 diesel::allow_tables_to_appear_in_same_query!(clients, tokens);
 diesel::allow_tables_to_appear_in_same_query!(outbox, clients);
 diesel::allow_tables_to_appear_in_same_query!(webhook_attempts, outbox);
+diesel::joinable!(sinks -> tokens (token_id));
+diesel::joinable!(sink_deliveries -> sinks (sink_id));
+diesel::allow_tables_to_appear_in_same_query!(sinks, tokens);
+diesel::allow_tables_to_appear_in_same_query!(sink_deliveries, sinks);
+diesel::allow_tables_to_appear_in_same_query!(sinks, providers);
+diesel::allow_tables_to_appear_in_same_query!(sink_deliveries, tokens);

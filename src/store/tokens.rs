@@ -217,6 +217,8 @@ pub struct TokenGauges {
     /// How many versions behind each consumer that acknowledged a version is, most behind
     /// first, up to the same limit.
     pub consumer_lags: Vec<super::consumers::ConsumerLag>,
+    /// How many versions behind its token each sink is (every sink: there are few).
+    pub sink_lags: Vec<(String, i64)>,
 }
 
 /// The read behind the exported gauges: the counts per state in one grouped statement, and at
@@ -246,7 +248,8 @@ pub fn gauges(conn: &mut DbConnection, expiry_limit: i64) -> Result<TokenGauges,
         .filter_map(|(name, expires_at)| Some((name, super::models::utc(expires_at?))))
         .collect();
     let consumer_lags = super::consumers::lags(conn, expiry_limit)?;
-    Ok(TokenGauges { per_state, expiries, consumer_lags })
+    let sink_lags = super::sinks::version_lags(conn)?;
+    Ok(TokenGauges { per_state, expiries, consumer_lags, sink_lags })
 }
 
 /// The token and its current secret, read in one statement so the version and the secret

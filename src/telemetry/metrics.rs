@@ -17,6 +17,10 @@ use crate::store::tokens::TokenGauges;
 pub const TOKENS: &str = "tokenwarden_tokens";
 /// Each token's expiry as a Unix timestamp (gauge, label `token`).
 pub const TOKEN_EXPIRY: &str = "tokenwarden_token_expiry_timestamp_seconds";
+/// Sink deliveries (counter, labels `kind` and `outcome`: `delivered`, `failed`).
+pub const SINK_DELIVERIES: &str = "tokenwarden_sink_deliveries_total";
+/// Versions a sink is behind its token (gauge, label `sink`).
+pub const SINK_VERSION_LAG: &str = "tokenwarden_sink_version_lag";
 /// Versions a reader is behind a token's current one (gauge, labels `token` and `client`).
 pub const CONSUMER_VERSION_LAG: &str = "tokenwarden_consumer_version_lag";
 /// Rotation attempts (counter, labels `kind` and `outcome`).
@@ -72,6 +76,8 @@ fn describe() {
         CONSUMER_VERSION_LAG,
         "Versions each reader is behind the token's current one, by its last acknowledgement (readers that never acknowledged have no series)."
     );
+    describe_counter!(SINK_DELIVERIES, "Sink deliveries by sink kind and outcome.");
+    describe_gauge!(SINK_VERSION_LAG, "Versions each sink is behind its token's current one.");
     describe_counter!(ROTATIONS, "Rotation attempts by token kind and outcome.");
     describe_histogram!(ROTATION_LAG, "Seconds from a scheduled rotation's planned time to its start.");
     describe_histogram!(COMMIT_GAP, "Seconds from a provider's answer to the committed result.");
@@ -83,6 +89,9 @@ fn describe() {
     describe_counter!(TRANSACTION_RETRIES, "Write transactions run again after a serialization conflict (PostgreSQL).");
     describe_counter!(API_AUTH_FAILURES, "API requests refused for their credentials, by reason.");
     counter!(TRANSACTION_RETRIES).increment(0);
+    for outcome in ["delivered", "failed"] {
+        counter!(SINK_DELIVERIES, "kind" => crate::sinks::FILE, "outcome" => outcome).increment(0);
+    }
     for reason in AUTH_FAILURE_REASONS {
         counter!(API_AUTH_FAILURES, "reason" => *reason).increment(0);
     }
@@ -101,6 +110,9 @@ pub fn refresh_token_gauges(gauges: &TokenGauges) {
     }
     for (name, expires_at) in &gauges.expiries {
         gauge!(TOKEN_EXPIRY, "token" => name.clone()).set(expires_at.timestamp() as f64);
+    }
+    for (sink, lag) in &gauges.sink_lags {
+        gauge!(SINK_VERSION_LAG, "sink" => sink.clone()).set(*lag as f64);
     }
     for lag in &gauges.consumer_lags {
         gauge!(CONSUMER_VERSION_LAG, "token" => lag.token.clone(), "client" => lag.client.clone())
@@ -167,6 +179,7 @@ mod tests {
             let gauges = TokenGauges {
                 per_state: vec![("active".to_owned(), 3)],
                 expiries: vec![("t".to_owned(), chrono::Utc::now())],
+                sink_lags: vec![("s".to_owned(), 0)],
                 consumer_lags: vec![crate::store::consumers::ConsumerLag {
                     token: "t".to_owned(),
                     client: "app".to_owned(),
@@ -188,6 +201,7 @@ mod tests {
             TOKENS,
             TOKEN_EXPIRY,
             CONSUMER_VERSION_LAG,
+            SINK_VERSION_LAG,
             ROTATIONS,
             ROTATION_LAG,
             COMMIT_GAP,

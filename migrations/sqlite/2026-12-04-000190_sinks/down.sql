@@ -1,0 +1,2 @@
+DROP TABLE sink_deliveries;
+DROP TABLE sinks;
