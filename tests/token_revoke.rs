@@ -141,6 +141,24 @@ fn an_interrupted_revocation_needs_attention_and_is_never_rotated_until_run_agai
 }
 
 #[test]
+fn a_generic_oauth2_provider_revokes_at_the_endpoint_discovery_found_with_basic_client_auth() {
+    let sandbox = Sandbox::new();
+    let (client_id, client_secret) = sandbox.gitlab.sim.create_application();
+    let issuer = sandbox.gitlab_url();
+    let add = ["provider", "add", "sim", "--kind", "oauth2", "--issuer", &issuer, "--client-id", &client_id];
+    sandbox.ok(&[&add[..], &["--client-secret-stdin"]].concat(), &format!("{client_secret}\n"));
+    let refresh_token = sandbox.gitlab.sim.create_grant(&client_id);
+    sandbox.ok(
+        &["token", "add", "g", "--provider", "sim", "--kind", "oauth2", "--refresh-token-stdin"],
+        &format!("{refresh_token}\n"),
+    );
+    assert_eq!(live_oauth_credentials(&sandbox).len(), 2);
+    let stderr = sandbox.fails(&["token", "remove", "g", "--revoke"], "", 0);
+    assert!(stderr.contains("revoked token 'g' at its provider"), "{stderr}");
+    assert_eq!(live_oauth_credentials(&sandbox), Vec::<String>::new());
+}
+
+#[test]
 fn a_generic_oauth2_provider_without_a_revocation_endpoint_needs_force() {
     let sandbox = Sandbox::new();
     let (client_id, client_secret) = sandbox.gitlab.sim.create_application();

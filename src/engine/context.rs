@@ -157,7 +157,10 @@ pub fn build_provider(
                 ProviderKind::Gitlab => refresher
                     .with_token_info_url(format!("{}/oauth/token/info", base_url()?))
                     .with_revocation_url(format!("{}/oauth/revoke", base_url()?)),
-                ProviderKind::Oauth2 => refresher,
+                ProviderKind::Oauth2 => match provider.revocation_url.clone() {
+                    Some(url) => refresher.with_revocation_url(url),
+                    None => refresher,
+                },
             }))
         }
     }
