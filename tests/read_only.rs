@@ -26,12 +26,7 @@ const NON_CREATING: &[&[&str]] = &[
 ];
 
 fn files_in(sandbox: &Sandbox) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(sandbox.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    common::files_in(sandbox.path())
 }
 
 #[test]

@@ -4,11 +4,10 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Sandbox;
 use common::serve_process::ServeProcess;
+use common::{Sandbox, files_in};
 
 /// Starts `serve` on the sandbox's store with the sandbox's key.
 fn serve(sandbox: &Sandbox, log_name: &str) -> ServeProcess {
@@ -41,15 +40,6 @@ fn sink_show(sandbox: &Sandbox, name: &str) -> serde_json::Value {
 fn current_secret(sandbox: &Sandbox) -> String {
     let issued = sandbox.gitlab.sim.with_state(|state| state.issued_secrets());
     issued.into_iter().find(|secret| sandbox.gitlab.sim.accepts(secret)).expect("one live token")
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

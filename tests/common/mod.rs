@@ -42,6 +42,16 @@ impl TestGitlab {
     }
 }
 
+/// The names of the entries of `dir`, sorted.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the directory")
+        .map(|entry| entry.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// A fresh directory holding one test's database and key, and a simulated GitLab.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
