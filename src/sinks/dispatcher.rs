@@ -29,7 +29,7 @@ use crate::telemetry::metrics::SINK_DELIVERIES;
 /// delivered).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Sinks delivered at once.
-const MAX_IN_FLIGHT: i64 = 16;
+const MAX_IN_FLIGHT: i64 = 32;
 /// How long a claim outlives the sink's program timeout (the write and the recording).
 const LEASE_MARGIN: TimeDelta = TimeDelta::seconds(10);
 /// Waits between failed attempts.
@@ -66,7 +66,9 @@ impl SinkDispatcher {
             let wait = match self.pass().await {
                 Ok(next) => {
                     failing.succeeded();
-                    next.and_then(|at| (at - Utc::now()).to_std().ok()).unwrap_or(POLL_INTERVAL).min(POLL_INTERVAL)
+                    // A sink already due (more were pending than one pass takes) goes at once.
+                    next.map_or(POLL_INTERVAL, |at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                        .min(POLL_INTERVAL)
                 }
                 Err(err) => {
                     failing.failed(&err);

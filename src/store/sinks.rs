@@ -241,7 +241,13 @@ pub fn claim_due(
                 clear_delivered(conn, &row.id, version)?;
                 continue;
             }
-            let Some(sealed) = sealed else { continue };
+            let Some(sealed) = sealed else {
+                // Nothing to deliver yet (a grant not refreshed yet): look again in a minute.
+                diesel::update(sinks::table.filter(sinks::id.eq(&row.id)))
+                    .set(sinks::next_attempt_at.eq(naive(now + TimeDelta::minutes(1))))
+                    .execute(conn)?;
+                continue;
+            };
             let secret = cipher.open(secret_context(&row.token_id, SecretField::Secret), &sealed)?;
             diesel::update(sinks::table.filter(sinks::id.eq(&row.id)))
                 .set(sinks::lease_until.eq(lease_until))
@@ -316,12 +322,13 @@ pub fn record_failure(
     })
 }
 
-/// The earliest moment a sink with versions pending falls due, if any.
+/// The earliest moment a sink with versions pending may be claimed (its next attempt, or the
+/// end of another dispatcher's lease on it), if any.
 pub fn next_due(conn: &mut DbConnection) -> Result<Option<DateTime<Utc>>, StoreError> {
     let pending = exists(sink_deliveries::table.filter(sink_deliveries::sink_id.eq(sinks::id)));
-    let next: Option<NaiveDateTime> =
-        sinks::table.filter(pending).select(diesel::dsl::min(sinks::next_attempt_at)).get_result(conn)?;
-    Ok(next.map(utc))
+    let times: Vec<(NaiveDateTime, Option<NaiveDateTime>)> =
+        sinks::table.filter(pending).select((sinks::next_attempt_at, sinks::lease_until)).load(conn)?;
+    Ok(times.into_iter().map(|(next, lease)| lease.map_or(next, |lease| lease.max(next))).min().map(utc))
 }
 
 /// Sinks that need attention, with their last error, by name.
