@@ -128,6 +128,8 @@ fn every_metric_the_alert_rules_and_the_dashboard_use_is_exported_by_a_running_s
         "tokenwarden_webhook_deliveries_total",
         "tokenwarden_api_auth_failures_total",
         "tokenwarden_scheduler_last_tick_timestamp_seconds",
+        "tokenwarden_sink_version_lag",
+        "tokenwarden_sink_deliveries_total",
     ] {
         assert!(queried.contains(family), "the dashboard does not show {family}");
     }
