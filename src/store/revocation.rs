@@ -13,7 +13,7 @@ use diesel::prelude::*;
 use super::audit::{self, AuditTarget};
 use super::models::{ProviderRow, TokenRow, utc};
 use super::rotation::{Claim, ClaimRow, Lease, parse, take_lease};
-use super::schema::{client_grants, providers, tokens};
+use super::schema::{providers, tokens};
 use super::{DbConnection, StoreError};
 use crate::domain::{Recovery, TokenName, TokenState};
 
@@ -120,12 +120,8 @@ pub fn remove_revoked(
             return Err(StoreError::LeaseLost { token: lease.token_name.clone(), attempt: lease.attempt_id.clone() });
         }
         let readers = super::clients::granted(conn, &lease.token_id)?;
-        diesel::delete(client_grants::table.filter(client_grants::token_id.eq(&lease.token_id))).execute(conn)?;
-        diesel::delete(tokens::table.filter(tokens::id.eq(&lease.token_id))).execute(conn)?;
-        let mut detail = format!("version={} {detail}", lease.version);
-        if !readers.is_empty() {
-            detail.push_str(&format!(" grants_removed={} clients={}", readers.len(), readers.join(",")));
-        }
+        super::tokens::delete_with_grants(conn, &lease.token_id)?;
+        let detail = format!("{} {detail}", super::tokens::removal_detail(lease.version, &readers));
         let target = AuditTarget { kind: "token", name: &lease.token_name };
         audit::record(conn, now, actor, "token.remove", target, Some(detail))?;
         Ok(readers)

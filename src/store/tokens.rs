@@ -404,13 +404,25 @@ pub fn remove(
         if !readers.is_empty() && !drop_grants {
             return Err(StoreError::StillGranted { token: name.to_string(), clients: readers.join(", ") });
         }
-        diesel::delete(client_grants::table.filter(client_grants::token_id.eq(&token.id))).execute(conn)?;
-        diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
-        let detail = format!("version={} grants_removed={}", token.version, readers.len());
-        let detail = if readers.is_empty() { detail } else { format!("{detail} clients={}", readers.join(",")) };
+        delete_with_grants(conn, &token.id)?;
+        let detail = removal_detail(token.version, &readers);
         audit::record(conn, now, actor, "token.remove", token_target(name), Some(detail))?;
         Ok(readers)
     })
+}
+
+/// Deletes token row `token_id` and every grant of it (its sinks go with it by cascade); call
+/// inside the removing transaction.
+pub(super) fn delete_with_grants(conn: &mut DbConnection, token_id: &str) -> Result<(), StoreError> {
+    diesel::delete(client_grants::table.filter(client_grants::token_id.eq(token_id))).execute(conn)?;
+    diesel::delete(tokens::table.filter(tokens::id.eq(token_id))).execute(conn)?;
+    Ok(())
+}
+
+/// The audit detail of a removal: the version removed and the readers whose grants went.
+pub(super) fn removal_detail(version: i64, readers: &[String]) -> String {
+    let detail = format!("version={version} grants_removed={}", readers.len());
+    if readers.is_empty() { detail } else { format!("{detail} clients={}", readers.join(",")) }
 }
 
 /// Takes back a `token add` whose first contact with the provider failed: the token row goes
@@ -425,8 +437,7 @@ pub fn undo_add(
     conn.write_transaction(|conn| {
         let token = find(conn, name)?;
         ensure_settled(&token, "remove")?;
-        diesel::delete(client_grants::table.filter(client_grants::token_id.eq(&token.id))).execute(conn)?;
-        diesel::delete(tokens::table.filter(tokens::id.eq(&token.id))).execute(conn)?;
+        delete_with_grants(conn, &token.id)?;
         audit::record(conn, now, actor, "token.remove", token_target(name), Some(format!("add undone: {why}")))
     })
 }
