@@ -104,45 +104,42 @@ fn human(delta: TimeDelta) -> String {
     }
 }
 
-/// The summary line and the lines for tokens that are not OK, worst first.
-pub fn report(tokens: &[Token], now: DateTime<Utc>, warn: TimeDelta, critical: TimeDelta) -> (Status, Vec<String>) {
+/// The summary line and the lines for tokens that are not OK, worst first, then a CRITICAL line
+/// per sink in `failing_sinks` (name, last error): its consumer is left with a secret that will
+/// stop working.
+pub fn report(
+    tokens: &[Token],
+    failing_sinks: &[(String, String)],
+    now: DateTime<Utc>,
+    warn: TimeDelta,
+    critical: TimeDelta,
+) -> (Status, Vec<String>) {
     let mut findings: Vec<Finding> = tokens.iter().map(|token| judge(token, now, warn, critical)).collect();
     findings.sort_by(|a, b| b.status.cmp(&a.status).then_with(|| a.token.cmp(&b.token)));
-    let worst = findings.first().map_or(Status::Ok, |finding| finding.status);
+    let mut worst = findings.first().map_or(Status::Ok, |finding| finding.status);
+    if !failing_sinks.is_empty() {
+        worst = worst.max(Status::Critical);
+    }
     let count = |status| findings.iter().filter(|finding| finding.status == status).count();
-    let mut lines = vec![format!(
+    let mut summary = format!(
         "TOKENWARDEN {} - {} tokens: {} critical, {} warning, {} ok",
         worst.label(),
         tokens.len(),
         count(Status::Critical),
         count(Status::Warning),
         count(Status::Ok)
-    )];
+    );
+    if !failing_sinks.is_empty() {
+        summary.push_str(&format!("; {} sink(s) failing", failing_sinks.len()));
+    }
+    let mut lines = vec![summary];
     for finding in findings.iter().filter(|finding| finding.status != Status::Ok) {
         lines.push(format!("{}: {}: {}", finding.status.label(), finding.token, finding.reason));
     }
-    (worst, lines)
-}
-
-/// Adds the sinks whose deliveries keep failing to a report: each is CRITICAL (its consumer
-/// is left with a secret that will stop working), named after the token lines.
-pub fn with_sinks(status: Status, mut lines: Vec<String>, failing: &[(String, String)]) -> (Status, Vec<String>) {
-    if failing.is_empty() {
-        return (status, lines);
-    }
-    let status = status.max(Status::Critical);
-    if let Some(summary) = lines.first_mut() {
-        *summary = format!(
-            "TOKENWARDEN {}{}; {} sink(s) failing",
-            status.label(),
-            summary.split_once(" - ").map_or(String::new(), |(_, rest)| format!(" - {rest}")),
-            failing.len()
-        );
-    }
-    for (sink, error) in failing {
+    for (sink, error) in failing_sinks {
         lines.push(format!("CRITICAL: sink {sink}: deliveries keep failing: {}", super::one_line(error)));
     }
-    (status, lines)
+    (worst, lines)
 }
 
 /// Runs the check; a store that cannot be read is UNKNOWN (exit 3), reported by the caller.
@@ -157,9 +154,8 @@ pub async fn run(settings: Settings, args: CheckArgs) -> Result<ExitCode, CliErr
             settings.database_url
         )));
     }
-    let (status, lines) = report(&all, Utc::now(), warn, critical);
     let failing_sinks = store.run(crate::store::sinks::needing_attention).await?;
-    let (status, lines) = with_sinks(status, lines, &failing_sinks);
+    let (status, lines) = report(&all, &failing_sinks, Utc::now(), warn, critical);
     for line in lines {
         println!("{line}");
     }
@@ -207,6 +203,20 @@ mod tests {
             created_at: now,
             updated_at: now,
         }
+    }
+
+    #[test]
+    fn a_failing_sink_makes_the_report_critical_and_is_named_after_the_tokens() {
+        let now = Utc::now();
+        let (warn, critical) = (TimeDelta::days(3), TimeDelta::days(1));
+        let healthy = [token(TokenKind::GitlabPersonalAccessToken, TokenState::Active, TimeDelta::days(30), now)];
+        let (status, lines) = report(&healthy, &[], now, warn, critical);
+        assert_eq!((status, lines.len()), (Status::Ok, 1), "{lines:?}");
+        let failing = [("s".to_owned(), "cannot create\na file".to_owned())];
+        let (status, lines) = report(&healthy, &failing, now, warn, critical);
+        assert_eq!(status, Status::Critical);
+        assert!(lines[0].starts_with("TOKENWARDEN CRITICAL - 1 tokens:") && lines[0].ends_with("; 1 sink(s) failing"));
+        assert_eq!(lines[1], "CRITICAL: sink s: deliveries keep failing: cannot create a file");
     }
 
     #[test]
