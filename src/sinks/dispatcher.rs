@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -39,18 +39,12 @@ const BACKOFF: Backoff = Backoff { base: Duration::from_secs(2), max: Duration::
 pub struct SinkDispatcher {
     store: Store,
     cipher: Arc<Cipher>,
-    wake: Arc<Notify>,
 }
 
 impl SinkDispatcher {
     /// A dispatcher over `store`, opening secrets with `cipher`.
     pub fn new(store: Store, cipher: Arc<Cipher>) -> Self {
-        Self { store, cipher, wake: Arc::new(Notify::new()) }
-    }
-
-    /// Wakes the dispatcher (a version was just committed).
-    pub fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
+        Self { store, cipher }
     }
 
     /// Runs passes until `shutdown` turns true; a delivery in flight finishes first.
@@ -77,7 +71,6 @@ impl SinkDispatcher {
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = self.wake.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }
