@@ -70,7 +70,7 @@ async fn storm(count: usize) -> BenchResult {
     let (stop, stopped) = watch::channel(false);
     let started = Utc::now();
     let clock = Instant::now();
-    let dispatcher = SinkDispatcher::new(store.clone(), harness.context.cipher.clone());
+    let dispatcher = SinkDispatcher::new(store.clone(), harness.context.cipher.clone(), harness.context.http.clone());
     let task = tokio::spawn(dispatcher.run(stopped));
     let delays = loop {
         let all = store.run(sinks::list).await?;

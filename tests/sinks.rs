@@ -1,5 +1,6 @@
-//! Sinks end to end: `sink add` through the CLI, `tokenwarden serve` delivering to a file after
-//! a forced rotation, a daemon killed during a delivery, and a sink that cannot be written.
+//! Sinks end to end: `sink add` through the CLI, `tokenwarden serve` delivering to a file and to
+//! a GitLab CI/CD variable (the simulator's, with GitLab's rules) after a forced rotation, a
+//! daemon killed during a delivery, a sink that cannot be written, GitLab refusing or failing.
 
 mod common;
 
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::serve_process::ServeProcess;
 use common::{Sandbox, files_in};
+use tokenwarden::simulator::TokenOwner;
+use tokenwarden::simulator::variables::{MAINTAINER, Namespace, Variable};
 
 /// Starts `serve` on the sandbox's store with the sandbox's key.
 fn serve(sandbox: &Sandbox, log_name: &str) -> ServeProcess {
@@ -158,7 +161,9 @@ fn bad_sink_definitions_are_one_line_and_store_nothing() {
         (vec!["--token", "ci", "--path", &file, "--mode", "0644"], "lets every user read"),
         (vec!["--token", "ci", "--path", &file, "--mode", "9"], "not an octal mode"),
         (vec!["--token", "ci", "--path", &file, "--format", "env", "--env-var", "1X"], "not a variable name"),
-        (vec!["--token", "ci", "--path", &file, "--kind", "gitlab-ci-variable"], "not supported"),
+        (vec!["--token", "ci", "--path", &file, "--kind", "gitlab-ci-variable"], "are for file sinks"),
+        (vec!["--token", "ci", "--path", &file, "--key", "K"], "are for gitlab-ci-variable sinks"),
+        (vec!["--token", "ci"], "needs --path"),
         (vec!["--token", "nope", "--path", &file], "nope"),
     ] {
         let stderr = sandbox.fails(&[&["sink", "add", "s"][..], &args].concat(), "", 2);
@@ -171,5 +176,165 @@ fn bad_sink_definitions_are_one_line_and_store_nothing() {
     assert!(stderr.contains("already exists"), "{stderr}");
     sandbox.fails(&["sink", "remove", "nope"], "", 2);
     sandbox.ok(&["sink", "remove", "s"], "");
+    assert_eq!(sandbox.ok(&["sink", "list", "--json"], "").trim(), "[]");
+}
+
+/// Adds a personal access token `admin` (the simulated user's, api scope) as the manager, with
+/// `level` in project 42.
+fn add_manager(sandbox: &Sandbox, level: u8) {
+    let secret = sandbox.gitlab.token(TokenOwner::Personal);
+    let args = ["token", "add", "admin", "--provider", "gitlab", "--kind", "gitlab-personal-access-token"];
+    sandbox.ok(&[&args[..], &["--secret-stdin"]].concat(), &format!("{secret}\n"));
+    sandbox.gitlab.sim.with_state(|state| state.memberships.insert(Namespace::Project("42".into()), level));
+}
+
+/// `sink add NAME --token ci --kind gitlab-ci-variable --provider gitlab --manager admin` and `more`.
+fn add_variable_sink(sandbox: &Sandbox, name: &str, more: &[&str]) {
+    let args = ["sink", "add", name, "--token", "ci", "--kind", "gitlab-ci-variable", "--provider", "gitlab"];
+    sandbox.ok(&[&args[..], &["--manager", "admin"], more].concat(), "");
+}
+
+/// The live secret of project 42's access token (the sink's token, not the manager).
+fn project_secret(sandbox: &Sandbox) -> String {
+    let issued = sandbox.gitlab.sim.with_state(|state| state.issued_secrets());
+    let project = TokenOwner::Project("42".into());
+    let owned = |secret: &String| {
+        sandbox.gitlab.sim.with_state(|state| state.access_token(secret).is_some_and(|token| token.owner == project))
+    };
+    issued.into_iter().find(|secret| owned(secret) && sandbox.gitlab.sim.accepts(secret)).expect("a live project token")
+}
+
+fn variables_of_project_42(sandbox: &Sandbox) -> Vec<Variable> {
+    sandbox.gitlab.sim.with_state(|state| state.variables.list(&Namespace::Project("42".into())).to_vec())
+}
+
+#[test]
+fn each_version_lands_in_a_masked_hidden_ci_variable_created_once_then_updated() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("ci");
+    add_manager(&sandbox, MAINTAINER);
+    add_variable_sink(
+        &sandbox,
+        "ci-var",
+        &["--project", "42", "--key", "CI_TOKEN", "--environment-scope", "production"],
+    );
+
+    let daemon = serve(&sandbox, "serve.log");
+    wait_until("version 1 is in the variable", Duration::from_secs(20), || {
+        sink_show(&sandbox, "ci-var")["delivered_version"] == 1
+    });
+    let first = project_secret(&sandbox);
+    let created = variables_of_project_42(&sandbox);
+    assert_eq!(created.len(), 1, "{created:?}");
+    let variable = &created[0];
+    assert_eq!((variable.key.as_str(), variable.value.as_str()), ("CI_TOKEN", first.as_str()));
+    assert!(variable.masked && variable.hidden && variable.raw, "masked, hidden and raw: {variable:?}");
+    assert_eq!(variable.environment_scope, "production");
+    assert!(!variable.protected);
+
+    sandbox.ok(&["token", "rotate", "ci"], "");
+    let second = project_secret(&sandbox);
+    assert_ne!(first, second);
+    wait_until("version 2 is in the variable", Duration::from_secs(20), || {
+        sink_show(&sandbox, "ci-var")["delivered_version"] == 2
+    });
+    let updated = variables_of_project_42(&sandbox);
+    assert_eq!(updated.len(), 1, "updated in place, not created again: {updated:?}");
+    assert_eq!(updated[0].value, second);
+    assert!(updated[0].masked && updated[0].hidden, "still masked and hidden");
+    let shown = sandbox.ok(&["sink", "show", "ci-var"], "");
+    assert!(shown.contains("CI_TOKEN") && !shown.contains(&second), "settings shown, never the secret: {shown}");
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn gitlab_refusals_are_explained_and_an_unmasked_variable_is_never_written() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("ci");
+    add_manager(&sandbox, 30);
+    sandbox.gitlab.sim.with_state(|state| {
+        state.memberships.insert(Namespace::Project("7".into()), MAINTAINER);
+        let fields = [("key", "PLAIN"), ("value", "visible-value")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        state.variables.create(&Namespace::Project("7".into()), &fields).unwrap();
+    });
+    add_variable_sink(&sandbox, "developer", &["--project", "42", "--key", "CI_TOKEN"]);
+    add_variable_sink(&sandbox, "unknown", &["--group", "nowhere", "--key", "CI_TOKEN"]);
+    add_variable_sink(&sandbox, "unmasked", &["--project", "7", "--key", "PLAIN"]);
+
+    let daemon = serve(&sandbox, "serve.log");
+    for name in ["developer", "unknown", "unmasked"] {
+        wait_until(&format!("sink {name} needs attention"), Duration::from_secs(60), || {
+            sink_show(&sandbox, name)["state"] == "needs_attention"
+        });
+    }
+    let error = |name: &str| sink_show(&sandbox, name)["last_error"].as_str().unwrap_or_default().to_owned();
+    let developer = error("developer");
+    assert!(
+        developer.contains("403") && developer.contains("Maintainer role") && developer.contains("'admin'"),
+        "{developer}"
+    );
+    let unknown = error("unknown");
+    assert!(unknown.contains("group nowhere was not found") && unknown.contains("404"), "{unknown}");
+    let unmasked = error("unmasked");
+    assert!(unmasked.contains("not masked"), "{unmasked}");
+    let plain = sandbox.gitlab.sim.with_state(|state| state.variables.list(&Namespace::Project("7".into())).to_vec());
+    assert_eq!(plain[0].value, "visible-value", "the unmasked variable is left alone");
+    assert!(variables_of_project_42(&sandbox).is_empty());
+    let out_text = String::from_utf8(sandbox.run(&["check"], "").stdout).unwrap();
+    assert!(out_text.contains("CRITICAL: sink developer"), "{out_text}");
+    assert_eq!(sandbox.token_show("ci")["state"], "active", "the token itself is unaffected");
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn with_half_of_the_variable_requests_failing_the_variable_converges_on_the_current_version() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("ci");
+    add_manager(&sandbox, MAINTAINER);
+    sandbox.gitlab.sim.with_state(|state| state.variables_error_rate = 0.5);
+    add_variable_sink(&sandbox, "ci-var", &["--project", "42", "--key", "CI_TOKEN"]);
+    let daemon = serve(&sandbox, "serve.log");
+    sandbox.ok(&["token", "rotate", "ci"], "");
+    sandbox.ok(&["token", "rotate", "ci"], "");
+    wait_until("version 3 is in the variable", Duration::from_secs(120), || {
+        sink_show(&sandbox, "ci-var")["delivered_version"] == 3
+    });
+    let variables = variables_of_project_42(&sandbox);
+    assert_eq!(variables.len(), 1, "{variables:?}");
+    assert_eq!(variables[0].value, project_secret(&sandbox));
+    assert!(variables[0].masked && variables[0].hidden);
+    assert!(daemon.terminate(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn bad_ci_variable_sink_definitions_are_one_line_and_store_nothing() {
+    let sandbox = Sandbox::new();
+    sandbox.add_gitlab_provider();
+    sandbox.add_project_token("ci");
+    add_manager(&sandbox, MAINTAINER);
+    sandbox.ok(&["provider", "add", "other", "--kind", "gitlab", "--url", "http://127.0.0.1:9"], "");
+    let base = ["--token", "ci", "--kind", "gitlab-ci-variable"];
+    for (args, expected) in [
+        (vec!["--provider", "gitlab", "--project", "42", "--key", "K"], "needs --manager"),
+        (vec!["--provider", "gitlab", "--manager", "admin", "--key", "K"], "needs --project ID or --group ID"),
+        (vec!["--provider", "gitlab", "--manager", "admin", "--project", "42"], "needs --key"),
+        (
+            vec!["--provider", "gitlab", "--manager", "admin", "--project", "42", "--key", "bad-key"],
+            "not a CI/CD variable key",
+        ),
+        (
+            vec!["--provider", "other", "--manager", "admin", "--project", "42", "--key", "K"],
+            "belongs to provider 'gitlab'",
+        ),
+        (vec!["--provider", "gitlab", "--manager", "nobody", "--project", "42", "--key", "K"], "nobody"),
+        (vec!["--manager", "admin", "--project", "42", "--key", "K"], "needs --provider"),
+    ] {
+        let stderr = sandbox.fails(&[&["sink", "add", "s"][..], &base, &args].concat(), "", 2);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+    }
     assert_eq!(sandbox.ok(&["sink", "list", "--json"], "").trim(), "[]");
 }

@@ -376,7 +376,7 @@ pub enum ClientCommand {
 pub enum SinkCommand {
     /// Add a sink: the token's current secret is delivered at once (by `serve`) and after every
     /// rotation
-    Add(SinkAddArgs),
+    Add(Box<SinkAddArgs>),
     /// List the sinks with what each holds
     List(OutputArgs),
     /// Show one sink
@@ -401,12 +401,12 @@ pub struct SinkAddArgs {
     /// The token whose secret is delivered
     #[arg(long)]
     pub token: TokenName,
-    /// Where to deliver it (only `file` in this version)
-    #[arg(long, default_value = "file")]
-    pub kind: String,
-    /// The file to write (its directory must exist)
+    /// Where to deliver it
+    #[arg(long, value_enum, default_value = "file")]
+    pub kind: SinkKind,
+    /// file: the file to write (its directory must exist)
     #[arg(long)]
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
     /// The file's permission bits, octal
     #[arg(long, default_value = "0600")]
     pub mode: String,
@@ -423,8 +423,39 @@ pub struct SinkAddArgs {
     /// is in place, e.g. to make the consumer reload; it gets neither the secret nor our environment
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM [ARG]...")]
     pub exec: Vec<String>,
+    /// gitlab-ci-variable: the GitLab provider whose instance holds the variable
+    #[arg(long)]
+    pub provider: Option<ProviderName>,
+    /// gitlab-ci-variable: the project (numeric id or full path) whose variable is written
+    #[arg(long, conflicts_with = "group")]
+    pub project: Option<String>,
+    /// gitlab-ci-variable: the group (numeric id or full path) whose variable is written
+    #[arg(long)]
+    pub group: Option<String>,
+    /// gitlab-ci-variable: the variable's key
+    #[arg(long)]
+    pub key: Option<String>,
+    /// gitlab-ci-variable: the token whose secret writes the variable (Maintainer of the
+    /// project or Owner of the group, with the api scope)
+    #[arg(long, value_name = "TOKEN")]
+    pub manager: Option<TokenName>,
+    /// gitlab-ci-variable: the variable's environment scope
+    #[arg(long, default_value = "*", value_name = "SCOPE")]
+    pub environment_scope: String,
+    /// gitlab-ci-variable: expose the variable only to protected branches and tags
+    #[arg(long)]
+    pub protected: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// Where a sink delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkKind {
+    /// A file, replaced atomically, with an optional reload program
+    File,
+    /// A GitLab project's or group's CI/CD variable, masked and hidden
+    GitlabCiVariable,
 }
 
 /// The `key` subcommands.

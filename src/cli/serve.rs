@@ -78,7 +78,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         Dispatcher::new(store.clone(), context.cipher.clone(), Arc::new(SystemClock), context.http.clone());
     let deliveries = dispatcher.handle().counters();
     let dispatcher_task = tokio::spawn(dispatcher.run(stopped.clone()));
-    let sink_dispatcher = SinkDispatcher::new(store.clone(), context.cipher.clone());
+    let sink_dispatcher = SinkDispatcher::new(store.clone(), context.cipher.clone(), context.http.clone());
     let sink_task = tokio::spawn(sink_dispatcher.run(stopped.clone()));
     let maintenance_context = MaintenanceContext {
         engine: context.clone(),

@@ -3,19 +3,21 @@
 
 use chrono::Utc;
 
-use super::args::{SinkAddArgs, SinkCommand};
+use super::args::{SinkAddArgs, SinkCommand, SinkKind};
 use super::context::open_store;
 use super::output::{print_fields, print_json, print_table, text, time};
 use super::{CLI_ACTOR, CliError};
 use crate::config::Settings;
+use crate::domain::{ProviderKind, ProviderName, TokenName};
 use crate::sinks::file::{FileFormat, FileSettings};
+use crate::sinks::gitlab_variable::{self, Namespace, VariableSettings};
 use crate::store::models::utc;
 use crate::store::sinks::{self, Sink};
 
 /// Runs a `sink` subcommand.
 pub async fn run(settings: Settings, command: SinkCommand) -> Result<(), CliError> {
     match command {
-        SinkCommand::Add(args) => add(settings, args).await,
+        SinkCommand::Add(args) => add(settings, *args).await,
         SinkCommand::List(output) => {
             let store = open_store(&settings).await?;
             let all = store.run(sinks::list).await?;
@@ -81,44 +83,122 @@ fn held(sink: &Sink) -> String {
 }
 
 async fn add(settings: Settings, args: SinkAddArgs) -> Result<(), CliError> {
-    let file = file_settings(&args)?;
+    let (kind, settings_json, place) = match args.kind {
+        SinkKind::File => {
+            let file = file_settings(&args)?;
+            let place = file.path.display().to_string();
+            (crate::sinks::FILE, to_json(&file)?, place)
+        }
+        SinkKind::GitlabCiVariable => {
+            let variable = variable_settings(&args)?;
+            let place = format!("CI/CD variable {} of {}", variable.key, variable.namespace.describe());
+            (crate::sinks::GITLAB_CI_VARIABLE, to_json(&variable)?, place)
+        }
+    };
     let store = open_store(&settings).await?;
-    let settings_json = serde_json::to_value(&file).map_err(|err| CliError::Failed(err.to_string()))?;
+    if let Some(manager) = args.manager.clone() {
+        let provider = args.provider.clone();
+        store.run(move |conn| check_manager(conn, &manager, provider.as_ref())).await?;
+    }
     let (name, token) = (args.name.clone(), args.token.clone());
     let sink = store
-        .run(move |conn| {
-            sinks::add(conn, name.as_str(), &token, crate::sinks::FILE, &settings_json, CLI_ACTOR, Utc::now())
-        })
+        .run(move |conn| sinks::add(conn, name.as_str(), &token, kind, &settings_json, CLI_ACTOR, Utc::now()))
         .await?;
     if args.output.json {
         return print_json(&sink);
     }
     eprintln!(
-        "added sink '{}': token '{}' version {} will be written to {} by `tokenwarden serve`, and every new version after it",
-        sink.row.name,
-        sink.token,
-        sink.token_version,
-        file.path.display()
+        "added sink '{}': token '{}' version {} will be written to {place} by `tokenwarden serve`, and every new version after it",
+        sink.row.name, sink.token, sink.token_version,
     );
     Ok(())
+}
+
+fn to_json(settings: &impl serde::Serialize) -> Result<serde_json::Value, CliError> {
+    serde_json::to_value(settings).map_err(|err| CliError::Failed(err.to_string()))
+}
+
+/// A manager must exist, belong to the sink's provider, and be a GitLab token.
+fn check_manager(
+    conn: &mut crate::store::DbConnection,
+    manager: &TokenName,
+    provider: Option<&ProviderName>,
+) -> Result<(), crate::store::StoreError> {
+    let token = crate::store::tokens::find(conn, manager)?;
+    let invalid = |message: String| Err(crate::store::StoreError::InvalidInput(message));
+    if provider.is_some_and(|provider| *provider != token.provider) {
+        return invalid(format!(
+            "--manager {manager} belongs to provider '{}', not to --provider {}",
+            token.provider,
+            provider.map(ProviderName::as_str).unwrap_or_default()
+        ));
+    }
+    if token.kind.provider_kind() != ProviderKind::Gitlab {
+        return invalid(format!(
+            "--manager {manager} is a {} token; a GitLab token or grant writes CI/CD variables",
+            token.kind
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the CI/CD variable flags: a provider, a manager, exactly one of project and group, a
+/// valid key; no file flags.
+fn variable_settings(args: &SinkAddArgs) -> Result<VariableSettings, CliError> {
+    let usage = |message: &str| CliError::Usage(message.to_owned());
+    if args.path.is_some() || !args.exec.is_empty() {
+        return Err(usage("--path and --exec are for file sinks; a gitlab-ci-variable sink takes --key"));
+    }
+    let provider = args.provider.clone().ok_or_else(|| usage("a gitlab-ci-variable sink needs --provider"))?;
+    let manager = args.manager.clone().ok_or_else(|| {
+        usage("a gitlab-ci-variable sink needs --manager TOKEN (a Maintainer's or Owner's token with the api scope)")
+    })?;
+    let namespace = match (&args.project, &args.group) {
+        (Some(project), None) => Namespace::Project(project.clone()),
+        (None, Some(group)) => Namespace::Group(group.clone()),
+        _ => return Err(usage("a gitlab-ci-variable sink needs --project ID or --group ID")),
+    };
+    let key = args.key.clone().ok_or_else(|| usage("a gitlab-ci-variable sink needs --key"))?;
+    gitlab_variable::check_key(&key).map_err(CliError::Usage)?;
+    if args.environment_scope.is_empty() || args.environment_scope.chars().any(char::is_whitespace) {
+        return Err(usage("--environment-scope must be '*' or an environment name or pattern"));
+    }
+    Ok(VariableSettings {
+        provider: provider.to_string(),
+        namespace,
+        key,
+        manager: manager.to_string(),
+        environment_scope: args.environment_scope.clone(),
+        protected: args.protected,
+    })
 }
 
 /// Checks the flags: an existing directory, an absolute path, an octal mode without bits for
 /// others, an env variable name, a program.
 fn file_settings(args: &SinkAddArgs) -> Result<FileSettings, CliError> {
     let usage = |message: String| Err(CliError::Usage(message));
-    if args.kind != crate::sinks::FILE {
-        return usage(format!("sink kind '{}' is not supported by this version (only 'file')", args.kind));
+    if args.provider.is_some()
+        || args.manager.is_some()
+        || args.key.is_some()
+        || args.project.is_some()
+        || args.group.is_some()
+    {
+        return usage(
+            "--provider, --manager, --key, --project and --group are for gitlab-ci-variable sinks".to_owned(),
+        );
     }
-    if !args.path.is_absolute() {
-        return usage(format!("--path {} must be absolute (serve may run in another directory)", args.path.display()));
+    let Some(path) = args.path.clone() else {
+        return usage("a file sink needs --path FILE".to_owned());
+    };
+    if !path.is_absolute() {
+        return usage(format!("--path {} must be absolute (serve may run in another directory)", path.display()));
     }
-    match args.path.parent() {
+    match path.parent() {
         Some(dir) if dir.is_dir() => {}
-        _ => return usage(format!("the directory of --path {} does not exist", args.path.display())),
+        _ => return usage(format!("the directory of --path {} does not exist", path.display())),
     }
-    if args.path.is_dir() {
-        return usage(format!("--path {} is a directory; name a file in it", args.path.display()));
+    if path.is_dir() {
+        return usage(format!("--path {} is a directory; name a file in it", path.display()));
     }
     let Ok(mode) = u32::from_str_radix(args.mode.trim_start_matches("0o"), 8) else {
         return usage(format!("--mode '{}' is not an octal mode such as 0600", args.mode));
@@ -139,7 +219,7 @@ fn file_settings(args: &SinkAddArgs) -> Result<FileSettings, CliError> {
         return usage(format!("--exec-timeout {} must be between 1s and 1h", args.exec_timeout));
     }
     Ok(FileSettings {
-        path: args.path.clone(),
+        path,
         mode,
         format: args.format,
         env_var: args.env_var.clone(),

@@ -9,7 +9,7 @@
 pub mod client_auth;
 pub mod discovery;
 pub mod gitlab;
-mod http;
+pub mod http;
 pub mod oauth;
 
 use std::time::Duration;

@@ -16,7 +16,7 @@ use super::state::{AccessToken, GitlabState, RefreshError, RotateError, TokenOwn
 use super::{Shared, malformed};
 
 /// The token presented in `PRIVATE-TOKEN` or `Authorization: Bearer`.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
+pub(super) fn presented_token(headers: &HeaderMap) -> Option<String> {
     if let Some(value) = headers.get("private-token").and_then(|v| v.to_str().ok()) {
         return Some(value.to_owned());
     }
@@ -25,7 +25,7 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Form fields from the query string and a form-encoded body.
-fn form_fields(query: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
+pub(super) fn form_fields(query: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
     let mut fields: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -37,7 +37,7 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
+pub(super) fn json_response(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 

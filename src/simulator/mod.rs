@@ -14,6 +14,8 @@ mod gitlab_api;
 pub mod harness;
 pub mod malformed;
 pub mod state;
+pub mod variables;
+mod variables_api;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -99,6 +101,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/oauth/token", post(gitlab_api::oauth_token))
         .route("/oauth/token/info", get(gitlab_api::oauth_token_info))
         .route("/oauth/revoke", post(gitlab_api::oauth_revoke))
+        .route("/api/v4/{kind}/{id}/variables", get(variables_api::list).post(variables_api::create))
+        .route(
+            "/api/v4/{kind}/{id}/variables/{key}",
+            get(variables_api::get).put(variables_api::update).delete(variables_api::delete),
+        )
         .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
         .merge(admin::router())
         .with_state(shared)

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::Serialize;
 
+use super::variables::{Namespace, Variables};
+
 /// Longest lifetime GitLab accepts for an access token.
 pub const MAX_LIFETIME_DAYS: u64 = 365;
 /// Expiry GitLab gives a rotated token when the request names none.
@@ -190,6 +192,23 @@ pub struct GitlabState {
     pub renewals: Vec<Renewal>,
     /// Every `User-Agent` seen on GitLab's endpoints.
     pub user_agents: std::collections::BTreeSet<String>,
+    /// The projects' and groups' CI/CD variables.
+    pub variables: Variables,
+    /// The simulated user's access level in each project and group (the user behind personal
+    /// access tokens and OAuth grants); a namespace not listed is one the user cannot see.
+    pub memberships: HashMap<Namespace, u8>,
+    /// Share (0 to 1) of CI/CD variable requests answered with a 5xx without acting.
+    pub variables_error_rate: f64,
+}
+
+/// Who presents a credential, as far as GitLab's permission checks go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presenter {
+    /// The bot's project or group for a project or group access token; `Personal` for the
+    /// simulated user (a personal access token or an OAuth grant).
+    pub owner: TokenOwner,
+    /// The credential's scopes.
+    pub scopes: Vec<String>,
 }
 
 /// A fresh random token text with `prefix`.
@@ -508,6 +527,32 @@ impl GitlabState {
     /// Whether an OAuth access token works at `now`.
     pub fn oauth_access_is_active(&self, access_token: &str, now: DateTime<Utc>) -> bool {
         self.oauth_access.get(access_token).is_some_and(|access| !access.revoked && access.expires_at > now)
+    }
+
+    /// Who presents `secret` (an access token or an OAuth access token), if GitLab accepts it now.
+    pub fn presenter(&self, secret: &str, now: DateTime<Utc>) -> Option<Presenter> {
+        if let Some(token) = self.access_tokens.get(secret).filter(|token| token.is_active(now)) {
+            return Some(Presenter { owner: token.owner.clone(), scopes: token.scopes.clone() });
+        }
+        self.oauth_access_is_active(secret, now).then(|| Presenter {
+            owner: TokenOwner::Personal,
+            scopes: self.oauth_scope.as_deref().unwrap_or("api").split(' ').map(str::to_owned).collect(),
+        })
+    }
+
+    /// The access level `presenter` has in `namespace`: a project or group access token's bot
+    /// is a Maintainer of its own project or group only; the user has [`Self::memberships`].
+    pub fn access_level(&self, presenter: &Presenter, namespace: &Namespace) -> Option<u8> {
+        match (&presenter.owner, namespace) {
+            (TokenOwner::Personal, _) => self.memberships.get(namespace).copied(),
+            (TokenOwner::Project(have), Namespace::Project(asked))
+            | (TokenOwner::Group(have), Namespace::Group(asked))
+                if same_resource(have, asked) =>
+            {
+                Some(super::variables::MAINTAINER)
+            }
+            _ => None,
+        }
     }
 }
 

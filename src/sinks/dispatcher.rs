@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::file::{self, Contents, FileSettings};
+use super::gitlab_variable::{self, Target, VariableSettings};
 use crate::crypto::Cipher;
 use crate::engine::backoff::Backoff;
 use crate::store::sinks::{self, ATTENTION_AFTER_ATTEMPTS, ClaimedSink, SinkRow};
@@ -35,16 +36,22 @@ const LEASE_MARGIN: TimeDelta = TimeDelta::seconds(10);
 /// Waits between failed attempts.
 const BACKOFF: Backoff = Backoff { base: Duration::from_secs(2), max: Duration::from_secs(600) };
 
+/// How long a claim of a CI/CD variable sink lasts: its three requests (read, then update or
+/// create) at their longest.
+const VARIABLE_LEASE: TimeDelta = TimeDelta::seconds(120);
+
 /// Delivers sinks until told to stop.
 pub struct SinkDispatcher {
     store: Store,
     cipher: Arc<Cipher>,
+    http: reqwest::Client,
 }
 
 impl SinkDispatcher {
-    /// A dispatcher over `store`, opening secrets with `cipher`.
-    pub fn new(store: Store, cipher: Arc<Cipher>) -> Self {
-        Self { store, cipher }
+    /// A dispatcher over `store`, opening secrets with `cipher` and writing to providers with
+    /// `http`.
+    pub fn new(store: Store, cipher: Arc<Cipher>, http: reqwest::Client) -> Self {
+        Self { store, cipher, http }
     }
 
     /// Runs passes until `shutdown` turns true; a delivery in flight finishes first.
@@ -83,8 +90,8 @@ impl SinkDispatcher {
         let claimed = self.store.run(move |conn| sinks::claim_due(conn, &cipher, MAX_IN_FLIGHT, lease, now)).await?;
         let mut deliveries = JoinSet::new();
         for sink in claimed {
-            let store = self.store.clone();
-            deliveries.spawn(async move { deliver_and_record(&store, sink).await });
+            let via = Via { store: self.store.clone(), cipher: self.cipher.clone(), http: self.http.clone() };
+            deliveries.spawn(async move { deliver_and_record(&via, sink).await });
         }
         while let Some(done) = deliveries.join_next().await {
             if let Ok(Err(err)) = done {
@@ -95,17 +102,29 @@ impl SinkDispatcher {
     }
 }
 
-/// How long a claim of `sink` keeps other dispatchers away: its program's timeout and a margin,
-/// so a dispatcher killed mid-delivery holds it up only that long.
+/// How long a claim of `sink` keeps other dispatchers away: its program's timeout (a file) or
+/// its requests (a CI/CD variable) and a margin, so a dispatcher killed mid-delivery holds it
+/// up only that long.
 fn lease(sink: &SinkRow) -> TimeDelta {
+    if sink.kind == super::GITLAB_CI_VARIABLE {
+        return VARIABLE_LEASE + LEASE_MARGIN;
+    }
     let timeout = serde_json::from_str::<FileSettings>(&sink.settings).map_or(60, |file| file.exec_timeout_secs);
     TimeDelta::seconds(i64::try_from(timeout).unwrap_or(3600)) + LEASE_MARGIN
 }
 
+/// What a delivery needs besides the claimed sink.
+struct Via {
+    store: Store,
+    cipher: Arc<Cipher>,
+    http: reqwest::Client,
+}
+
 /// Delivers one claimed sink and records the outcome.
-async fn deliver_and_record(store: &Store, sink: ClaimedSink) -> Result<(), StoreError> {
+async fn deliver_and_record(via: &Via, sink: ClaimedSink) -> Result<(), StoreError> {
+    let store = &via.store;
     let kind = sink.row.kind.clone();
-    let outcome = deliver(&sink).await;
+    let outcome = deliver(via, &sink).await;
     let now = Utc::now();
     match outcome {
         Ok(()) => {
@@ -130,7 +149,7 @@ async fn deliver_and_record(store: &Store, sink: ClaimedSink) -> Result<(), Stor
 }
 
 /// Puts the claimed version where the sink says.
-async fn deliver(sink: &ClaimedSink) -> Result<(), String> {
+async fn deliver(via: &Via, sink: &ClaimedSink) -> Result<(), String> {
     match sink.row.kind.as_str() {
         super::FILE => {
             let settings: FileSettings =
@@ -144,6 +163,18 @@ async fn deliver(sink: &ClaimedSink) -> Result<(), String> {
             .await
             .map_err(|err| format!("the file writer failed: {err}"))??;
             file::run_exec(&settings).await
+        }
+        super::GITLAB_CI_VARIABLE => {
+            let settings: VariableSettings =
+                serde_json::from_str(&sink.row.settings).map_err(|err| format!("unreadable sink settings: {err}"))?;
+            let (cipher, manager, provider) = (via.cipher.clone(), settings.manager.clone(), settings.provider.clone());
+            let credential = via
+                .store
+                .run(move |conn| sinks::managing_credential(conn, &cipher, &manager, &provider))
+                .await
+                .map_err(|err| format!("no managing credential: {err}"))?;
+            let target = Target { base_url: &credential.base_url, credential: &credential.secret, settings: &settings };
+            gitlab_variable::write(&via.http, &target, &sink.secret).await
         }
         other => Err(format!("sink kind {other} is not delivered by this version of tokenwarden")),
     }

@@ -349,3 +349,46 @@ pub fn version_lags(conn: &mut DbConnection) -> Result<Vec<(String, i64)>, Store
         .load(conn)?;
     Ok(rows.into_iter().map(|(name, current, held)| (name, (current - held.unwrap_or(0)).max(0))).collect())
 }
+
+/// A managing credential for a sink that writes at a provider: the provider's base URL and
+/// the manager token's current secret.
+pub struct ManagingCredential {
+    /// The provider's base URL.
+    pub base_url: String,
+    /// The manager's current secret.
+    pub secret: SecretString,
+}
+
+/// The current secret of token `manager` and the URL of `provider`, which the manager must
+/// belong to. A manager that needs attention or has expired is refused with why (its secret
+/// would only be refused by the provider).
+pub fn managing_credential(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    manager: &str,
+    provider: &str,
+) -> Result<ManagingCredential, StoreError> {
+    let name: TokenName = manager
+        .parse()
+        .map_err(|err| StoreError::Corrupt(format!("the sink's manager '{manager}' is not a token name: {err}")))?;
+    let (token, secret) = super::tokens::read_current(conn, cipher, &name)?;
+    if token.provider.as_str() != provider {
+        return Err(StoreError::InvalidInput(format!(
+            "manager token '{manager}' belongs to provider '{}', not '{provider}'",
+            token.provider
+        )));
+    }
+    if matches!(token.state, crate::domain::TokenState::NeedsAttention | crate::domain::TokenState::Expired) {
+        return Err(StoreError::InvalidInput(format!(
+            "manager token '{manager}' is {} ({}); it must be repaired before it can write here",
+            token.state,
+            token.last_error.as_deref().unwrap_or("no error recorded")
+        )));
+    }
+    let secret = secret.ok_or_else(|| {
+        StoreError::InvalidInput(format!("manager token '{manager}' has no current secret yet (not refreshed yet)"))
+    })?;
+    let row = super::providers::find_row(conn, &token.provider)?;
+    let base_url = row.url.ok_or_else(|| StoreError::InvalidInput(format!("provider '{provider}' has no URL")))?;
+    Ok(ManagingCredential { base_url, secret })
+}
