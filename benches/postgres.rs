@@ -34,8 +34,12 @@ use tokenwarden::store::rotation::{self, ClaimMode, ProviderRoom, Success};
 use tokenwarden::store::tokens::{SecretField, secret_context};
 use tokenwarden::store::{DbConnection, Store, StoreError, connect, meta};
 
+#[path = "common/pg_schema.rs"]
+mod pg_schema;
 #[path = "common/smoke.rs"]
 mod smoke;
+
+use pg_schema::BenchSchema;
 
 type BenchResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
 /// One line of the summary: figure, measured value, target, and whether it was met (`None`
@@ -301,37 +305,6 @@ fn run(admin_url: &str) -> BenchResult {
 // ---------------------------------------------------------------------------------------------
 // The schema and its 1,000,000 tokens.
 // ---------------------------------------------------------------------------------------------
-
-/// A fresh schema on the server, dropped (with everything in it) when this goes.
-struct BenchSchema {
-    admin: String,
-    name: String,
-    /// A URL whose connections see only this schema.
-    url: String,
-}
-
-impl BenchSchema {
-    fn create(admin: &str) -> BenchResult<Self> {
-        let name = format!("tw_bench_{}", uuid::Uuid::now_v7().simple());
-        PgConnection::establish(admin)?.batch_execute(&format!("CREATE SCHEMA {name}"))?;
-        let separator = if admin.contains('?') { '&' } else { '?' };
-        let url = format!("{admin}{separator}options=-c%20search_path%3D{name}");
-        Ok(Self { admin: admin.to_owned(), name, url })
-    }
-}
-
-impl Drop for BenchSchema {
-    fn drop(&mut self) {
-        match PgConnection::establish(&self.admin) {
-            Ok(mut conn) => {
-                if let Err(err) = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)) {
-                    eprintln!("could not drop schema {}: {err}", self.name);
-                }
-            }
-            Err(err) => eprintln!("could not drop schema {}: {err}", self.name),
-        }
-    }
-}
 
 /// The default policy for GitLab personal access tokens (what `serve` plans with).
 fn gitlab_policy() -> Policy {

@@ -153,7 +153,9 @@ impl Keys {
     fn sealed_values(&mut self) -> Vec<SealedValue> {
         let mut values = Vec::new();
         for (table, column) in SEALED_COLUMNS {
-            let sql = format!("SELECT id, {column} AS value FROM {table} WHERE {column} IS NOT NULL");
+            // The answer journal is keyed by its token (one row per token at most).
+            let id = if *table == "answer_journal" { "token_id" } else { "id" };
+            let sql = format!("SELECT {id} AS id, {column} AS value FROM {table} WHERE {column} IS NOT NULL");
             for row in diesel::sql_query(&sql).load::<RawSealed>(&mut self.conn).expect(&sql) {
                 values.push(SealedValue { table, column, row: row.id, sealed: row.value });
             }
@@ -259,7 +261,8 @@ fn rotate_under_running_daemons(url: DatabaseUrl, url_text: String, replicas: us
     }
     let new_cipher = keys.cipher(&new);
     let values = keys.sealed_values();
-    for (table, column) in SEALED_COLUMNS {
+    // The answer journal holds rows only for the moment between an answer and its commit.
+    for (table, column) in SEALED_COLUMNS.iter().filter(|(table, _)| *table != "answer_journal") {
         assert!(values.iter().any(|v| v.table == *table && v.column == *column), "no value in {table}.{column}");
     }
     for value in &values {

@@ -31,6 +31,8 @@ struct Fixture {
     url: DatabaseUrl,
     conn: DbConnection,
     cipher: Cipher,
+    /// The master key `cipher` seals with.
+    master: MasterKey,
 }
 
 fn sqlite_fixture() -> Fixture {
@@ -38,7 +40,8 @@ fn sqlite_fixture() -> Fixture {
     let url = DatabaseUrl::Sqlite(dir.path().join("store.db"));
     Store::open(&url).unwrap();
     let conn = connect(&url).unwrap();
-    Fixture { _place: Place::SqliteDir(dir), url, conn, cipher: Cipher::new(&MasterKey::generate()) }
+    let master = MasterKey::generate();
+    Fixture { _place: Place::SqliteDir(dir), url, conn, cipher: Cipher::new(&master), master }
 }
 
 /// A migrated schema of its own on the test PostgreSQL server, or `None` when the PostgreSQL
@@ -48,7 +51,8 @@ fn postgres_fixture() -> Option<Fixture> {
     let url = schema.url.clone();
     Store::open(&url).unwrap();
     let conn = connect(&url).unwrap();
-    Some(Fixture { _place: Place::PostgresSchema(schema), url, conn, cipher: Cipher::new(&MasterKey::generate()) })
+    let master = MasterKey::generate();
+    Some(Fixture { _place: Place::PostgresSchema(schema), url, conn, cipher: Cipher::new(&master), master })
 }
 
 fn gitlab_provider(conn: &mut DbConnection, cipher: &Cipher, name: &str) {
@@ -722,6 +726,71 @@ both_backends! {
         assert_eq!(names, ["t3", "t4"], "leased tokens are not claimed again");
     }
 
+    fn an_answer_journaled_by_a_process_that_died_is_committed_when_its_lease_runs_out(f) {
+        due_tokens(&mut f, 2);
+        let rooms = room(&mut f.conn, 2);
+        let start = Utc::now();
+        let claims = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
+        let answers: Vec<rotation::Answer> =
+            claims.claimed.iter().map(|claim| journaled_answer(&f.cipher, claim, start)).collect();
+        rotation::journal_answers(&mut f.conn, &answers, start).unwrap();
+        assert_eq!(journal_rows(&mut f.conn), 2);
+        // The process dies here, before the full commit. While the lease lasts nothing changes.
+        let early = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), start).unwrap();
+        assert!(early.claimed.is_empty());
+        assert_eq!(tokens::find(&mut f.conn, &TokenName::new("t0").unwrap()).unwrap().state, TokenState::Rotating);
+
+        let later = start + TimeDelta::seconds(6);
+        let recovered = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), later).unwrap();
+        assert!(recovered.claimed.is_empty(), "committed from the journal, not claimed for a probe or a retry");
+        for name in ["t0", "t1"] {
+            let name = TokenName::new(name).unwrap();
+            let (token, secret) = tokens::read_current(&mut f.conn, &f.cipher, &name).unwrap();
+            assert_eq!((token.state, token.version), (TokenState::Active, 2), "{name}");
+            assert_eq!(secret.unwrap().expose_secret(), format!("glpat-new-{name}"));
+            assert!(token.next_rotation_at.unwrap() > later);
+        }
+        assert_eq!(journal_rows(&mut f.conn), 0, "the journal is emptied by the commit");
+    }
+
+    fn key_rotation_reseals_journaled_answers_so_they_are_committed_under_the_new_key(f) {
+        due_tokens(&mut f, 1);
+        let rooms = room(&mut f.conn, 1);
+        let start = Utc::now();
+        let claims = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
+        let answer = journaled_answer(&f.cipher, &claims.claimed[0], start);
+        rotation::journal_answers(&mut f.conn, &[answer], start).unwrap();
+        let new = MasterKey::generate();
+        let keyring = Cipher::new(&new).with_retired(std::slice::from_ref(&f.master));
+        let (_, status) = tokenwarden::store::rekey::reseal_all(&mut f.conn, &keyring).unwrap();
+        assert_eq!(status.left_under_other_keys(keyring.key_id()), 0, "{status:?}");
+        let recovered = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), start + TimeDelta::seconds(6));
+        assert!(recovered.unwrap().claimed.is_empty());
+        let new_key_alone = Cipher::new(&new);
+        let name = TokenName::new("t0").unwrap();
+        let (token, secret) = tokens::read_current(&mut f.conn, &new_key_alone, &name).unwrap();
+        assert_eq!((token.version, secret.unwrap().expose_secret()), (2, "glpat-new-t0"));
+    }
+
+    fn a_journaled_answer_of_an_attempt_that_lost_its_lease_is_discarded(f) {
+        due_tokens(&mut f, 1);
+        let rooms = room(&mut f.conn, 1);
+        let start = Utc::now();
+        let first = rotation::claim_due(&mut f.conn, &rooms, "slow", TimeDelta::seconds(5), start).unwrap();
+        let stale = journaled_answer(&f.cipher, &first.claimed[0], start);
+        // The lease ran out and another worker took the token (its own attempt, no journal yet).
+        let later = start + TimeDelta::seconds(6);
+        let second = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), later).unwrap();
+        assert_eq!(second.claimed.len(), 1);
+        // The slow worker's answer arrives now: journaled, then refused by the fence.
+        rotation::journal_answers(&mut f.conn, std::slice::from_ref(&stale), later).unwrap();
+        let results = rotation::commit_successes(&mut f.conn, &[stale]).unwrap();
+        assert!(matches!(results[0], Err(StoreError::LeaseLost { .. })), "{results:?}");
+        assert_eq!(journal_rows(&mut f.conn), 0, "a refused answer leaves no journal row behind");
+        let token = tokens::find(&mut f.conn, &TokenName::new("t0").unwrap()).unwrap();
+        assert_eq!((token.state, token.version, token.lease_owner.as_deref()), (TokenState::Rotating, 1, Some("next")));
+    }
+
     fn gauges_count_every_state_and_export_a_bounded_set_of_expiries_most_urgent_first(f) {
         gitlab_provider(&mut f.conn, &f.cipher, "gitlab");
         for (name, days) in [("a", 10), ("b", 20), ("c", 30), ("d", 40)] {
@@ -748,6 +817,28 @@ fn due_tokens(f: &mut Fixture, count: usize) {
         token.next_rotation_at = Some(Utc::now() - TimeDelta::seconds(seconds_ago));
         tokens::insert(&mut f.conn, &f.cipher, &token, "test", Utc::now()).unwrap();
     }
+}
+
+/// A provider answer for `claim` whose new secret is `glpat-new-NAME`.
+fn journaled_answer(cipher: &Cipher, claim: &rotation::Claim, now: chrono::DateTime<Utc>) -> rotation::Answer {
+    let lease = claim.lease();
+    let secret = SecretString::from(format!("glpat-new-{}", lease.token_name));
+    let sealed = cipher.try_seal(tokens::secret_context(&lease.token_id, SecretField::Secret), &secret).unwrap();
+    let success = rotation::Success {
+        secret: sealed,
+        refresh_token: None,
+        expires_at: Some(now + TimeDelta::days(60)),
+        issued_at: now,
+        external_id: Some("5678".into()),
+        next_rotation_at: Some(now + TimeDelta::days(30)),
+        refresh_token_rotates: None,
+        scope: None,
+    };
+    rotation::Answer { lease, success, actor: "scheduler".into(), now }
+}
+
+fn journal_rows(conn: &mut DbConnection) -> i64 {
+    schema::answer_journal::table.count().get_result(conn).unwrap()
 }
 
 fn room(conn: &mut DbConnection, room: usize) -> Vec<rotation::ProviderRoom> {

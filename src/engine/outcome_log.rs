@@ -61,6 +61,7 @@ mod tests {
             planned_at,
             started_at,
             commit_gap: Some(Duration::from_micros(250)),
+            durable_at: None,
             retry_after: None,
         }
     }

@@ -15,11 +15,16 @@
 //! 1. **Claim**: one short transaction sets `state=rotating`, the lease owner, the lease
 //!    expiry and a fresh attempt id, and commits *before* the provider is called.
 //! 2. **Call** the provider outside any transaction, with a timeout.
-//! 3. **Commit**: one transaction stores the sealed new secret, bumps the version, writes the
-//!    history row, the webhook deliveries and the audit row, plans the next rotation and
-//!    releases the lease — only if the attempt id still matches (fencing). Nothing slow runs
-//!    between the provider's answer and this commit: GitLab has already invalidated the old
-//!    secret, so this gap is where credentials die. [`RotationReport::commit_gap`] measures it.
+//! 3. **Commit**: the answer (the sealed new secret and what committing it needs) is first
+//!    written to the answer journal, in one short transaction shared with the answers that
+//!    arrived at the same moment; then one transaction stores the sealed new secret, bumps the
+//!    version, writes the history row, the webhook and sink deliveries and the audit row, plans
+//!    the next rotation, releases the lease and deletes the journal row — only if the attempt
+//!    id still matches (fencing). Nothing slow runs between the provider's answer and its
+//!    journal commit: GitLab has already invalidated the old secret, so this gap is where
+//!    credentials die. [`RotationReport::commit_gap`] measures it. A process killed after the
+//!    journal commit loses nothing: the next claim of the expired lease commits the journaled
+//!    answer.
 //!
 //! When the outcome is **unknown** (timeout after sending, connection cut mid-answer, an
 //! unreadable success body, a result we could not commit, or a lease found expired):
@@ -122,9 +127,11 @@ pub struct RotationReport {
     pub planned_at: Option<DateTime<Utc>>,
     /// When the claim was taken.
     pub started_at: DateTime<Utc>,
-    /// From the provider's answer to the committed result (the window in which a crash
-    /// loses a credential).
+    /// From the provider's answer until it was durable (journaled): the window in which a
+    /// crash loses a credential.
     pub commit_gap: Option<Duration>,
+    /// When the answer became durable (the end of [`Self::commit_gap`]).
+    pub durable_at: Option<Instant>,
     /// A `Retry-After` the provider asked for.
     pub retry_after: Option<Duration>,
 }
@@ -205,6 +212,7 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
         planned_at: claim.planned_at,
         started_at,
         commit_gap: None,
+        durable_at: None,
         retry_after: None,
     };
     let policy = Policy::resolve(claim.token.kind, &claim.token.policy_overrides, &context.policy);
@@ -212,8 +220,9 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
     let answered = Instant::now();
     report.outcome = match attempt {
         Attempt::Renewed(renewed) => {
-            let outcome = commit_renewed(context, &claim, &policy, renewed, actor).await;
-            report.commit_gap = Some(answered.elapsed());
+            let (outcome, durable_at) = commit_renewed(context, &claim, &policy, renewed, actor).await;
+            report.commit_gap = durable_at.map(|at| at.saturating_duration_since(answered));
+            report.durable_at = durable_at;
             outcome
         }
         Attempt::Failed(failure, retry_after) => {
@@ -474,16 +483,17 @@ pub(super) fn open_credential(context: &EngineContext, claim: &Claim, policy: &P
     })
 }
 
-/// Seals and commits a renewed secret — the very next thing after the provider's answer.
-/// Retries the commit while the store fails; a result that cannot be stored at all is left
-/// to the recovery rules (the lease runs out, the next claim treats it as unknown).
+/// Seals and commits a renewed secret — the very next thing after the provider's answer; also
+/// returns when the answer became durable (journaled). Retries the commit while the store
+/// fails; a result that cannot be stored at all is left to the recovery rules (the lease runs
+/// out, the next claim commits the journaled answer or treats the outcome as unknown).
 async fn commit_renewed(
     context: &EngineContext,
     claim: &Claim,
     policy: &Policy,
     renewed: Renewed,
     actor: &str,
-) -> RotationOutcome {
+) -> (RotationOutcome, Option<Instant>) {
     let assumed_lifetime = renewed.assumed_lifetime;
     let seal = |field, secret: &SecretString| context.cipher.try_seal(secret_context(&claim.token.id, field), secret);
     let next_rotation_at = renewed
@@ -494,7 +504,7 @@ async fn commit_renewed(
     });
     let (secret, refresh_token) = match sealed {
         Ok(sealed) => sealed,
-        Err(err) => return RotationOutcome::StoreFailed { error: err.to_string() },
+        Err(err) => return (RotationOutcome::StoreFailed { error: err.to_string() }, None),
     };
     let success = Success {
         secret,
@@ -511,16 +521,16 @@ async fn commit_renewed(
     let answer = |now| Answer { lease: lease.clone(), success: success.clone(), actor: actor.to_owned(), now };
     let committed = commit_with_retries(context, |now| context.store.commit_answer(answer(now)));
     match committed.await {
-        Ok(version) => {
+        Ok(stored) => {
             // Logged after the commit: nothing but the store's write sits between the
             // provider's answer and the commit (a crash there loses the credential).
             if assumed_lifetime {
                 warn_assumed_lifetime(context, claim);
             }
-            RotationOutcome::Rotated { version, expires_at }
+            (RotationOutcome::Rotated { version: stored.version, expires_at }, Some(stored.durable_at))
         }
-        Err(StoreError::LeaseLost { .. }) => RotationOutcome::LeaseLost,
-        Err(err) => RotationOutcome::StoreFailed { error: err.to_string() },
+        Err(StoreError::LeaseLost { .. }) => (RotationOutcome::LeaseLost, None),
+        Err(err) => (RotationOutcome::StoreFailed { error: err.to_string() }, None),
     }
 }
 

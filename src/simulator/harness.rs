@@ -77,9 +77,18 @@ impl EngineHarness {
     /// A store in `dir`, a simulator on loopback and a GitLab provider (with an OAuth
     /// application) pointing at it, all reading time from `clock`.
     pub async fn start(dir: &Path, clock: SharedClock, settings: EngineSettings) -> Result<Self, HarnessError> {
-        let sim = Simulator::start(clock.clone()).await?;
         let url = DatabaseUrl::parse(&format!("sqlite://{}", dir.join("tokenwarden.db").display()))
             .map_err(|err| HarnessError::Engine(err.to_string()))?;
+        Self::start_on(url, clock, settings).await
+    }
+
+    /// As [`Self::start`], on the store at `url` (migrated here; it should hold nothing yet).
+    pub async fn start_on(
+        url: DatabaseUrl,
+        clock: SharedClock,
+        settings: EngineSettings,
+    ) -> Result<Self, HarnessError> {
+        let sim = Simulator::start(clock.clone()).await?;
         let store = tokio::task::spawn_blocking(move || Store::open(&url))
             .await
             .map_err(|err| HarnessError::Engine(err.to_string()))??;

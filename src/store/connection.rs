@@ -156,7 +156,8 @@ fn conflict_pause(retry: u32) -> Duration {
 }
 
 /// Opens a SQLite database file and applies tokenwarden's connection settings:
-/// busy timeout first, then WAL, `synchronous=NORMAL` and foreign keys.
+/// busy timeout first, then WAL, `synchronous=NORMAL`, foreign keys, and checkpoints at commit
+/// only past a safety net (a store checkpoints in the background, see `store::wal_checkpoint`).
 pub fn open_sqlite(path: &Path) -> diesel::ConnectionResult<SqliteConnection> {
     let path_text = path
         .to_str()
@@ -168,7 +169,9 @@ pub fn open_sqlite(path: &Path) -> diesel::ConnectionResult<SqliteConnection> {
         "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
-         PRAGMA foreign_keys = ON;"
+         PRAGMA foreign_keys = ON;
+         PRAGMA wal_autocheckpoint = {};",
+        super::wal_checkpoint::SAFETY_NET_PAGES
     ))
     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)

@@ -5,6 +5,8 @@
 //! one of the submodules. Writes go through [`DbConnection::write_transaction`].
 
 mod answer_batch;
+pub use answer_batch::StoredAnswer;
+mod answer_journal;
 pub mod audit;
 mod audit_batch;
 pub mod backup;
@@ -29,6 +31,7 @@ pub mod schema;
 pub mod sinks;
 pub mod store_lock;
 pub mod tokens;
+mod wal_checkpoint;
 pub mod write_health;
 mod writer_gate;
 
@@ -57,6 +60,8 @@ pub struct Store {
     writes: write_health::WriteHealth,
     /// Held while any clone of this store lives (SQLite): `restore` refuses to replace it.
     _lock: Option<std::sync::Arc<store_lock::StoreLock>>,
+    /// Checkpoints the WAL in the background while any clone lives (SQLite).
+    _checkpoint: Option<std::sync::Arc<wal_checkpoint::PeriodicCheckpoint>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,9 +144,18 @@ impl Store {
             pool,
             url: url.clone(),
             audit: audit_batch::AuditBatcher::default(),
-            answers: answer_batch::AnswerBatcher::default(),
+            answers: answer_batch::AnswerBatcher::new(match url {
+                DatabaseUrl::Sqlite(_) => answer_batch::SQLITE_STORE_CHUNK,
+                DatabaseUrl::Postgres(_) => answer_batch::POSTGRES_STORE_CHUNK,
+            }),
             writes: write_health::WriteHealth::default(),
             _lock: lock.map(std::sync::Arc::new),
+            _checkpoint: match url {
+                DatabaseUrl::Sqlite(path) => {
+                    Some(std::sync::Arc::new(wal_checkpoint::PeriodicCheckpoint::start(path.clone())))
+                }
+                DatabaseUrl::Postgres(_) => None,
+            },
         }
     }
 
@@ -182,9 +196,10 @@ impl Store {
     }
 
     /// Stores a provider's answer through a group commit shared with the answers arriving at
-    /// the same time (see [`answer_batch`]); returns the new version once it is committed, or
+    /// the same time (see [`answer_batch`]): journaled first, then committed; returns the new
+    /// version and when the answer became durable once it is committed, or
     /// [`StoreError::LeaseLost`] if another attempt took the token over.
-    pub async fn commit_answer(&self, answer: rotation::Answer) -> Result<i64, StoreError> {
+    pub async fn commit_answer(&self, answer: rotation::Answer) -> Result<StoredAnswer, StoreError> {
         let result = self.answers.commit(&self.pool, answer).await;
         self.writes.observe(&result);
         result

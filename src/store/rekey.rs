@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 
-use super::schema::{clients, providers, tokens};
+use super::schema::{answer_journal, clients, providers, tokens};
 use super::{DbConnection, StoreError};
 use crate::crypto::{Cipher, KeyId, SealContext};
 
@@ -54,6 +54,8 @@ impl KeyStatus {
 pub const SEALED_COLUMNS: &[(&str, &str)] = &[
     ("tokens", "secret"),
     ("tokens", "refresh_token"),
+    ("answer_journal", "secret"),
+    ("answer_journal", "refresh_token"),
     ("providers", "client_secret"),
     ("clients", "webhook_secret"),
     ("clients", "previous_webhook_secret"),
@@ -64,6 +66,15 @@ macro_rules! for_each_sealed_column {
     ($visit:ident) => {
         $visit!(tokens::table, tokens::id, tokens::secret, "tokens", "secret");
         $visit!(tokens::table, tokens::id, tokens::refresh_token, "tokens", "refresh_token");
+        // Answers journaled but not committed yet, sealed for their token's row.
+        $visit!(answer_journal::table, answer_journal::token_id, answer_journal::secret, "tokens", "secret");
+        $visit!(
+            answer_journal::table,
+            answer_journal::token_id,
+            answer_journal::refresh_token,
+            "tokens",
+            "refresh_token"
+        );
         $visit!(providers::table, providers::id, providers::client_secret, "providers", "client_secret");
         $visit!(clients::table, clients::id, clients::webhook_secret, "clients", "webhook_secret");
         // The secret before `client rotate-webhook-secret`, sealed where it was sealed.

@@ -60,7 +60,7 @@ pub struct Claim {
 }
 
 /// The part of a claim a fenced write needs (cheap to clone into a blocking task).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     /// The token's row id.
     pub token_id: String,
@@ -126,12 +126,15 @@ pub enum ClaimResult {
     GrantLost,
 }
 
-/// A successful renewal, secrets already sealed for this row.
-#[derive(Debug, Clone)]
+/// A successful renewal, secrets already sealed for this row. (Serialized without the sealed
+/// values, which the answer journal keeps in columns of their own.)
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Success {
     /// The sealed new secret.
+    #[serde(skip)]
     pub secret: Vec<u8>,
     /// The sealed new refresh token; `None` keeps the stored one.
+    #[serde(skip)]
     pub refresh_token: Option<Vec<u8>>,
     /// The new secret's expiry.
     pub expires_at: Option<DateTime<Utc>>,
@@ -247,6 +250,12 @@ fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime
     Ok(Decision::Take(recovery))
 }
 
+/// Whether `row` is held by a lease that ran out (its worker died or gave up): the moment its
+/// journaled answer, if any, is committed by the next claim.
+fn lease_ran_out(row: &TokenRow, now: DateTime<Utc>) -> bool {
+    row.state == TokenState::Rotating.as_str() && row.lease_expires_at.map(utc).is_none_or(|until| until <= now)
+}
+
 /// Writes the lease on a row [`decide`] allowed and builds the claim.
 pub(super) fn take_lease(
     conn: &mut DbConnection,
@@ -299,9 +308,16 @@ pub fn claim(
             .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
             .get_result(conn)
             .optional()?;
-        let Some(found) = found else {
+        let Some(mut found) = found else {
             return Err(StoreError::NotFound { what: "token", name: name.to_string() });
         };
+        if lease_ran_out(&found.0, now) && super::answer_journal::recover(conn, &found.0)? {
+            found = tokens::table
+                .inner_join(providers::table)
+                .filter(tokens::name.eq(name.as_str()))
+                .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
+                .get_result(conn)?;
+        }
         match decide(&found.0, &found.1, mode, now)? {
             Decision::Take(recovery) => {
                 Ok(ClaimResult::Claimed(Box::new(take_lease(conn, found, recovery, owner, lease, now)?)))
@@ -428,6 +444,9 @@ pub fn claim_due(
                 if taken == *room {
                     break;
                 }
+                if lease_ran_out(&row, now) && super::answer_journal::recover(conn, &row)? {
+                    continue;
+                }
                 match decide(&row, &provider, ClaimMode::Scheduled, now)? {
                     Decision::Take(recovery) => {
                         let found = (row, provider.clone(), secret, refresh_token);
@@ -535,7 +554,7 @@ pub fn mark_recovery(
 }
 
 /// A provider's answer waiting to be stored: what [`commit_successes`] commits for one token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Answer {
     /// The lease the attempt holds (the commit is fenced by its attempt id).
     pub lease: Lease,
@@ -568,13 +587,16 @@ pub fn commit_successes(
             for &index in &waiting {
                 let answer = &answers[index];
                 conn.batch_execute("SAVEPOINT answer")?;
-                match store_success(conn, &answer.lease, &answer.success, &answer.actor, answer.now) {
+                match store_answer(conn, answer) {
                     Ok(version) => {
                         conn.batch_execute("RELEASE SAVEPOINT answer")?;
                         stored.push((index, Ok(version)));
                     }
                     Err(err) => {
                         conn.batch_execute("ROLLBACK TO SAVEPOINT answer; RELEASE SAVEPOINT answer")?;
+                        if matches!(err, StoreError::LeaseLost { .. }) {
+                            super::answer_journal::forget_attempt(conn, &answer.lease)?;
+                        }
                         if super::connection::TransactionError::is_retryable_conflict(&err) && !last_round {
                             conflicted.push(index);
                         } else {
@@ -600,17 +622,21 @@ pub fn commit_successes(
         .collect())
 }
 
+/// Journals `answers` in one transaction (the first step of their commit; see
+/// `store::answer_journal`): once it returns they survive a killed process, and if that process
+/// never commits them the next claim of each token's expired lease does.
+pub fn journal_answers(conn: &mut DbConnection, answers: &[Answer], now: DateTime<Utc>) -> Result<(), StoreError> {
+    super::answer_journal::write(conn, answers, now)
+}
+
 /// How many transactions [`commit_successes`] gives an answer whose row keeps changing under it.
 pub const ANSWER_CONFLICT_ROUNDS: u32 = 4;
 
-/// The writes of one stored answer, inside the caller's transaction.
-fn store_success(
-    conn: &mut DbConnection,
-    lease: &Lease,
-    success: &Success,
-    actor: &str,
-    now: DateTime<Utc>,
-) -> Result<i64, StoreError> {
+/// The writes of one stored answer, inside the caller's transaction (its journal row is
+/// deleted with them); returns the new version.
+pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i64, StoreError> {
+    let Answer { lease, success, actor, now } = answer;
+    let (actor, now) = (actor.as_str(), *now);
     // Fenced by the attempt id and the version the claim saw: the new version is known without
     // reading it back (one statement fewer inside the commit gap).
     let fenced = tokens::table
@@ -644,6 +670,7 @@ fn store_success(
         ))
         .execute(conn)?;
     ensure_fenced(changed, lease)?;
+    super::answer_journal::forget(conn, &lease.token_id)?;
     let history = HistoryRow {
         id: new_id(),
         token_id: lease.token_id.clone(),

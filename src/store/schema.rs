@@ -191,6 +191,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Providers' answers written before they are committed to their tokens (see
+    /// `store::answer_journal`).
+    answer_journal (token_id) {
+        token_id -> Text,
+        attempt_id -> Text,
+        secret -> Nullable<Binary>,
+        refresh_token -> Nullable<Binary>,
+        answer -> Text,
+        journaled_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(tokens -> providers (provider_id));
 diesel::joinable!(token_history -> tokens (token_id));
 diesel::joinable!(client_grants -> clients (client_id));
@@ -199,6 +212,7 @@ diesel::joinable!(outbox -> clients (client_id));
 diesel::joinable!(webhook_attempts -> outbox (delivery_id));
 
 diesel::allow_tables_to_appear_in_same_query!(tokens, providers);
+diesel::allow_tables_to_appear_in_same_query!(answer_journal, tokens);
 diesel::allow_tables_to_appear_in_same_query!(client_grants, clients);
 // A secret read checks the reader's grant in the same statement (tokens::read_current_as).
 diesel::allow_tables_to_appear_in_same_query!(client_grants, tokens);
