@@ -27,7 +27,8 @@ pub const CONSUMER_VERSION_LAG: &str = "tokenwarden_consumer_version_lag";
 pub const ROTATIONS: &str = "tokenwarden_rotations_total";
 /// Actual start minus planned time of scheduled rotations (histogram).
 pub const ROTATION_LAG: &str = "tokenwarden_rotation_lag_seconds";
-/// From a provider's answer to its committed result (histogram): where a crash loses a grant.
+/// From a provider's answer until it is durable in the answer journal (histogram): where a crash
+/// loses a grant.
 pub const COMMIT_GAP: &str = "tokenwarden_rotation_commit_gap_seconds";
 /// Webhook delivery attempts (counter, label `outcome`: `delivered`, `failed`, `abandoned`).
 pub const WEBHOOK_DELIVERIES: &str = "tokenwarden_webhook_deliveries_total";
@@ -80,7 +81,7 @@ fn describe() {
     describe_gauge!(SINK_VERSION_LAG, "Versions each sink is behind its token's current one.");
     describe_counter!(ROTATIONS, "Rotation attempts by token kind and outcome.");
     describe_histogram!(ROTATION_LAG, "Seconds from a scheduled rotation's planned time to its start.");
-    describe_histogram!(COMMIT_GAP, "Seconds from a provider's answer to the committed result.");
+    describe_histogram!(COMMIT_GAP, "Seconds from a provider's answer until it is durable (journaled).");
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts by outcome.");
     describe_gauge!(
         SCHEDULER_LAST_TICK,
