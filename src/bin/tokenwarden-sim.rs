@@ -16,6 +16,8 @@ Seeding (JSON bodies, answers in JSON):
                              -> {\"id\",\"token\"}
   POST /-/sim/applications   {} -> {\"client_id\",\"client_secret\"} (an OAuth application)
   POST /-/sim/grants         {\"client_id\":\"...\"} -> {\"refresh_token\"} (a user's grant to that application)
+  POST /-/sim/redirect_uris  {\"client_id\":\"...\",\"redirect_uri\":\"...\"} (for the consent page, /oauth/authorize)
+  PUT  /-/sim/memberships    {\"project\":\"42\",\"access_level\":40} (the user's role: 40 Maintainer, 50 Owner)
   PUT  /-/sim/settings       {\"expires_in\":7200} (lifetime of OAuth access tokens issued from now on, seconds)
   GET  /-/sim/stats          counters: rotations, refreshes, reuse events
   PUT/POST /-/sim/faults     fault rates, or one scripted fault
@@ -25,9 +27,11 @@ It keeps everything in memory and forgets it on exit. See the README's \"Try it 
 
 /// tokenwarden-sim: a simulated GitLab for tests and demos (never a real GitLab).
 ///
-/// Serves the parts of GitLab's API that tokenwarden uses (access token look-up and rotation,
-/// OAuth refresh, token info) with GitLab's rules: a rotation revokes the old token at once, a
-/// rotated token presented again revokes its family, a refresh token works once. Seed it with
+/// Serves the parts of GitLab's API that tokenwarden uses (access token look-up, rotation and
+/// revocation, OAuth refresh, the consent page and the authorization-code grant with PKCE,
+/// token info, the current user, CI/CD variables, access and deploy token administration)
+/// with GitLab's rules: a rotation revokes the old token at once, a rotated token presented
+/// again revokes its family, a refresh token works once, roles and scopes are checked. Seed it with
 /// tokens, OAuth applications and grants through its control endpoints under /-/sim/.
 #[derive(Debug, Parser)]
 #[command(name = "tokenwarden-sim", version, after_long_help = SEEDING)]

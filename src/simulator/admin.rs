@@ -21,6 +21,8 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/-/sim/access_tokens", post(create_access_token))
         .route("/-/sim/applications", post(create_application))
         .route("/-/sim/grants", post(create_grant))
+        .route("/-/sim/redirect_uris", post(register_redirect_uri))
+        .route("/-/sim/memberships", put(set_membership))
         .route("/-/sim/stats", get(stats))
         .route("/-/sim/faults", put(set_rates).post(push_fault))
         .route("/-/sim/settings", put(settings))
@@ -74,6 +76,46 @@ async fn create_grant(
         Some(refresh_token) => Ok(Json(json!({"refresh_token": refresh_token}))),
         None => Err((StatusCode::NOT_FOUND, "unknown client_id".into())),
     }
+}
+
+/// `POST /-/sim/redirect_uris` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRedirectUri {
+    client_id: String,
+    redirect_uri: String,
+}
+
+async fn register_redirect_uri(State(shared): State<Arc<Shared>>, Json(body): Json<NewRedirectUri>) -> StatusCode {
+    if shared.with_state(|state| state.register_redirect_uri(&body.client_id, &body.redirect_uri)) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+/// `PUT /-/sim/memberships` body: the simulated user's role in one project or group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Membership {
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    access_level: u8,
+}
+
+async fn set_membership(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<Membership>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    let namespace = match (body.project, body.group) {
+        (Some(project), None) => super::variables::Namespace::Project(project),
+        (None, Some(group)) => super::variables::Namespace::Group(group),
+        _ => return Err((StatusCode::BAD_REQUEST, "name one project or one group".into())),
+    };
+    shared.with_state(|state| state.memberships.insert(namespace, body.access_level));
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {

@@ -1,5 +1,6 @@
 //! The simulated GitLab endpoints tokenwarden calls: token look-up, the three self-rotate
-//! endpoints, and the OAuth refresh grant — each with fault injection on its answer.
+//! endpoints, and the OAuth token endpoint (the refresh grant, and the authorization-code grant
+//! with PKCE after the consent page of `consent`) — each with fault injection on its answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +43,7 @@ pub(super) fn json_response(status: StatusCode, body: Value) -> Response {
 }
 
 /// GitLab's token JSON.
-fn token_json(token: &AccessToken, now: chrono::DateTime<chrono::Utc>) -> Value {
+pub(super) fn token_json(token: &AccessToken, now: chrono::DateTime<chrono::Utc>) -> Value {
     let mut body = json!({
         "id": token.id,
         "name": token.name,
@@ -55,7 +56,7 @@ fn token_json(token: &AccessToken, now: chrono::DateTime<chrono::Utc>) -> Value 
         "expires_at": token.expires_at.format("%Y-%m-%d").to_string(),
     });
     if token.owner != TokenOwner::Personal {
-        body["access_level"] = json!(40);
+        body["access_level"] = json!(token.access_level);
     }
     body
 }
@@ -323,7 +324,8 @@ pub async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
         return response;
     }
     let fields = form_fields(None, &body);
-    if field(&fields, "grant_type") != Some("refresh_token") {
+    let grant_type = field(&fields, "grant_type").unwrap_or_default().to_owned();
+    if grant_type != "refresh_token" && grant_type != "authorization_code" {
         let error = json!({"error": "unsupported_grant_type", "error_description": "The authorization grant type is not supported by the authorization server."});
         return json_response(StatusCode::BAD_REQUEST, error);
     }
@@ -331,18 +333,34 @@ pub async fn oauth_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
     let by_basic = headers.get(header::AUTHORIZATION).is_some_and(|value| value.as_bytes().starts_with(b"Basic "));
     let refresh_token = field(&fields, "refresh_token").unwrap_or_default().to_owned();
     let now = shared.now();
+    let (client_id, client_secret) = (client_id.unwrap_or_default(), client_secret.as_deref());
     let result = shared.with_state(|state| {
         if state.require_basic_auth && !by_basic {
             return Err(RefreshError::InvalidClient);
         }
-        let result =
-            state.refresh(client_id.as_deref().unwrap_or_default(), client_secret.as_deref(), &refresh_token, now);
+        let result = if grant_type == "authorization_code" {
+            let (code, redirect_uri) = (field(&fields, "code"), field(&fields, "redirect_uri"));
+            let verifier = field(&fields, "code_verifier");
+            let exchanged = state.exchange_code(
+                &client_id,
+                client_secret,
+                code.unwrap_or_default(),
+                redirect_uri.unwrap_or_default(),
+                verifier,
+                now,
+            );
+            exchanged.map(|(issued, scope)| (issued, Some(scope)))
+        } else {
+            state.refresh(&client_id, client_secret, &refresh_token, now).map(|refreshed| (refreshed, None))
+        };
         note_drop(state, fault, result.is_ok());
         result
     });
-    let (omit_expires_in, scope) = shared.with_state(|state| (state.omit_expires_in, state.oauth_scope.clone()));
+    let (omit_expires_in, configured_scope) =
+        shared.with_state(|state| (state.omit_expires_in, state.oauth_scope.clone()));
     let response = match result {
-        Ok(refreshed) => {
+        Ok((refreshed, granted_scope)) => {
+            let scope = granted_scope.or(configured_scope);
             let mut body = json!({
                 "access_token": refreshed.access_token,
                 "token_type": "Bearer",

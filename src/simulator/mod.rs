@@ -8,12 +8,16 @@
 //! Seeding and faults are also reachable over HTTP under `/-/sim/` ([`admin`]).
 
 pub mod admin;
+pub mod authorization;
+mod consent;
 mod discovery;
 pub mod faults;
 mod gitlab_api;
 pub mod harness;
 pub mod malformed;
 pub mod state;
+pub mod token_admin;
+mod token_admin_api;
 pub mod variables;
 mod variables_api;
 
@@ -22,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -98,10 +102,22 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/personal_access_tokens/self/rotate", post(gitlab_api::rotate_personal))
         .route("/api/v4/projects/{id}/access_tokens/self/rotate", post(gitlab_api::rotate_project))
         .route("/api/v4/groups/{id}/access_tokens/self/rotate", post(gitlab_api::rotate_group))
+        .route("/oauth/authorize", get(consent::show).post(consent::decide))
         .route("/oauth/token", post(gitlab_api::oauth_token))
+        .route("/api/v4/user", get(consent::current_user))
         .route("/oauth/token/info", get(gitlab_api::oauth_token_info))
         .route("/oauth/revoke", post(gitlab_api::oauth_revoke))
         .route("/api/v4/{kind}/{id}/variables", get(variables_api::list).post(variables_api::create))
+        .route(
+            "/api/v4/{kind}/{id}/access_tokens",
+            get(token_admin_api::list_access).post(token_admin_api::create_access),
+        )
+        .route("/api/v4/{kind}/{id}/access_tokens/{token_id}", delete(token_admin_api::revoke_access))
+        .route(
+            "/api/v4/{kind}/{id}/deploy_tokens",
+            get(token_admin_api::list_deploy).post(token_admin_api::create_deploy),
+        )
+        .route("/api/v4/{kind}/{id}/deploy_tokens/{token_id}", delete(token_admin_api::revoke_deploy))
         .route(
             "/api/v4/{kind}/{id}/variables/{key}",
             get(variables_api::get).put(variables_api::update).delete(variables_api::delete),

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::Serialize;
 
+use super::authorization::{AuthorizeError, AuthorizeRequest, CODE_LIFETIME, CodeRecord, SimUser};
 use super::variables::{Namespace, Variables};
 
 /// Longest lifetime GitLab accepts for an access token.
@@ -48,6 +49,9 @@ pub struct AccessToken {
     pub revoked: bool,
     /// Revoked because it was rotated: presenting it to a rotate endpoint is reuse.
     pub rotated: bool,
+    /// A project or group access token's role in its project or group (Maintainer unless
+    /// created with another).
+    pub access_level: u8,
 }
 
 impl AccessToken {
@@ -80,6 +84,8 @@ pub enum RotateError {
 struct Application {
     secret: String,
     order: u64,
+    /// The redirect URIs registered for the authorization-code grant.
+    redirect_uris: Vec<String>,
 }
 
 /// What a refresh token belongs to and whether it was used.
@@ -92,6 +98,8 @@ struct RefreshRecord {
     revoked: bool,
     /// The access token issued with it, invalidated when it is used.
     access_token: Option<String>,
+    /// The user who authorised the grant.
+    user: SimUser,
 }
 
 /// An OAuth access token issued by a refresh.
@@ -99,6 +107,8 @@ struct RefreshRecord {
 struct OauthAccess {
     expires_at: DateTime<Utc>,
     revoked: bool,
+    /// The grant's user.
+    user: SimUser,
 }
 
 /// Why a refresh was refused.
@@ -166,7 +176,8 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub struct GitlabState {
     next_id: u64,
-    access_tokens: HashMap<String, AccessToken>,
+    /// Every access token, by its secret.
+    pub(super) access_tokens: HashMap<String, AccessToken>,
     applications: HashMap<String, Application>,
     refresh_tokens: HashMap<String, RefreshRecord>,
     oauth_access: HashMap<String, OauthAccess>,
@@ -199,6 +210,12 @@ pub struct GitlabState {
     pub memberships: HashMap<Namespace, u8>,
     /// Share (0 to 1) of CI/CD variable requests answered with a 5xx without acting.
     pub variables_error_rate: f64,
+    /// Deploy tokens, live and revoked.
+    pub(super) deploy_tokens: Vec<super::token_admin::DeployToken>,
+    /// Authorization codes issued by the consent page, by code.
+    codes: HashMap<String, CodeRecord>,
+    /// The user signed in at the consent page (the one who authorises).
+    pub signed_in: SimUser,
 }
 
 /// Who presents a credential, as far as GitLab's permission checks go.
@@ -209,6 +226,8 @@ pub struct Presenter {
     pub owner: TokenOwner,
     /// The credential's scopes.
     pub scopes: Vec<String>,
+    /// A project or group access token's role in its own project or group.
+    pub access_level: u8,
 }
 
 /// A fresh random token text with `prefix`.
@@ -224,7 +243,7 @@ impl GitlabState {
         Self { expires_in: DEFAULT_EXPIRES_IN_SECONDS, ..Self::default() }
     }
 
-    fn next_id(&mut self) -> u64 {
+    pub(super) fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }
@@ -249,6 +268,7 @@ impl GitlabState {
             created_at: now,
             revoked: false,
             rotated: false,
+            access_level: super::variables::MAINTAINER,
         };
         self.access_tokens.insert(secret.clone(), token);
         (id, secret)
@@ -346,7 +366,8 @@ impl GitlabState {
         let client_id = random_secret("app-");
         let secret = random_secret("gloas-");
         let order = self.next_id();
-        self.applications.insert(client_id.clone(), Application { secret: secret.clone(), order });
+        let application = Application { secret: secret.clone(), order, redirect_uris: Vec::new() };
+        self.applications.insert(client_id.clone(), application);
         (client_id, secret)
     }
 
@@ -364,8 +385,14 @@ impl GitlabState {
         }
         let refresh_token = random_secret("glrt-");
         let grant = self.next_id();
-        let record =
-            RefreshRecord { client_id: client_id.to_owned(), grant, used: false, revoked: false, access_token: None };
+        let record = RefreshRecord {
+            client_id: client_id.to_owned(),
+            grant,
+            used: false,
+            revoked: false,
+            access_token: None,
+            user: self.signed_in.clone(),
+        };
         self.refresh_tokens.insert(refresh_token.clone(), record);
         Some(refresh_token)
     }
@@ -394,28 +421,15 @@ impl GitlabState {
             return Err(RefreshError::InvalidGrant);
         }
         let access_token = random_secret("gloat-");
-        let grant = record.grant;
+        let (grant, user) = (record.grant, record.user.clone());
         let previous_access = record.access_token.replace(access_token.clone());
         record.used = !self.keep_refresh_tokens;
         if let Some(access) = previous_access.and_then(|token| self.oauth_access.get_mut(&token)) {
             access.revoked = true;
         }
-        let new_refresh = (!self.keep_refresh_tokens).then(|| {
-            let new_refresh = random_secret("glrt-");
-            let next = RefreshRecord {
-                client_id: client_id.to_owned(),
-                grant,
-                used: false,
-                revoked: false,
-                access_token: Some(access_token.clone()),
-            };
-            self.refresh_tokens.insert(new_refresh.clone(), next);
-            new_refresh
-        });
-        let lifetime = i64::try_from(self.expires_in).ok().and_then(chrono::TimeDelta::try_seconds);
-        let expires_at =
-            lifetime.and_then(|lifetime| now.checked_add_signed(lifetime)).unwrap_or(DateTime::<Utc>::MAX_UTC);
-        self.oauth_access.insert(access_token.clone(), OauthAccess { expires_at, revoked: false });
+        let new_refresh =
+            (!self.keep_refresh_tokens).then(|| self.issue_refresh_token(client_id, grant, &access_token, &user));
+        self.issue_access_token(&access_token, user, now);
         self.stats.refreshes += 1;
         self.note_renewal(grant, now);
         Ok(Refreshed {
@@ -529,19 +543,142 @@ impl GitlabState {
         self.oauth_access.get(access_token).is_some_and(|access| !access.revoked && access.expires_at > now)
     }
 
+    /// A new refresh token of `grant`, issued with `access_token`.
+    fn issue_refresh_token(&mut self, client_id: &str, grant: u64, access_token: &str, user: &SimUser) -> String {
+        let refresh_token = random_secret("glrt-");
+        let record = RefreshRecord {
+            client_id: client_id.to_owned(),
+            grant,
+            used: false,
+            revoked: false,
+            access_token: Some(access_token.to_owned()),
+            user: user.clone(),
+        };
+        self.refresh_tokens.insert(refresh_token.clone(), record);
+        refresh_token
+    }
+
+    /// Records `access_token` as issued to `user` at `now`, living [`Self::expires_in`].
+    fn issue_access_token(&mut self, access_token: &str, user: SimUser, now: DateTime<Utc>) {
+        let lifetime = i64::try_from(self.expires_in).ok().and_then(chrono::TimeDelta::try_seconds);
+        let expires_at =
+            lifetime.and_then(|lifetime| now.checked_add_signed(lifetime)).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        self.oauth_access.insert(access_token.to_owned(), OauthAccess { expires_at, revoked: false, user });
+    }
+
+    /// Registers `uri` as a redirect URI of application `client_id`; `false` for an unknown one.
+    pub fn register_redirect_uri(&mut self, client_id: &str, uri: &str) -> bool {
+        let Some(application) = self.applications.get_mut(client_id) else {
+            return false;
+        };
+        application.redirect_uris.push(uri.to_owned());
+        true
+    }
+
+    /// What the consent page checks before showing anything: a known client, one of its
+    /// redirect URIs (only the port may differ on a loopback address), `response_type=code`, and
+    /// `S256` when a challenge is sent.
+    pub fn check_authorize(&self, request: &AuthorizeRequest) -> Result<(), AuthorizeError> {
+        let application = self.applications.get(&request.client_id).ok_or(AuthorizeError::UnknownClient)?;
+        if !application.redirect_uris.iter().any(|registered| redirect_matches(registered, &request.redirect_uri)) {
+            return Err(AuthorizeError::RedirectMismatch);
+        }
+        if request.response_type != "code" {
+            return Err(AuthorizeError::UnsupportedResponseType);
+        }
+        match request.code_challenge_method.as_deref() {
+            None | Some("S256") => Ok(()),
+            Some(_) => Err(AuthorizeError::UnsupportedChallengeMethod),
+        }
+    }
+
+    /// The user approved `request` on the consent page: a single-use code for it, bound to the
+    /// challenge, the redirect URI and the signed-in user.
+    pub fn issue_code(&mut self, request: &AuthorizeRequest, now: DateTime<Utc>) -> Result<String, AuthorizeError> {
+        self.check_authorize(request)?;
+        let code = random_secret("");
+        let record = CodeRecord {
+            client_id: request.client_id.clone(),
+            redirect_uri: request.redirect_uri.clone(),
+            challenge: request.code_challenge.clone(),
+            scope: request.scope.clone(),
+            user: self.signed_in.clone(),
+            expires_at: now + CODE_LIFETIME,
+            used: false,
+        };
+        self.codes.insert(code.clone(), record);
+        Ok(code)
+    }
+
+    /// `POST /oauth/token` with `grant_type=authorization_code`: the code (once, in time, with
+    /// its redirect URI and PKCE verifier) becomes a grant: an access token and a refresh token.
+    /// Returns them and the scope granted.
+    pub fn exchange_code(
+        &mut self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        code: &str,
+        redirect_uri: &str,
+        verifier: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(Refreshed, String), RefreshError> {
+        let client_ok = self.applications.get(client_id).is_some_and(|app| client_secret == Some(app.secret.as_str()));
+        if !client_ok {
+            return Err(RefreshError::InvalidClient);
+        }
+        let Some(record) = self.codes.get_mut(code) else {
+            return Err(RefreshError::InvalidGrant);
+        };
+        if !record.accepts(client_id, redirect_uri, verifier, now) {
+            return Err(RefreshError::InvalidGrant);
+        }
+        record.used = true;
+        let (user, scope) = (record.user.clone(), record.scope.clone());
+        let (grant, access_token) = (self.next_id(), random_secret("gloat-"));
+        let refresh_token = self.issue_refresh_token(client_id, grant, &access_token, &user);
+        self.issue_access_token(&access_token, user, now);
+        let issued = Refreshed {
+            access_token,
+            refresh_token: Some(refresh_token),
+            expires_in: self.expires_in,
+            created_at: now.timestamp(),
+        };
+        Ok((issued, scope))
+    }
+
+    /// The user behind an accepted token (`GET /api/v4/user`): a grant's user for an OAuth
+    /// access token, the signed-in user for a personal access token, a bot for a project or
+    /// group access token.
+    pub fn user_of(&self, secret: &str, now: DateTime<Utc>) -> Option<SimUser> {
+        if let Some(access) = self.oauth_access.get(secret).filter(|access| !access.revoked && access.expires_at > now)
+        {
+            return Some(access.user.clone());
+        }
+        let token = self.access_tokens.get(secret).filter(|token| token.is_active(now))?;
+        Some(match &token.owner {
+            TokenOwner::Personal => self.signed_in.clone(),
+            TokenOwner::Project(id) | TokenOwner::Group(id) => {
+                SimUser { id: 1_000_000 + token.family, username: format!("bot_{id}_{}", token.family) }
+            }
+        })
+    }
+
     /// Who presents `secret` (an access token or an OAuth access token), if GitLab accepts it now.
     pub fn presenter(&self, secret: &str, now: DateTime<Utc>) -> Option<Presenter> {
         if let Some(token) = self.access_tokens.get(secret).filter(|token| token.is_active(now)) {
-            return Some(Presenter { owner: token.owner.clone(), scopes: token.scopes.clone() });
+            let (owner, scopes, access_level) = (token.owner.clone(), token.scopes.clone(), token.access_level);
+            return Some(Presenter { owner, scopes, access_level });
         }
         self.oauth_access_is_active(secret, now).then(|| Presenter {
             owner: TokenOwner::Personal,
             scopes: self.oauth_scope.as_deref().unwrap_or("api").split(' ').map(str::to_owned).collect(),
+            access_level: 0,
         })
     }
 
     /// The access level `presenter` has in `namespace`: a project or group access token's bot
-    /// is a Maintainer of its own project or group only; the user has [`Self::memberships`].
+    /// has its token's level in its own project or group only; the user has
+    /// [`Self::memberships`].
     pub fn access_level(&self, presenter: &Presenter, namespace: &Namespace) -> Option<u8> {
         match (&presenter.owner, namespace) {
             (TokenOwner::Personal, _) => self.memberships.get(namespace).copied(),
@@ -549,11 +686,29 @@ impl GitlabState {
             | (TokenOwner::Group(have), Namespace::Group(asked))
                 if same_resource(have, asked) =>
             {
-                Some(super::variables::MAINTAINER)
+                Some(presenter.access_level)
             }
             _ => None,
         }
     }
+}
+
+/// Whether a redirect URI sent matches a registered one: exactly, or (RFC 8252) a loopback
+/// `http` address that differs only in its port.
+fn redirect_matches(registered: &str, sent: &str) -> bool {
+    if registered == sent {
+        return true;
+    }
+    let (Ok(registered), Ok(sent)) = (url::Url::parse(registered), url::Url::parse(sent)) else {
+        return false;
+    };
+    let loopback = |url: &url::Url| matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    loopback(&registered)
+        && registered.scheme() == "http"
+        && registered.scheme() == sent.scheme()
+        && registered.host_str() == sent.host_str()
+        && registered.path() == sent.path()
+        && registered.query() == sent.query()
 }
 
 /// 405 when the token is not of the endpoint's kind, 404 when it belongs to another

@@ -92,6 +92,23 @@ impl Refusal {
     fn new(status: u16, message: impl Into<Value>) -> Self {
         Self { status, message: message.into() }
     }
+
+    /// GitLab's 403 for a credential without the `api` scope.
+    pub fn insufficient_scope() -> Self {
+        Self::new(
+            403,
+            json!({
+                "error": "insufficient_scope",
+                "error_description": "The request requires higher privileges than provided by the access token.",
+                "scope": "api"
+            }),
+        )
+    }
+
+    /// The response body: `{"message": …}`, or an OAuth error object as it is.
+    pub fn body(&self) -> Value {
+        if self.message.get("error").is_some() { self.message.clone() } else { json!({"message": self.message}) }
+    }
 }
 
 /// The fields of a create or update request, as sent.

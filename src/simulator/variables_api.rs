@@ -27,7 +27,7 @@ enum Action {
 }
 
 /// The request's fields: the query string, then a form or JSON body.
-fn fields(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
+pub(super) fn fields(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -48,39 +48,10 @@ fn fields(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Vec<(String,
     fields
 }
 
-fn refused(refusal: Refusal) -> Response {
+/// GitLab's answer to a refused request.
+pub(super) fn refused(refusal: Refusal) -> Response {
     let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-    json_response(status, json!({"message": refusal.message}))
-}
-
-/// Checks the credential for `namespace`, as GitLab does, before anything else: GitLab's
-/// refusal, or `None` to go on.
-fn authorize(
-    state: &GitlabState,
-    secret: Option<&str>,
-    namespace: &Namespace,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Option<Response> {
-    let Some(presenter) = secret.and_then(|secret| state.presenter(secret, now)) else {
-        return Some(json_response(StatusCode::UNAUTHORIZED, json!({"message": "401 Unauthorized"})));
-    };
-    if !presenter.scopes.iter().any(|scope| scope == "api") {
-        return Some(json_response(
-            StatusCode::FORBIDDEN,
-            json!({
-                "error": "insufficient_scope",
-                "error_description": "The request requires higher privileges than provided by the access token.",
-                "scope": "api"
-            }),
-        ));
-    }
-    match state.access_level(&presenter, namespace) {
-        None => Some(json_response(StatusCode::NOT_FOUND, json!({"message": namespace.not_found()}))),
-        Some(level) if level < namespace.required_level() => {
-            Some(json_response(StatusCode::FORBIDDEN, json!({"message": "403 Forbidden"})))
-        }
-        Some(_) => None,
-    }
+    json_response(status, refusal.body())
 }
 
 fn act(state: &mut GitlabState, namespace: &Namespace, action: Action, fields: &Fields) -> Response {
@@ -127,15 +98,15 @@ async fn handle(
         if state.variables_error_rate > 0.0 && rand::random::<f64>() < state.variables_error_rate {
             return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "503 simulated failure"}));
         }
-        if let Some(response) = authorize(state, secret.as_deref(), &namespace, now) {
-            return response;
+        if let Err(refusal) = state.manager_level(secret.as_deref(), &namespace, now) {
+            return refused(refusal);
         }
         act(state, &namespace, action, &fields)
     })
 }
 
 /// The namespace of a `/{projects|groups}/:id/…` path.
-fn namespace(kind: &str, id: String) -> Option<Namespace> {
+pub(super) fn namespace(kind: &str, id: String) -> Option<Namespace> {
     match kind {
         "projects" => Some(Namespace::Project(id)),
         "groups" => Some(Namespace::Group(id)),
