@@ -79,17 +79,21 @@ struct Figures {
     span: Duration,
     /// From the scheduler's start to its first committed rotation, per burst, in milliseconds.
     first_commit_ms: Vec<f64>,
+    /// From the scheduler's start to the first provider answer, minus the simulator's
+    /// latency: when the first provider request went out, per burst, in milliseconds.
+    first_request_ms: Vec<f64>,
 }
 
 impl Figures {
     fn show(&mut self) -> String {
         let window = percentiles(&mut self.windows_ms);
         let first = percentiles(&mut self.first_commit_ms);
+        let request = percentiles(&mut self.first_request_ms);
         let exposed = 100.0 * self.exposed.as_secs_f64() / self.span.as_secs_f64().max(f64::MIN_POSITIVE);
         format!(
             "answer→durable p50 {:6.2} ms  p99 {:6.2} ms  max {:6.2} ms  | exposed {exposed:5.1} % of the burst  \
-             | start→first commit p50 {:6.1} ms",
-            window[0], window[1], window[2], first[0]
+             | start→first request p50 {:5.1} ms, →first commit p50 {:6.1} ms",
+            window[0], window[1], window[2], request[0], first[0]
         )
     }
 }
@@ -125,6 +129,11 @@ async fn burst(size: usize, latency_ms: u64, postgres: Option<&str>, figures: &m
     let _ = stop.send(true);
     let _ = task.await;
     figures.first_commit_ms.extend(windows.iter().map(|(_, committed)| ms(*committed - started)).reduce(f64::min));
+    let latency = Duration::from_millis(latency_ms);
+    let first_answer = windows.iter().map(|(answered, _)| *answered).min();
+    figures
+        .first_request_ms
+        .extend(first_answer.map(|answered| ms(answered.saturating_duration_since(started + latency))));
     figures.windows_ms.extend(windows.iter().map(|(answered, committed)| ms(*committed - *answered)));
     let (exposed, span) = exposure(&mut windows);
     figures.exposed += exposed;
