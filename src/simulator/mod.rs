@@ -107,21 +107,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v4/user", get(consent::current_user))
         .route("/oauth/token/info", get(gitlab_api::oauth_token_info))
         .route("/oauth/revoke", post(gitlab_api::oauth_revoke))
-        .route("/api/v4/{kind}/{id}/variables", get(variables_api::list).post(variables_api::create))
-        .route(
-            "/api/v4/{kind}/{id}/access_tokens",
-            get(token_admin_api::list_access).post(token_admin_api::create_access),
-        )
-        .route("/api/v4/{kind}/{id}/access_tokens/{token_id}", delete(token_admin_api::revoke_access))
-        .route(
-            "/api/v4/{kind}/{id}/deploy_tokens",
-            get(token_admin_api::list_deploy).post(token_admin_api::create_deploy),
-        )
-        .route("/api/v4/{kind}/{id}/deploy_tokens/{token_id}", delete(token_admin_api::revoke_deploy))
+        .route("/api/v4/{kind}/{id}/variables", get(variables_api::collection).post(variables_api::collection))
         .route(
             "/api/v4/{kind}/{id}/variables/{key}",
-            get(variables_api::get).put(variables_api::update).delete(variables_api::delete),
+            get(variables_api::item).put(variables_api::item).delete(variables_api::item),
         )
+        .route("/api/v4/{kind}/{id}/{collection}", get(token_admin_api::collection).post(token_admin_api::collection))
+        .route("/api/v4/{kind}/{id}/{collection}/{token_id}", delete(token_admin_api::item))
         .route("/.well-known/openid-configuration", get(discovery::openid_configuration))
         .merge(admin::router())
         .with_state(shared)

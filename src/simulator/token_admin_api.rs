@@ -7,15 +7,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::gitlab_api::{json_response, presented_token, token_json};
+use super::gitlab_api::{json_response, token_json};
 use super::state::GitlabState;
-use super::variables::{Fields, Namespace};
-use super::variables_api::{fields, namespace, refused};
+use super::variables_api::{Managed, refused, serve_managed};
 
 /// What a request asks.
 enum Action {
@@ -27,14 +26,9 @@ enum Action {
     RevokeDeploy(String),
 }
 
-fn act(
-    state: &mut GitlabState,
-    namespace: &Namespace,
-    level: u8,
-    action: Action,
-    fields: &Fields,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Response {
+/// Acts on a request that passed GitLab's checks.
+fn act(state: &mut GitlabState, request: Managed<'_>, action: Action) -> Response {
+    let Managed { namespace, level, fields, now } = request;
     let id = |text: &str| text.parse::<u64>().ok();
     let not_found = || json_response(StatusCode::NOT_FOUND, json!({"message": "404 Not Found"}));
     let result = match action {
@@ -78,91 +72,37 @@ fn act(
     result.map_or_else(refused, |body| json_response(StatusCode::CREATED, body))
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    (kind, id): (String, String),
-    action: Action,
-    request: (Option<String>, HeaderMap, Bytes),
+/// `GET` (list) and `POST` (create) `/{projects|groups}/:id/{access_tokens|deploy_tokens}`.
+pub async fn collection(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    Path((kind, id, collection)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let Some(namespace) = namespace(&kind, id) else {
-        return json_response(StatusCode::NOT_FOUND, json!({"error": "404 Not Found"}));
+    let action = match (collection.as_str(), method) {
+        ("access_tokens", Method::GET) => Some(Action::ListAccess),
+        ("access_tokens", Method::POST) => Some(Action::CreateAccess),
+        ("deploy_tokens", Method::GET) => Some(Action::ListDeploy),
+        ("deploy_tokens", Method::POST) => Some(Action::CreateDeploy),
+        _ => None,
     };
-    let (query, headers, body) = request;
-    let latency = shared.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let fields = fields(query.as_deref(), &headers, &body);
-    let secret = presented_token(&headers);
-    let now = shared.now();
-    shared.with_state(|state| match state.manager_level(secret.as_deref(), &namespace, now) {
-        Ok(level) => act(state, &namespace, level, action, &fields, now),
-        Err(refusal) => refused(refusal),
-    })
+    serve_managed(shared, (kind, id), action, (query, headers, body), act).await
 }
 
-/// `GET /{projects|groups}/:id/access_tokens`.
-pub async fn list_access(
+/// `DELETE /{projects|groups}/:id/{access_tokens|deploy_tokens}/:token_id`.
+pub async fn item(
     State(shared): State<Arc<Shared>>,
-    Path(at): Path<(String, String)>,
+    Path((kind, id, collection, token_id)): Path<(String, String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(shared, at, Action::ListAccess, (query, headers, body)).await
-}
-
-/// `POST /{projects|groups}/:id/access_tokens`.
-pub async fn create_access(
-    State(shared): State<Arc<Shared>>,
-    Path(at): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(shared, at, Action::CreateAccess, (query, headers, body)).await
-}
-
-/// `DELETE /{projects|groups}/:id/access_tokens/:token_id`.
-pub async fn revoke_access(
-    State(shared): State<Arc<Shared>>,
-    Path((kind, id, token_id)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(shared, (kind, id), Action::RevokeAccess(token_id), (query, headers, body)).await
-}
-
-/// `GET /{projects|groups}/:id/deploy_tokens`.
-pub async fn list_deploy(
-    State(shared): State<Arc<Shared>>,
-    Path(at): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(shared, at, Action::ListDeploy, (query, headers, body)).await
-}
-
-/// `POST /{projects|groups}/:id/deploy_tokens`.
-pub async fn create_deploy(
-    State(shared): State<Arc<Shared>>,
-    Path(at): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(shared, at, Action::CreateDeploy, (query, headers, body)).await
-}
-
-/// `DELETE /{projects|groups}/:id/deploy_tokens/:token_id`.
-pub async fn revoke_deploy(
-    State(shared): State<Arc<Shared>>,
-    Path((kind, id, token_id)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(shared, (kind, id), Action::RevokeDeploy(token_id), (query, headers, body)).await
+    let action = match collection.as_str() {
+        "access_tokens" => Some(Action::RevokeAccess(token_id)),
+        "deploy_tokens" => Some(Action::RevokeDeploy(token_id)),
+        _ => None,
+    };
+    serve_managed(shared, (kind, id), action, (query, headers, body), act).await
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -27,7 +27,7 @@ enum Action {
 }
 
 /// The request's fields: the query string, then a form or JSON body.
-pub(super) fn fields(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
+fn fields(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -79,34 +79,47 @@ fn act(state: &mut GitlabState, namespace: &Namespace, action: Action, fields: &
     answer.map_or_else(refused, |body| json_response(StatusCode::OK, body))
 }
 
-async fn handle(
+/// A request to a namespace's administration endpoints (variables, tokens), as its handler
+/// gets it once GitLab's checks passed.
+pub(super) struct Managed<'a> {
+    /// The project or group of the path.
+    pub namespace: &'a Namespace,
+    /// The credential's role there.
+    pub level: u8,
+    /// The query and body fields.
+    pub fields: &'a Fields,
+    /// GitLab's time.
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
+/// Serves a request to `/{projects|groups}/:id/…` with `act`: the simulator's latency, then 404
+/// for a path naming neither (or an `action` of `None`), GitLab's credential checks
+/// ([`GitlabState::manager_level`]), and only then `act`.
+pub(super) async fn serve_managed<A>(
     shared: Arc<Shared>,
-    namespace: Namespace,
-    action: Action,
-    query: Option<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    (kind, id): (String, String),
+    action: Option<A>,
+    (query, headers, body): (Option<String>, HeaderMap, Bytes),
+    act: impl FnOnce(&mut GitlabState, Managed<'_>, A) -> Response,
 ) -> Response {
     let latency = shared.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let (Some(namespace), Some(action)) = (namespace(&kind, id), action) else {
+        return json_response(StatusCode::NOT_FOUND, json!({"error": "404 Not Found"}));
+    };
     let fields = fields(query.as_deref(), &headers, &body);
     let secret = presented_token(&headers);
     let now = shared.now();
-    shared.with_state(|state| {
-        if state.variables_error_rate > 0.0 && rand::random::<f64>() < state.variables_error_rate {
-            return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "503 simulated failure"}));
-        }
-        if let Err(refusal) = state.manager_level(secret.as_deref(), &namespace, now) {
-            return refused(refusal);
-        }
-        act(state, &namespace, action, &fields)
+    shared.with_state(|state| match state.manager_level(secret.as_deref(), &namespace, now) {
+        Ok(level) => act(state, Managed { namespace: &namespace, level, fields: &fields, now }, action),
+        Err(refusal) => refused(refusal),
     })
 }
 
 /// The namespace of a `/{projects|groups}/:id/…` path.
-pub(super) fn namespace(kind: &str, id: String) -> Option<Namespace> {
+fn namespace(kind: &str, id: String) -> Option<Namespace> {
     match kind {
         "projects" => Some(Namespace::Project(id)),
         "groups" => Some(Namespace::Group(id)),
@@ -114,70 +127,46 @@ pub(super) fn namespace(kind: &str, id: String) -> Option<Namespace> {
     }
 }
 
-async fn route(
-    shared: Arc<Shared>,
-    (kind, id): (String, String),
-    action: Action,
-    request: (Option<String>, HeaderMap, Bytes),
+/// A share of variables requests fails with a 503 without acting
+/// ([`GitlabState::variables_error_rate`]); the others act.
+fn act_or_fail(state: &mut GitlabState, request: Managed<'_>, action: Action) -> Response {
+    if state.variables_error_rate > 0.0 && rand::random::<f64>() < state.variables_error_rate {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "503 simulated failure"}));
+    }
+    act(state, request.namespace, action, request.fields)
+}
+
+/// `GET` (list) and `POST` (create) `/{projects|groups}/:id/variables`.
+pub async fn collection(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    Path(at): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let Some(namespace) = namespace(&kind, id) else {
-        return json_response(StatusCode::NOT_FOUND, json!({"error": "404 Not Found"}));
+    let action = match method {
+        Method::GET => Some(Action::List),
+        Method::POST => Some(Action::Create),
+        _ => None,
     };
-    let (query, headers, body) = request;
-    handle(shared, namespace, action, query, headers, body).await
+    serve_managed(shared, at, action, (query, headers, body), act_or_fail).await
 }
 
-/// `GET /{projects|groups}/:id/variables`.
-pub async fn list(
+/// `GET`, `PUT` and `DELETE` `/{projects|groups}/:id/variables/:key`.
+pub async fn item(
     State(shared): State<Arc<Shared>>,
-    Path(at): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    route(shared, at, Action::List, (query, headers, body)).await
-}
-
-/// `POST /{projects|groups}/:id/variables`.
-pub async fn create(
-    State(shared): State<Arc<Shared>>,
-    Path(at): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    route(shared, at, Action::Create, (query, headers, body)).await
-}
-
-/// `GET /{projects|groups}/:id/variables/:key`.
-pub async fn get(
-    State(shared): State<Arc<Shared>>,
+    method: Method,
     Path((kind, id, key)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    route(shared, (kind, id), Action::Get(key), (query, headers, body)).await
-}
-
-/// `PUT /{projects|groups}/:id/variables/:key`.
-pub async fn update(
-    State(shared): State<Arc<Shared>>,
-    Path((kind, id, key)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    route(shared, (kind, id), Action::Update(key), (query, headers, body)).await
-}
-
-/// `DELETE /{projects|groups}/:id/variables/:key`.
-pub async fn delete(
-    State(shared): State<Arc<Shared>>,
-    Path((kind, id, key)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    route(shared, (kind, id), Action::Delete(key), (query, headers, body)).await
+    let action = match method {
+        Method::GET => Some(Action::Get(key)),
+        Method::PUT => Some(Action::Update(key)),
+        Method::DELETE => Some(Action::Delete(key)),
+        _ => None,
+    };
+    serve_managed(shared, (kind, id), action, (query, headers, body), act_or_fail).await
 }
