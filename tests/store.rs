@@ -772,6 +772,24 @@ both_backends! {
         assert_eq!((token.version, secret.unwrap().expose_secret()), (2, "glpat-new-t0"));
     }
 
+    fn an_unreadable_journal_row_is_dropped_and_the_token_recovered_as_after_an_unknown_outcome(f) {
+        due_tokens(&mut f, 1);
+        let rooms = room(&mut f.conn, 1);
+        let start = Utc::now();
+        let claimed = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
+        let answer = journaled_answer(&f.cipher, &claimed.claimed[0], start);
+        rotation::journal_answers(&mut f.conn, &[answer], start).unwrap();
+        diesel::update(schema::answer_journal::table)
+            .set(schema::answer_journal::answer.eq("{not json"))
+            .execute(&mut f.conn)
+            .unwrap();
+        let later = start + TimeDelta::seconds(6);
+        let next = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), later).unwrap();
+        assert_eq!(next.claimed.len(), 1, "claimed again, not stuck behind the row");
+        assert!(next.claimed[0].recovery.is_some(), "recovered as after an unknown outcome");
+        assert_eq!(journal_rows(&mut f.conn), 0);
+    }
+
     fn a_journaled_answer_of_an_attempt_that_lost_its_lease_is_discarded(f) {
         due_tokens(&mut f, 1);
         let rooms = room(&mut f.conn, 1);

@@ -15,7 +15,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::models::{TokenRow, naive};
 use super::rotation::{self, Answer};
@@ -110,9 +110,16 @@ pub(super) fn recover(conn: &mut DbConnection, row: &TokenRow) -> Result<bool, S
         forget(conn, &row.id)?;
         return Ok(false);
     }
-    let mut answer: Answer = serde_json::from_str(&payload).map_err(|err| {
-        StoreError::Corrupt(format!("the journaled answer of token {} is unreadable: {err}", row.name))
-    })?;
+    let mut answer: Answer = match serde_json::from_str(&payload) {
+        Ok(answer) => answer,
+        Err(err) => {
+            // Never let one unreadable row stop every claim: the token is recovered as after an
+            // unknown outcome instead (a probe, or the single retry of a grant).
+            warn!(token = %row.name, error = %err, "a journaled answer is unreadable; recovering the token as after an unknown outcome");
+            forget(conn, &row.id)?;
+            return Ok(false);
+        }
+    };
     answer.success.secret = secret.unwrap_or_default();
     answer.success.refresh_token = refresh_token;
     match rotation::store_answer(conn, &answer) {
