@@ -14,7 +14,7 @@ use tokenwarden::domain::{
 use tokenwarden::store::clients::{self, NewClient};
 use tokenwarden::store::providers::{self, NewProvider};
 use tokenwarden::store::tokens::{self, NewToken, SecretField};
-use tokenwarden::store::{DbConnection, Store, StoreError, audit, connect, meta, rotation, schema};
+use tokenwarden::store::{DbConnection, Store, StoreError, answer_journal, audit, connect, meta, rotation, schema};
 
 mod common;
 
@@ -733,7 +733,7 @@ both_backends! {
         let claims = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
         let answers: Vec<rotation::Answer> =
             claims.claimed.iter().map(|claim| journaled_answer(&f.cipher, claim, start)).collect();
-        rotation::journal_answers(&mut f.conn, &answers, start).unwrap();
+        answer_journal::write(&mut f.conn, &answers, start).unwrap();
         assert_eq!(journal_rows(&mut f.conn), 2);
         // The process dies here, before the full commit. While the lease lasts nothing changes.
         let early = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), start).unwrap();
@@ -759,7 +759,7 @@ both_backends! {
         let start = Utc::now();
         let claims = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
         let answer = journaled_answer(&f.cipher, &claims.claimed[0], start);
-        rotation::journal_answers(&mut f.conn, &[answer], start).unwrap();
+        answer_journal::write(&mut f.conn, &[answer], start).unwrap();
         let new = MasterKey::generate();
         let keyring = Cipher::new(&new).with_retired(std::slice::from_ref(&f.master));
         let (_, status) = tokenwarden::store::rekey::reseal_all(&mut f.conn, &keyring).unwrap();
@@ -778,7 +778,7 @@ both_backends! {
         let start = Utc::now();
         let claimed = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
         let answer = journaled_answer(&f.cipher, &claimed.claimed[0], start);
-        rotation::journal_answers(&mut f.conn, &[answer], start).unwrap();
+        answer_journal::write(&mut f.conn, &[answer], start).unwrap();
         diesel::update(schema::answer_journal::table)
             .set(schema::answer_journal::answer.eq("{not json"))
             .execute(&mut f.conn)
@@ -801,7 +801,7 @@ both_backends! {
         let second = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), later).unwrap();
         assert_eq!(second.claimed.len(), 1);
         // The slow worker's answer arrives now: journaled, then refused by the fence.
-        rotation::journal_answers(&mut f.conn, std::slice::from_ref(&stale), later).unwrap();
+        answer_journal::write(&mut f.conn, std::slice::from_ref(&stale), later).unwrap();
         let results = rotation::commit_successes(&mut f.conn, &[stale]).unwrap();
         assert!(matches!(results[0], Err(StoreError::LeaseLost { .. })), "{results:?}");
         assert_eq!(journal_rows(&mut f.conn), 0, "a refused answer leaves no journal row behind");

@@ -127,7 +127,7 @@ impl AnswerBatcher {
                 queue.arrived.drain(..size).collect()
             };
             let answers: Vec<Answer> = batch.iter().map(|pending| pending.answer.clone()).collect();
-            match with_connection(pool, |conn| rotation::journal_answers(conn, &answers, Utc::now())) {
+            match with_connection(pool, |conn| super::answer_journal::write(conn, &answers, Utc::now())) {
                 Ok(()) => {
                     let durable_at = Instant::now();
                     let start_store = {

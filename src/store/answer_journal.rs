@@ -22,9 +22,11 @@ use super::rotation::{self, Answer};
 use super::schema::answer_journal;
 use super::{DbConnection, StoreError};
 
-/// Journals `answers` in one transaction; when it returns, every answer survives a killed
-/// process. An answer journaled before (its attempt retrying a failed commit) is replaced.
-pub(super) fn write(conn: &mut DbConnection, answers: &[Answer], now: DateTime<Utc>) -> Result<(), StoreError> {
+/// Journals `answers` in one transaction (the first step of their commit); when it returns,
+/// every answer survives a killed process, and if that process never commits them the next
+/// claim of each token's expired lease does. An answer journaled before (its attempt retrying a
+/// failed commit) is replaced.
+pub fn write(conn: &mut DbConnection, answers: &[Answer], now: DateTime<Utc>) -> Result<(), StoreError> {
     let payloads = answers
         .iter()
         .map(|answer| {

@@ -6,7 +6,7 @@
 
 mod answer_batch;
 pub use answer_batch::StoredAnswer;
-mod answer_journal;
+pub mod answer_journal;
 pub mod audit;
 mod audit_batch;
 pub mod backup;

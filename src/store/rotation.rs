@@ -302,21 +302,18 @@ pub fn claim(
     now: DateTime<Utc>,
 ) -> Result<ClaimResult, StoreError> {
     conn.write_transaction(|conn| {
-        let found: Option<ClaimRow> = tokens::table
-            .inner_join(providers::table)
-            .filter(tokens::name.eq(name.as_str()))
-            .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
-            .get_result(conn)
-            .optional()?;
-        let Some(mut found) = found else {
-            return Err(StoreError::NotFound { what: "token", name: name.to_string() });
-        };
-        if lease_ran_out(&found.0, now) && super::answer_journal::recover(conn, &found.0)? {
-            found = tokens::table
+        let load = |conn: &mut DbConnection| -> Result<ClaimRow, StoreError> {
+            tokens::table
                 .inner_join(providers::table)
                 .filter(tokens::name.eq(name.as_str()))
                 .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
-                .get_result(conn)?;
+                .get_result(conn)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound { what: "token", name: name.to_string() })
+        };
+        let mut found = load(conn)?;
+        if lease_ran_out(&found.0, now) && super::answer_journal::recover(conn, &found.0)? {
+            found = load(conn)?;
         }
         match decide(&found.0, &found.1, mode, now)? {
             Decision::Take(recovery) => {
@@ -620,13 +617,6 @@ pub fn commit_successes(
         .into_iter()
         .map(|result| result.unwrap_or_else(|| Err(StoreError::TaskFailed("the answer was not committed".into()))))
         .collect())
-}
-
-/// Journals `answers` in one transaction (the first step of their commit; see
-/// `store::answer_journal`): once it returns they survive a killed process, and if that process
-/// never commits them the next claim of each token's expired lease does.
-pub fn journal_answers(conn: &mut DbConnection, answers: &[Answer], now: DateTime<Utc>) -> Result<(), StoreError> {
-    super::answer_journal::write(conn, answers, now)
 }
 
 /// How many transactions [`commit_successes`] gives an answer whose row keeps changing under it.
