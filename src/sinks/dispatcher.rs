@@ -40,7 +40,8 @@ const BACKOFF: Backoff = Backoff { base: Duration::from_secs(2), max: Duration::
 /// create) at their longest.
 const VARIABLE_LEASE: TimeDelta = TimeDelta::seconds(120);
 
-/// Delivers sinks until told to stop.
+/// Delivers sinks until told to stop. Cheap to clone: each delivery holds a clone.
+#[derive(Clone)]
 pub struct SinkDispatcher {
     store: Store,
     cipher: Arc<Cipher>,
@@ -90,7 +91,7 @@ impl SinkDispatcher {
         let claimed = self.store.run(move |conn| sinks::claim_due(conn, &cipher, MAX_IN_FLIGHT, lease, now)).await?;
         let mut deliveries = JoinSet::new();
         for sink in claimed {
-            let via = Via { store: self.store.clone(), cipher: self.cipher.clone(), http: self.http.clone() };
+            let via = self.clone();
             deliveries.spawn(async move { deliver_and_record(&via, sink).await });
         }
         while let Some(done) = deliveries.join_next().await {
@@ -113,15 +114,8 @@ fn lease(sink: &SinkRow) -> TimeDelta {
     TimeDelta::seconds(i64::try_from(timeout).unwrap_or(3600)) + LEASE_MARGIN
 }
 
-/// What a delivery needs besides the claimed sink.
-struct Via {
-    store: Store,
-    cipher: Arc<Cipher>,
-    http: reqwest::Client,
-}
-
 /// Delivers one claimed sink and records the outcome.
-async fn deliver_and_record(via: &Via, sink: ClaimedSink) -> Result<(), StoreError> {
+async fn deliver_and_record(via: &SinkDispatcher, sink: ClaimedSink) -> Result<(), StoreError> {
     let store = &via.store;
     let kind = sink.row.kind.clone();
     let outcome = deliver(via, &sink).await;
@@ -149,7 +143,7 @@ async fn deliver_and_record(via: &Via, sink: ClaimedSink) -> Result<(), StoreErr
 }
 
 /// Puts the claimed version where the sink says.
-async fn deliver(via: &Via, sink: &ClaimedSink) -> Result<(), String> {
+async fn deliver(via: &SinkDispatcher, sink: &ClaimedSink) -> Result<(), String> {
     match sink.row.kind.as_str() {
         super::FILE => {
             let settings: FileSettings =
