@@ -16,21 +16,19 @@ use serde_json::json;
 
 use super::Shared;
 use super::authorization::AuthorizeRequest;
+use super::fields::{Fields, field};
 use super::gitlab_api::{form_fields, json_response, presented_token};
 
-fn field(fields: &[(String, String)], name: &str) -> Option<String> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-}
-
-fn request_of(fields: &[(String, String)]) -> AuthorizeRequest {
+fn request_of(fields: &Fields) -> AuthorizeRequest {
+    let field = |name| field(fields, name).map(str::to_owned);
     AuthorizeRequest {
-        client_id: field(fields, "client_id").unwrap_or_default(),
-        redirect_uri: field(fields, "redirect_uri").unwrap_or_default(),
-        response_type: field(fields, "response_type").unwrap_or_default(),
-        state: field(fields, "state"),
-        scope: field(fields, "scope").unwrap_or_else(|| "api".to_owned()),
-        code_challenge: field(fields, "code_challenge"),
-        code_challenge_method: field(fields, "code_challenge_method"),
+        client_id: field("client_id").unwrap_or_default(),
+        redirect_uri: field("redirect_uri").unwrap_or_default(),
+        response_type: field("response_type").unwrap_or_default(),
+        state: field("state"),
+        scope: field("scope").unwrap_or_else(|| "api".to_owned()),
+        code_challenge: field("code_challenge"),
+        code_challenge_method: field("code_challenge_method"),
     }
 }
 
@@ -70,7 +68,7 @@ pub async fn show(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) 
         ["client_id", "redirect_uri", "response_type", "state", "scope", "code_challenge", "code_challenge_method"]
             .iter()
             .filter_map(|name| field(&fields, name).map(|value| (name, value)))
-            .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(&value)))
+            .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(value)))
             .collect();
     let body = format!(
         "<p>Signed in as <strong>@{user}</strong>.</p>\
@@ -88,7 +86,7 @@ pub async fn show(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) 
 pub async fn decide(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let fields = form_fields(None, &body);
     let request = request_of(&fields);
-    let approved = field(&fields, "decision").as_deref() == Some("authorize");
+    let approved = field(&fields, "decision") == Some("authorize");
     let now = shared.now();
     let outcome = shared.with_state(|state| {
         state.check_authorize(&request)?;

@@ -13,6 +13,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::faults::{Fault, FaultTarget};
+use super::fields::field;
 use super::state::{AccessToken, GitlabState, RefreshError, RotateError, TokenOwner};
 use super::{Shared, malformed};
 
@@ -32,10 +33,6 @@ pub(super) fn form_fields(query: Option<&str>, body: &[u8]) -> Vec<(String, Stri
         .collect();
     fields.extend(url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())));
     fields
-}
-
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 pub(super) fn json_response(status: StatusCode, body: Value) -> Response {

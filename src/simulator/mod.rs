@@ -12,6 +12,7 @@ pub mod authorization;
 mod consent;
 mod discovery;
 pub mod faults;
+mod fields;
 mod gitlab_api;
 pub mod harness;
 pub mod malformed;

@@ -406,10 +406,7 @@ impl GitlabState {
         refresh_token: &str,
         now: DateTime<Utc>,
     ) -> Result<Refreshed, RefreshError> {
-        let client_ok = self.applications.get(client_id).is_some_and(|app| client_secret == Some(app.secret.as_str()));
-        if !client_ok {
-            return Err(RefreshError::InvalidClient);
-        }
+        self.authenticate_client(client_id, client_secret)?;
         let Some(record) = self.refresh_tokens.get_mut(refresh_token) else {
             return Err(RefreshError::InvalidGrant);
         };
@@ -462,10 +459,7 @@ impl GitlabState {
         client_secret: Option<&str>,
         token: &str,
     ) -> Result<(), RefreshError> {
-        let client_ok = self.applications.get(client_id).is_some_and(|app| client_secret == Some(app.secret.as_str()));
-        if !client_ok {
-            return Err(RefreshError::InvalidClient);
-        }
+        self.authenticate_client(client_id, client_secret)?;
         let record = self.refresh_tokens.iter_mut().find(|(refresh, record)| {
             record.client_id == client_id
                 && (refresh.as_str() == token || record.access_token.as_deref() == Some(token))
@@ -541,6 +535,14 @@ impl GitlabState {
     /// Whether an OAuth access token works at `now`.
     pub fn oauth_access_is_active(&self, access_token: &str, now: DateTime<Utc>) -> bool {
         self.oauth_access.get(access_token).is_some_and(|access| !access.revoked && access.expires_at > now)
+    }
+
+    /// `invalid_client` unless `client_id` is an application and `client_secret` its secret.
+    fn authenticate_client(&self, client_id: &str, client_secret: Option<&str>) -> Result<(), RefreshError> {
+        match self.applications.get(client_id) {
+            Some(app) if client_secret == Some(app.secret.as_str()) => Ok(()),
+            _ => Err(RefreshError::InvalidClient),
+        }
     }
 
     /// A new refresh token of `grant`, issued with `access_token`.
@@ -622,10 +624,7 @@ impl GitlabState {
         verifier: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(Refreshed, String), RefreshError> {
-        let client_ok = self.applications.get(client_id).is_some_and(|app| client_secret == Some(app.secret.as_str()));
-        if !client_ok {
-            return Err(RefreshError::InvalidClient);
-        }
+        self.authenticate_client(client_id, client_secret)?;
         let Some(record) = self.codes.get_mut(code) else {
             return Err(RefreshError::InvalidGrant);
         };

@@ -7,6 +7,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 
+use super::fields::{Fields, field};
 use super::state::{AccessToken, GitlabState, TokenOwner, random_secret};
 use super::variables::{Namespace, Refusal};
 
@@ -63,13 +64,6 @@ impl DeployToken {
             "expired": self.expires_at.is_some_and(|at| at <= now),
         })
     }
-}
-
-/// A request's fields.
-pub type Fields = [(String, String)];
-
-fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// The values of an array field (`scopes[]=a&scopes[]=b`, or `scopes=a,b`).

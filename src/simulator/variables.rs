@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
+use super::fields::{Fields, field};
+
 /// GitLab's Maintainer access level.
 pub const MAINTAINER: u8 = 40;
 /// GitLab's Owner access level.
@@ -109,13 +111,6 @@ impl Refusal {
     pub fn body(&self) -> Value {
         if self.message.get("error").is_some() { self.message.clone() } else { json!({"message": self.message}) }
     }
-}
-
-/// The fields of a create or update request, as sent.
-pub type Fields = [(String, String)];
-
-fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn flag(fields: &Fields, name: &str) -> Option<bool> {

@@ -13,9 +13,10 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::fields::Fields;
 use super::gitlab_api::{form_fields, json_response, presented_token};
 use super::state::GitlabState;
-use super::variables::{Fields, Namespace, Refusal};
+use super::variables::{Namespace, Refusal};
 
 /// What a request asks of the variables.
 enum Action {
