@@ -427,6 +427,9 @@ async fn every_route_the_router_serves_is_in_the_openapi_document_and_nothing_el
         let (key, request) = match (method.as_str(), path.as_str()) {
             ("PATCH", _) => (&api.keys.operator, Some(br#"{"gitlab_name": "alpha"}"#.to_vec())),
             (_, "/v1/tokens/{name}/ack") => (&api.keys.granted_reader, Some(br#"{"version": 1}"#.to_vec())),
+            (_, "/v1/authorizations") => {
+                (&api.keys.operator, Some(br#"{"token": "linked", "provider": "gitlab"}"#.to_vec()))
+            }
             _ => (&api.keys.operator, None),
         };
         let (status, body) = api.call(method.clone(), &concrete, Some(key), request).await;

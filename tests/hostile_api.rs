@@ -231,11 +231,20 @@ struct Accepted {
     updates: BTreeMap<String, i64>,
     /// Accepted `POST /v1/tokens/{name}/ack`: each records the reader's version and an audit row.
     acks: BTreeMap<String, i64>,
+    /// Accepted `POST /v1/authorizations`, by the token named in the answer: each records a
+    /// consent link and an audit row, and changes no token.
+    links: BTreeMap<String, i64>,
 }
 
 fn accepted(interactions: &[Interaction]) -> Accepted {
     let mut accepted = Accepted::default();
     for interaction in interactions.iter().filter(|i| (200..300).contains(&i.status)) {
+        if interaction.method == "POST" && interaction.path == "/v1/authorizations" {
+            let answer: serde_json::Value = serde_json::from_slice(&interaction.body).unwrap_or_default();
+            let token = answer["token"].as_str().unwrap_or_default().to_owned();
+            *accepted.links.entry(token).or_default() += 1;
+            continue;
+        }
         let segments: Vec<&str> = interaction.path.trim_start_matches('/').split('/').collect();
         let counter = match (interaction.method.as_str(), segments.as_slice()) {
             ("POST", ["v1", "tokens", _, "rotate"]) => &mut accepted.rotations,
@@ -339,6 +348,9 @@ fn matches_expectation(before: &Snapshot, after: &Snapshot, accepted: &Accepted)
     }
     for (name, n) in &accepted.acks {
         *audit.entry(format!("token.acknowledged {name}")).or_default() += n;
+    }
+    for (name, n) in &accepted.links {
+        *audit.entry(format!("token.authorize_link {name}")).or_default() += n;
     }
     if audit != after.audit {
         problems.push(format!("audit rows: expected {audit:?}, found {:?}", after.audit));

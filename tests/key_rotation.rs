@@ -20,6 +20,7 @@ use secrecy::SecretString;
 use tokenwarden::config::{DatabaseUrl, HumanDuration};
 use tokenwarden::crypto::{Cipher, MasterKey, SealContext};
 use tokenwarden::domain::{ClientName, ClientRole, PolicyOverrides, ProviderKind, ProviderName, TokenKind, TokenName};
+use tokenwarden::store::authorizations::{self, NewAuthorization};
 use tokenwarden::store::clients::{self, NewClient};
 use tokenwarden::store::providers::{self, NewProvider};
 use tokenwarden::store::rekey::SEALED_COLUMNS;
@@ -102,6 +103,22 @@ impl Keys {
             };
             tokens::insert(&mut self.conn, &cipher, &grant, "test", now).unwrap();
         }
+        // A consent link handed out and not used yet: its PKCE verifier is sealed too.
+        let provider_id = providers::find_row(&mut self.conn, &provider.name).unwrap().id;
+        let link = NewAuthorization {
+            state_hash: "0".repeat(64),
+            token_name: TokenName::new("pending-link".to_owned()).unwrap(),
+            token_id: None,
+            provider_id,
+            kind: TokenKind::GitlabOauth,
+            scopes: "api".into(),
+            redirect_uri: "https://app.example/callback".into(),
+            return_to: None,
+            verifier: SecretString::from("v".repeat(43)),
+            requested_by: "test".into(),
+            expires_at: now + chrono::TimeDelta::minutes(10),
+        };
+        authorizations::insert(&mut self.conn, &cipher, &link, now).unwrap();
         let reader = NewClient {
             name: ClientName::new("consumer").unwrap(),
             role: ClientRole::Reader,

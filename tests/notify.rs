@@ -414,7 +414,10 @@ async fn a_failure_streak_and_a_permanent_failure_are_delivered_signed_with_thei
     let attention = all.iter().find(|d| d.event == "token.needs_attention").expect("queued");
     assert_eq!((request.event.as_str(), request.verified.clone()), ("token.needs_attention", Ok(())));
     assert_eq!(request.delivery, attention.id);
-    assert_eq!(json(&request.body), expected_body(&attention.id, "token.needs_attention", 1, expires_at));
+    let mut expected = expected_body(&attention.id, "token.needs_attention", 1, expires_at);
+    expected["reason"] = "revoked".into();
+    expected["remedy"] = "replace".into();
+    assert_eq!(json(&request.body), expected, "a needs_attention body says why and what to do");
     wait_for_row(&harness, &attention.id, |d| d.delivered_at.is_some() && d.attempts == 1).await;
     assert_eq!(receiver.received().len(), 2, "one delivery per event");
     let stats = harness.sim.stats();

@@ -6,6 +6,7 @@
 mod ack;
 mod auth;
 mod auth_failures;
+mod authorizations;
 mod error;
 pub mod extract;
 mod health;
@@ -72,6 +73,41 @@ pub struct AppState {
     /// Failed authentication, counted and logged at most once a minute per address (on the
     /// engine's clock).
     pub auth_failures: AuthFailures,
+    /// How consent links are made (redirect URI, lifetime).
+    pub consent: ConsentSettings,
+}
+
+/// How consent links are made: the redirect URI (`<public_url>/oauth/callback`) and how long a
+/// link stays usable (`oauth.authorization_timeout`).
+#[derive(Debug, Clone)]
+pub struct ConsentSettings {
+    /// `<public_url>/oauth/callback`.
+    pub redirect_uri: String,
+    /// A link's lifetime.
+    pub timeout: Duration,
+    /// Whether the console's session cookie is `Secure` (`public_url` is https).
+    pub secure_cookies: bool,
+}
+
+impl ConsentSettings {
+    /// The settings for `settings.public_url` and `settings.oauth`.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            redirect_uri: settings.redirect_uri(),
+            timeout: settings.oauth.authorization_timeout.get(),
+            secure_cookies: settings.public_url.starts_with("https://"),
+        }
+    }
+}
+
+impl Default for ConsentSettings {
+    fn default() -> Self {
+        Self {
+            redirect_uri: format!("http://{}/oauth/callback", crate::config::DEFAULT_LISTEN),
+            timeout: Duration::from_secs(600),
+            secure_cookies: false,
+        }
+    }
 }
 
 impl AppState {
@@ -86,6 +122,7 @@ impl AppState {
             rotations: DetachedRotations::default(),
             keys: KeyCache::new(KEY_CACHE_TTL, engine.clock.clone()),
             auth_failures: AuthFailures::new(engine.clock.clone()),
+            consent: ConsentSettings::default(),
             engine,
         }
     }
@@ -159,6 +196,7 @@ fn table() -> RouteTable {
         .post("/v1/tokens/{name}/ack", ack::acknowledge)
         .patch("/v1/tokens/{name}", token_update::update)
         .get("/v1/sinks", sinks::list)
+        .post("/v1/authorizations", authorizations::create)
 }
 
 /// Every method and path the router serves.
@@ -170,6 +208,7 @@ pub fn routes() -> Vec<Route> {
 pub fn router(state: AppState) -> Router {
     table()
         .router
+        .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -6,6 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::ack::{self, AckRequest};
+use super::authorizations::{self, AuthorizationRequest};
 use super::error::ErrorBody;
 use super::health::{self, StatusBody};
 use super::sinks::{self, SinkView};
@@ -39,6 +40,7 @@ pub const BEARER_SCHEME: &str = "bearer";
         token_update::update,
         ack::acknowledge,
         sinks::list,
+        authorizations::create,
     ),
     components(schemas(
         ErrorBody,
@@ -51,6 +53,9 @@ pub const BEARER_SCHEME: &str = "bearer";
         Consumer,
         TokenDetail,
         SinkView,
+        AuthorizationRequest,
+        crate::oauth::ConsentLink,
+        crate::store::grant_owners::AuthorizedAs,
         PolicyOverrides,
         TokenName,
         ProviderName,

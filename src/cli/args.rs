@@ -34,6 +34,10 @@ pub struct GlobalArgs {
     /// Log line format: text or json [env: TOKENWARDEN_LOG_FORMAT]
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// The address users' browsers reach tokenwarden at (default http://<listen>); the OAuth
+    /// redirect URI is <public-url>/oauth/callback [env: TOKENWARDEN_PUBLIC_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 impl GlobalArgs {
@@ -44,6 +48,7 @@ impl GlobalArgs {
             database_url: self.database_url.clone(),
             master_key_file: self.master_key_file.clone(),
             log_format: self.log_format.clone(),
+            public_url: self.public_url.clone(),
             ..FlagValues::default()
         };
         if let Command::Serve(serve) = command {
@@ -192,6 +197,27 @@ pub struct ProviderUpdateArgs {
     pub output: OutputArgs,
 }
 
+/// `token authorize` options.
+#[derive(Debug, Args)]
+pub struct TokenAuthorizeArgs {
+    /// Token name: a new one, or an existing OAuth token to re-authorise
+    pub name: TokenName,
+    /// The provider to authorise at (default: an existing token's)
+    #[arg(long)]
+    pub provider: Option<ProviderName>,
+    /// gitlab-oauth or oauth2 (default: the provider's)
+    #[arg(long)]
+    pub kind: Option<TokenKind>,
+    /// A scope to request (repeatable; default: the provider's --scope, for GitLab api)
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Where the browser goes afterwards (?token=NAME&status=connected is added)
+    #[arg(long, value_name = "URL")]
+    pub return_to: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 /// `provider add` options.
 #[derive(Debug, Args)]
 pub struct ProviderAddArgs {
@@ -229,6 +255,12 @@ pub struct ProviderFieldArgs {
     /// (GitLab's default) or none (a public client: only client_id is sent)
     #[arg(long, value_name = "METHOD")]
     pub client_auth: Option<ClientAuth>,
+    /// A scope authorisations at this provider request (repeatable; GitLab's default: api)
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// The authorization endpoint users consent at (oauth2 providers; GitLab's is {url}/oauth/authorize)
+    #[arg(long, value_name = "URL")]
+    pub authorize_url: Option<String>,
 }
 
 /// `token …`
@@ -259,6 +291,8 @@ pub enum TokenCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Print a consent link that stores the user's OAuth grant as NAME (or re-authorises NAME)
+    Authorize(TokenAuthorizeArgs),
     /// Replace a dead OAuth grant's refresh token (one line on standard input) and refresh it now
     Reauth {
         /// Token name

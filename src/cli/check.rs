@@ -200,6 +200,7 @@ mod tests {
             recovery: None,
             scopes: None,
             gitlab_name: None,
+            authorized_as: None,
             created_at: now,
             updated_at: now,
         }

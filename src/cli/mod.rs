@@ -27,6 +27,7 @@ mod serve;
 mod sink;
 mod systemd;
 mod token;
+mod token_authorize;
 mod token_revoke;
 mod token_rotate;
 mod usage;

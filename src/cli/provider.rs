@@ -67,6 +67,20 @@ struct AddUrls {
     token_url: Option<String>,
     redirect_uri: Option<String>,
     issuer: Option<String>,
+    authorize_url: Option<String>,
+}
+
+/// `--scope` values as stored (space-separated), each checked; `None` when none were given.
+pub fn scopes_flag(scopes: &[String]) -> Result<Option<String>, CliError> {
+    if scopes.is_empty() {
+        return Ok(None);
+    }
+    let joined = scopes.join(" ");
+    if scopes.iter().any(|scope| scope.is_empty() || scope.contains(' ')) {
+        return Err(CliError::Usage("give one scope per --scope, without spaces".into()));
+    }
+    crate::oauth::link::check_scopes(&joined).map_err(|err| CliError::Usage(err.to_string()))?;
+    Ok(Some(joined))
 }
 
 /// Validates the flags, discovers the endpoints when `--issuer` is given, reads the client
@@ -88,6 +102,15 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
     if let Some(method) = args.fields.client_auth {
         endpoints.client_auth = method;
     }
+    if let Some(url) = urls.authorize_url.clone() {
+        endpoints.authorization_url = Some(url);
+    }
+    endpoints.scopes = scopes_flag(&args.fields.scopes)?;
+    // GitLab's refreshes must repeat the redirect URI of the authorisation: record the one
+    // tokenwarden's consent links use, so both agree from the start.
+    if args.kind == ProviderKind::Gitlab && args.fields.client_id.is_some() && urls.redirect_uri.is_none() {
+        urls.redirect_uri = Some(settings.redirect_uri());
+    }
     let client_secret =
         if args.fields.client_secret_stdin { Some(read_secret_line("OAuth client secret")?) } else { None };
     let new = NewProvider {
@@ -104,6 +127,10 @@ async fn add(settings: Settings, args: ProviderAddArgs) -> Result<(), CliError> 
     let provider =
         store.run(move |conn| providers::insert_with(conn, &cipher, &new, &endpoints, CLI_ACTOR, Utc::now())).await?;
     eprintln!("added provider '{}' ({}, client auth {})", provider.name, provider.kind, provider.client_auth);
+    if provider.client_id.is_some() {
+        let redirect_uri = provider.redirect_uri.clone().unwrap_or_else(|| settings.redirect_uri());
+        eprintln!("register this redirect URI with its OAuth application: {redirect_uri}");
+    }
     Ok(())
 }
 
@@ -116,7 +143,11 @@ fn check_add_flags(args: &ProviderAddArgs) -> Result<AddUrls, CliError> {
         token_url: fields.token_url.as_deref().map(|u| validate_http_url("--token-url", u)).transpose()?,
         redirect_uri: fields.redirect_uri.as_deref().map(|u| validate_http_url("--redirect-uri", u)).transpose()?,
         issuer: args.issuer.as_deref().map(|u| validate_http_url("--issuer", u)).transpose()?,
+        authorize_url: fields.authorize_url.as_deref().map(|u| validate_http_url("--authorize-url", u)).transpose()?,
     };
+    if args.kind == ProviderKind::Gitlab && urls.authorize_url.is_some() {
+        return usage("a gitlab provider takes no --authorize-url ({url}/oauth/authorize is used)");
+    }
     match args.kind {
         ProviderKind::Gitlab if urls.url.is_none() => {
             return usage("a gitlab provider needs --url (e.g. https://gitlab.example.com)");
@@ -151,6 +182,7 @@ async fn discover_endpoints(settings: &Settings, issuer: &str) -> Result<Discove
 
 /// `provider show NAME`: everything but the secret, including what discovery found.
 async fn show(settings: Settings, name: ProviderName, json: bool) -> Result<(), CliError> {
+    let settings_redirect = settings.redirect_uri();
     let store = open_store(&settings).await?;
     let provider = store.run(move |conn| providers::find(conn, &name)).await?;
     if json {
@@ -167,7 +199,8 @@ async fn show(settings: Settings, name: ProviderName, json: bool) -> Result<(), 
         ("client id", text(provider.client_id.as_deref())),
         ("client secret", if provider.has_client_secret { "stored" } else { "-" }.to_owned()),
         ("client auth", provider.client_auth.to_string()),
-        ("redirect uri", text(provider.redirect_uri.as_deref())),
+        ("redirect uri (register it)", provider.redirect_uri.clone().unwrap_or_else(|| settings_redirect.clone())),
+        ("scopes", text(provider.scopes.as_deref())),
         ("created", time(Some(provider.created_at))),
     ]);
     Ok(())

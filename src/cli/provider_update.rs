@@ -84,13 +84,20 @@ fn validate(args: &ProviderUpdateArgs) -> Result<ProviderChanges, CliError> {
             .map(|u| validate_http_url("--redirect-uri", u))
             .transpose()?,
         client_auth: args.fields.client_auth,
+        scopes: super::provider::scopes_flag(&args.fields.scopes)?,
+        authorization_url: args
+            .fields
+            .authorize_url
+            .as_deref()
+            .map(|u| validate_http_url("--authorize-url", u))
+            .transpose()?,
     };
     if changes.client_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
         return Err(CliError::Usage("--client-id is empty".into()));
     }
     if changes.changed_fields().is_empty() && !args.fields.client_secret_stdin {
         return Err(CliError::Usage(
-            "nothing to change: give --url, --token-url, --client-id, --client-secret-stdin, --redirect-uri or --client-auth"
+            "nothing to change: give --url, --token-url, --client-id, --client-secret-stdin, --redirect-uri, --client-auth, --scope or --authorize-url"
                 .into(),
         ));
     }
@@ -102,6 +109,10 @@ fn check_kind(provider: &Provider, changes: &ProviderChanges) -> Result<(), CliE
     match provider.kind {
         ProviderKind::Gitlab if changes.token_url.is_some() => Err(CliError::Usage(format!(
             "provider '{}' is a gitlab provider: it takes --url, not --token-url",
+            provider.name
+        ))),
+        ProviderKind::Gitlab if changes.authorization_url.is_some() => Err(CliError::Usage(format!(
+            "provider '{}' is a gitlab provider: its authorization endpoint is {{url}}/oauth/authorize",
             provider.name
         ))),
         ProviderKind::Oauth2 if changes.url.is_some() => Err(CliError::Usage(format!(

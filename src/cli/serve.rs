@@ -96,8 +96,12 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         .map_err(|err| CliError::Failed(format!("cannot start the maintenance jobs: {err}")))?;
     let watchdog = systemd::spawn_watchdog(scheduler_handle.clone());
 
-    let state =
-        AppState { scheduler: Some(scheduler_handle), metrics: Some(metrics_handle), ..AppState::new(store, context) };
+    let state = AppState {
+        scheduler: Some(scheduler_handle),
+        metrics: Some(metrics_handle),
+        consent: crate::api::ConsentSettings::from_settings(&settings),
+        ..AppState::new(store, context)
+    };
     let forced_rotations = state.rotations.clone();
     let auth_failures = state.auth_failures.clone();
     let periodic_failures = auth_failures.clone();

@@ -23,6 +23,7 @@ pub async fn run(settings: Settings, command: TokenCommand) -> Result<(), CliErr
         TokenCommand::Show { name, output } => show(settings, name, output).await,
         TokenCommand::History { name, output } => history(settings, name, output).await,
         TokenCommand::Rotate { name, output } => super::token_rotate::rotate(settings, name, output.json).await,
+        TokenCommand::Authorize(args) => super::token_authorize::run(settings, args).await,
         TokenCommand::Reauth { name, .. } => super::token_rotate::reauth(settings, name).await,
         TokenCommand::Pause { name } => {
             change(settings, move |store| async move {
@@ -242,6 +243,12 @@ async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result
     }
     if let Some(gitlab_name) = &token.gitlab_name {
         fields.push(("gitlab name", gitlab_name.clone()));
+    }
+    if let Some(owner) = &token.authorized_as {
+        fields.push((
+            "authorized as",
+            format!("@{} (id {}, {})", owner.username, owner.id, time(Some(owner.authorized_at))),
+        ));
     }
     fields.extend([
         ("state", token.state.to_string()),

@@ -86,6 +86,7 @@ pub(super) struct FileConfig {
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
     pub allow_plaintext: Option<bool>,
+    pub public_url: Option<String>,
     pub policy: Option<FilePolicy>,
     pub scheduler: Option<FileScheduler>,
     pub maintenance: Option<FileMaintenance>,
@@ -97,6 +98,7 @@ pub(super) struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileOauth {
     pub assumed_lifetime: Option<String>,
+    pub authorization_timeout: Option<String>,
 }
 
 /// The `[policy]` table: defaults for tokens that do not override them.

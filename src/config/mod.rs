@@ -90,11 +90,13 @@ impl Default for SchedulerConfig {
 pub struct OauthConfig {
     /// Access-token lifetime assumed when a refresh answer has no `expires_in`.
     pub assumed_lifetime: HumanDuration,
+    /// How long a consent link (`token authorize`, `POST /v1/authorizations`) stays usable.
+    pub authorization_timeout: HumanDuration,
 }
 
 impl Default for OauthConfig {
     fn default() -> Self {
-        Self { assumed_lifetime: HumanDuration::minutes(60) }
+        Self { assumed_lifetime: HumanDuration::minutes(60), authorization_timeout: HumanDuration::minutes(10) }
     }
 }
 
@@ -163,6 +165,15 @@ pub struct Settings {
     /// Whether plain HTTP may be served on an address outside loopback (behind a proxy that
     /// terminates TLS).
     pub allow_plaintext: bool,
+    /// The address users' browsers reach tokenwarden at, without a trailing slash.
+    pub public_url: String,
+}
+
+impl Settings {
+    /// The OAuth redirect URI every authorisation uses: `<public_url>/oauth/callback`.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/oauth/callback", self.public_url)
+    }
 }
 
 /// Where the API's certificate chain and private key are (PEM).
@@ -193,6 +204,8 @@ pub struct FlagValues {
     pub tls_key_file: Option<PathBuf>,
     /// `--allow-plaintext`
     pub allow_plaintext: bool,
+    /// `--public-url`
+    pub public_url: Option<String>,
 }
 
 /// Where a configuration value came from, for error messages.
@@ -269,6 +282,8 @@ pub const ENV_TLS_CERT_FILE: &str = "TOKENWARDEN_TLS_CERT_FILE";
 pub const ENV_TLS_KEY_FILE: &str = "TOKENWARDEN_TLS_KEY_FILE";
 /// Environment variable allowing plain HTTP outside loopback (`true` or `false`).
 pub const ENV_ALLOW_PLAINTEXT: &str = "TOKENWARDEN_ALLOW_PLAINTEXT";
+/// Environment variable for the address users' browsers reach tokenwarden at.
+pub const ENV_PUBLIC_URL: &str = "TOKENWARDEN_PUBLIC_URL";
 
 /// HTTPS configured by half: `given` is set (in `origin`) but `missing` is not.
 fn half_of_tls(given: &'static str, missing: &str, origin: Origin) -> ConfigError {
@@ -363,6 +378,11 @@ pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Resu
         })?,
     };
 
+    let public_url = match pick(&flags.public_url, "--public-url", ENV_PUBLIC_URL, &file.public_url) {
+        Some((text, origin)) => parse_public_url(&text, origin)?,
+        None => format!("{}://{listen}", if tls.is_some() { "https" } else { "http" }),
+    };
+
     let policy = resolve_policy(&file.policy.unwrap_or_default(), &file_origin)?;
     let scheduler = resolve_scheduler(&file.scheduler.unwrap_or_default(), &file_origin)?;
     let maintenance = resolve_maintenance(&file.maintenance.unwrap_or_default(), &file_origin)?;
@@ -379,7 +399,23 @@ pub fn resolve(flags: &FlagValues, env: &dyn Fn(&str) -> Option<String>) -> Resu
         oauth,
         tls,
         allow_plaintext,
+        public_url,
     })
+}
+
+/// Checks `public_url`: an absolute http(s) URL with a host and neither query nor fragment (a
+/// path is kept, for a proxy that serves tokenwarden under a prefix); the trailing slash goes.
+fn parse_public_url(text: &str, origin: Origin) -> Result<String, ConfigError> {
+    let invalid =
+        |message: &str| ConfigError::Invalid { key: "public_url", origin: origin.clone(), message: message.to_owned() };
+    let parsed = url::Url::parse(text).map_err(|err| invalid(&format!("'{text}' is not a URL ({err})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(&format!("'{text}' is not an http:// or https:// URL with a host")));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
+        return Err(invalid(&format!("'{text}' must not carry a query, a fragment or a user")));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
 /// Applies the `[oauth]` table over the defaults: a lifetime between 1 minute and 366 days.
@@ -391,7 +427,14 @@ fn resolve_oauth(file: &FileOauth, file_origin: &dyn Fn() -> Origin) -> Result<O
         let message = "must be between 1m and 366d".to_owned();
         return Err(ConfigError::Invalid { key, origin: file_origin(), message });
     }
-    Ok(OauthConfig { assumed_lifetime })
+    let key = "oauth.authorization_timeout";
+    let authorization_timeout =
+        file_duration(key, &file.authorization_timeout, OauthConfig::default().authorization_timeout, file_origin)?;
+    if authorization_timeout < HumanDuration::minutes(1) || authorization_timeout > HumanDuration::minutes(24 * 60) {
+        let message = "must be between 1m and 24h".to_owned();
+        return Err(ConfigError::Invalid { key, origin: file_origin(), message });
+    }
+    Ok(OauthConfig { assumed_lifetime, authorization_timeout })
 }
 
 /// Reads and parses the TOML file, rejecting unknown keys.

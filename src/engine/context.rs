@@ -113,7 +113,6 @@ pub fn build_provider(
     kind: TokenKind,
     resource: Option<&str>,
 ) -> Result<Box<dyn TokenProvider>, String> {
-    let provider_kind: ProviderKind = provider.kind.parse().map_err(|err| format!("{err}"))?;
     let base_url = || provider.url.clone().ok_or_else(|| format!("provider '{}' has no --url", provider.name));
     let resource = || resource.map(str::to_owned).ok_or_else(|| format!("a {kind} needs a project or group"));
     match kind {
@@ -130,40 +129,43 @@ pub fn build_provider(
             &base_url()?,
             AccessTokenScope::Group(resource()?),
         ))),
-        TokenKind::GitlabOauth | TokenKind::Oauth2 => {
-            let token_url = match provider_kind {
-                ProviderKind::Gitlab => format!("{}/oauth/token", base_url()?),
-                ProviderKind::Oauth2 => provider
-                    .token_url
-                    .clone()
-                    .ok_or_else(|| format!("provider '{}' has no --token-url", provider.name))?,
-            };
-            let client_id = provider
-                .client_id
-                .clone()
-                .ok_or_else(|| format!("provider '{}' has no OAuth client id", provider.name))?;
-            let method = provider.client_auth.parse().map_err(|err| format!("{err}"))?;
-            let credentials =
-                ClientCredentials { id: client_id, secret: open_client_secret(context, provider)?, method };
-            let refresher = OauthRefresher::new(
-                context.http.clone(),
-                &token_url,
-                credentials,
-                &provider.name,
-                provider.redirect_uri.clone(),
-            )
-            .with_assumed_lifetime(context.settings.oauth.assumed_lifetime);
-            Ok(Box::new(match provider_kind {
-                ProviderKind::Gitlab => refresher
-                    .with_token_info_url(format!("{}/oauth/token/info", base_url()?))
-                    .with_revocation_url(format!("{}/oauth/revoke", base_url()?)),
-                ProviderKind::Oauth2 => match provider.revocation_url.clone() {
-                    Some(url) => refresher.with_revocation_url(url),
-                    None => refresher,
-                },
-            }))
-        }
+        TokenKind::GitlabOauth | TokenKind::Oauth2 => Ok(Box::new(build_oauth_client(context, provider)?)),
     }
+}
+
+/// The OAuth client of `provider`: its token endpoint with its client credentials, and for
+/// GitLab the token-info and revocation endpoints (for another provider its discovered
+/// revocation endpoint). Refreshes, code exchanges and revocations all go through it.
+pub fn build_oauth_client(context: &EngineContext, provider: &ProviderRow) -> Result<OauthRefresher, String> {
+    let provider_kind: ProviderKind = provider.kind.parse().map_err(|err| format!("{err}"))?;
+    let base_url = || provider.url.clone().ok_or_else(|| format!("provider '{}' has no --url", provider.name));
+    let token_url = match provider_kind {
+        ProviderKind::Gitlab => format!("{}/oauth/token", base_url()?),
+        ProviderKind::Oauth2 => {
+            provider.token_url.clone().ok_or_else(|| format!("provider '{}' has no --token-url", provider.name))?
+        }
+    };
+    let client_id =
+        provider.client_id.clone().ok_or_else(|| format!("provider '{}' has no OAuth client id", provider.name))?;
+    let method = provider.client_auth.parse().map_err(|err| format!("{err}"))?;
+    let credentials = ClientCredentials { id: client_id, secret: open_client_secret(context, provider)?, method };
+    let refresher = OauthRefresher::new(
+        context.http.clone(),
+        &token_url,
+        credentials,
+        &provider.name,
+        provider.redirect_uri.clone(),
+    )
+    .with_assumed_lifetime(context.settings.oauth.assumed_lifetime);
+    Ok(match provider_kind {
+        ProviderKind::Gitlab => refresher
+            .with_token_info_url(format!("{}/oauth/token/info", base_url()?))
+            .with_revocation_url(format!("{}/oauth/revoke", base_url()?)),
+        ProviderKind::Oauth2 => match provider.revocation_url.clone() {
+            Some(url) => refresher.with_revocation_url(url),
+            None => refresher,
+        },
+    })
 }
 
 /// Opens the provider's sealed OAuth client secret, if it has one.

@@ -18,6 +18,6 @@ pub mod scheduler;
 pub mod window;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
-pub use context::{EngineContext, EngineSettings, build_provider};
+pub use context::{EngineContext, EngineSettings, build_oauth_client, build_provider};
 pub use protocol::{ForcedRotation, RotationOutcome, RotationReport, rotate_now};
 pub use scheduler::{Limits, Scheduler, SchedulerHandle};

@@ -67,7 +67,7 @@ use super::policy::{plan_rotation, requested_gitlab_expiry};
 use crate::domain::{Policy, Recovery, TokenKind, TokenName, TokenState};
 use crate::providers::{Credential, ProviderError, Renewed, TokenProvider};
 use crate::store::StoreError;
-use crate::store::rotation::{self, Answer, Claim, ClaimMode, ClaimResult, Failure, GRANT_LOST, Success};
+use crate::store::rotation::{self, Answer, Authorized, Claim, ClaimMode, ClaimResult, Failure, GRANT_LOST, Success};
 use crate::store::tokens::{SecretField, secret_context};
 use crate::telemetry::metrics as telemetry;
 
@@ -220,7 +220,7 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
     let answered = Instant::now();
     report.outcome = match attempt {
         Attempt::Renewed(renewed) => {
-            let (outcome, durable_at) = commit_renewed(context, &claim, &policy, renewed, actor).await;
+            let (outcome, durable_at) = commit_renewed(context, &claim, &policy, renewed, actor, None).await;
             report.commit_gap = durable_at.map(|at| at.saturating_duration_since(answered));
             report.durable_at = durable_at;
             outcome
@@ -487,12 +487,13 @@ pub(super) fn open_credential(context: &EngineContext, claim: &Claim, policy: &P
 /// returns when the answer became durable (journaled). Retries the commit while the store
 /// fails; a result that cannot be stored at all is left to the recovery rules (the lease runs
 /// out, the next claim commits the journaled answer or treats the outcome as unknown).
-async fn commit_renewed(
+pub(crate) async fn commit_renewed(
     context: &EngineContext,
     claim: &Claim,
     policy: &Policy,
     renewed: Renewed,
     actor: &str,
+    authorized: Option<Authorized>,
 ) -> (RotationOutcome, Option<Instant>) {
     let assumed_lifetime = renewed.assumed_lifetime;
     let seal = |field, secret: &SecretString| context.cipher.try_seal(secret_context(&claim.token.id, field), secret);
@@ -518,7 +519,13 @@ async fn commit_renewed(
     };
     let lease = claim.lease();
     let expires_at = success.expires_at;
-    let answer = |now| Answer { lease: lease.clone(), success: success.clone(), actor: actor.to_owned(), now };
+    let answer = |now| Answer {
+        lease: lease.clone(),
+        success: success.clone(),
+        actor: actor.to_owned(),
+        now,
+        authorized: authorized.clone(),
+    };
     let committed = commit_with_retries(context, |now| context.store.commit_answer(answer(now)));
     match committed.await {
         Ok(stored) => {

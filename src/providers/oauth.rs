@@ -206,6 +206,60 @@ fn quote_token_type(kind: &str) -> String {
     format!("an unexpected {}-character value", kind.chars().count())
 }
 
+/// What the authorization-code grant sends besides the client's credentials (RFC 6749 §4.1.3
+/// with PKCE, RFC 7636 §4.5).
+#[derive(Debug)]
+pub struct CodeExchange<'a> {
+    /// The code the provider sent to the redirect URI.
+    pub code: &'a SecretString,
+    /// The PKCE verifier whose S256 challenge the authorisation request carried.
+    pub verifier: &'a SecretString,
+    /// The redirect URI of the authorisation request, exactly.
+    pub redirect_uri: &'a str,
+    /// The engine's time when the request is made (the grant's lifetime counts from here).
+    pub requested_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl OauthRefresher {
+    /// Exchanges an authorisation code for a grant (`grant_type=authorization_code`). The
+    /// answer is read as a refresh answer is; an error answer is classified the same way (a
+    /// refused code is `Permanent` with the server's code, usually `invalid_grant`).
+    pub async fn exchange_code(&self, exchange: &CodeExchange<'_>) -> Result<Renewed, ProviderError> {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", exchange.code.expose_secret()),
+            ("redirect_uri", exchange.redirect_uri),
+            ("code_verifier", exchange.verifier.expose_secret()),
+        ];
+        let request = self.client.post(&self.token_url).header(reqwest::header::ACCEPT, "application/json");
+        let request = self.credentials.apply(request, &mut form);
+        let Answer { status, headers, body } = send(request.form(&form)).await?;
+        if !status.is_success() {
+            return Err(match classify_oauth_error(status, &headers, &body) {
+                ProviderError::Permanent { reason, message } if reason == "invalid_client" => {
+                    self.client_rejected(message)
+                }
+                other => other,
+            });
+        }
+        let credential = Credential {
+            secret: None,
+            refresh_token: None,
+            requested_expiry: exchange.requested_at.date_naive(),
+            requested_at: exchange.requested_at,
+        };
+        let renewed = parse_token_response(&body, &credential, self.assumed_lifetime)?;
+        if renewed.refresh_token.is_none() {
+            return Err(ProviderError::permanent(
+                "no_refresh_token",
+                "the provider granted access without a refresh token, so tokenwarden could not keep it alive; \
+                 check that the application may use refresh tokens",
+            ));
+        }
+        Ok(renewed)
+    }
+}
+
 #[async_trait::async_trait]
 impl TokenProvider for OauthRefresher {
     async fn renew(&self, credential: &Credential) -> Result<Renewed, ProviderError> {

@@ -75,6 +75,8 @@ pub struct ProviderRow {
     pub authorization_url: Option<String>,
     /// The discovered revocation endpoint (RFC 7009).
     pub revocation_url: Option<String>,
+    /// Scopes authorisations at this provider request (space-separated; `None`: the default).
+    pub scopes: Option<String>,
 }
 
 /// A provider as the rest of tokenwarden sees it (without its sealed client secret).
@@ -105,6 +107,8 @@ pub struct Provider {
     pub authorization_url: Option<String>,
     /// The discovered revocation endpoint.
     pub revocation_url: Option<String>,
+    /// Scopes authorisations at this provider request (space-separated).
+    pub scopes: Option<String>,
     /// When it was added.
     pub created_at: DateTime<Utc>,
 }
@@ -121,6 +125,7 @@ impl TryFrom<ProviderRow> for Provider {
             issuer: row.issuer,
             authorization_url: row.authorization_url,
             revocation_url: row.revocation_url,
+            scopes: row.scopes,
             id: row.id,
             url: row.url,
             token_url: row.token_url,
@@ -253,6 +258,9 @@ pub struct Token {
     pub scopes: Option<String>,
     /// The name the token has at GitLab, when an operator recorded it (`token update --gitlab-name`).
     pub gitlab_name: Option<String>,
+    /// The provider's user who authorised the grant in the browser (OAuth grants, once known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorized_as: Option<super::grant_owners::AuthorizedAs>,
     /// When it was added.
     pub created_at: DateTime<Utc>,
     /// When its row last changed.
@@ -300,6 +308,7 @@ impl Token {
             recovery: row.recovery,
             scopes: row.scopes,
             gitlab_name: row.gitlab_name,
+            authorized_as: None,
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
         })

@@ -27,8 +27,10 @@ pub enum Event {
     Rotated,
     /// A streak of transient failures crossed the alert threshold.
     Failed,
-    /// A permanent failure: a human must act.
+    /// A permanent failure: a human must act (the body says why and what to do).
     NeedsAttention,
+    /// A user authorised the token's OAuth grant (a first connection or a re-authorisation).
+    Authorized,
 }
 
 impl Event {
@@ -38,6 +40,7 @@ impl Event {
             Event::Rotated => "token.rotated",
             Event::Failed => "token.failed",
             Event::NeedsAttention => "token.needs_attention",
+            Event::Authorized => "token.authorized",
         }
     }
 }
@@ -60,9 +63,13 @@ pub fn enqueue(
         .filter(clients::role.eq(ClientRole::Operator.as_str()).or(clients::id.eq_any(granted)))
         .select(clients::id)
         .load(conn)?;
+    let attention = match event {
+        Event::NeedsAttention if !subscribers.is_empty() => Some(attention_of(conn, token_name)?),
+        _ => None,
+    };
     for client_id in &subscribers {
         let id = new_id();
-        let payload = json!({
+        let mut payload = json!({
             "id": id,
             "event": event.as_str(),
             "token": token_name,
@@ -70,6 +77,10 @@ pub fn enqueue(
             "expires_at": expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
             "occurred_at": now.to_rfc3339_opts(SecondsFormat::Secs, true),
         });
+        if let Some((reason, remedy)) = &attention {
+            payload["reason"] = json!(reason);
+            payload["remedy"] = json!(remedy);
+        }
         diesel::insert_into(outbox::table)
             .values((
                 outbox::id.eq(&id),
@@ -83,6 +94,20 @@ pub fn enqueue(
             .execute(conn)?;
     }
     Ok(subscribers.len())
+}
+
+/// Why `token_name` needs attention and what a human does about it, for the webhook body:
+/// its recorded reason (or its state, e.g. `expired`) and the remedy (`reauthorize` for an
+/// OAuth grant, `replace` for an access token nobody can heal, …; see [`super::models::remedy`]).
+fn attention_of(conn: &mut DbConnection, token_name: &str) -> Result<(String, &'static str), StoreError> {
+    let (kind, state, reason): (String, String, Option<String>) = tokens::table
+        .filter(tokens::name.eq(token_name))
+        .select((tokens::kind, tokens::state, tokens::attention_reason))
+        .get_result(conn)?;
+    let kind: crate::domain::TokenKind = super::rotation::parse("token kind", &kind)?;
+    let reason = reason.unwrap_or(state);
+    let remedy = super::models::remedy(kind, &reason);
+    Ok((reason, remedy))
 }
 
 /// Pending (neither delivered nor abandoned) deliveries for `token_name` (for tests and

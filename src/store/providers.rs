@@ -41,12 +41,20 @@ pub struct ProviderEndpoints {
     pub authorization_url: Option<String>,
     /// The discovered revocation endpoint.
     pub revocation_url: Option<String>,
+    /// Scopes authorisations request (space-separated; `None`: the kind's default).
+    pub scopes: Option<String>,
 }
 
 impl ProviderEndpoints {
     /// Nothing discovered; the default client authentication for `kind`.
     pub fn default_for(kind: ProviderKind) -> Self {
-        Self { client_auth: ClientAuth::default_for(kind), issuer: None, authorization_url: None, revocation_url: None }
+        Self {
+            client_auth: ClientAuth::default_for(kind),
+            issuer: None,
+            authorization_url: None,
+            revocation_url: None,
+            scopes: None,
+        }
     }
 }
 
@@ -96,6 +104,7 @@ pub fn insert_with(
         issuer: endpoints.issuer.clone(),
         authorization_url: endpoints.authorization_url.clone(),
         revocation_url: endpoints.revocation_url.clone(),
+        scopes: endpoints.scopes.clone(),
     };
     conn.write_transaction(|conn| {
         diesel::insert_into(providers::table)
@@ -166,6 +175,10 @@ pub struct ProviderChanges {
     pub redirect_uri: Option<String>,
     /// New client authentication method.
     pub client_auth: Option<ClientAuth>,
+    /// New scopes for authorisations (space-separated).
+    pub scopes: Option<String>,
+    /// New authorization endpoint.
+    pub authorization_url: Option<String>,
 }
 
 impl ProviderChanges {
@@ -184,6 +197,8 @@ impl ProviderChanges {
             ("client_secret", self.client_secret.is_some()),
             ("redirect_uri", self.redirect_uri.is_some()),
             ("client_auth", self.client_auth.is_some()),
+            ("scopes", self.scopes.is_some()),
+            ("authorization_url", self.authorization_url.is_some()),
         ];
         fields.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
     }
@@ -224,6 +239,8 @@ pub fn update(
                 sealed.as_ref().map(|secret| providers::client_secret.eq(secret)),
                 changes.redirect_uri.as_ref().map(|uri| providers::redirect_uri.eq(uri)),
                 changes.client_auth.map(|method| providers::client_auth.eq(method.as_str())),
+                changes.scopes.as_ref().map(|scopes| providers::scopes.eq(scopes)),
+                changes.authorization_url.as_ref().map(|url| providers::authorization_url.eq(url)),
                 providers::updated_at.eq(naive(now)),
             ))
             .execute(conn)?;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 
-use super::schema::{answer_journal, clients, providers, tokens};
+use super::schema::{answer_journal, authorizations, clients, providers, tokens};
 use super::{DbConnection, StoreError};
 use crate::crypto::{Cipher, KeyId, SealContext};
 
@@ -59,6 +59,7 @@ pub const SEALED_COLUMNS: &[(&str, &str)] = &[
     ("providers", "client_secret"),
     ("clients", "webhook_secret"),
     ("clients", "previous_webhook_secret"),
+    ("authorizations", "verifier"),
 ];
 
 /// One sealed column: the rows' id, the column, and where its values are bound.
@@ -79,6 +80,8 @@ macro_rules! for_each_sealed_column {
         $visit!(clients::table, clients::id, clients::webhook_secret, "clients", "webhook_secret");
         // The secret before `client rotate-webhook-secret`, sealed where it was sealed.
         $visit!(clients::table, clients::id, clients::previous_webhook_secret, "clients", "webhook_secret");
+        // PKCE verifiers of consent links not used yet.
+        $visit!(authorizations::table, authorizations::id, authorizations::verifier, "authorizations", "verifier");
     };
 }
 

@@ -25,23 +25,13 @@ pub fn is_revoke_lease(owner: &str) -> bool {
     owner.ends_with(REVOKE_LEASE_MARK)
 }
 
-/// What the claim found, put back when the revocation is refused.
-#[derive(Debug, Clone)]
-pub struct Before {
-    state: String,
-    recovery: Option<String>,
-    lease_owner: Option<String>,
-    lease_expires_at: Option<chrono::NaiveDateTime>,
-    attempt_id: Option<String>,
-}
-
 /// A held lease for revoking one token.
 #[derive(Debug)]
 pub struct RevokeClaim {
     /// The lease and the sealed credential.
     pub claim: Claim,
     /// The token's state before the claim.
-    pub before: Before,
+    pub before: super::lease_restore::Before,
     /// The `needs_attention` reason it had, if any (a rotation answer lost before: a successor
     /// token may live at the provider).
     pub attention_reason: Option<String>,
@@ -84,13 +74,7 @@ pub fn claim(
                 until.format("%H:%M:%S UTC")
             )));
         }
-        let before = Before {
-            state: row.state.clone(),
-            recovery: row.recovery.clone(),
-            lease_owner: row.lease_owner.clone(),
-            lease_expires_at: row.lease_expires_at,
-            attempt_id: row.attempt_id.clone(),
-        };
+        let before = super::lease_restore::Before::of(row);
         let attention_reason = row.attention_reason.clone();
         // The marker of an earlier unknown outcome stays (a claim after a failed revocation
         // must still probe first); only the owner's name tells the lease is a revocation's.
@@ -133,27 +117,13 @@ pub fn remove_revoked(
 pub fn release(
     conn: &mut DbConnection,
     lease: &Lease,
-    before: &Before,
+    before: &super::lease_restore::Before,
     actor: &str,
     why: &str,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     conn.write_transaction(|conn| {
-        let changed = diesel::update(
-            tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id)),
-        )
-        .set((
-            tokens::state.eq(&before.state),
-            tokens::recovery.eq(&before.recovery),
-            tokens::lease_owner.eq(&before.lease_owner),
-            tokens::lease_expires_at.eq(before.lease_expires_at),
-            tokens::attempt_id.eq(&before.attempt_id),
-            tokens::updated_at.eq(super::models::naive(now)),
-        ))
-        .execute(conn)?;
-        if changed != 1 {
-            return Err(StoreError::LeaseLost { token: lease.token_name.clone(), attempt: lease.attempt_id.clone() });
-        }
+        super::lease_restore::put_back(conn, lease, before, now)?;
         let target = AuditTarget { kind: "token", name: &lease.token_name };
         audit::record(conn, now, actor, "token.revoke_failed", target, Some(why.to_owned()))
     })

@@ -215,6 +215,10 @@ fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime
             if row.lease_owner.as_deref().is_some_and(super::revocation::is_revoke_lease) {
                 return Ok(Decision::RevokeInterrupted);
             }
+            // An authorisation callback died after sending the code: spent, its grant unseen.
+            if row.lease_owner.as_deref().is_some_and(super::authorization_claim::is_authorize_lease) {
+                return Ok(Decision::GrantLost);
+            }
             recovery = match (kind.is_oauth_grant(), recovery) {
                 (false, _) => Some(Recovery::Probe),
                 // A server that keeps refresh tokens valid across refreshes: the lost refresh
@@ -477,11 +481,21 @@ fn forced_wait(
     settling.into_iter().chain(provider.not_before.map(utc)).max()
 }
 
-/// Marks a grant lost because its single retry's outcome was lost with its worker.
+/// Marks a grant lost because the attempt that held it died with an unknown outcome: the
+/// single retry after a lost refresh answer, or the exchange of an authorisation code.
 fn mark_grant_lost(conn: &mut DbConnection, row: &TokenRow, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let error = "the single retry after an unknown refresh outcome was interrupted; the refresh token is presumed \
-                 used. Re-authorise the grant and run `tokenwarden token reauth`";
-    mark_interrupted(conn, row, GRANT_LOST, error, now)
+    let error = if row.lease_owner.as_deref().is_some_and(super::authorization_claim::is_authorize_lease) {
+        format!(
+            "the exchange of an authorisation code was interrupted before its answer was stored; the code is spent. \
+             Authorise again (`tokenwarden token authorize {}` or the console's Re-authorise)",
+            row.name
+        )
+    } else {
+        "the single retry after an unknown refresh outcome was interrupted; the refresh token is presumed used. \
+         Re-authorise the grant (`tokenwarden token authorize`) or run `tokenwarden token reauth`"
+            .to_owned()
+    };
+    mark_interrupted(conn, row, GRANT_LOST, &error, now)
 }
 
 /// `needs_attention` reason of a token whose `token remove --revoke` was interrupted.
@@ -561,6 +575,17 @@ pub struct Answer {
     pub actor: String,
     /// When the answer is stored (history, audit and outbox times).
     pub now: DateTime<Utc>,
+    /// Set when the answer is a code exchange's (a user authorised the grant): the commit
+    /// records who, and announces `token.authorized` besides `token.rotated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized: Option<Authorized>,
+}
+
+/// What a code exchange's answer adds to its commit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Authorized {
+    /// The provider's user who consented, when the provider says (GitLab's `/api/v4/user`).
+    pub user: Option<super::grant_owners::GrantOwner>,
 }
 
 /// Commits several answers in one transaction (group commit): each in a savepoint of its own
@@ -625,7 +650,7 @@ pub const ANSWER_CONFLICT_ROUNDS: u32 = 4;
 /// The writes of one stored answer, inside the caller's transaction (its journal row is
 /// deleted with them); returns the new version.
 pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i64, StoreError> {
-    let Answer { lease, success, actor, now } = answer;
+    let Answer { lease, success, actor, now, authorized } = answer;
     let (actor, now) = (actor.as_str(), *now);
     // Fenced by the attempt id and the version the claim saw: the new version is known without
     // reading it back (one statement fewer inside the commit gap).
@@ -665,7 +690,7 @@ pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i
         id: new_id(),
         token_id: lease.token_id.clone(),
         version,
-        event: "rotated".to_owned(),
+        event: if authorized.is_some() { "authorized" } else { "rotated" }.to_owned(),
         actor: actor.to_owned(),
         expires_at: success.expires_at.map(naive),
         occurred_at: naive(now),
@@ -673,10 +698,19 @@ pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i
     };
     diesel::insert_into(token_history::table).values(&history).execute(conn)?;
     let name = lease.token_name.as_str();
+    let target = AuditTarget { kind: "token", name };
+    if let Some(Authorized { user }) = authorized {
+        if let Some(user) = user {
+            super::grant_owners::record(conn, &lease.token_id, user, now)?;
+        }
+        outbox::enqueue(conn, Event::Authorized, name, version, success.expires_at, now)?;
+        let by = user.as_ref().map_or_else(String::new, |user| format!(" by=@{}", user.username));
+        audit::record(conn, now, actor, "token.authorize", target, Some(format!("version={version}{by}")))?;
+    } else {
+        audit::record(conn, now, actor, "token.rotate", target, Some(format!("version={version}")))?;
+    }
     outbox::enqueue(conn, Event::Rotated, name, version, success.expires_at, now)?;
     super::sinks::enqueue(conn, &lease.token_id, version, now)?;
-    let target = AuditTarget { kind: "token", name };
-    audit::record(conn, now, actor, "token.rotate", target, Some(format!("version={version}")))?;
     Ok(version)
 }
 

@@ -29,6 +29,7 @@ diesel::table! {
         issuer -> Nullable<Text>,
         authorization_url -> Nullable<Text>,
         revocation_url -> Nullable<Text>,
+        scopes -> Nullable<Text>,
     }
 }
 
@@ -204,7 +205,42 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Consent links handed out and not yet used (see `store::authorizations`): the state only
+    /// as its hash, the PKCE verifier sealed.
+    authorizations (id) {
+        id -> Text,
+        state_hash -> Text,
+        token_name -> Text,
+        token_id -> Nullable<Text>,
+        provider_id -> Text,
+        kind -> Text,
+        scopes -> Text,
+        redirect_uri -> Text,
+        return_to -> Nullable<Text>,
+        verifier -> Nullable<Binary>,
+        requested_by -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    /// Who consented to a token's OAuth grant (see `store::grant_owners`).
+    grant_owners (token_id) {
+        token_id -> Text,
+        user_id -> Text,
+        username -> Text,
+        authorized_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(tokens -> providers (provider_id));
+diesel::joinable!(authorizations -> providers (provider_id));
+diesel::joinable!(grant_owners -> tokens (token_id));
+diesel::allow_tables_to_appear_in_same_query!(authorizations, providers);
+diesel::allow_tables_to_appear_in_same_query!(grant_owners, tokens);
 diesel::joinable!(token_history -> tokens (token_id));
 diesel::joinable!(client_grants -> clients (client_id));
 diesel::joinable!(client_grants -> tokens (token_id));

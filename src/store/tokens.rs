@@ -190,7 +190,11 @@ pub fn find_as(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) ->
             .get_result::<(TokenRow, String)>(conn),
     };
     let (row, provider) = found.optional()?.ok_or_else(|| not_found(name))?;
-    Token::from_row(row, &provider)
+    let mut token = Token::from_row(row, &provider)?;
+    if token.kind.is_oauth_grant() {
+        token.authorized_as = super::grant_owners::find(conn, &token.id)?;
+    }
+    Ok(token)
 }
 
 /// The join condition [`grant_of`] builds.

@@ -1,0 +1,3 @@
+ALTER TABLE providers DROP COLUMN scopes;
+DROP TABLE grant_owners;
+DROP TABLE authorizations;
