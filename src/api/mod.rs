@@ -81,6 +81,8 @@ pub struct AppState {
 /// link stays usable (`oauth.authorization_timeout`).
 #[derive(Debug, Clone)]
 pub struct ConsentSettings {
+    /// The address users' browsers reach tokenwarden at (`public_url`).
+    pub public_url: String,
     /// `<public_url>/oauth/callback`.
     pub redirect_uri: String,
     /// A link's lifetime.
@@ -93,6 +95,7 @@ impl ConsentSettings {
     /// The settings for `settings.public_url` and `settings.oauth`.
     pub fn from_settings(settings: &crate::config::Settings) -> Self {
         Self {
+            public_url: settings.public_url.clone(),
             redirect_uri: settings.redirect_uri(),
             timeout: settings.oauth.authorization_timeout.get(),
             secure_cookies: settings.public_url.starts_with("https://"),
@@ -103,6 +106,7 @@ impl ConsentSettings {
 impl Default for ConsentSettings {
     fn default() -> Self {
         Self {
+            public_url: format!("http://{}", crate::config::DEFAULT_LISTEN),
             redirect_uri: format!("http://{}/oauth/callback", crate::config::DEFAULT_LISTEN),
             timeout: Duration::from_secs(600),
             secure_cookies: false,

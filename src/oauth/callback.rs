@@ -88,15 +88,15 @@ pub enum CallbackOutcome {
 /// Handles one callback.
 pub async fn complete(context: &EngineContext, query: CallbackQuery) -> CallbackOutcome {
     let Some(state) = query.state.filter(|state| !state.is_empty() && state.len() <= 512) else {
-        return CallbackOutcome::BadLink("the link has no state");
+        return CallbackOutcome::BadLink("The link has no state");
     };
     let (cipher, hash, now) = (context.cipher.clone(), state_hash(&state), context.clock.now());
     let consumed = context.store.run(move |conn| authorizations::consume(conn, &cipher, &hash, now)).await;
     let pending = match consumed {
         Ok(Consumed::Ready(pending)) => pending,
-        Ok(Consumed::Unknown) => return CallbackOutcome::BadLink("this link is not known"),
-        Ok(Consumed::Used { .. }) => return CallbackOutcome::BadLink("this link was used already"),
-        Ok(Consumed::Expired { .. }) => return CallbackOutcome::BadLink("this link has expired"),
+        Ok(Consumed::Unknown) => return CallbackOutcome::BadLink("This link is not known"),
+        Ok(Consumed::Used { .. }) => return CallbackOutcome::BadLink("This link was used already"),
+        Ok(Consumed::Expired { .. }) => return CallbackOutcome::BadLink("This link has expired"),
         Err(err) => return unavailable(&err),
     };
     let token = pending.token_name.clone();
@@ -112,7 +112,7 @@ pub async fn complete(context: &EngineContext, query: CallbackQuery) -> Callback
         };
     }
     let Some(code) = query.code.filter(|code| !code.is_empty() && code.len() <= 4096) else {
-        return CallbackOutcome::BadLink("the link came back without a code");
+        return CallbackOutcome::BadLink("The link came back without a code");
     };
     exchange(context, &pending, SecretString::from(code)).await
 }

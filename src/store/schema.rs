@@ -236,7 +236,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Operator console sessions (see `store::ui_sessions`): the id only as its hash.
+    ui_sessions (id_hash) {
+        id_hash -> Text,
+        client_id -> Text,
+        csrf_token -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(tokens -> providers (provider_id));
+diesel::joinable!(ui_sessions -> clients (client_id));
+diesel::allow_tables_to_appear_in_same_query!(ui_sessions, clients);
 diesel::joinable!(authorizations -> providers (provider_id));
 diesel::joinable!(grant_owners -> tokens (token_id));
 diesel::allow_tables_to_appear_in_same_query!(authorizations, providers);

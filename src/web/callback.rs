@@ -37,7 +37,7 @@ fn parse_query(raw: Option<&str>) -> CallbackQuery {
 /// `GET /oauth/callback`.
 pub async fn callback(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let outcome = complete(&state.engine, parse_query(raw.as_deref())).await;
-    page_for(outcome)
+    page_for(outcome, &state.consent.public_url)
 }
 
 /// `return_to` with `token` and `status` added to its query.
@@ -45,6 +45,25 @@ fn return_url(return_to: &str, token: &str, status: &str) -> Option<String> {
     let mut url = url::Url::parse(return_to).ok()?;
     url.query_pairs_mut().append_pair("token", token).append_pair("status", status);
     Some(url.into())
+}
+
+/// Sends the browser on to `location`. The console's own pages are reached through a page of
+/// ours (a refresh, and a link) rather than a redirect: the navigation that brought the browser
+/// here started at the provider's site, and a browser sends the `SameSite=Strict` session cookie
+/// only on navigations that start on tokenwarden's own site.
+fn send_on(location: String, public_url: &str) -> Response {
+    if !location.starts_with(&format!("{public_url}/ui/")) {
+        return see_other(location);
+    }
+    let page = super::page::layout(
+        "Continue",
+        None,
+        maud::html! {
+            meta http-equiv="refresh" content=(format!("0; url={location}"));
+            div.notice.ok { h1 { "Done" } p { a href=(location) id="continue" { "Continue to the console" } } }
+        },
+    );
+    super::page::respond(StatusCode::OK, page)
 }
 
 fn see_other(location: String) -> Response {
@@ -56,11 +75,11 @@ fn see_other(location: String) -> Response {
 }
 
 /// The answer for an outcome.
-pub fn page_for(outcome: CallbackOutcome) -> Response {
+pub fn page_for(outcome: CallbackOutcome, public_url: &str) -> Response {
     match outcome {
         CallbackOutcome::Connected { token, return_to: Some(to), .. } => {
             match return_url(&to, token.as_str(), "connected") {
-                Some(location) => see_other(location),
+                Some(location) => send_on(location, public_url),
                 None => connected_page(token.as_str(), None, None),
             }
         }
@@ -69,7 +88,7 @@ pub fn page_for(outcome: CallbackOutcome) -> Response {
         }
         CallbackOutcome::Declined { token, return_to } => {
             match return_to.and_then(|to| return_url(&to, token.as_str(), "declined")) {
-                Some(location) => see_other(location),
+                Some(location) => send_on(location, public_url),
                 None => message(
                     StatusCode::FORBIDDEN,
                     "Not connected",
