@@ -221,29 +221,37 @@ fn submit_form(page_url: &url::Url, html: &str) -> Step {
 /// A user signs in and consents on the server's own pages; returns the code the server
 /// redirects back with.
 fn authorization_code(server: &Server) -> String {
-    let (base, kind) = (server.url.clone(), server.kind);
+    let query = [
+        ("response_type", "code"),
+        ("client_id", CLIENT_ID),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", server.kind.scope()),
+        ("state", "interop-state"),
+        ("prompt", "consent"),
+    ];
+    let authorize = match server.kind {
+        Kind::Authlib => "authorize",
+        Kind::OidcProvider => "auth",
+    };
+    let start = url::Url::parse_with_params(&format!("{}/{authorize}", server.url), query).unwrap();
+    let back = consent(start);
+    let code = back.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned());
+    code.unwrap_or_else(|| panic!("no code in {back}"))
+}
+
+/// Opens `start` (an authorisation request) as a browser, signs in and consents on every page
+/// the server shows; returns where the server finally sends the browser (the redirect URI with
+/// `code` and `state`).
+fn consent(start: url::Url) -> url::Url {
     block_on(async move {
         let mut browser = Browser { http: http(), cookies: BTreeMap::new() };
-        let query = [
-            ("response_type", "code"),
-            ("client_id", CLIENT_ID),
-            ("redirect_uri", REDIRECT_URI),
-            ("scope", kind.scope()),
-            ("state", "interop-state"),
-            ("prompt", "consent"),
-        ];
-        let authorize = match kind {
-            Kind::Authlib => "authorize",
-            Kind::OidcProvider => "auth",
-        };
-        let mut step = Step::Get(url::Url::parse_with_params(&format!("{base}/{authorize}"), query).unwrap());
+        let mut step = Step::Get(start);
         for _ in 0..20 {
             let (url, response) = browser.send(step).await;
             if let Some(location) = response.headers().get("location") {
                 let next = url.join(location.to_str().unwrap()).unwrap();
                 if next.as_str().starts_with(REDIRECT_URI) {
-                    let code = next.query_pairs().find(|(k, _)| k == "code").map(|(_, v)| v.into_owned());
-                    return code.unwrap_or_else(|| panic!("no code in {next}"));
+                    return next;
                 }
                 step = Step::Get(next);
                 continue;
@@ -251,7 +259,7 @@ fn authorization_code(server: &Server) -> String {
             assert_eq!(response.status(), 200, "{url}");
             step = submit_form(&url, &response.text().await.unwrap());
         }
-        panic!("the server never redirected back with a code")
+        panic!("the server never redirected back")
     })
 }
 
@@ -417,6 +425,60 @@ fn oidc_provider_found_by_openid_discovery_keeping_refresh_tokens_refreshes_forc
 #[test]
 fn oidc_provider_rotating_refresh_tokens_is_refreshed_with_basic_by_default() {
     server_rotating_refresh_tokens(Kind::OidcProvider);
+}
+
+/// The consent flow end to end through the `tokenwarden` binary, against Authlib's own
+/// authorization-code grant with its PKCE extension: `token authorize` makes the link (S256
+/// challenge), a user consents on Authlib's pages, and the daemon's `/oauth/callback` exchanges
+/// the code with its verifier and stores the grant, which then refreshes. A code of such a link
+/// is refused without its verifier — so Authlib checked the one tokenwarden sent.
+#[test]
+fn authlib_consent_through_token_authorize_and_the_callback_stores_a_pkce_grant() {
+    let Some(server) = Server::start(Kind::Authlib, &[]) else { return };
+    let sandbox = Sandbox::new();
+    add_provider(&sandbox, &["--issuer", &server.url, "--redirect-uri", REDIRECT_URI]);
+    let scopes: Vec<&str> = server.kind.scope().split(' ').flat_map(|scope| ["--scope", scope]).collect();
+    let authorize = [&["token", "authorize", "corp-api", "--provider", "op"][..], &scopes].concat();
+    let link = url::Url::parse(sandbox.ok(&authorize, "").trim()).unwrap();
+    let params: BTreeMap<String, String> = link.query_pairs().into_owned().collect();
+    assert_eq!(params["code_challenge_method"], "S256", "{link}");
+    assert!(link.as_str().starts_with(&server.url), "the discovered authorization endpoint: {link}");
+
+    // Authlib enforces the challenge: the code of a link is refused without its verifier.
+    let unused = url::Url::parse(sandbox.ok(&authorize, "").trim()).unwrap();
+    let back_unused = consent(unused);
+    let code = back_unused.query_pairs().find(|(k, _)| k == "code").unwrap_or_else(|| panic!("{back_unused}")).1.into_owned();
+    let token_url = format!("{}{}", server.url, server.kind.token_path());
+    let refused: serde_json::Value = block_on(async move {
+        let exchange = [("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT_URI)];
+        let answer = http().post(token_url).header("authorization", basic()).form(&exchange).send().await.unwrap();
+        answer.json().await.unwrap()
+    });
+    assert!(refused["error"].is_string() && refused.get("access_token").is_none(), "{refused}");
+
+    let back = consent(link);
+    let config = sandbox.path().join("interop.toml");
+    std::fs::write(&config, "").unwrap();
+    let log = sandbox.path().join("serve.log");
+    let env = [("TOKENWARDEN_DATABASE_URL", sandbox.database_url())];
+    let mut daemon = ServeProcess::start(sandbox.path(), &config, &log, &env);
+    let base = daemon.wait_for_api(&log, Duration::from_secs(20));
+    // The redirect URI registered at Authlib is never served; the browser's query is delivered to
+    // the daemon's callback as a proxy in front of it would.
+    let callback = format!("{base}/oauth/callback?{}", back.query().unwrap_or_default());
+    let (status, page) = block_on(async move {
+        let answer = http().get(callback).send().await.unwrap();
+        (answer.status(), answer.text().await.unwrap())
+    });
+    assert_eq!(status, 200, "{page}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(page.contains("Connected"), "{page}");
+    daemon.terminate(Duration::from_secs(10));
+
+    let token = sandbox.token_show("corp-api");
+    assert_eq!((token["state"].as_str(), token["version"].as_i64()), (Some("active"), Some(1)), "{token}");
+    let refreshes = server.refreshes();
+    sandbox.ok(&["token", "rotate", "corp-api"], "");
+    assert_eq!((version(&sandbox, "corp-api"), server.refreshes()), (2, refreshes + 1), "the stored grant refreshes");
 }
 
 /// The README's fenced `sh` block that contains every one of `needles` and not `unlike`.

@@ -70,6 +70,7 @@ pub async fn start(config: &MaintenanceConfig, context: MaintenanceContext) -> R
     let prune_all = move |c: Arc<MaintenanceContext>| async move {
         prune(&c).await;
         prune_deliveries(&c, outbox_retention).await;
+        prune_consent_links(&c).await;
     };
     sweep(&context).await;
     prune_all(context.clone()).await;
@@ -267,6 +268,25 @@ pub async fn prune_deliveries(context: &MaintenanceContext, retention: TimeDelta
         Ok(0) => {}
         Ok(pruned) => info!(pruned, "pruned delivered webhook deliveries and their attempts"),
         Err(err) => error!(error = %err, "pruning webhook deliveries failed; it runs again at its next tick"),
+    }
+}
+
+/// How long used or expired consent links are kept (for a late second click to be told
+/// "used already" rather than "not known").
+pub const CONSENT_LINK_RETENTION: TimeDelta = TimeDelta::days(1);
+
+/// Deletes consent links used or expired more than [`CONSENT_LINK_RETENTION`] ago.
+pub async fn prune_consent_links(context: &MaintenanceContext) {
+    let now = context.engine.clock.now();
+    let pruned = context
+        .engine
+        .store
+        .run(move |conn| crate::store::authorizations::purge(conn, CONSENT_LINK_RETENTION, now))
+        .await;
+    match pruned {
+        Ok(0) => {}
+        Ok(pruned) => info!(pruned, "pruned used and expired consent links"),
+        Err(err) => error!(error = %err, "pruning consent links failed; it runs again at its next tick"),
     }
 }
 

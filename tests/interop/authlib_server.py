@@ -1,8 +1,8 @@
 """An OAuth 2.0 authorization server built on Authlib, for tokenwarden's interop tests.
 
 Only glue lives here: in-memory storage, a login-and-consent form that accepts anyone, and a
-discovery document. Client authentication, the authorization-code, refresh-token and
-revocation (RFC 7009) endpoints are Authlib's own, with its defaults: its grants accept only
+discovery document. Client authentication, the authorization-code (with its PKCE extension),
+refresh-token and revocation (RFC 7009) endpoints are Authlib's own, with its defaults: its grants accept only
 `client_secret_basic` at the token endpoint, and its refresh grant answers without a new
 refresh token and keeps the old one valid unless --rotate-refresh-tokens is given.
 
@@ -24,6 +24,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer  # noqa: E402
 from authlib.oauth2.rfc6749 import grants  # noqa: E402
 from authlib.oauth2.rfc6749.models import AuthorizationCodeMixin, ClientMixin, TokenMixin  # noqa: E402
 from authlib.oauth2.rfc7009 import RevocationEndpoint  # noqa: E402
+from authlib.oauth2.rfc7636 import CodeChallenge  # noqa: E402
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata  # noqa: E402
 from flask import Flask, jsonify, request  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
@@ -63,14 +64,22 @@ class Client(ClientMixin):
 
 
 class Code(AuthorizationCodeMixin):
-    def __init__(self, code, client_id, redirect_uri, scope, user):
+    def __init__(self, code, client_id, redirect_uri, scope, user, challenge, challenge_method):
         self.code, self.client_id, self.redirect_uri, self.scope, self.user = code, client_id, redirect_uri, scope, user
+        self.code_challenge, self.code_challenge_method = challenge, challenge_method
 
     def get_redirect_uri(self):
         return self.redirect_uri
 
     def get_scope(self):
         return self.scope
+
+    # Read by Authlib's PKCE extension (rfc7636.CodeChallenge) when the code is exchanged.
+    def get_code_challenge(self):
+        return self.code_challenge
+
+    def get_code_challenge_method(self):
+        return self.code_challenge_method
 
 
 class Token(TokenMixin):
@@ -111,7 +120,9 @@ STATS = {"refreshes": 0, "revocations": 0}
 
 class CodeGrant(grants.AuthorizationCodeGrant):
     def save_authorization_code(self, code, req):
-        CODES[code] = Code(code, req.client.get_client_id(), req.payload.redirect_uri, req.payload.scope, req.user)
+        data = req.payload.data
+        CODES[code] = Code(code, req.client.get_client_id(), req.payload.redirect_uri, req.payload.scope, req.user,
+                           data.get("code_challenge"), data.get("code_challenge_method"))
 
     def query_authorization_code(self, code, client):
         found = CODES.get(code)
@@ -162,7 +173,9 @@ def build_app(args):
     server = AuthorizationServer(app, query_client=lambda cid: CLIENT if cid == CLIENT.client_id else None,
                                  save_token=save_token)
     RefreshGrant.INCLUDE_NEW_REFRESH_TOKEN = args.rotate_refresh_tokens
-    server.register_grant(CodeGrant)
+    # Authlib's own PKCE (RFC 7636): a code requested with a challenge is exchanged only with
+    # its verifier; a request without one (the README's manual example) still works.
+    server.register_grant(CodeGrant, [CodeChallenge(required=False)])
     server.register_grant(RefreshGrant)
     server.register_endpoint(Revocation)
 
@@ -172,7 +185,9 @@ def build_app(args):
             server.get_consent_grant(end_user="pending")
             fields = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
                              for k, v in request.args.items())
-            return f'<form method="post">{fields}<input name="username"><button name="confirm" value="yes">Allow</button></form>'
+            # Posted without the query string: the request's parameters travel once, in the form
+            # (Authlib's PKCE extension refuses a code_challenge sent twice).
+            return f'<form method="post" action="/authorize">{fields}<input name="username"><button name="confirm" value="yes">Allow</button></form>'
         user = request.form.get("username") or "anyone"
         return server.create_authorization_response(grant_user=user if request.form.get("confirm") == "yes" else None)
 
