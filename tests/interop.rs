@@ -447,7 +447,8 @@ fn authlib_consent_through_token_authorize_and_the_callback_stores_a_pkce_grant(
     // Authlib enforces the challenge: the code of a link is refused without its verifier.
     let unused = url::Url::parse(sandbox.ok(&authorize, "").trim()).unwrap();
     let back_unused = consent(unused);
-    let code = back_unused.query_pairs().find(|(k, _)| k == "code").unwrap_or_else(|| panic!("{back_unused}")).1.into_owned();
+    let code =
+        back_unused.query_pairs().find(|(k, _)| k == "code").unwrap_or_else(|| panic!("{back_unused}")).1.into_owned();
     let token_url = format!("{}{}", server.url, server.kind.token_path());
     let refused: serde_json::Value = block_on(async move {
         let exchange = [("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT_URI)];
