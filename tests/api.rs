@@ -15,7 +15,7 @@ use tokenwarden::domain::ClientRole;
 use tokenwarden::engine::{EngineSettings, ManualClock, Scheduler};
 use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::simulator::{FaultRates, TokenOwner};
-use tokenwarden::store::clients::{self, NewClient};
+use tokenwarden::store::clients;
 use tokenwarden::store::{audit, tokens};
 
 struct Api {
@@ -40,15 +40,7 @@ fn start_time() -> DateTime<Utc> {
 }
 
 async fn add_client(harness: &EngineHarness, name: &str, role: ClientRole, grants: &[&str]) -> String {
-    let new = NewClient {
-        name: name.parse().unwrap(),
-        role,
-        grants: grants.iter().map(|g| g.parse().unwrap()).collect(),
-        webhook_url: None,
-    };
-    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
-    let created = harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, None, "test", now)).await;
-    created.unwrap().api_key.expose().to_owned()
+    harness.add_client(name, role, grants, None).await.unwrap()
 }
 
 async fn start(scheduler: bool) -> Api {

@@ -17,7 +17,6 @@ use tokenwarden::simulator::authorization::SimUser;
 use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::store::authorization_claim::{self, AuthorizationClaim};
 use tokenwarden::store::authorizations::{self, Consumed};
-use tokenwarden::store::clients::{self, NewClient};
 use tokenwarden::store::rotation::{self, ClaimMode, ClaimResult};
 use tokenwarden::store::{outbox, tokens};
 
@@ -36,18 +35,6 @@ struct Flow {
     _dir: tempfile::TempDir,
 }
 
-async fn add_client(harness: &EngineHarness, name: &str, role: ClientRole, grants: &[&str], webhook: bool) -> String {
-    let new = NewClient {
-        name: name.parse().unwrap(),
-        role,
-        grants: grants.iter().map(|g| g.parse().unwrap()).collect(),
-        webhook_url: webhook.then(|| "http://127.0.0.1:9/hook".to_owned()),
-    };
-    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
-    let created = harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, None, "test", now)).await;
-    created.unwrap().api_key.expose().to_owned()
-}
-
 impl Flow {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -57,7 +44,8 @@ impl Flow {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let redirect_uri = format!("{url}/oauth/callback");
         assert!(harness.sim.with_state(|state| state.register_redirect_uri(&harness.client_id, &redirect_uri)));
-        let operator = add_client(&harness, "ops", ClientRole::Operator, &[], true).await;
+        let operator =
+            harness.add_client("ops", ClientRole::Operator, &[], Some("http://127.0.0.1:9/hook")).await.unwrap();
         let state = AppState {
             consent: ConsentSettings { redirect_uri, ..ConsentSettings::default() },
             ..AppState::new(harness.context.store.clone(), harness.context.clone())
@@ -193,7 +181,8 @@ async fn a_users_consent_stores_a_new_grant_that_is_then_kept_alive_and_its_link
 async fn re_authorising_a_grant_that_needs_attention_keeps_its_name_readers_and_history() {
     let flow = Flow::start().await;
     let refresh_token = flow.harness.track_grant("shared").await.unwrap();
-    let reader = add_client(&flow.harness, "dbt", ClientRole::Reader, &["shared"], true).await;
+    let reader =
+        flow.harness.add_client("dbt", ClientRole::Reader, &["shared"], Some("http://127.0.0.1:9/hook")).await.unwrap();
     let name: TokenName = "shared".parse().unwrap();
     rotate_now(&flow.harness.context, &name, "test").await.unwrap();
     let current = flow.harness.refresh_token("shared").await.unwrap().unwrap();
@@ -330,7 +319,7 @@ async fn bad_authorization_requests_are_refused_with_a_reason_and_store_nothing(
         )
         .await
         .unwrap();
-    let reader = add_client(&flow.harness, "dbt", ClientRole::Reader, &[], false).await;
+    let reader = flow.harness.add_client("dbt", ClientRole::Reader, &[], None).await.unwrap();
     let cases = [
         (json!({"token": "x", "provider": "nope"}), StatusCode::BAD_REQUEST, "provider"),
         (

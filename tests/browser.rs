@@ -18,7 +18,6 @@ use tokenwarden::api::{AppState, ConsentSettings, router};
 use tokenwarden::domain::{ClientRole, TokenName, TokenState};
 use tokenwarden::engine::{EngineSettings, ManualClock, rotate_now};
 use tokenwarden::simulator::harness::EngineHarness;
-use tokenwarden::store::clients::{self, NewClient};
 use tokenwarden::store::tokens;
 
 fn start_time() -> DateTime<Utc> {
@@ -102,18 +101,6 @@ struct Console {
     _dir: tempfile::TempDir,
 }
 
-async fn add_client(harness: &EngineHarness, name: &str, role: ClientRole, grants: &[&str]) -> String {
-    let new = NewClient {
-        name: name.parse().unwrap(),
-        role,
-        grants: grants.iter().map(|g| g.parse().unwrap()).collect(),
-        webhook_url: None,
-    };
-    let (cipher, now) = (harness.context.cipher.clone(), harness.now());
-    let created = harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, None, "test", now)).await;
-    created.unwrap().api_key.expose().to_owned()
-}
-
 impl Console {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -123,8 +110,8 @@ impl Console {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let redirect_uri = format!("{url}/oauth/callback");
         assert!(harness.sim.with_state(|state| state.register_redirect_uri(&harness.client_id, &redirect_uri)));
-        let operator_key = add_client(&harness, "alice", ClientRole::Operator, &[]).await;
-        let reader_key = add_client(&harness, "dbt", ClientRole::Reader, &[]).await;
+        let operator_key = harness.add_client("alice", ClientRole::Operator, &[], None).await.unwrap();
+        let reader_key = harness.add_client("dbt", ClientRole::Reader, &[], None).await.unwrap();
         let state = AppState {
             consent: ConsentSettings { public_url: url.clone(), redirect_uri, ..ConsentSettings::default() },
             ..AppState::new(harness.context.store.clone(), harness.context.clone())

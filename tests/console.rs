@@ -12,7 +12,6 @@ use tokenwarden::domain::{ClientRole, TokenState};
 use tokenwarden::engine::{EngineSettings, ManualClock};
 use tokenwarden::simulator::TokenOwner;
 use tokenwarden::simulator::harness::{EngineHarness, SeedToken};
-use tokenwarden::store::clients::{self, NewClient};
 
 fn start_time() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
@@ -32,10 +31,7 @@ impl Console {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(start_time()));
         let harness = EngineHarness::start(dir.path(), clock.clone(), EngineSettings::default()).await.unwrap();
-        let new =
-            NewClient { name: "ops".parse().unwrap(), role: ClientRole::Operator, grants: vec![], webhook_url: None };
-        let (cipher, now) = (harness.context.cipher.clone(), harness.now());
-        let created = harness.context.store.run(move |conn| clients::insert(conn, &cipher, &new, None, "t", now)).await;
+        let operator = harness.add_client("ops", ClientRole::Operator, &[], None).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let public_url = public_url.map_or_else(|| url.clone(), str::to_owned);
@@ -48,7 +44,7 @@ impl Console {
         let state = AppState { consent, ..AppState::new(harness.context.store.clone(), harness.context.clone()) };
         tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
         let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
-        Self { harness, clock, url, http, operator: created.unwrap().api_key.expose().to_owned(), _dir: dir }
+        Self { harness, clock, url, http, operator, _dir: dir }
     }
 
     /// Signs in; returns the `Set-Cookie` header and the cookie to send.

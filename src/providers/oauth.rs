@@ -114,6 +114,24 @@ impl OauthRefresher {
         self
     }
 
+    /// POSTs `form` to the token endpoint as the client; the body of a successful answer, or the
+    /// error answer classified (an `invalid_client` refusal names the client authentication).
+    async fn post_to_token_endpoint<'a>(
+        &'a self,
+        mut form: Vec<(&'static str, &'a str)>,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let request = self.client.post(&self.token_url).header(reqwest::header::ACCEPT, "application/json");
+        let request = self.credentials.apply(request, &mut form);
+        let Answer { status, headers, body } = send(request.form(&form)).await?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(match classify_oauth_error(status, &headers, &body) {
+            ProviderError::Permanent { reason, message } if reason == "invalid_client" => self.client_rejected(message),
+            other => other,
+        })
+    }
+
     /// Names the client authentication used and the flags that change it in an
     /// `invalid_client` refusal.
     fn client_rejected(&self, message: String) -> ProviderError {
@@ -225,23 +243,13 @@ impl OauthRefresher {
     /// answer is read as a refresh answer is; an error answer is classified the same way (a
     /// refused code is `Permanent` with the server's code, usually `invalid_grant`).
     pub async fn exchange_code(&self, exchange: &CodeExchange<'_>) -> Result<Renewed, ProviderError> {
-        let mut form = vec![
+        let form = vec![
             ("grant_type", "authorization_code"),
             ("code", exchange.code.expose_secret()),
             ("redirect_uri", exchange.redirect_uri),
             ("code_verifier", exchange.verifier.expose_secret()),
         ];
-        let request = self.client.post(&self.token_url).header(reqwest::header::ACCEPT, "application/json");
-        let request = self.credentials.apply(request, &mut form);
-        let Answer { status, headers, body } = send(request.form(&form)).await?;
-        if !status.is_success() {
-            return Err(match classify_oauth_error(status, &headers, &body) {
-                ProviderError::Permanent { reason, message } if reason == "invalid_client" => {
-                    self.client_rejected(message)
-                }
-                other => other,
-            });
-        }
+        let body = self.post_to_token_endpoint(form).await?;
         let credential = Credential {
             secret: None,
             refresh_token: None,
@@ -271,17 +279,7 @@ impl TokenProvider for OauthRefresher {
         if let Some(redirect_uri) = &self.redirect_uri {
             form.push(("redirect_uri", redirect_uri.as_str()));
         }
-        let request = self.client.post(&self.token_url).header(reqwest::header::ACCEPT, "application/json");
-        let request = self.credentials.apply(request, &mut form);
-        let Answer { status, headers, body } = send(request.form(&form)).await?;
-        if !status.is_success() {
-            return Err(match classify_oauth_error(status, &headers, &body) {
-                ProviderError::Permanent { reason, message } if reason == "invalid_client" => {
-                    self.client_rejected(message)
-                }
-                other => other,
-            });
-        }
+        let body = self.post_to_token_endpoint(form).await?;
         parse_token_response(&body, credential, self.assumed_lifetime)
     }
 

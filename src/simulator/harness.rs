@@ -308,6 +308,30 @@ impl EngineHarness {
         self.context.store.run(move |conn| tokens::insert(conn, &cipher, &new, ACTOR, now)).await
     }
 
+    /// Adds an API client with `role`, granted `grants`, with a webhook to `webhook_url` if
+    /// given; returns its API key.
+    pub async fn add_client(
+        &self,
+        client_name: &str,
+        role: crate::domain::ClientRole,
+        grants: &[&str],
+        webhook_url: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let new = crate::store::clients::NewClient {
+            name: name(client_name),
+            role,
+            grants: grants.iter().map(|grant| name(grant)).collect(),
+            webhook_url: webhook_url.map(str::to_owned),
+        };
+        let (cipher, now) = (self.context.cipher.clone(), self.now());
+        let created = self
+            .context
+            .store
+            .run(move |conn| crate::store::clients::insert(conn, &cipher, &new, None, ACTOR, now))
+            .await?;
+        Ok(created.api_key.expose().to_owned())
+    }
+
     /// The token's metadata as stored now.
     pub async fn token(&self, token_name: &str) -> Result<Token, StoreError> {
         let token_name = name::<TokenName>(token_name);
