@@ -18,7 +18,7 @@ use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::store::authorization_claim::{self, AuthorizationClaim};
 use tokenwarden::store::authorizations::{self, Consumed};
 use tokenwarden::store::rotation::{self, ClaimMode, ClaimResult};
-use tokenwarden::store::{outbox, tokens};
+use tokenwarden::store::{answer_journal, outbox, tokens};
 
 fn start_time() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
@@ -354,11 +354,11 @@ async fn bad_authorization_requests_are_refused_with_a_reason_and_store_nothing(
     assert_eq!(links.unwrap(), 0, "no refused request recorded a link");
 }
 
-#[tokio::test]
-async fn a_callback_that_dies_between_the_exchange_and_the_commit_leaves_the_grant_lost_not_half_stored() {
-    let flow = Flow::start().await;
-    flow.harness.track_grant("victim").await.unwrap();
-    let link = flow.link(json!({"token": "victim", "provider": "gitlab"})).await;
+/// Uses a link for `token` and claims its token as the callback does, then "dies": the claim's
+/// lease runs out. With `journal` the provider's answer was journaled first (`awaiting_user`:
+/// before GitLab said who consented).
+async fn die_in_callback(flow: &Flow, token: &str, journal: Option<bool>) {
+    let link = flow.link(json!({"token": token, "provider": "gitlab"})).await;
     let state = query_value(link.as_str(), "state").unwrap();
     let context = flow.harness.context.clone();
     let (cipher, now, lease, owner) =
@@ -374,16 +374,45 @@ async fn a_callback_that_dies_between_the_exchange_and_the_commit_leaves_the_gra
         })
         .await
         .unwrap();
-    assert!(matches!(claimed, AuthorizationClaim::Claimed { .. }));
+    let AuthorizationClaim::Claimed { claim, .. } = claimed else { panic!("claimed: {claimed:?}") };
+    if let Some(awaiting_user) = journal {
+        let sealed = context.cipher.try_seal(
+            tokens::secret_context(&claim.token.id, tokens::SecretField::Secret),
+            &secrecy::SecretString::from("glpat-journaled".to_owned()),
+        );
+        let success = rotation::Success {
+            secret: sealed.unwrap(),
+            refresh_token: None,
+            expires_at: Some(now + TimeDelta::hours(2)),
+            issued_at: now,
+            external_id: None,
+            next_rotation_at: Some(now + TimeDelta::minutes(80)),
+            refresh_token_rotates: Some(true),
+            scope: Some("api".into()),
+        };
+        let authorized = Some(rotation::Authorized { user: None, awaiting_user });
+        let answer = rotation::Answer { lease: claim.lease(), success, actor: "ops".into(), now, authorized };
+        context.store.run(move |conn| answer_journal::write(conn, &[answer], now)).await.unwrap();
+    }
     // The process dies here, after GitLab may have exchanged the code. Its lease runs out.
     flow.clock.advance(lease + TimeDelta::seconds(1));
-    let name: TokenName = "victim".parse().unwrap();
-    let now = flow.harness.now();
-    let result = context
-        .store
+}
+
+async fn claim_after(flow: &Flow, token: &str) -> ClaimResult {
+    let (name, now): (TokenName, _) = (token.parse().unwrap(), flow.harness.now());
+    let store = &flow.harness.context.store;
+    store
         .run(move |conn| rotation::claim(conn, &name, ClaimMode::Scheduled, "next", TimeDelta::minutes(5), now))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_callback_that_dies_before_its_answer_is_journaled_leaves_the_grant_lost_not_half_stored() {
+    let flow = Flow::start().await;
+    flow.harness.track_grant("victim").await.unwrap();
+    die_in_callback(&flow, "victim", None).await;
+    let result = claim_after(&flow, "victim").await;
     assert!(matches!(result, ClaimResult::GrantLost), "{result:?}");
     let token = flow.token("victim").await.unwrap();
     assert_eq!(
@@ -391,6 +420,34 @@ async fn a_callback_that_dies_between_the_exchange_and_the_commit_leaves_the_gra
         (TokenState::NeedsAttention, Some("grant_lost"), Some("reauthorize"))
     );
     assert!(token.last_error.unwrap().contains("authorisation code"));
+}
+
+#[tokio::test]
+async fn a_first_grant_journaled_before_its_callback_died_is_stored_by_the_next_claim() {
+    let flow = Flow::start().await;
+    die_in_callback(&flow, "fresh", Some(true)).await;
+    let result = claim_after(&flow, "fresh").await;
+    assert!(!matches!(result, ClaimResult::GrantLost), "the journaled grant is not lost: {result:?}");
+    let token = flow.token("fresh").await.unwrap();
+    assert_eq!(token.version, 1, "the journaled answer became version 1");
+    assert_eq!(flow.harness.secret("fresh").await.unwrap().as_deref(), Some("glpat-journaled"));
+    assert_eq!(flow.history("fresh").await, vec![(1, "authorized".to_owned())]);
+}
+
+#[tokio::test]
+async fn an_unchecked_answer_is_never_committed_over_a_grant_that_has_an_owner() {
+    let flow = Flow::start().await;
+    flow.sign_in_at_gitlab(42, "bob");
+    let link = flow.link(json!({"token": "bob-gitlab", "provider": "gitlab"})).await;
+    let location = flow.consent(&link, "authorize").await;
+    assert_eq!(flow.callback(&location).await.0, StatusCode::OK);
+    let secret = flow.harness.secret("bob-gitlab").await.unwrap();
+
+    die_in_callback(&flow, "bob-gitlab", Some(true)).await;
+    let result = claim_after(&flow, "bob-gitlab").await;
+    assert!(matches!(result, ClaimResult::GrantLost), "{result:?}");
+    assert_eq!(flow.harness.secret("bob-gitlab").await.unwrap(), secret, "bob's grant was not replaced");
+    assert_eq!(flow.token("bob-gitlab").await.unwrap().authorized_as.unwrap().username, "bob");
 }
 
 proptest! {

@@ -495,18 +495,28 @@ pub(crate) async fn commit_renewed(
     actor: &str,
     authorized: Option<Authorized>,
 ) -> (RotationOutcome, Option<Instant>) {
-    let assumed_lifetime = renewed.assumed_lifetime;
+    match seal_answer(context, claim, policy, renewed, actor, authorized) {
+        Ok((answer, assumed_lifetime)) => commit_answer(context, claim, answer, assumed_lifetime).await,
+        Err(err) => (RotationOutcome::StoreFailed { error: err.to_string() }, None),
+    }
+}
+
+/// The answer to store for `renewed`: its secrets sealed for the claimed token's row and its
+/// next rotation planned under `policy`; with whether its lifetime was assumed.
+pub(crate) fn seal_answer(
+    context: &EngineContext,
+    claim: &Claim,
+    policy: &Policy,
+    renewed: Renewed,
+    actor: &str,
+    authorized: Option<Authorized>,
+) -> Result<(Answer, bool), crate::crypto::CryptoError> {
     let seal = |field, secret: &SecretString| context.cipher.try_seal(secret_context(&claim.token.id, field), secret);
     let next_rotation_at = renewed
         .expires_at
         .map(|expires_at| plan_rotation(claim.token.name.as_str(), renewed.issued_at, expires_at, policy));
-    let sealed = seal(SecretField::Secret, &renewed.secret).and_then(|secret| {
-        Ok((secret, renewed.refresh_token.as_ref().map(|r| seal(SecretField::RefreshToken, r)).transpose()?))
-    });
-    let (secret, refresh_token) = match sealed {
-        Ok(sealed) => sealed,
-        Err(err) => return (RotationOutcome::StoreFailed { error: err.to_string() }, None),
-    };
+    let secret = seal(SecretField::Secret, &renewed.secret)?;
+    let refresh_token = renewed.refresh_token.as_ref().map(|r| seal(SecretField::RefreshToken, r)).transpose()?;
     let success = Success {
         secret,
         refresh_token,
@@ -517,16 +527,22 @@ pub(crate) async fn commit_renewed(
         refresh_token_rotates: renewed.refresh_token_rotates,
         scope: renewed.scope,
     };
-    let lease = claim.lease();
-    let expires_at = success.expires_at;
-    let answer = |now| Answer {
-        lease: lease.clone(),
-        success: success.clone(),
-        actor: actor.to_owned(),
-        now,
-        authorized: authorized.clone(),
-    };
-    let committed = commit_with_retries(context, |now| context.store.commit_answer(answer(now)));
+    let answer =
+        Answer { lease: claim.lease(), success, actor: actor.to_owned(), now: context.clock.now(), authorized };
+    Ok((answer, renewed.assumed_lifetime))
+}
+
+/// Commits a sealed answer (journal, then the token's row with its history, outbox, sinks and
+/// audit), retrying while the store fails; each try is stamped with the time it is made.
+pub(crate) async fn commit_answer(
+    context: &EngineContext,
+    claim: &Claim,
+    answer: Answer,
+    assumed_lifetime: bool,
+) -> (RotationOutcome, Option<Instant>) {
+    let expires_at = answer.success.expires_at;
+    let stamped = |now| Answer { now, ..answer.clone() };
+    let committed = commit_with_retries(context, |now| context.store.commit_answer(stamped(now)));
     match committed.await {
         Ok(stored) => {
             // Logged after the commit: nothing but the store's write sits between the

@@ -1,28 +1,30 @@
 //! The authorisation callback (`GET /oauth/callback?code=…&state=…`): uses the link up, claims
-//! the token's lease, exchanges the code (the provider call), learns who consented, and commits
-//! the grant through the same answer path as a refresh — version + 1, `token.authorized` and
-//! `token.rotated`, sinks — or puts the token back exactly as it was.
+//! the token's lease, exchanges the code (the provider call), journals the answer, learns who
+//! consented, and commits the grant through the same answer path as a refresh — version + 1,
+//! `token.authorized` and `token.rotated`, sinks — or puts the token back exactly as it was.
 //!
 //! What the process dying at each step means: before the claim, nothing happened (the link is
-//! used; the user asks for a new one). Between the claim and the commit, the code may be spent
+//! used; the user asks for a new one). Between the claim and the journal, the code may be spent
 //! and its grant unseen: the lease runs out and the next claim marks the grant lost
 //! (`needs_attention`, `grant_lost`, remedy `reauthorize`), as for a lost refresh answer. After
-//! the commit, the grant is stored.
-
+//! the journal, the next claim commits a first grant (its owner unknown) but drops an answer
+//! whose user was not checked when the token's grant has an owner (lost, as before). After the
+//! commit, the grant is stored.
 use secrecy::SecretString;
 use tracing::{info, warn};
 
 use crate::domain::{Policy, ProviderKind, TokenName};
-use crate::engine::protocol::commit_renewed;
+use crate::engine::protocol::{commit_answer, seal_answer};
 use crate::engine::{EngineContext, RotationOutcome, build_oauth_client};
 use crate::providers::gitlab_user::current_user;
 use crate::providers::oauth::{CodeExchange, OauthRefresher};
 use crate::providers::{Credential, ProviderError, Renewed, TokenProvider};
 use crate::store::StoreError;
+use crate::store::answer_journal;
 use crate::store::authorization_claim::{self, AuthorizationClaim, Prior};
 use crate::store::authorizations::{self, Consumed, Pending};
 use crate::store::grant_owners::GrantOwner;
-use crate::store::rotation::{Authorized, Claim};
+use crate::store::rotation::{Answer, Authorized, Claim};
 
 use super::pkce::state_hash;
 
@@ -158,11 +160,22 @@ async fn exchange(context: &EngineContext, pending: &Pending, code: SecretString
             return put_back(context, &claim, &prior, failed).await;
         }
     };
-    let user = match learn_user(context, pending, &renewed).await {
+    let issued = Issued::of(&renewed);
+    let is_gitlab = pending.provider.kind == ProviderKind::Gitlab.as_str();
+    // The answer becomes durable before anything else happens, even before its user is known.
+    let policy = Policy::resolve(claim.token.kind, &claim.token.policy_overrides, &context.policy);
+    let awaiting = Some(Authorized { user: None, awaiting_user: is_gitlab });
+    let (mut answer, assumed_lifetime) =
+        match seal_answer(context, &claim, &policy, renewed, &pending.requested_by, awaiting) {
+            Ok(sealed) => sealed,
+            Err(err) => return CallbackOutcome::Unavailable(format!("the grant could not be sealed ({err})")),
+        };
+    journal(context, &answer).await;
+    let user = match learn_user(context, pending, &issued.access_token).await {
         Ok(user) => user,
         Err(err) => {
             warn!(token = %token, error = %err, "could not learn who authorised the grant");
-            revoke_quietly(&client, &renewed, &token).await;
+            issued.revoke_quietly(&client, &token).await;
             let message = format!("the provider did not say who authorised the grant ({err}); nothing changed");
             return put_back(context, &claim, &prior, CallbackOutcome::ProviderFailed { token, message }).await;
         }
@@ -171,27 +184,13 @@ async fn exchange(context: &EngineContext, pending: &Pending, code: SecretString
         && owner.id != user.id
     {
         warn!(token = %token, owner = %owner.username, consented = %user.username, "a different user re-authorised the grant");
-        revoke_quietly(&client, &renewed, &token).await;
+        issued.revoke_quietly(&client, &token).await;
         let refused = CallbackOutcome::WrongUser { token, owner: owner.username.clone() };
         return put_back(context, &claim, &prior, refused).await;
     }
-    commit(context, &claim, pending, renewed, user).await
-}
-
-/// Commits the grant through the engine's answer path.
-async fn commit(
-    context: &EngineContext,
-    claim: &Claim,
-    pending: &Pending,
-    renewed: Renewed,
-    user: Option<GrantOwner>,
-) -> CallbackOutcome {
-    let token = pending.token_name.clone();
-    let policy = Policy::resolve(claim.token.kind, &claim.token.policy_overrides, &context.policy);
     let username = user.as_ref().map(|user| user.username.clone());
-    let authorized = Authorized { user };
-    let (outcome, _) = commit_renewed(context, claim, &policy, renewed, &pending.requested_by, Some(authorized)).await;
-    match outcome {
+    answer.authorized = Some(Authorized { user, awaiting_user: false });
+    match commit_answer(context, &claim, answer, assumed_lifetime).await.0 {
         RotationOutcome::Rotated { version, .. } => {
             info!(token = %token, version, user = username.as_deref().unwrap_or("-"), "grant authorised and stored");
             CallbackOutcome::Connected { token, version, user: username, return_to: pending.return_to.clone() }
@@ -206,31 +205,57 @@ async fn commit(
     }
 }
 
+/// Journals the answer (one short transaction) so that it survives the process; a failure is
+/// logged and left to the commit, which writes the journal again and retries.
+async fn journal(context: &EngineContext, answer: &Answer) {
+    let (answers, now) = (vec![answer.clone()], context.clock.now());
+    if let Err(err) = context.store.run(move |conn| answer_journal::write(conn, &answers, now)).await {
+        warn!(token = %answer.lease.token_name, error = %err, "could not journal the authorisation's answer yet");
+    }
+}
+
+/// The new grant's tokens, kept to ask who it belongs to and to revoke it if it is not stored.
+struct Issued {
+    access_token: SecretString,
+    refresh_token: Option<SecretString>,
+    issued_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Issued {
+    fn of(renewed: &Renewed) -> Self {
+        Self {
+            access_token: renewed.secret.clone(),
+            refresh_token: renewed.refresh_token.clone(),
+            issued_at: renewed.issued_at,
+        }
+    }
+
+    /// Revokes a grant that will not be stored, so it does not linger at the provider.
+    async fn revoke_quietly(&self, client: &OauthRefresher, token: &TokenName) {
+        let credential = Credential {
+            secret: Some(self.access_token.clone()),
+            refresh_token: self.refresh_token.clone(),
+            requested_expiry: self.issued_at.date_naive(),
+            requested_at: self.issued_at,
+        };
+        if let Err(err) = client.revoke(&credential).await {
+            warn!(token = %token, error = %err, "could not revoke the grant that was not stored");
+        }
+    }
+}
+
 /// GitLab: who the new access token belongs to. Other providers: unknown (`None`).
 async fn learn_user(
     context: &EngineContext,
     pending: &Pending,
-    renewed: &Renewed,
+    access_token: &SecretString,
 ) -> Result<Option<GrantOwner>, ProviderError> {
     if pending.provider.kind != ProviderKind::Gitlab.as_str() {
         return Ok(None);
     }
     let base_url = pending.provider.url.as_deref().unwrap_or_default();
-    let user = current_user(&context.http, base_url, &renewed.secret).await?;
+    let user = current_user(&context.http, base_url, access_token).await?;
     Ok(Some(GrantOwner { id: user.id, username: user.username }))
-}
-
-/// Revokes a grant that will not be stored, so it does not linger at the provider.
-async fn revoke_quietly(client: &OauthRefresher, renewed: &Renewed, token: &TokenName) {
-    let credential = Credential {
-        secret: Some(renewed.secret.clone()),
-        refresh_token: renewed.refresh_token.clone(),
-        requested_expiry: renewed.issued_at.date_naive(),
-        requested_at: renewed.issued_at,
-    };
-    if let Err(err) = client.revoke(&credential).await {
-        warn!(token = %token, error = %err, "could not revoke the grant that was not stored");
-    }
 }
 
 /// Puts the token back as it was and answers `outcome`.

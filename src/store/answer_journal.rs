@@ -122,6 +122,15 @@ pub(super) fn recover(conn: &mut DbConnection, row: &TokenRow) -> Result<bool, S
             return Ok(false);
         }
     };
+    if answer.authorized.as_ref().is_some_and(|authorized| authorized.awaiting_user)
+        && super::grant_owners::find(conn, &row.id)?.is_some()
+    {
+        // A code exchange's answer whose user was never learnt: storing it could put another
+        // user's grant on this token. The token's lease mark makes the claim treat it as lost.
+        warn!(token = %row.name, "a journaled authorisation whose user was never checked is not committed over the grant's owner");
+        forget(conn, &row.id)?;
+        return Ok(false);
+    }
     answer.success.secret = secret.unwrap_or_default();
     answer.success.refresh_token = refresh_token;
     match rotation::store_answer(conn, &answer) {

@@ -145,10 +145,12 @@ fn insert_placeholder(conn: &mut DbConnection, pending: &Pending, now: DateTime<
     Ok(())
 }
 
-/// Puts the token back as it was before the callback's claim — nothing was stored — if the
-/// callback still holds the lease: a first authorisation's placeholder row is removed.
+/// Puts the token back as it was before the callback's claim — nothing is committed, and a
+/// journaled answer of the callback's attempt is dropped — if the callback still holds the
+/// lease: a first authorisation's placeholder row is removed.
 pub fn release(conn: &mut DbConnection, lease: &Lease, prior: &Prior, now: DateTime<Utc>) -> Result<(), StoreError> {
     conn.write_transaction(|conn| {
+        super::answer_journal::forget_attempt(conn, lease)?;
         let fenced =
             tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
         if !prior.created {

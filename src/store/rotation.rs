@@ -586,6 +586,10 @@ pub struct Answer {
 pub struct Authorized {
     /// The provider's user who consented, when the provider says (GitLab's `/api/v4/user`).
     pub user: Option<super::grant_owners::GrantOwner>,
+    /// The answer was journaled before its user was learnt: a recovery must not commit it over
+    /// a grant that already has an owner (it may be another user's consent).
+    #[serde(default)]
+    pub awaiting_user: bool,
 }
 
 /// Commits several answers in one transaction (group commit): each in a savepoint of its own
@@ -699,7 +703,7 @@ pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i
     diesel::insert_into(token_history::table).values(&history).execute(conn)?;
     let name = lease.token_name.as_str();
     let target = AuditTarget { kind: "token", name };
-    if let Some(Authorized { user }) = authorized {
+    if let Some(Authorized { user, .. }) = authorized {
         if let Some(user) = user {
             super::grant_owners::record(conn, &lease.token_id, user, now)?;
         }
