@@ -10,6 +10,7 @@
 //! the journal, the next claim commits a first grant (its owner unknown) but drops an answer
 //! whose user was not checked when the token's grant has an owner (lost, as before). After the
 //! commit, the grant is stored.
+
 use secrecy::SecretString;
 use tracing::{info, warn};
 
