@@ -708,8 +708,14 @@ impl Replica {
                     let now = Utc::now();
                     let committed = match fake_success(&cipher, &lease.token_id, &name, now, &policy) {
                         Ok(success) => {
-                            let answer =
-                                rotation::Answer { lease, success, actor: "bench".into(), now, authorized: None };
+                            let answer = rotation::Answer {
+                                lease,
+                                success,
+                                actor: "bench".into(),
+                                now,
+                                authorized: None,
+                                created: false,
+                            };
                             store.commit_answer(answer).await.map(|_| Utc::now())
                         }
                         Err(err) => Err(err),

@@ -321,7 +321,7 @@ async fn bad_authorization_requests_are_refused_with_a_reason_and_store_nothing(
         .unwrap();
     let reader = flow.harness.add_client("dbt", ClientRole::Reader, &[], None).await.unwrap();
     let cases = [
-        (json!({"token": "x", "provider": "nope"}), StatusCode::BAD_REQUEST, "provider"),
+        (json!({"token": "x", "provider": "nope"}), StatusCode::NOT_FOUND, "provider"),
         (
             json!({"token": "x", "provider": "gitlab", "kind": "gitlab-personal-access-token"}),
             StatusCode::BAD_REQUEST,
@@ -391,7 +391,8 @@ async fn die_in_callback(flow: &Flow, token: &str, journal: Option<bool>) {
             scope: Some("api".into()),
         };
         let authorized = Some(rotation::Authorized { user: None, awaiting_user });
-        let answer = rotation::Answer { lease: claim.lease(), success, actor: "ops".into(), now, authorized };
+        let answer =
+            rotation::Answer { lease: claim.lease(), success, actor: "ops".into(), now, authorized, created: false };
         context.store.run(move |conn| answer_journal::write(conn, &[answer], now)).await.unwrap();
     }
     // The process dies here, after GitLab may have exchanged the code. Its lease runs out.

@@ -60,7 +60,7 @@ fn token_authorize_refuses_what_cannot_work_with_one_line_and_stores_nothing() {
         (&["token", "authorize", "new"], 2, "give --provider"),
         (&["token", "authorize", "new", "--provider", "nope"], 2, "nope"),
         (&["token", "authorize", "pat"], 1, "gitlab-project-access-token"),
-        (&["token", "authorize", "new", "--provider", "generic"], 2, "--authorize-url"),
+        (&["token", "authorize", "new", "--provider", "generic"], 1, "--authorize-url"),
         (&["token", "authorize", "new", "--provider", "gitlab", "--return-to", "ftp://x"], 2, "return_to"),
         (&["token", "authorize", "new", "--provider", "gitlab", "--public-url", "not a url"], 2, "public_url"),
     ];

@@ -14,31 +14,51 @@ use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::domain::{ProviderName, TokenKind, TokenName};
 use crate::oauth::{ConsentLink, LinkRequest, create_link};
+use crate::store::StoreError;
 
 /// The body of `POST /v1/authorizations`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationRequest {
     /// The token to store the grant as; an existing OAuth token of this provider is re-authorised.
-    #[schema(example = "alice-gitlab")]
+    #[schema(value_type = TokenName, example = "alice-gitlab")]
     token: String,
     /// The provider to authorise at.
-    #[schema(example = "gitlab")]
+    #[schema(value_type = ProviderName, example = "gitlab")]
     provider: String,
     /// `gitlab-oauth` or `oauth2` (default: the provider's).
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "gitlab-oauth")]
+    #[schema(value_type = Option<String>, pattern = "^(gitlab-oauth|oauth2)$", example = "gitlab-oauth")]
     kind: Option<TokenKind>,
     /// Scopes to request (default: the provider's `--scope`, for GitLab `api`).
     #[serde(default)]
-    #[schema(example = json!(["read_api"]))]
+    #[schema(value_type = Vec<Scope>, max_items = 32, example = json!(["read_api"]))]
     scopes: Vec<String>,
     /// Where the browser goes after the callback, with `?token=NAME&status=connected` (or
     /// `declined`) added; absolute http(s), no fragment.
     #[serde(default)]
-    #[schema(example = "https://platform.example.com/gitlab/connected")]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https?://[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,4})?(/[^\s#]*)?$",
+        example = "https://platform.example.com/gitlab/connected"
+    )]
     return_to: Option<String>,
 }
+
+/// One OAuth scope (RFC 6749 §3.3: printable ASCII without spaces, quotes or backslashes).
+pub struct Scope;
+
+impl utoipa::PartialSchema for Scope {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("One OAuth scope, e.g. `api` or `read_api`."))
+            .pattern(Some(r"^[!#-\[\]-~]{1,100}$"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Scope {}
 
 /// `POST /v1/authorizations` (operator): a consent link, valid for `oauth.authorization_timeout`.
 #[utoipa::path(
@@ -50,10 +70,11 @@ pub struct AuthorizationRequest {
     security(("bearer" = [])),
     responses(
         (status = 201, description = "The link to open: the provider's consent page, with state and PKCE challenge", body = ConsentLink),
-        (status = 400, description = "`bad_json` or `bad_request`: an unreadable body, an unknown provider, a provider without OAuth application or authorization endpoint, a kind that is not an OAuth grant, a bad scope or return_to", body = ErrorBody),
+        (status = 400, description = "`bad_json` or `bad_request`: an unreadable body, a bad name, kind, scope or return_to", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ErrorBody),
         (status = 403, description = "`forbidden`: a reader's key (this needs an operator)", body = ErrorBody),
-        (status = 409, description = "`conflict`: the token exists with another provider or kind, or is being rotated right now", body = ErrorBody),
+        (status = 404, description = "`unknown_provider`: no such provider", body = ErrorBody),
+        (status = 409, description = "`conflict`: the provider cannot authorise (no OAuth application, no authorization endpoint, another kind of provider), or the token exists with another provider or kind, or is being rotated right now", body = ErrorBody),
         (status = 413, description = "`body_too_large`: the body is over 64 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
         (status = 503, description = "`store_unavailable`: the store did not answer", body = ErrorBody),
@@ -74,6 +95,13 @@ pub async fn create(
     let request =
         LinkRequest { token, provider, kind: request.kind, scopes: request.scopes, return_to: request.return_to };
     let links = &state.consent;
-    let link = create_link(&state.engine, request, &links.redirect_uri, links.timeout, caller.actor()).await?;
+    let link = create_link(&state.engine, request, &links.redirect_uri, links.timeout, caller.actor()).await.map_err(
+        |err| match err {
+            StoreError::NotFound { what: "provider", name } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_provider", format!("no provider named '{name}'"))
+            }
+            other => ApiError::from(other),
+        },
+    )?;
     Ok((StatusCode::CREATED, Json(link)))
 }

@@ -54,6 +54,7 @@ pub const BEARER_SCHEME: &str = "bearer";
         TokenDetail,
         SinkView,
         AuthorizationRequest,
+        super::authorizations::Scope,
         crate::oauth::ConsentLink,
         crate::store::grant_owners::AuthorizedAs,
         PolicyOverrides,

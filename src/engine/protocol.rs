@@ -527,8 +527,14 @@ pub(crate) fn seal_answer(
         refresh_token_rotates: renewed.refresh_token_rotates,
         scope: renewed.scope,
     };
-    let answer =
-        Answer { lease: claim.lease(), success, actor: actor.to_owned(), now: context.clock.now(), authorized };
+    let answer = Answer {
+        lease: claim.lease(),
+        success,
+        actor: actor.to_owned(),
+        now: context.clock.now(),
+        authorized,
+        created: false,
+    };
     Ok((answer, renewed.assumed_lifetime))
 }
 

@@ -98,7 +98,8 @@ struct Plan {
 
 /// Checks the provider, the kind and the token the request names.
 fn plan(conn: &mut DbConnection, request: &LinkRequest) -> Result<Plan, StoreError> {
-    let invalid = |message: String| Err(StoreError::InvalidInput(message));
+    // What the provider or the token is, not what was asked, stops these: conflicts.
+    let conflict = |message: String| Err(StoreError::Conflict(message));
     let provider = providers::find_row(conn, &request.provider)?;
     let provider_kind: ProviderKind = provider
         .kind
@@ -109,18 +110,23 @@ fn plan(conn: &mut DbConnection, request: &LinkRequest) -> Result<Plan, StoreErr
         ProviderKind::Oauth2 => TokenKind::Oauth2,
     });
     if !kind.is_oauth_grant() {
-        return invalid(format!("a {kind} is not an OAuth grant; only gitlab-oauth and oauth2 tokens are authorised"));
+        return Err(StoreError::InvalidInput(format!(
+            "a {kind} is not an OAuth grant; only gitlab-oauth and oauth2 tokens are authorised"
+        )));
     }
-    tokens::check_compatible(kind, &provider)?;
+    tokens::check_compatible(kind, &provider).map_err(|err| match err {
+        StoreError::InvalidInput(message) => StoreError::Conflict(message),
+        other => other,
+    })?;
     if provider.client_id.is_none() {
-        return invalid(format!("provider '{}' has no OAuth client id; add it with `provider update`", provider.name));
+        return conflict(format!("provider '{}' has no OAuth client id; add it with `provider update`", provider.name));
     }
     let authorize_endpoint = match provider_kind {
         ProviderKind::Gitlab => format!("{}/oauth/authorize", provider.url.clone().unwrap_or_default()),
         ProviderKind::Oauth2 => match &provider.authorization_url {
             Some(url) => url.clone(),
             None => {
-                return invalid(format!(
+                return conflict(format!(
                     "provider '{}' has no authorization endpoint; set it with `tokenwarden provider update {} --authorize-url URL`",
                     provider.name, provider.name
                 ));

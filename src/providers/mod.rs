@@ -9,6 +9,7 @@
 pub mod client_auth;
 pub mod discovery;
 pub mod gitlab;
+pub mod gitlab_admin;
 pub mod gitlab_user;
 pub mod http;
 pub mod oauth;

@@ -50,6 +50,9 @@ pub enum FaultTarget {
     Renewal,
     /// `GET …/self` look-ups.
     Lookup,
+    /// Token administration through a managing credential that changes something (create or
+    /// revoke access and deploy tokens; write CI/CD variables); lists count as look-ups.
+    Admin,
 }
 
 /// Random fault rates and a fixed latency, for chaos runs and benchmarks.

@@ -75,7 +75,7 @@ fn expired() -> Response {
 
 /// Applies the fault drawn for a request before acting: an error status or a rate limit
 /// answers at once; `None` lets the request through.
-fn answer_before_acting(shared: &Shared, fault: Option<Fault>) -> Option<Response> {
+pub(super) fn answer_before_acting(shared: &Shared, fault: Option<Fault>) -> Option<Response> {
     match fault? {
         Fault::Status { status } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -105,7 +105,7 @@ fn note_drop(state: &mut GitlabState, fault: Option<Fault>, renewed: bool) {
 }
 
 /// Delivers an answer after acting, slowly, cut off or malformed if the fault says so.
-async fn deliver(shared: &Arc<Shared>, fault: Option<Fault>, response: Response) -> Response {
+pub(super) async fn deliver(shared: &Arc<Shared>, fault: Option<Fault>, response: Response) -> Response {
     match fault {
         Some(Fault::SlowAfterCommit { delay_ms }) => {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -123,9 +123,8 @@ async fn deliver(shared: &Arc<Shared>, fault: Option<Fault>, response: Response)
     }
 }
 
-/// Common start of every request: latency, the `User-Agent`, the fault draw, and the
-/// `Retry-After` check.
-async fn begin(shared: &Shared, headers: &HeaderMap, target: FaultTarget) -> Option<Fault> {
+/// A request's arrival: its `User-Agent` noted, then the simulator's latency.
+pub(super) async fn arrive(shared: &Shared, headers: &HeaderMap) {
     if let Some(agent) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
         shared.with_state(|state| state.user_agents.insert(agent.to_owned()));
     }
@@ -133,6 +132,12 @@ async fn begin(shared: &Shared, headers: &HeaderMap, target: FaultTarget) -> Opt
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+}
+
+/// Common start of every request: latency, the `User-Agent`, the fault draw, and the
+/// `Retry-After` check.
+pub(super) async fn begin(shared: &Shared, headers: &HeaderMap, target: FaultTarget) -> Option<Fault> {
+    arrive(shared, headers).await;
     if target == FaultTarget::Renewal {
         shared.note_renewal_arrival();
     }

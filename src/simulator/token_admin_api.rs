@@ -81,6 +81,7 @@ pub async fn collection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let acts = method != Method::GET;
     let action = match (collection.as_str(), method) {
         ("access_tokens", Method::GET) => Some(Action::ListAccess),
         ("access_tokens", Method::POST) => Some(Action::CreateAccess),
@@ -88,7 +89,7 @@ pub async fn collection(
         ("deploy_tokens", Method::POST) => Some(Action::CreateDeploy),
         _ => None,
     };
-    serve_managed(shared, (kind, id), action, (query, headers, body), act).await
+    serve_managed(shared, (kind, id), action, acts, (query, headers, body), act).await
 }
 
 /// `DELETE /{projects|groups}/:id/{access_tokens|deploy_tokens}/:token_id`.
@@ -99,10 +100,11 @@ pub async fn item(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let acts = true;
     let action = match collection.as_str() {
         "access_tokens" => Some(Action::RevokeAccess(token_id)),
         "deploy_tokens" => Some(Action::RevokeDeploy(token_id)),
         _ => None,
     };
-    serve_managed(shared, (kind, id), action, (query, headers, body), act).await
+    serve_managed(shared, (kind, id), action, acts, (query, headers, body), act).await
 }

@@ -93,30 +93,39 @@ pub(super) struct Managed<'a> {
     pub now: chrono::DateTime<chrono::Utc>,
 }
 
-/// Serves a request to `/{projects|groups}/:id/…` with `act`: the simulator's latency, then 404
+/// Serves a request to `/{projects|groups}/:id/…` with `act`: the simulator's latency and any
+/// scripted `admin` fault of a request that `acts` (answered before or after acting), then 404
 /// for a path naming neither (or an `action` of `None`), GitLab's credential checks
 /// ([`GitlabState::manager_level`]), and only then `act`.
 pub(super) async fn serve_managed<A>(
     shared: Arc<Shared>,
     (kind, id): (String, String),
     action: Option<A>,
+    acts: bool,
     (query, headers, body): (Option<String>, HeaderMap, Bytes),
     act: impl FnOnce(&mut GitlabState, Managed<'_>, A) -> Response,
 ) -> Response {
-    let latency = shared.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
     let (Some(namespace), Some(action)) = (namespace(&kind, id), action) else {
         return json_response(StatusCode::NOT_FOUND, json!({"error": "404 Not Found"}));
     };
+    // Scripted `admin` faults hit the requests that change something, never the reads.
+    let fault = if acts {
+        super::gitlab_api::begin(&shared, &headers, super::faults::FaultTarget::Admin).await
+    } else {
+        super::gitlab_api::arrive(&shared, &headers).await;
+        None
+    };
+    if let Some(response) = super::gitlab_api::answer_before_acting(&shared, fault) {
+        return response;
+    }
     let fields = fields(query.as_deref(), &headers, &body);
     let secret = presented_token(&headers);
     let now = shared.now();
-    shared.with_state(|state| match state.manager_level(secret.as_deref(), &namespace, now) {
+    let response = shared.with_state(|state| match state.manager_level(secret.as_deref(), &namespace, now) {
         Ok(level) => act(state, Managed { namespace: &namespace, level, fields: &fields, now }, action),
         Err(refusal) => refused(refusal),
-    })
+    });
+    super::gitlab_api::deliver(&shared, fault, response).await
 }
 
 /// The namespace of a `/{projects|groups}/:id/…` path.
@@ -146,12 +155,13 @@ pub async fn collection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let acts = method != Method::GET;
     let action = match method {
         Method::GET => Some(Action::List),
         Method::POST => Some(Action::Create),
         _ => None,
     };
-    serve_managed(shared, at, action, (query, headers, body), act_or_fail).await
+    serve_managed(shared, at, action, acts, (query, headers, body), act_or_fail).await
 }
 
 /// `GET`, `PUT` and `DELETE` `/{projects|groups}/:id/variables/:key`.
@@ -163,11 +173,12 @@ pub async fn item(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let acts = method != Method::GET;
     let action = match method {
         Method::GET => Some(Action::Get(key)),
         Method::PUT => Some(Action::Update(key)),
         Method::DELETE => Some(Action::Delete(key)),
         _ => None,
     };
-    serve_managed(shared, (kind, id), action, (query, headers, body), act_or_fail).await
+    serve_managed(shared, (kind, id), action, acts, (query, headers, body), act_or_fail).await
 }

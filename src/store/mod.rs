@@ -17,6 +17,7 @@ pub mod client_update;
 pub mod clients;
 mod connection;
 pub mod consumers;
+pub mod creation;
 mod error;
 pub mod grant_owners;
 pub mod job_lock;

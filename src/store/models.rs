@@ -323,6 +323,7 @@ pub fn remedy(kind: TokenKind, reason: &str) -> &'static str {
     match reason {
         crate::domain::CLIENT_CREDENTIALS_REJECTED | "provider_misconfigured" => "update_provider",
         super::rotation::REVOKE_INTERRUPTED => "remove_again",
+        super::creation::CREATE_INTERRUPTED => "replace",
         _ if kind.is_oauth_grant() => "reauthorize",
         _ => "replace",
     }

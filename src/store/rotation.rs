@@ -195,6 +195,8 @@ enum Decision {
     GrantLost,
     /// A `token remove --revoke` died holding the lease: the credential may be revoked.
     RevokeInterrupted,
+    /// A `token create` died holding the lease: GitLab may hold a token never stored.
+    CreateInterrupted,
 }
 
 /// The claim rules, shared by single and batch claims: whether `row` may be claimed under
@@ -214,6 +216,9 @@ fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime
             }
             if row.lease_owner.as_deref().is_some_and(super::revocation::is_revoke_lease) {
                 return Ok(Decision::RevokeInterrupted);
+            }
+            if row.lease_owner.as_deref().is_some_and(super::creation::is_create_lease) {
+                return Ok(Decision::CreateInterrupted);
             }
             // An authorisation callback died after sending the code: spent, its grant unseen.
             if row.lease_owner.as_deref().is_some_and(super::authorization_claim::is_authorize_lease) {
@@ -330,6 +335,10 @@ pub fn claim(
             }
             Decision::RevokeInterrupted => {
                 mark_revoke_interrupted(conn, &found.0, now)?;
+                Ok(ClaimResult::Refused(TokenState::NeedsAttention))
+            }
+            Decision::CreateInterrupted => {
+                mark_create_interrupted(conn, &found.0, now)?;
                 Ok(ClaimResult::Refused(TokenState::NeedsAttention))
             }
         }
@@ -456,6 +465,7 @@ pub fn claim_due(
                     }
                     Decision::GrantLost => mark_grant_lost(conn, &row, now)?,
                     Decision::RevokeInterrupted => mark_revoke_interrupted(conn, &row, now)?,
+                    Decision::CreateInterrupted => mark_create_interrupted(conn, &row, now)?,
                     Decision::Answer(_) => {}
                 }
             }
@@ -510,6 +520,18 @@ fn mark_revoke_interrupted(conn: &mut DbConnection, row: &TokenRow, now: DateTim
         row.name
     );
     mark_interrupted(conn, row, REVOKE_INTERRUPTED, &error, now)
+}
+
+/// Marks a token whose `token create` died with its process: GitLab may hold a token of its
+/// GitLab name that tokenwarden never stored.
+fn mark_create_interrupted(conn: &mut DbConnection, row: &TokenRow, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let error = format!(
+        "`token create` was interrupted before GitLab's answer was stored: GitLab may hold an active token named {:?} \
+         that tokenwarden never saw. Revoke it at GitLab, then `tokenwarden token remove {}` and create it again",
+        row.gitlab_name.as_deref().unwrap_or_default(),
+        row.name
+    );
+    mark_interrupted(conn, row, super::creation::CREATE_INTERRUPTED, &error, now)
 }
 
 /// Puts a token whose lease ran out in a state no automatic attempt may resolve into
@@ -579,6 +601,9 @@ pub struct Answer {
     /// records who, and announces `token.authorized` besides `token.rotated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized: Option<Authorized>,
+    /// Set when the answer is a `token create`'s (the token's first version).
+    #[serde(default)]
+    pub created: bool,
 }
 
 /// What a code exchange's answer adds to its commit.
@@ -590,6 +615,15 @@ pub struct Authorized {
     /// a grant that already has an owner (it may be another user's consent).
     #[serde(default)]
     pub awaiting_user: bool,
+}
+
+/// Where an answer comes from, for its history entry and audit row.
+fn origin(answer: &Answer) -> (&'static str, &'static str) {
+    match (&answer.authorized, answer.created) {
+        (Some(_), _) => ("authorized", "token.authorize"),
+        (None, true) => ("created", "token.create"),
+        (None, false) => ("rotated", "token.rotate"),
+    }
 }
 
 /// Commits several answers in one transaction (group commit): each in a savepoint of its own
@@ -654,7 +688,8 @@ pub const ANSWER_CONFLICT_ROUNDS: u32 = 4;
 /// The writes of one stored answer, inside the caller's transaction (its journal row is
 /// deleted with them); returns the new version.
 pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i64, StoreError> {
-    let Answer { lease, success, actor, now, authorized } = answer;
+    let (event, action) = origin(answer);
+    let Answer { lease, success, actor, now, authorized, .. } = answer;
     let (actor, now) = (actor.as_str(), *now);
     // Fenced by the attempt id and the version the claim saw: the new version is known without
     // reading it back (one statement fewer inside the commit gap).
@@ -694,7 +729,7 @@ pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i
         id: new_id(),
         token_id: lease.token_id.clone(),
         version,
-        event: if authorized.is_some() { "authorized" } else { "rotated" }.to_owned(),
+        event: event.to_owned(),
         actor: actor.to_owned(),
         expires_at: success.expires_at.map(naive),
         occurred_at: naive(now),
@@ -711,7 +746,7 @@ pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i
         let by = user.as_ref().map_or_else(String::new, |user| format!(" by=@{}", user.username));
         audit::record(conn, now, actor, "token.authorize", target, Some(format!("version={version}{by}")))?;
     } else {
-        audit::record(conn, now, actor, "token.rotate", target, Some(format!("version={version}")))?;
+        audit::record(conn, now, actor, action, target, Some(format!("version={version}")))?;
     }
     outbox::enqueue(conn, Event::Rotated, name, version, success.expires_at, now)?;
     super::sinks::enqueue(conn, &lease.token_id, version, now)?;

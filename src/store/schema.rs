@@ -247,7 +247,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Tokens created through a managing credential (see `store::creation`).
+    token_managers (token_id) {
+        token_id -> Text,
+        manager_id -> Text,
+        access_level -> Integer,
+        scopes -> Text,
+    }
+}
+
 diesel::joinable!(tokens -> providers (provider_id));
+diesel::joinable!(token_managers -> tokens (token_id));
+diesel::allow_tables_to_appear_in_same_query!(token_managers, tokens);
 diesel::joinable!(ui_sessions -> clients (client_id));
 diesel::allow_tables_to_appear_in_same_query!(ui_sessions, clients);
 diesel::joinable!(authorizations -> providers (provider_id));

@@ -418,6 +418,13 @@ pub fn remove(
 /// Deletes token row `token_id` and every grant of it (its sinks go with it by cascade); call
 /// inside the removing transaction.
 pub(super) fn delete_with_grants(conn: &mut DbConnection, token_id: &str) -> Result<(), StoreError> {
+    let managed = super::creation::managed_by(conn, token_id)?;
+    if !managed.is_empty() {
+        return Err(StoreError::Conflict(format!(
+            "it manages {}: remove those first (or they could never be rotated, healed or revoked)",
+            managed.join(", ")
+        )));
+    }
     diesel::delete(client_grants::table.filter(client_grants::token_id.eq(token_id))).execute(conn)?;
     diesel::delete(tokens::table.filter(tokens::id.eq(token_id))).execute(conn)?;
     Ok(())

@@ -1,0 +1,266 @@
+//! `token create`: a project or group access token made at GitLab through a managing
+//! credential, under the new token's own lease (claim → call → commit, see
+//! [`crate::store::creation`]). An unknown outcome is never answered with a blind second create:
+//! the tokens of that GitLab name made since the claim are listed through the manager and
+//! revoked, and only then is the token created once more.
+
+use chrono::TimeDelta;
+use secrecy::SecretString;
+use tracing::{info, warn};
+
+use super::EngineContext;
+use super::policy::requested_gitlab_expiry;
+use super::protocol::{commit_answer, seal_answer};
+use crate::domain::{Policy, PolicyOverrides, ProviderName, TokenKind, TokenName};
+use crate::providers::gitlab_admin::{CreatedToken, Namespace, NewAccessToken, TokenAdmin};
+use crate::providers::{ProviderError, Renewed};
+use crate::store::creation::{self, NewManagedToken};
+use crate::store::models::Token;
+use crate::store::rotation::{self, Claim, Failure};
+use crate::store::tokens::{self, SecretField};
+use crate::store::{StoreError, providers};
+
+/// What `token create` is asked.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// The token's name in tokenwarden.
+    pub name: TokenName,
+    /// The GitLab provider.
+    pub provider: ProviderName,
+    /// `gitlab-project-access-token` or `gitlab-group-access-token`.
+    pub kind: TokenKind,
+    /// The project or group.
+    pub resource: String,
+    /// The managing token (a Maintainer's or Owner's, with the `api` scope).
+    pub manager: TokenName,
+    /// Its name at GitLab (default `tokenwarden: NAME`).
+    pub gitlab_name: Option<String>,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// Its role (10 Guest … 50 Owner).
+    pub access_level: u8,
+    /// Policy overrides.
+    pub policy: PolicyOverrides,
+}
+
+/// Why a token was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The request cannot work (unknown manager, wrong kind, a name GitLab already uses).
+    #[error("{0}")]
+    Invalid(String),
+    /// GitLab refused (its explanation) or failed; nothing is left behind.
+    #[error("{0}")]
+    Refused(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates the token and stores it as version 1.
+pub async fn create_token(context: &EngineContext, request: CreateRequest, actor: &str) -> Result<Token, CreateError> {
+    let (admin, provider_id, namespace) = prepare(context, &request).await?;
+    let gitlab_name = request.gitlab_name.clone().unwrap_or_else(|| format!("tokenwarden: {}", request.name));
+    let existing = admin.active_named(&namespace, &gitlab_name).await.map_err(refused)?;
+    if let Some(token) = existing.first() {
+        return Err(CreateError::Invalid(format!(
+            "GitLab already has an active token named {gitlab_name:?} there (id {}); give another --gitlab-name or revoke that one",
+            token.id
+        )));
+    }
+    let policy = Policy::resolve(request.kind, &request.policy, &context.policy);
+    let new = NewAccessToken {
+        name: gitlab_name.clone(),
+        scopes: request.scopes.clone(),
+        access_level: request.access_level,
+        expires_at: requested_gitlab_expiry(context.clock.now(), &policy),
+    };
+    let managed = NewManagedToken {
+        name: request.name.clone(),
+        kind: request.kind,
+        provider_id,
+        resource: request.resource.clone(),
+        gitlab_name,
+        manager_id: String::new(),
+        access_level: i32::from(request.access_level),
+        scopes: request.scopes.join(" "),
+        policy: request.policy,
+    };
+    let claim = claim(context, managed, &request.manager).await?;
+    let claimed_at = context.clock.now();
+    let mut created = admin.create(&namespace, &new).await;
+    for round in 0..2 {
+        let Err(err @ ProviderError::Unknown { .. }) = &created else { break };
+        warn!(token = %request.name, error = %err, "the create's outcome is unknown; revoking what it may have made");
+        if let Err(err) = revoke_made_since(&admin, &namespace, &new.name, claimed_at).await {
+            // What GitLab made could not be revoked: the token stays, flagged, so that the live
+            // token at GitLab is one tokenwarden knows about.
+            return Err(flag_unresolved(context, &claim, &new.name, &err).await);
+        }
+        if round == 0 {
+            created = admin.create(&namespace, &new).await;
+        }
+    }
+    let created = match created {
+        Ok(created) => created,
+        Err(err) => return Err(give_up(context, &claim, refused(err)).await),
+    };
+    commit(context, &claim, &policy, created, actor).await
+}
+
+/// Checks the provider, the kind and the manager; opens the manager's current secret.
+async fn prepare(
+    context: &EngineContext,
+    request: &CreateRequest,
+) -> Result<(TokenAdmin, String, Namespace), CreateError> {
+    let namespace = match request.kind {
+        TokenKind::GitlabProjectAccessToken => Namespace::Project(request.resource.clone()),
+        TokenKind::GitlabGroupAccessToken => Namespace::Group(request.resource.clone()),
+        other => {
+            return Err(CreateError::Invalid(format!(
+                "token create makes project and group access tokens, not a {other}"
+            )));
+        }
+    };
+    let (cipher, manager_name, request) = (context.cipher.clone(), request.manager.clone(), request.clone());
+    let (provider, secret): (_, Option<SecretString>) = context
+        .store
+        .run(move |conn| {
+            let provider = providers::find_row(conn, &request.provider)?;
+            tokens::check_compatible(request.kind, &provider)?;
+            let manager = tokens::find(conn, &request.manager)?;
+            if manager.provider != request.provider {
+                return Err(StoreError::InvalidInput(format!(
+                    "the manager '{}' belongs to provider '{}', not '{}'",
+                    manager.name, manager.provider, request.provider
+                )));
+            }
+            if manager.kind == TokenKind::Oauth2 {
+                return Err(StoreError::InvalidInput(format!(
+                    "the manager '{}' is not a GitLab credential",
+                    manager.name
+                )));
+            }
+            let secret = tokens::read_secret(conn, &cipher, &request.manager, SecretField::Secret)?;
+            Ok((provider, secret))
+        })
+        .await?;
+    let secret = secret
+        .ok_or_else(|| CreateError::Invalid(format!("the manager '{manager_name}' has no current secret yet")))?;
+    let url = provider
+        .url
+        .clone()
+        .ok_or_else(|| CreateError::Invalid(format!("provider '{}' has no --url", provider.name)))?;
+    let admin = TokenAdmin::new(context.http.clone(), &url, secret, manager_name.as_str());
+    Ok((admin, provider.id, namespace))
+}
+
+/// Writes the new token's row with its manager and takes its lease.
+async fn claim(
+    context: &EngineContext,
+    mut managed: NewManagedToken,
+    manager: &TokenName,
+) -> Result<Claim, CreateError> {
+    let (owner, lease, now, manager) = (context.owner.clone(), context.lease(), context.clock.now(), manager.clone());
+    Ok(context
+        .store
+        .run(move |conn| {
+            managed.manager_id = tokens::find(conn, &manager)?.id;
+            creation::claim_new(conn, &managed, &owner, lease, now)
+        })
+        .await?)
+}
+
+/// Revokes every active token named `name` created since `since` (give or take a minute of clock
+/// difference): before the claim GitLab had none, so each is one this create made.
+async fn revoke_made_since(
+    admin: &TokenAdmin,
+    namespace: &Namespace,
+    name: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, ProviderError> {
+    let mut revoked = 0;
+    for token in admin.active_named(namespace, name).await? {
+        if token.created_at.is_none_or(|at| at >= since - TimeDelta::minutes(1)) {
+            admin.revoke(namespace, token.id).await?;
+            revoked += 1;
+        }
+    }
+    info!(name, revoked, "revoked what an unknown create outcome made");
+    Ok(revoked)
+}
+
+/// Removes the new token's row (nothing live was made) and answers `error`.
+async fn give_up(context: &EngineContext, claim: &Claim, error: CreateError) -> CreateError {
+    let lease = claim.lease();
+    if let Err(err) = context.store.run(move |conn| creation::abandon(conn, &lease)).await {
+        warn!(token = %claim.token.name, error = %err, "could not remove the token that was not created");
+    }
+    error
+}
+
+/// Marks the new token `needs_attention` (`create_interrupted`) because a token GitLab may have
+/// made under `gitlab_name` could not be revoked.
+async fn flag_unresolved(
+    context: &EngineContext,
+    claim: &Claim,
+    gitlab_name: &str,
+    err: &ProviderError,
+) -> CreateError {
+    let error = format!(
+        "the create's outcome was unknown and what it made could not be revoked ({err}): GitLab may hold an active token \
+         named {gitlab_name:?}; revoke it at GitLab, then `tokenwarden token remove {}` and create it again",
+        claim.token.name
+    );
+    let failure = Failure::NeedsAttention { reason: creation::CREATE_INTERRUPTED.to_owned(), error: error.clone() };
+    let (lease, now) = (claim.lease(), context.clock.now());
+    let stored =
+        context.store.run(move |conn| rotation::commit_failure(conn, &lease, &failure, "scheduler", now)).await;
+    if let Err(err) = stored {
+        warn!(token = %claim.token.name, error = %err, "could not flag the token; its lease runs out and flags it");
+    }
+    CreateError::Refused(error)
+}
+
+/// Stores the created token as version 1 through the answer path.
+async fn commit(
+    context: &EngineContext,
+    claim: &Claim,
+    policy: &Policy,
+    created: CreatedToken,
+    actor: &str,
+) -> Result<Token, CreateError> {
+    let renewed = Renewed {
+        secret: created.secret,
+        refresh_token: None,
+        expires_at: Some(created.expires_at),
+        issued_at: context.clock.now(),
+        external_id: Some(created.id),
+        refresh_token_rotates: None,
+        assumed_lifetime: false,
+        scope: (!created.scopes.is_empty()).then(|| created.scopes.join(" ")),
+    };
+    let (mut answer, _) = seal_answer(context, claim, policy, renewed, actor, None).map_err(StoreError::from)?;
+    answer.created = true;
+    match commit_answer(context, claim, answer, false).await.0 {
+        super::RotationOutcome::Rotated { .. } => {
+            let name = claim.token.name.clone();
+            Ok(context.store.run(move |conn| tokens::find(conn, &name)).await?)
+        }
+        other => Err(CreateError::Refused(format!(
+            "GitLab created the token but it could not be stored ({other:?}); it will be marked create_interrupted — revoke it at GitLab"
+        ))),
+    }
+}
+
+fn refused(err: ProviderError) -> CreateError {
+    CreateError::Refused(match err {
+        ProviderError::Permanent { message, .. } => message,
+        ProviderError::Transient { message, .. } => {
+            format!("GitLab failed ({message}); nothing was created — try again")
+        }
+        ProviderError::Unknown { message } => {
+            format!("GitLab's answer was lost twice ({message}); what it made was revoked — try again")
+        }
+    })
+}

@@ -1,0 +1,136 @@
+//! `token create`: a token made at GitLab through a managing credential. The create call is a
+//! provider call like a rotation, so it runs under the new token's own rotation lease: the row
+//! is written first (version 0, no secret, lease owner marked [`CREATE_LEASE_MARK`]) with what
+//! it is created with, the answer is then journaled and committed as version 1 — or the row is
+//! removed when GitLab provably made nothing ([`abandon`]). A process that dies holding the lease
+//! leaves the token `needs_attention` (`create_interrupted`): GitLab may hold a token of that
+//! name tokenwarden never saw.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use diesel::prelude::*;
+
+use super::models::{NewTokenRow, ProviderRow, TokenRow, naive, new_id};
+use super::rotation::{Claim, ClaimRow, Lease, take_lease};
+use super::schema::{providers, token_managers, tokens};
+use super::{DbConnection, StoreError};
+use crate::domain::{PolicyOverrides, TokenKind, TokenName, TokenState};
+
+/// Ends the lease owner's name of a `token create`'s lease.
+pub const CREATE_LEASE_MARK: &str = " (creating)";
+
+/// `needs_attention` reason of a token whose creation was interrupted.
+pub const CREATE_INTERRUPTED: &str = "create_interrupted";
+
+/// Whether a lease held by `owner` is a `token create`'s.
+pub fn is_create_lease(owner: &str) -> bool {
+    owner.ends_with(CREATE_LEASE_MARK)
+}
+
+/// A token to create at GitLab.
+#[derive(Debug, Clone)]
+pub struct NewManagedToken {
+    /// Its name in tokenwarden.
+    pub name: TokenName,
+    /// Project or group access token.
+    pub kind: TokenKind,
+    /// The provider's row id.
+    pub provider_id: String,
+    /// The project or group.
+    pub resource: String,
+    /// Its name at GitLab.
+    pub gitlab_name: String,
+    /// The managing token's row id.
+    pub manager_id: String,
+    /// Its role (10 … 50).
+    pub access_level: i32,
+    /// Its scopes, space-separated.
+    pub scopes: String,
+    /// Its policy overrides.
+    pub policy: PolicyOverrides,
+}
+
+/// Writes the new token's row and its manager, and takes its lease, in one transaction
+/// (refused when the name is taken).
+pub fn claim_new(
+    conn: &mut DbConnection,
+    new: &NewManagedToken,
+    owner: &str,
+    lease: TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<Claim, StoreError> {
+    let seconds = |value: Option<crate::config::HumanDuration>| {
+        value.map(|d| i64::try_from(d.get().as_secs()).unwrap_or(i64::MAX))
+    };
+    conn.write_transaction(|conn| {
+        let id = new_id();
+        let row = NewTokenRow {
+            id: id.clone(),
+            name: new.name.to_string(),
+            provider_id: new.provider_id.clone(),
+            kind: new.kind.to_string(),
+            resource: Some(new.resource.clone()),
+            external_id: None,
+            secret: None,
+            refresh_token: None,
+            version: 0,
+            state: TokenState::NeedsAttention.to_string(),
+            issued_at: None,
+            expires_at: None,
+            next_rotation_at: None,
+            lifetime_seconds: seconds(new.policy.lifetime),
+            rotate_before_seconds: seconds(new.policy.rotate_before),
+            rotate_at_fraction: new.policy.rotate_at_fraction,
+            attempt_count: 0,
+            scopes: Some(new.scopes.clone()),
+            created_at: naive(now),
+            updated_at: naive(now),
+        };
+        diesel::insert_into(tokens::table)
+            .values(&row)
+            .execute(conn)
+            .map_err(StoreError::on_unique("token", new.name.as_str()))?;
+        diesel::update(tokens::table.filter(tokens::id.eq(&id)))
+            .set(tokens::gitlab_name.eq(&new.gitlab_name))
+            .execute(conn)?;
+        diesel::insert_into(token_managers::table)
+            .values((
+                token_managers::token_id.eq(&id),
+                token_managers::manager_id.eq(&new.manager_id),
+                token_managers::access_level.eq(new.access_level),
+                token_managers::scopes.eq(&new.scopes),
+            ))
+            .execute(conn)?;
+        let found: ClaimRow = tokens::table
+            .inner_join(providers::table)
+            .filter(tokens::id.eq(&id))
+            .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
+            .get_result(conn)?;
+        take_lease(conn, found, None, &format!("{owner}{CREATE_LEASE_MARK}"), lease, now)
+    })
+}
+
+/// GitLab provably made nothing (or what it made was revoked): removes the new token's row,
+/// fenced by the lease.
+pub fn abandon(conn: &mut DbConnection, lease: &Lease) -> Result<(), StoreError> {
+    conn.write_transaction(|conn| {
+        super::answer_journal::forget_attempt(conn, lease)?;
+        let changed = diesel::delete(
+            tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id)),
+        )
+        .execute(conn)?;
+        if changed == 1 {
+            return Ok(());
+        }
+        Err(StoreError::LeaseLost { token: lease.token_name.clone(), attempt: lease.attempt_id.clone() })
+    })
+}
+
+/// The names of the tokens the token with row id `manager_id` manages.
+pub fn managed_by(conn: &mut DbConnection, manager_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(token_managers::table
+        .inner_join(tokens::table)
+        .filter(token_managers::manager_id.eq(manager_id))
+        .select(tokens::name)
+        .order(tokens::name.asc())
+        .load(conn)?)
+}
