@@ -112,7 +112,7 @@ async fn an_unknown_outcome_is_resolved_by_revoking_what_was_made_then_creating_
 
     // Lost twice: what was made is revoked both times and nothing is stored.
     let answered = Fault::SlowAfterCommit { delay_ms: 0 };
-    for fault in [Fault::DropAfterCommit, answered.clone(), Fault::DropAfterCommit, answered] {
+    for fault in [Fault::DropAfterCommit, answered, Fault::DropAfterCommit, answered] {
         setup.harness.sim.push_fault(FaultTarget::Admin, fault);
     }
     let err = create_token(&setup.harness.context, request("cd", "42"), "ops").await.unwrap_err();
