@@ -188,3 +188,34 @@ async fn a_create_that_dies_holding_its_lease_is_flagged_and_its_manager_cannot_
         "{removed:?}"
     );
 }
+
+#[test]
+fn the_command_line_creates_without_printing_the_secret_and_explains_refusals() {
+    let sandbox = common::Sandbox::new();
+    sandbox.add_gitlab_provider();
+    let manager = sandbox.gitlab.token(TokenOwner::Personal);
+    let add =
+        ["token", "add", "mgr", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"];
+    sandbox.ok(&add, &format!("{manager}\n"));
+    let create = ["token", "create", "ci", "--provider", "gitlab", "--kind", "gitlab-project-access-token"];
+    let create = [&create[..], &["--project", "42", "--manager", "mgr", "--scope", "api"]].concat();
+
+    sandbox.gitlab.sim.with_state(|state| state.memberships.insert(Namespace::Project("42".into()), 30));
+    let stderr = sandbox.fails(&create, "", 1);
+    assert!(stderr.contains("Maintainer") && stderr.contains("'mgr'"), "{stderr}");
+    assert!(sandbox.token_list().iter().all(|t| t["name"] != "ci"), "nothing stored");
+
+    sandbox.gitlab.sim.with_state(|state| state.memberships.insert(Namespace::Project("42".into()), 40));
+    let out = sandbox.run(&create, "");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("created 'ci'") && stderr.contains("tokenwarden: ci"), "{stderr}");
+    assert!(!stdout.contains("glpat-") && !stderr.contains("glpat-"), "the secret is never printed");
+    let token = sandbox.token_show("ci");
+    assert_eq!((token["version"].as_i64(), token["state"].as_str()), (Some(1), Some("active")), "{token}");
+
+    let bad_level = [&create[..], &["--access-level", "admin"]].concat();
+    assert!(sandbox.fails(&bad_level, "", 2).contains("--access-level"));
+    let stderr = sandbox.fails(&["token", "remove", "mgr", "--yes"], "", 1);
+    assert!(stderr.contains("manages ci"), "{stderr}");
+}

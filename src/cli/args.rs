@@ -197,6 +197,45 @@ pub struct ProviderUpdateArgs {
     pub output: OutputArgs,
 }
 
+/// `token create` options.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Unique name (lowercase letters, digits, '-', '_', '.')
+    pub name: TokenName,
+    /// The GitLab provider
+    #[arg(long)]
+    pub provider: ProviderName,
+    /// gitlab-project-access-token or gitlab-group-access-token
+    #[arg(long)]
+    pub kind: TokenKind,
+    /// Project id or path (project access tokens)
+    #[arg(long, conflicts_with = "group")]
+    pub project: Option<String>,
+    /// Group id or path (group access tokens)
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The tracked token that creates it: a Maintainer's (project) or Owner's (group), with the api scope
+    #[arg(long)]
+    pub manager: TokenName,
+    /// A scope of the new token (repeatable; api or self_rotate lets it rotate itself)
+    #[arg(long = "scope", value_name = "SCOPE", required = true)]
+    pub scopes: Vec<String>,
+    /// Its role: guest, planner, reporter, developer (default), maintainer or owner (never above the manager's)
+    #[arg(long, default_value = "developer")]
+    pub access_level: String,
+    /// Its name at GitLab (default "tokenwarden: NAME")
+    #[arg(long)]
+    pub gitlab_name: Option<String>,
+    /// Lifetime requested at creation and at each rotation (e.g. 30d; at most 365d)
+    #[arg(long)]
+    pub lifetime: Option<HumanDuration>,
+    /// Minimum margin before expiry (e.g. 7d)
+    #[arg(long, visible_alias = "margin")]
+    pub rotate_before: Option<HumanDuration>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 /// `token authorize` options.
 #[derive(Debug, Args)]
 pub struct TokenAuthorizeArgs {
@@ -293,6 +332,8 @@ pub enum TokenCommand {
     },
     /// Print a consent link that stores the user's OAuth grant as NAME (or re-authorises NAME)
     Authorize(TokenAuthorizeArgs),
+    /// Create a project or group access token at GitLab through a managing token, and track it
+    Create(TokenCreateArgs),
     /// Replace a dead OAuth grant's refresh token (one line on standard input) and refresh it now
     Reauth {
         /// Token name

@@ -28,6 +28,7 @@ mod sink;
 mod systemd;
 mod token;
 mod token_authorize;
+mod token_create;
 mod token_revoke;
 mod token_rotate;
 mod usage;

@@ -1,0 +1,88 @@
+//! `tokenwarden token create NAME`: a project or group access token made at GitLab through a
+//! managing token and tracked from version 1. The secret is never printed.
+
+use super::args::TokenCreateArgs;
+use super::context::{KeyCreation, open_cipher, open_store};
+use super::engine::engine_context;
+use super::output::{print_json, time};
+use super::{CLI_ACTOR, CliError};
+use crate::config::Settings;
+use crate::domain::{Policy, PolicyNames, PolicyOverrides, TokenKind};
+use crate::engine::create::{CreateError, CreateRequest, create_token};
+
+/// GitLab's roles by name, as `--access-level` takes them.
+const ROLES: &[(&str, u8)] =
+    &[("guest", 10), ("planner", 15), ("reporter", 20), ("developer", 30), ("maintainer", 40), ("owner", 50)];
+
+/// Runs `token create`.
+pub async fn run(settings: Settings, args: TokenCreateArgs) -> Result<(), CliError> {
+    let request = validate(&args, &settings)?;
+    let store = open_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Forbidden).await?;
+    let context = engine_context(&settings, store, cipher, "cli")?;
+    let token = create_token(&context, request, CLI_ACTOR).await.map_err(|err| match err {
+        CreateError::Invalid(message) => CliError::Usage(message),
+        CreateError::Refused(message) => CliError::Failed(message),
+        CreateError::Store(err) => err.into(),
+    })?;
+    if args.output.json {
+        return print_json(&token);
+    }
+    eprintln!(
+        "created '{}' at GitLab as {:?} (id {}), expires {}; the secret is stored, never printed",
+        token.name,
+        token.gitlab_name.as_deref().unwrap_or_default(),
+        token.external_id.as_deref().unwrap_or("?"),
+        time(token.expires_at)
+    );
+    Ok(())
+}
+
+/// The request the flags describe, or a usage error.
+fn validate(args: &TokenCreateArgs, settings: &Settings) -> Result<CreateRequest, CliError> {
+    let usage = |message: String| Err(CliError::Usage(message));
+    let resource = match (args.kind, &args.project, &args.group) {
+        (TokenKind::GitlabProjectAccessToken, Some(project), None) if !project.trim().is_empty() => project.clone(),
+        (TokenKind::GitlabGroupAccessToken, None, Some(group)) if !group.trim().is_empty() => group.clone(),
+        (TokenKind::GitlabProjectAccessToken, _, _) => return usage("a project access token needs --project".into()),
+        (TokenKind::GitlabGroupAccessToken, _, _) => return usage("a group access token needs --group".into()),
+        (kind, _, _) => {
+            return usage(format!(
+                "token create makes gitlab-project-access-token and gitlab-group-access-token, not {kind}"
+            ));
+        }
+    };
+    let Some(&(_, access_level)) = ROLES.iter().find(|(name, _)| *name == args.access_level.as_str()) else {
+        return usage(format!(
+            "--access-level '{}' is not a role: guest, planner, reporter, developer, maintainer or owner",
+            args.access_level
+        ));
+    };
+    if let Some(bad) = args.scopes.iter().find(|scope| scope.is_empty() || scope.contains(char::is_whitespace)) {
+        return usage(format!("--scope {bad:?} is not one scope"));
+    }
+    if let Some(name) = &args.gitlab_name
+        && let Err(message) = crate::store::tokens::check_gitlab_name(name)
+    {
+        return usage(message);
+    }
+    let policy =
+        PolicyOverrides { lifetime: args.lifetime, rotate_before: args.rotate_before, rotate_at_fraction: None };
+    let names = PolicyNames {
+        lifetime: "--lifetime",
+        rotate_before: "--rotate-before",
+        rotate_at_fraction: "--rotate-at-fraction",
+    };
+    Policy::checked(args.kind, &policy, &settings.policy, names).map_err(CliError::Usage)?;
+    Ok(CreateRequest {
+        name: args.name.clone(),
+        provider: args.provider.clone(),
+        kind: args.kind,
+        resource,
+        manager: args.manager.clone(),
+        gitlab_name: args.gitlab_name.clone(),
+        scopes: args.scopes.clone(),
+        access_level,
+        policy,
+    })
+}
