@@ -714,7 +714,7 @@ impl Replica {
                                 actor: "bench".into(),
                                 now,
                                 authorized: None,
-                                created: false,
+                                origin: Default::default(),
                             };
                             store.commit_answer(answer).await.map(|_| Utc::now())
                         }

@@ -391,8 +391,14 @@ async fn die_in_callback(flow: &Flow, token: &str, journal: Option<bool>) {
             scope: Some("api".into()),
         };
         let authorized = Some(rotation::Authorized { user: None, awaiting_user });
-        let answer =
-            rotation::Answer { lease: claim.lease(), success, actor: "ops".into(), now, authorized, created: false };
+        let answer = rotation::Answer {
+            lease: claim.lease(),
+            success,
+            actor: "ops".into(),
+            now,
+            authorized,
+            origin: Default::default(),
+        };
         context.store.run(move |conn| answer_journal::write(conn, &[answer], now)).await.unwrap();
     }
     // The process dies here, after GitLab may have exchanged the code. Its lease runs out.

@@ -852,7 +852,7 @@ fn journaled_answer(cipher: &Cipher, claim: &rotation::Claim, now: chrono::DateT
         refresh_token_rotates: None,
         scope: None,
     };
-    rotation::Answer { lease, success, actor: "scheduler".into(), now, authorized: None, created: false }
+    rotation::Answer { lease, success, actor: "scheduler".into(), now, authorized: None, origin: Default::default() }
 }
 
 fn journal_rows(conn: &mut DbConnection) -> i64 {
@@ -1008,7 +1008,14 @@ fn answer_for(f: &Fixture, lease: &rotation::Lease) -> rotation::Answer {
         refresh_token_rotates: None,
         scope: None,
     };
-    rotation::Answer { lease: lease.clone(), success, actor: "scheduler".into(), now, authorized: None, created: false }
+    rotation::Answer {
+        lease: lease.clone(),
+        success,
+        actor: "scheduler".into(),
+        now,
+        authorized: None,
+        origin: Default::default(),
+    }
 }
 
 /// The stored version and the versions in the history of token `name`.

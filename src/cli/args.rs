@@ -334,6 +334,14 @@ pub enum TokenCommand {
     Authorize(TokenAuthorizeArgs),
     /// Create a project or group access token at GitLab through a managing token, and track it
     Create(TokenCreateArgs),
+    /// Make a token created by `token create` again through its manager (revoking what GitLab
+    /// holds under its name), whatever its state; the daemon heals lost rotations on its own
+    Heal {
+        /// Token name
+        name: TokenName,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Replace a dead OAuth grant's refresh token (one line on standard input) and refresh it now
     Reauth {
         /// Token name

@@ -25,6 +25,7 @@ pub async fn run(settings: Settings, command: TokenCommand) -> Result<(), CliErr
         TokenCommand::Rotate { name, output } => super::token_rotate::rotate(settings, name, output.json).await,
         TokenCommand::Authorize(args) => super::token_authorize::run(settings, args).await,
         TokenCommand::Create(args) => super::token_create::run(settings, args).await,
+        TokenCommand::Heal { name, output } => super::token_create::heal(settings, name, output.json).await,
         TokenCommand::Reauth { name, .. } => super::token_rotate::reauth(settings, name).await,
         TokenCommand::Pause { name } => {
             change(settings, move |store| async move {

@@ -1,5 +1,6 @@
 //! `tokenwarden token create NAME`: a project or group access token made at GitLab through a
-//! managing token and tracked from version 1. The secret is never printed.
+//! managing token and tracked from version 1 (the secret is never printed); and `token heal
+//! NAME`, which makes it again through that manager.
 
 use super::args::TokenCreateArgs;
 use super::context::{KeyCreation, open_cipher, open_store};
@@ -20,11 +21,7 @@ pub async fn run(settings: Settings, args: TokenCreateArgs) -> Result<(), CliErr
     let store = open_store(&settings).await?;
     let cipher = open_cipher(&settings, &store, KeyCreation::Forbidden).await?;
     let context = engine_context(&settings, store, cipher, "cli")?;
-    let token = create_token(&context, request, CLI_ACTOR).await.map_err(|err| match err {
-        CreateError::Invalid(message) => CliError::Usage(message),
-        CreateError::Refused(message) => CliError::Failed(message),
-        CreateError::Store(err) => err.into(),
-    })?;
+    let token = create_token(&context, request, CLI_ACTOR).await.map_err(cli_error)?;
     if args.output.json {
         return print_json(&token);
     }
@@ -36,6 +33,27 @@ pub async fn run(settings: Settings, args: TokenCreateArgs) -> Result<(), CliErr
         time(token.expires_at)
     );
     Ok(())
+}
+
+/// Runs `token heal NAME`.
+pub async fn heal(settings: Settings, name: crate::domain::TokenName, json: bool) -> Result<(), CliError> {
+    let store = open_store(&settings).await?;
+    let cipher = open_cipher(&settings, &store, KeyCreation::Forbidden).await?;
+    let context = engine_context(&settings, store, cipher, "cli")?;
+    let token = crate::engine::heal::heal(&context, &name, CLI_ACTOR, true).await.map_err(cli_error)?;
+    if json {
+        return print_json(&token);
+    }
+    eprintln!("healed '{}': version {}, expires {}", token.name, token.version, time(token.expires_at));
+    Ok(())
+}
+
+fn cli_error(err: CreateError) -> CliError {
+    match err {
+        CreateError::Invalid(message) => CliError::Usage(message),
+        CreateError::Refused(message) => CliError::Failed(message),
+        CreateError::Store(err) => err.into(),
+    }
 }
 
 /// The request the flags describe, or a usage error.

@@ -15,8 +15,9 @@ use crate::domain::{Policy, PolicyOverrides, ProviderName, TokenKind, TokenName}
 use crate::providers::gitlab_admin::{CreatedToken, Namespace, NewAccessToken, TokenAdmin};
 use crate::providers::{ProviderError, Renewed};
 use crate::store::creation::{self, NewManagedToken};
+use crate::store::models::ProviderRow;
 use crate::store::models::Token;
-use crate::store::rotation::{self, Claim, Failure};
+use crate::store::rotation::{self, AnswerOrigin, Claim, Failure};
 use crate::store::tokens::{self, SecretField};
 use crate::store::{StoreError, providers};
 
@@ -87,25 +88,48 @@ pub async fn create_token(context: &EngineContext, request: CreateRequest, actor
         policy: request.policy,
     };
     let claim = claim(context, managed, &request.manager).await?;
-    let claimed_at = context.clock.now();
-    let mut created = admin.create(&namespace, &new).await;
+    match make(&admin, &namespace, &new, context.clock.now()).await {
+        Made::Created(created) => commit(context, &claim, &policy, created, actor, AnswerOrigin::Created).await,
+        Made::Nothing(err) => Err(give_up(context, &claim, refused(err)).await),
+        // What GitLab made could not be revoked: the token stays, flagged, so that the live
+        // token at GitLab is one tokenwarden knows about.
+        Made::Unresolved(err) => Err(flag_unresolved(context, &claim, &new.name, &err).await),
+    }
+}
+
+/// What a create ended with.
+pub(crate) enum Made {
+    /// GitLab made it and said so.
+    Created(CreatedToken),
+    /// GitLab made nothing that is live (a refusal, a failure, or what it made was revoked).
+    Nothing(ProviderError),
+    /// GitLab may hold a live token of that name that could not be revoked.
+    Unresolved(ProviderError),
+}
+
+/// Creates `new`, resolving a lost answer by revoking the tokens of its name made since `since`
+/// (through the manager) and creating once more; a second lost answer is resolved the same way.
+pub(crate) async fn make(
+    admin: &TokenAdmin,
+    namespace: &Namespace,
+    new: &NewAccessToken,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Made {
+    let mut created = admin.create(namespace, new).await;
     for round in 0..2 {
         let Err(err @ ProviderError::Unknown { .. }) = &created else { break };
-        warn!(token = %request.name, error = %err, "the create's outcome is unknown; revoking what it may have made");
-        if let Err(err) = revoke_made_since(&admin, &namespace, &new.name, claimed_at).await {
-            // What GitLab made could not be revoked: the token stays, flagged, so that the live
-            // token at GitLab is one tokenwarden knows about.
-            return Err(flag_unresolved(context, &claim, &new.name, &err).await);
+        warn!(name = %new.name, error = %err, "the create's outcome is unknown; revoking what it may have made");
+        if let Err(err) = revoke_made_since(admin, namespace, &new.name, since).await {
+            return Made::Unresolved(err);
         }
         if round == 0 {
-            created = admin.create(&namespace, &new).await;
+            created = admin.create(namespace, new).await;
         }
     }
-    let created = match created {
-        Ok(created) => created,
-        Err(err) => return Err(give_up(context, &claim, refused(err)).await),
-    };
-    commit(context, &claim, &policy, created, actor).await
+    match created {
+        Ok(created) => Made::Created(created),
+        Err(err) => Made::Nothing(err),
+    }
 }
 
 /// Checks the provider, the kind and the manager; opens the manager's current secret.
@@ -113,26 +137,44 @@ async fn prepare(
     context: &EngineContext,
     request: &CreateRequest,
 ) -> Result<(TokenAdmin, String, Namespace), CreateError> {
-    let namespace = match request.kind {
-        TokenKind::GitlabProjectAccessToken => Namespace::Project(request.resource.clone()),
-        TokenKind::GitlabGroupAccessToken => Namespace::Group(request.resource.clone()),
-        other => {
-            return Err(CreateError::Invalid(format!(
-                "token create makes project and group access tokens, not a {other}"
-            )));
-        }
+    let Some(namespace) = namespace_of(request.kind, &request.resource) else {
+        return Err(CreateError::Invalid(format!(
+            "token create makes project and group access tokens, not a {}",
+            request.kind
+        )));
     };
-    let (cipher, manager_name, request) = (context.cipher.clone(), request.manager.clone(), request.clone());
-    let (provider, secret): (_, Option<SecretString>) = context
+    let (admin, provider) = open_admin(context, &request.provider, request.kind, &request.manager).await?;
+    Ok((admin, provider.id, namespace))
+}
+
+/// The namespace a managed token of `kind` lives in.
+pub(crate) fn namespace_of(kind: TokenKind, resource: &str) -> Option<Namespace> {
+    match kind {
+        TokenKind::GitlabProjectAccessToken => Some(Namespace::Project(resource.to_owned())),
+        TokenKind::GitlabGroupAccessToken => Some(Namespace::Group(resource.to_owned())),
+        _ => None,
+    }
+}
+
+/// Checks that `manager` is a GitLab credential of `provider` (which may hold tokens of `kind`)
+/// and opens its current secret: the client that acts with it.
+pub(crate) async fn open_admin(
+    context: &EngineContext,
+    provider: &ProviderName,
+    kind: TokenKind,
+    manager: &TokenName,
+) -> Result<(TokenAdmin, ProviderRow), CreateError> {
+    let (cipher, provider_name, manager_name) = (context.cipher.clone(), provider.clone(), manager.clone());
+    let (provider, secret): (ProviderRow, Option<SecretString>) = context
         .store
         .run(move |conn| {
-            let provider = providers::find_row(conn, &request.provider)?;
-            tokens::check_compatible(request.kind, &provider)?;
-            let manager = tokens::find(conn, &request.manager)?;
-            if manager.provider != request.provider {
+            let provider = providers::find_row(conn, &provider_name)?;
+            tokens::check_compatible(kind, &provider)?;
+            let manager = tokens::find(conn, &manager_name)?;
+            if manager.provider != provider_name {
                 return Err(StoreError::InvalidInput(format!(
                     "the manager '{}' belongs to provider '{}', not '{}'",
-                    manager.name, manager.provider, request.provider
+                    manager.name, manager.provider, provider_name
                 )));
             }
             if manager.kind == TokenKind::Oauth2 {
@@ -141,18 +183,17 @@ async fn prepare(
                     manager.name
                 )));
             }
-            let secret = tokens::read_secret(conn, &cipher, &request.manager, SecretField::Secret)?;
+            let secret = tokens::read_secret(conn, &cipher, &manager_name, SecretField::Secret)?;
             Ok((provider, secret))
         })
         .await?;
-    let secret = secret
-        .ok_or_else(|| CreateError::Invalid(format!("the manager '{manager_name}' has no current secret yet")))?;
+    let secret =
+        secret.ok_or_else(|| CreateError::Invalid(format!("the manager '{manager}' has no current secret yet")))?;
     let url = provider
         .url
         .clone()
         .ok_or_else(|| CreateError::Invalid(format!("provider '{}' has no --url", provider.name)))?;
-    let admin = TokenAdmin::new(context.http.clone(), &url, secret, manager_name.as_str());
-    Ok((admin, provider.id, namespace))
+    Ok((TokenAdmin::new(context.http.clone(), &url, secret, manager.as_str()), provider))
 }
 
 /// Writes the new token's row with its manager and takes its lease.
@@ -173,7 +214,7 @@ async fn claim(
 
 /// Revokes every active token named `name` created since `since` (give or take a minute of clock
 /// difference): before the claim GitLab had none, so each is one this create made.
-async fn revoke_made_since(
+pub(crate) async fn revoke_made_since(
     admin: &TokenAdmin,
     namespace: &Namespace,
     name: &str,
@@ -222,13 +263,14 @@ async fn flag_unresolved(
     CreateError::Refused(error)
 }
 
-/// Stores the created token as version 1 through the answer path.
-async fn commit(
+/// Stores the created token (version + 1) through the answer path.
+pub(crate) async fn commit(
     context: &EngineContext,
     claim: &Claim,
     policy: &Policy,
     created: CreatedToken,
     actor: &str,
+    origin: AnswerOrigin,
 ) -> Result<Token, CreateError> {
     let renewed = Renewed {
         secret: created.secret,
@@ -241,19 +283,19 @@ async fn commit(
         scope: (!created.scopes.is_empty()).then(|| created.scopes.join(" ")),
     };
     let (mut answer, _) = seal_answer(context, claim, policy, renewed, actor, None).map_err(StoreError::from)?;
-    answer.created = true;
+    answer.origin = origin;
     match commit_answer(context, claim, answer, false).await.0 {
         super::RotationOutcome::Rotated { .. } => {
             let name = claim.token.name.clone();
             Ok(context.store.run(move |conn| tokens::find(conn, &name)).await?)
         }
         other => Err(CreateError::Refused(format!(
-            "GitLab created the token but it could not be stored ({other:?}); it will be marked create_interrupted — revoke it at GitLab"
+            "GitLab created the token but it could not be stored ({other:?}); the token will need attention when its lease runs out — revoke it at GitLab"
         ))),
     }
 }
 
-fn refused(err: ProviderError) -> CreateError {
+pub(crate) fn refused(err: ProviderError) -> CreateError {
     CreateError::Refused(match err {
         ProviderError::Permanent { message, .. } => message,
         ProviderError::Transient { message, .. } => {

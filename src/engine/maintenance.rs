@@ -111,13 +111,18 @@ where
     Ok(())
 }
 
-/// Marks GitLab tokens that expired without a rotation, then wakes the scheduler.
+/// Marks GitLab tokens that expired without a rotation, heals the managed tokens that are due
+/// (see [`super::heal`]), then wakes the scheduler.
 pub async fn sweep(context: &MaintenanceContext) {
     let now = context.engine.clock.now();
     match context.engine.store.run(move |conn| rotation::expire_overdue(conn, now)).await {
         Ok(expired) if !expired.is_empty() => error!(tokens = ?expired, "tokens expired without a successful rotation"),
         Ok(_) => {}
         Err(err) => error!(error = %err, "sweep failed; it runs again at its next tick"),
+    }
+    let healed = super::heal::heal_due(&context.engine).await;
+    if healed > 0 {
+        info!(healed, "healed managed tokens whose rotation answer was lost");
     }
     context.scheduler.wake();
 }

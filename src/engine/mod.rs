@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod clock;
 mod context;
 pub mod create;
+pub mod heal;
 pub mod maintenance;
 pub mod metrics_watch;
 mod outcome_log;

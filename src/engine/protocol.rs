@@ -533,7 +533,7 @@ pub(crate) fn seal_answer(
         actor: actor.to_owned(),
         now: context.clock.now(),
         authorized,
-        created: false,
+        origin: Default::default(),
     };
     Ok((answer, renewed.assumed_lifetime))
 }

@@ -20,6 +20,7 @@ pub mod consumers;
 pub mod creation;
 mod error;
 pub mod grant_owners;
+pub mod healing;
 pub mod job_lock;
 pub mod lease_restore;
 pub mod meta;

@@ -197,6 +197,8 @@ enum Decision {
     RevokeInterrupted,
     /// A `token create` died holding the lease: GitLab may hold a token never stored.
     CreateInterrupted,
+    /// A heal died holding the lease: the token is due for a heal again.
+    HealInterrupted,
 }
 
 /// The claim rules, shared by single and batch claims: whether `row` may be claimed under
@@ -219,6 +221,9 @@ fn decide(row: &TokenRow, provider: &ProviderRow, mode: ClaimMode, now: DateTime
             }
             if row.lease_owner.as_deref().is_some_and(super::creation::is_create_lease) {
                 return Ok(Decision::CreateInterrupted);
+            }
+            if row.lease_owner.as_deref().is_some_and(super::healing::is_heal_lease) {
+                return Ok(Decision::HealInterrupted);
             }
             // An authorisation callback died after sending the code: spent, its grant unseen.
             if row.lease_owner.as_deref().is_some_and(super::authorization_claim::is_authorize_lease) {
@@ -339,6 +344,10 @@ pub fn claim(
             }
             Decision::CreateInterrupted => {
                 mark_create_interrupted(conn, &found.0, now)?;
+                Ok(ClaimResult::Refused(TokenState::NeedsAttention))
+            }
+            Decision::HealInterrupted => {
+                mark_heal_interrupted(conn, &found.0, now)?;
                 Ok(ClaimResult::Refused(TokenState::NeedsAttention))
             }
         }
@@ -466,6 +475,7 @@ pub fn claim_due(
                     Decision::GrantLost => mark_grant_lost(conn, &row, now)?,
                     Decision::RevokeInterrupted => mark_revoke_interrupted(conn, &row, now)?,
                     Decision::CreateInterrupted => mark_create_interrupted(conn, &row, now)?,
+                    Decision::HealInterrupted => mark_heal_interrupted(conn, &row, now)?,
                     Decision::Answer(_) => {}
                 }
             }
@@ -532,6 +542,15 @@ fn mark_create_interrupted(conn: &mut DbConnection, row: &TokenRow, now: DateTim
         row.name
     );
     mark_interrupted(conn, row, super::creation::CREATE_INTERRUPTED, &error, now)
+}
+
+/// Marks a token whose heal died with its process: it is due for a heal again (which revokes
+/// whatever the dead heal made at GitLab before making the token once more).
+fn mark_heal_interrupted(conn: &mut DbConnection, row: &TokenRow, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let error = "a heal was interrupted; the token is healed again (what the interrupted heal made is revoked first)";
+    let reason = row.attention_reason.as_deref().unwrap_or(super::creation::CREATE_INTERRUPTED);
+    let reason = if super::healing::HEALABLE_REASONS.contains(&reason) { reason } else { "rotation_response_lost" };
+    mark_interrupted(conn, row, reason, error, now)
 }
 
 /// Puts a token whose lease ran out in a state no automatic attempt may resolve into
@@ -601,9 +620,22 @@ pub struct Answer {
     /// records who, and announces `token.authorized` besides `token.rotated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized: Option<Authorized>,
-    /// Set when the answer is a `token create`'s (the token's first version).
+    /// What made the answer: a rotation (the default), a `token create`, or a heal.
     #[serde(default)]
-    pub created: bool,
+    pub origin: AnswerOrigin,
+}
+
+/// What made an answer, for its history entry and audit row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerOrigin {
+    /// A rotation or refresh.
+    #[default]
+    Rotated,
+    /// `token create`: the token's first version.
+    Created,
+    /// A heal: a token whose rotation answer was lost, replaced through its manager.
+    Healed,
 }
 
 /// What a code exchange's answer adds to its commit.
@@ -619,10 +651,11 @@ pub struct Authorized {
 
 /// Where an answer comes from, for its history entry and audit row.
 fn origin(answer: &Answer) -> (&'static str, &'static str) {
-    match (&answer.authorized, answer.created) {
+    match (&answer.authorized, answer.origin) {
         (Some(_), _) => ("authorized", "token.authorize"),
-        (None, true) => ("created", "token.create"),
-        (None, false) => ("rotated", "token.rotate"),
+        (None, AnswerOrigin::Created) => ("created", "token.create"),
+        (None, AnswerOrigin::Healed) => ("healed", "token.heal"),
+        (None, AnswerOrigin::Rotated) => ("rotated", "token.rotate"),
     }
 }
 
