@@ -220,7 +220,7 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
     let answered = Instant::now();
     report.outcome = match attempt {
         Attempt::Renewed(renewed) => {
-            let (outcome, durable_at) = commit_renewed(context, &claim, &policy, renewed, actor, None).await;
+            let (outcome, durable_at) = commit_renewed(context, &claim, &policy, renewed, actor).await;
             report.commit_gap = durable_at.map(|at| at.saturating_duration_since(answered));
             report.durable_at = durable_at;
             outcome
@@ -487,15 +487,14 @@ pub(super) fn open_credential(context: &EngineContext, claim: &Claim, policy: &P
 /// returns when the answer became durable (journaled). Retries the commit while the store
 /// fails; a result that cannot be stored at all is left to the recovery rules (the lease runs
 /// out, the next claim commits the journaled answer or treats the outcome as unknown).
-pub(crate) async fn commit_renewed(
+async fn commit_renewed(
     context: &EngineContext,
     claim: &Claim,
     policy: &Policy,
     renewed: Renewed,
     actor: &str,
-    authorized: Option<Authorized>,
 ) -> (RotationOutcome, Option<Instant>) {
-    match seal_answer(context, claim, policy, renewed, actor, authorized) {
+    match seal_answer(context, claim, policy, renewed, actor, None) {
         Ok((answer, assumed_lifetime)) => commit_answer(context, claim, answer, assumed_lifetime).await,
         Err(err) => (RotationOutcome::StoreFailed { error: err.to_string() }, None),
     }

@@ -11,9 +11,9 @@ use diesel::prelude::*;
 use super::authorizations::Pending;
 use super::grant_owners::{self, AuthorizedAs};
 use super::lease_restore::{Before, put_back};
-use super::models::{NewTokenRow, ProviderRow, TokenRow, naive, new_id, utc};
-use super::rotation::{Claim, ClaimRow, Lease, take_lease};
-use super::schema::{providers, tokens};
+use super::models::{NewTokenRow, utc};
+use super::rotation::{Claim, Lease, find_claim_row, take_lease};
+use super::schema::tokens;
 use super::{DbConnection, StoreError};
 use crate::domain::TokenState;
 
@@ -66,14 +66,7 @@ pub fn claim(
 ) -> Result<AuthorizationClaim, StoreError> {
     let name = pending.token_name.as_str();
     conn.write_transaction(|conn| {
-        let load = |conn: &mut DbConnection| -> Result<Option<ClaimRow>, StoreError> {
-            Ok(tokens::table
-                .inner_join(providers::table)
-                .filter(tokens::name.eq(name))
-                .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
-                .get_result(conn)
-                .optional()?)
-        };
+        let load = |conn: &mut DbConnection| find_claim_row(conn, name);
         let mut found = load(conn)?;
         let created = match (&pending.token_id, &found) {
             (None, None) => {
@@ -116,28 +109,8 @@ pub fn claim(
 /// secret, policy defaults. [`claim`] takes its lease at once; the exchange's answer makes it
 /// version 1, and a failed exchange removes it.
 fn insert_placeholder(conn: &mut DbConnection, pending: &Pending, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let row = NewTokenRow {
-        id: new_id(),
-        name: pending.token_name.to_string(),
-        provider_id: pending.provider.id.clone(),
-        kind: pending.kind.to_string(),
-        resource: None,
-        external_id: None,
-        secret: None,
-        refresh_token: None,
-        version: 0,
-        state: TokenState::NeedsAttention.to_string(),
-        issued_at: None,
-        expires_at: None,
-        next_rotation_at: None,
-        lifetime_seconds: None,
-        rotate_before_seconds: None,
-        rotate_at_fraction: None,
-        attempt_count: 0,
-        scopes: None,
-        created_at: naive(now),
-        updated_at: naive(now),
-    };
+    let policy = crate::domain::PolicyOverrides::default();
+    let row = NewTokenRow::placeholder(&pending.token_name, &pending.provider.id, pending.kind, None, &policy, now);
     diesel::insert_into(tokens::table)
         .values(&row)
         .execute(conn)

@@ -9,11 +9,11 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use diesel::prelude::*;
 
-use super::models::{NewTokenRow, ProviderRow, TokenRow, naive, new_id};
+use super::models::{NewTokenRow, ProviderRow, TokenRow};
 use super::rotation::{Claim, ClaimRow, Lease, take_lease};
 use super::schema::{providers, token_managers, tokens};
 use super::{DbConnection, StoreError};
-use crate::domain::{PolicyOverrides, TokenKind, TokenName, TokenState};
+use crate::domain::{PolicyOverrides, TokenKind, TokenName};
 
 /// Ends the lease owner's name of a `token create`'s lease.
 pub const CREATE_LEASE_MARK: &str = " (creating)";
@@ -58,39 +58,22 @@ pub fn claim_new(
     lease: TimeDelta,
     now: DateTime<Utc>,
 ) -> Result<Claim, StoreError> {
-    let seconds = |value: Option<crate::config::HumanDuration>| {
-        value.map(|d| i64::try_from(d.get().as_secs()).unwrap_or(i64::MAX))
-    };
     conn.write_transaction(|conn| {
-        let id = new_id();
-        let row = NewTokenRow {
-            id: id.clone(),
-            name: new.name.to_string(),
-            provider_id: new.provider_id.clone(),
-            kind: new.kind.to_string(),
-            resource: Some(new.resource.clone()),
-            external_id: None,
-            secret: None,
-            refresh_token: None,
-            version: 0,
-            state: TokenState::NeedsAttention.to_string(),
-            issued_at: None,
-            expires_at: None,
-            next_rotation_at: None,
-            lifetime_seconds: seconds(new.policy.lifetime),
-            rotate_before_seconds: seconds(new.policy.rotate_before),
-            rotate_at_fraction: new.policy.rotate_at_fraction,
-            attempt_count: 0,
-            scopes: Some(new.scopes.clone()),
-            created_at: naive(now),
-            updated_at: naive(now),
-        };
+        let row = NewTokenRow::placeholder(
+            &new.name,
+            &new.provider_id,
+            new.kind,
+            Some(new.resource.clone()),
+            &new.policy,
+            now,
+        );
+        let id = row.id.clone();
         diesel::insert_into(tokens::table)
             .values(&row)
             .execute(conn)
             .map_err(StoreError::on_unique("token", new.name.as_str()))?;
         diesel::update(tokens::table.filter(tokens::id.eq(&id)))
-            .set(tokens::gitlab_name.eq(&new.gitlab_name))
+            .set((tokens::gitlab_name.eq(&new.gitlab_name), tokens::scopes.eq(&new.scopes)))
             .execute(conn)?;
         diesel::insert_into(token_managers::table)
             .values((

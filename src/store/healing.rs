@@ -9,9 +9,9 @@ use diesel::dsl::max;
 use diesel::prelude::*;
 
 use super::lease_restore::{Before, put_back};
-use super::models::{ProviderRow, TokenRow, naive, utc};
-use super::rotation::{Claim, ClaimRow, Lease, take_lease};
-use super::schema::{providers, token_history, token_managers, tokens};
+use super::models::{naive, utc};
+use super::rotation::{Claim, Lease, find_claim_row, take_lease};
+use super::schema::{token_history, token_managers, tokens};
 use super::{DbConnection, StoreError};
 use crate::domain::{TokenName, TokenState};
 
@@ -93,12 +93,7 @@ pub fn claim(
     now: DateTime<Utc>,
 ) -> Result<HealClaim, StoreError> {
     conn.write_transaction(|conn| {
-        let found: ClaimRow = tokens::table
-            .inner_join(providers::table)
-            .filter(tokens::name.eq(name.as_str()))
-            .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
-            .get_result(conn)
-            .optional()?
+        let found = find_claim_row(conn, name.as_str())?
             .ok_or_else(|| StoreError::NotFound { what: "token", name: name.to_string() })?;
         let row = &found.0;
         let managed: Option<(String, i32, String)> = token_managers::table

@@ -198,6 +198,46 @@ pub struct NewTokenRow {
     pub updated_at: NaiveDateTime,
 }
 
+impl NewTokenRow {
+    /// The row of a token whose first secret is still on its way (a consent or a `token create`
+    /// in flight): version 0, no secret, `needs_attention` until its claim takes the lease at
+    /// once in the same transaction; the provider's answer makes it version 1.
+    pub fn placeholder(
+        name: &crate::domain::TokenName,
+        provider_id: &str,
+        kind: crate::domain::TokenKind,
+        resource: Option<String>,
+        policy: &crate::domain::PolicyOverrides,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let seconds = |value: Option<crate::config::HumanDuration>| {
+            value.map(|d| i64::try_from(d.get().as_secs()).unwrap_or(i64::MAX))
+        };
+        Self {
+            id: new_id(),
+            name: name.to_string(),
+            provider_id: provider_id.to_owned(),
+            kind: kind.to_string(),
+            resource,
+            external_id: None,
+            secret: None,
+            refresh_token: None,
+            version: 0,
+            state: crate::domain::TokenState::NeedsAttention.to_string(),
+            issued_at: None,
+            expires_at: None,
+            next_rotation_at: None,
+            lifetime_seconds: seconds(policy.lifetime),
+            rotate_before_seconds: seconds(policy.rotate_before),
+            rotate_at_fraction: policy.rotate_at_fraction,
+            attempt_count: 0,
+            scopes: None,
+            created_at: naive(now),
+            updated_at: naive(now),
+        }
+    }
+}
+
 /// A tracked token's metadata (never its secret).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Token {

@@ -11,9 +11,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use diesel::prelude::*;
 
 use super::audit::{self, AuditTarget};
-use super::models::{ProviderRow, TokenRow, utc};
-use super::rotation::{Claim, ClaimRow, Lease, parse, take_lease};
-use super::schema::{providers, tokens};
+use super::models::utc;
+use super::rotation::{Claim, Lease, find_claim_row, parse, take_lease};
+use super::schema::tokens;
 use super::{DbConnection, StoreError};
 use crate::domain::{Recovery, TokenName, TokenState};
 
@@ -47,12 +47,7 @@ pub fn claim(
     now: DateTime<Utc>,
 ) -> Result<RevokeClaim, StoreError> {
     conn.write_transaction(|conn| {
-        let found: ClaimRow = tokens::table
-            .inner_join(providers::table)
-            .filter(tokens::name.eq(name.as_str()))
-            .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
-            .get_result(conn)
-            .optional()?
+        let found = find_claim_row(conn, name.as_str())?
             .ok_or_else(|| StoreError::NotFound { what: "token", name: name.to_string() })?;
         let row = &found.0;
         let lease_until = row.lease_expires_at.map(utc).unwrap_or(now);

@@ -185,6 +185,17 @@ where
 
 pub(super) type ClaimRow = (TokenRow, ProviderRow, Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// The row a claim of the token named `name` works on: the token, its provider and its sealed
+/// secrets; `None` when there is no such token.
+pub(super) fn find_claim_row(conn: &mut DbConnection, name: &str) -> Result<Option<ClaimRow>, StoreError> {
+    Ok(tokens::table
+        .inner_join(providers::table)
+        .filter(tokens::name.eq(name))
+        .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
+        .get_result(conn)
+        .optional()?)
+}
+
 /// What [`decide`] concluded about one token row.
 enum Decision {
     /// Take the lease, with this recovery marker.
@@ -317,12 +328,7 @@ pub fn claim(
 ) -> Result<ClaimResult, StoreError> {
     conn.write_transaction(|conn| {
         let load = |conn: &mut DbConnection| -> Result<ClaimRow, StoreError> {
-            tokens::table
-                .inner_join(providers::table)
-                .filter(tokens::name.eq(name.as_str()))
-                .select((TokenRow::as_select(), ProviderRow::as_select(), tokens::secret, tokens::refresh_token))
-                .get_result(conn)
-                .optional()?
+            find_claim_row(conn, name.as_str())?
                 .ok_or_else(|| StoreError::NotFound { what: "token", name: name.to_string() })
         };
         let mut found = load(conn)?;
