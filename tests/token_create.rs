@@ -221,41 +221,43 @@ fn the_command_line_creates_without_printing_the_secret_and_explains_refusals() 
 }
 
 /// Loses the answer of `name`'s next rotation: GitLab rotates it and the answer never arrives,
-/// so the probe after the settle time finds the old token dead: `rotation_response_lost`.
-async fn lose_a_rotation(setup: &Setup, name: &str) {
+/// so the probe after the settle time finds the old token dead (`rotation_response_lost`);
+/// returns the token as that probe left it.
+async fn lose_a_rotation(setup: &Setup, name: &str) -> tokenwarden::store::models::Token {
     let token: TokenName = name.parse().unwrap();
     setup.harness.sim.push_fault(FaultTarget::Renewal, Fault::DropAfterCommit);
     tokenwarden::engine::rotate_now(&setup.harness.context, &token, "test").await.unwrap();
     setup.clock.advance(TimeDelta::minutes(10));
     tokenwarden::engine::rotate_now(&setup.harness.context, &token, "test").await.unwrap();
-    let lost = setup.harness.token(name).await.unwrap();
-    assert_eq!(
-        (lost.state, lost.attention_reason.as_deref()),
-        (TokenState::NeedsAttention, Some("rotation_response_lost"))
-    );
+    setup.harness.token(name).await.unwrap()
 }
 
 #[tokio::test]
-async fn a_managed_token_whose_rotation_answer_was_lost_is_healed_once_an_hour_at_most() {
+async fn a_managed_token_whose_rotation_answer_was_lost_is_healed_at_once_and_once_an_hour_at_most() {
     use tokenwarden::engine::heal::heal_due;
     let setup = with_manager(40).await;
     create_token(&setup.harness.context, request("ci", "42"), "ops").await.unwrap();
-    lose_a_rotation(&setup, "ci").await;
-    assert_eq!(active_named(&setup, "tokenwarden: ci").len(), 1, "the lost successor is live at GitLab");
 
-    assert_eq!(heal_due(&setup.harness.context).await, 1);
-    let healed = setup.harness.token("ci").await.unwrap();
-    assert_eq!((healed.state, healed.version), (TokenState::Active, 2));
+    let healed = lose_a_rotation(&setup, "ci").await;
+    assert_eq!((healed.state, healed.version), (TokenState::Active, 2), "healed as soon as the loss was found");
     let secret = setup.harness.secret("ci").await.unwrap().unwrap();
-    assert_eq!(active_named(&setup, "tokenwarden: ci"), vec![secret], "the lost one revoked, one live token: ours");
+    assert_eq!(
+        active_named(&setup, "tokenwarden: ci"),
+        vec![secret],
+        "the lost successor revoked: one live token, ours"
+    );
     let name: TokenName = "ci".parse().unwrap();
     let history = setup.harness.context.store.run(move |conn| tokens::history(conn, &name)).await.unwrap();
     assert_eq!(history.last().map(|e| e.event.as_str()), Some("healed"));
 
-    lose_a_rotation(&setup, "ci").await;
+    let lost = lose_a_rotation(&setup, "ci").await;
+    assert_eq!(
+        (lost.state, lost.attention_reason.as_deref()),
+        (TokenState::NeedsAttention, Some("rotation_response_lost"))
+    );
     assert_eq!(heal_due(&setup.harness.context).await, 0, "at most one heal per token per hour");
     setup.clock.advance(TimeDelta::minutes(61));
-    assert_eq!(heal_due(&setup.harness.context).await, 1);
+    assert_eq!(heal_due(&setup.harness.context).await, 1, "the sweep heals it once the hour has passed");
     assert_eq!(setup.harness.token("ci").await.unwrap().state, TokenState::Active);
     assert_eq!(active_named(&setup, "tokenwarden: ci").len(), 1);
 }

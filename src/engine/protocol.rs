@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::SecretString;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::context::{EngineContext, build_provider};
 use super::outcome_log;
@@ -232,7 +232,24 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
     };
     outcome_log::log_outcome(&report);
     record_metrics(&report);
+    if matches!(&report.outcome, RotationOutcome::NeedsAttention { reason, .. } if reason == ROTATION_RESPONSE_LOST) {
+        heal_at_once(context, &report.token).await;
+    }
     report
+}
+
+/// A token whose rotation answer was just found lost is healed now, not at the next sweep, if
+/// `token create` made it (a token without a manager, or healed within the hour, is left as is).
+async fn heal_at_once(context: &EngineContext, name: &TokenName) {
+    match super::heal::heal(context, name, "healer", false).await {
+        Ok(token) => {
+            info!(token = %token.name, version = token.version, "healed at once after its rotation answer was lost")
+        }
+        Err(super::create::CreateError::Store(StoreError::InvalidInput(_) | StoreError::Conflict(_))) => {}
+        Err(err) => {
+            warn!(token = %name, error = %err, "the heal after a lost rotation answer failed; the sweep tries again")
+        }
+    }
 }
 
 /// What the provider call produced.
