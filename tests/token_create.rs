@@ -214,6 +214,17 @@ fn the_command_line_creates_without_printing_the_secret_and_explains_refusals() 
     let token = sandbox.token_show("ci");
     assert_eq!((token["version"].as_i64(), token["state"].as_str()), (Some(1), Some("active")), "{token}");
 
+    assert!(sandbox.ok(&["token", "show", "ci"], "").contains("mgr"), "token show names the manager");
+    assert_eq!(token["manager"], "mgr");
+
+    // A manager that needs attention marks what it manages in `check`.
+    sandbox.gitlab.sim.with_state(|state| state.revoke(&manager));
+    sandbox.fails(&["token", "rotate", "mgr"], "", 1);
+    let out = sandbox.run(&["check"], "");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{report}");
+    assert!(report.contains("WARNING: ci: its manager 'mgr' is needs_attention"), "{report}");
+
     let bad_level = [&create[..], &["--access-level", "admin"]].concat();
     assert!(sandbox.fails(&bad_level, "", 2).contains("--access-level"));
     let stderr = sandbox.fails(&["token", "remove", "mgr", "--yes"], "", 1);

@@ -104,21 +104,35 @@ fn human(delta: TimeDelta) -> String {
     }
 }
 
+/// What `check` reports besides the tokens themselves.
+#[derive(Debug, Default)]
+pub struct Surroundings {
+    /// Sinks that need attention (name, last error): CRITICAL, their consumer is left with a
+    /// secret that will stop working.
+    pub failing_sinks: Vec<(String, String)>,
+    /// Tokens whose manager needs attention or expired (token, manager, its state): WARNING,
+    /// they cannot be healed or made again until it is fixed.
+    pub broken_managers: Vec<(String, String, String)>,
+}
+
 /// The summary line and the lines for tokens that are not OK, worst first, then a CRITICAL line
-/// per sink in `failing_sinks` (name, last error): its consumer is left with a secret that will
-/// stop working.
+/// per failing sink and a WARNING line per token whose manager is broken.
 pub fn report(
     tokens: &[Token],
-    failing_sinks: &[(String, String)],
+    surroundings: &Surroundings,
     now: DateTime<Utc>,
     warn: TimeDelta,
     critical: TimeDelta,
 ) -> (Status, Vec<String>) {
     let mut findings: Vec<Finding> = tokens.iter().map(|token| judge(token, now, warn, critical)).collect();
     findings.sort_by(|a, b| b.status.cmp(&a.status).then_with(|| a.token.cmp(&b.token)));
+    let Surroundings { failing_sinks, broken_managers } = surroundings;
     let mut worst = findings.first().map_or(Status::Ok, |finding| finding.status);
     if !failing_sinks.is_empty() {
         worst = worst.max(Status::Critical);
+    }
+    if !broken_managers.is_empty() {
+        worst = worst.max(Status::Warning);
     }
     let count = |status| findings.iter().filter(|finding| finding.status == status).count();
     let mut summary = format!(
@@ -139,6 +153,11 @@ pub fn report(
     for (sink, error) in failing_sinks {
         lines.push(format!("CRITICAL: sink {sink}: deliveries keep failing: {}", super::one_line(error)));
     }
+    for (token, manager, state) in broken_managers {
+        lines.push(format!(
+            "WARNING: {token}: its manager '{manager}' is {state}: it cannot be healed or made again until the manager is fixed"
+        ));
+    }
     (worst, lines)
 }
 
@@ -154,8 +173,11 @@ pub async fn run(settings: Settings, args: CheckArgs) -> Result<ExitCode, CliErr
             settings.database_url
         )));
     }
-    let failing_sinks = store.run(crate::store::sinks::needing_attention).await?;
-    let (status, lines) = report(&all, &failing_sinks, Utc::now(), warn, critical);
+    let surroundings = Surroundings {
+        failing_sinks: store.run(crate::store::sinks::needing_attention).await?,
+        broken_managers: store.run(crate::store::creation::with_broken_manager).await?,
+    };
+    let (status, lines) = report(&all, &surroundings, Utc::now(), warn, critical);
     for line in lines {
         println!("{line}");
     }
@@ -201,6 +223,7 @@ mod tests {
             scopes: None,
             gitlab_name: None,
             authorized_as: None,
+            manager: None,
             created_at: now,
             updated_at: now,
         }
@@ -211,13 +234,33 @@ mod tests {
         let now = Utc::now();
         let (warn, critical) = (TimeDelta::days(3), TimeDelta::days(1));
         let healthy = [token(TokenKind::GitlabPersonalAccessToken, TokenState::Active, TimeDelta::days(30), now)];
-        let (status, lines) = report(&healthy, &[], now, warn, critical);
+        let (status, lines) = report(&healthy, &Surroundings::default(), now, warn, critical);
         assert_eq!((status, lines.len()), (Status::Ok, 1), "{lines:?}");
-        let failing = [("s".to_owned(), "cannot create\na file".to_owned())];
+        let failing = Surroundings {
+            failing_sinks: vec![("s".to_owned(), "cannot create\na file".to_owned())],
+            ..Surroundings::default()
+        };
         let (status, lines) = report(&healthy, &failing, now, warn, critical);
         assert_eq!(status, Status::Critical);
         assert!(lines[0].starts_with("TOKENWARDEN CRITICAL - 1 tokens:") && lines[0].ends_with("; 1 sink(s) failing"));
         assert_eq!(lines[1], "CRITICAL: sink s: deliveries keep failing: cannot create a file");
+    }
+
+    #[test]
+    fn a_token_whose_manager_is_broken_is_a_warning_naming_both() {
+        let now = Utc::now();
+        let (warn, critical) = (TimeDelta::days(3), TimeDelta::days(1));
+        let healthy = [token(TokenKind::GitlabProjectAccessToken, TokenState::Active, TimeDelta::days(30), now)];
+        let broken = Surroundings {
+            broken_managers: vec![("t".to_owned(), "mgr".to_owned(), "needs_attention".to_owned())],
+            ..Surroundings::default()
+        };
+        let (status, lines) = report(&healthy, &broken, now, warn, critical);
+        assert_eq!(status, Status::Warning);
+        assert_eq!(
+            lines[1],
+            "WARNING: t: its manager 'mgr' is needs_attention: it cannot be healed or made again until the manager is fixed"
+        );
     }
 
     #[test]

@@ -246,6 +246,9 @@ async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result
     if let Some(gitlab_name) = &token.gitlab_name {
         fields.push(("gitlab name", gitlab_name.clone()));
     }
+    if let Some(manager) = &token.manager {
+        fields.push(("manager", manager.clone()));
+    }
     if let Some(owner) = &token.authorized_as {
         fields.push((
             "authorized as",

@@ -117,3 +117,38 @@ pub fn managed_by(conn: &mut DbConnection, manager_id: &str) -> Result<Vec<Strin
         .order(tokens::name.asc())
         .load(conn)?)
 }
+
+/// Tokens whose manager needs attention or has expired, as (token, manager, the manager's
+/// state): they rotate on their own, but cannot be healed or made again until it is fixed.
+pub fn with_broken_manager(conn: &mut DbConnection) -> Result<Vec<(String, String, String)>, StoreError> {
+    let links: Vec<(String, String)> = token_managers::table
+        .inner_join(tokens::table)
+        .select((tokens::name, token_managers::manager_id))
+        .load(conn)?;
+    let mut broken = Vec::new();
+    for (name, manager_id) in links {
+        let manager: Option<(String, String)> = tokens::table
+            .filter(tokens::id.eq(&manager_id))
+            .select((tokens::name, tokens::state))
+            .get_result(conn)
+            .optional()?;
+        if let Some((manager, state)) = manager
+            && (state == crate::domain::TokenState::NeedsAttention.as_str()
+                || state == crate::domain::TokenState::Expired.as_str())
+        {
+            broken.push((name, manager, state));
+        }
+    }
+    Ok(broken)
+}
+
+/// The name of the token managing the token with row id `token_id`, if `token create` made it.
+pub fn manager_of(conn: &mut DbConnection, token_id: &str) -> Result<Option<String>, StoreError> {
+    let manager_id: Option<String> = token_managers::table
+        .filter(token_managers::token_id.eq(token_id))
+        .select(token_managers::manager_id)
+        .get_result(conn)
+        .optional()?;
+    let Some(manager_id) = manager_id else { return Ok(None) };
+    Ok(tokens::table.filter(tokens::id.eq(manager_id)).select(tokens::name).get_result(conn).optional()?)
+}

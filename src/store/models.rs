@@ -301,6 +301,9 @@ pub struct Token {
     /// The provider's user who authorised the grant in the browser (OAuth grants, once known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorized_as: Option<super::grant_owners::AuthorizedAs>,
+    /// The token that made this one at GitLab (`token create --manager`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
     /// When it was added.
     pub created_at: DateTime<Utc>,
     /// When its row last changed.
@@ -349,6 +352,7 @@ impl Token {
             scopes: row.scopes,
             gitlab_name: row.gitlab_name,
             authorized_as: None,
+            manager: None,
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
         })

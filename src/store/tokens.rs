@@ -193,6 +193,8 @@ pub fn find_as(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) ->
     let mut token = Token::from_row(row, &provider)?;
     if token.kind.is_oauth_grant() {
         token.authorized_as = super::grant_owners::find(conn, &token.id)?;
+    } else {
+        token.manager = super::creation::manager_of(conn, &token.id)?;
     }
     Ok(token)
 }
