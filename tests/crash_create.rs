@@ -33,7 +33,7 @@ sweep = "* * * * * *"
 /// Added by the simulator before it answers any request: the windows a kill can land in.
 const LATENCY_MS: u64 = 60;
 /// `token create` runs killed.
-const RUNS: usize = 16;
+const RUNS: usize = 24;
 
 fn db(sandbox: &Sandbox) -> (DbConnection, Cipher) {
     let url = DatabaseUrl::parse(&sandbox.database_url()).expect("database URL");
@@ -66,9 +66,10 @@ fn creates_killed_anywhere_leave_one_live_token_per_name_and_only_tokens_tokenwa
             .stderr(Stdio::null())
             .spawn()
             .expect("start token create");
-        // The list, the claim, the create and the commit take about 4 latencies: the kills are
-        // spread evenly over them (process start-up adds a few ms of jitter).
-        let window = 4 * LATENCY_MS + 40;
+        // The start-up, the list, the claim, the create and the commit take a few latencies: the
+        // kills are spread evenly over twice that, so a slow machine still lands some of them
+        // between the claim and the commit (and some land after it: a stored token).
+        let window = 6 * LATENCY_MS + 100;
         std::thread::sleep(Duration::from_millis(window * run as u64 / RUNS as u64));
         let _ = child.kill();
         let _ = child.wait();
