@@ -90,7 +90,7 @@ pub async fn show(
     let name = token_name(&raw)?;
     let detail = state
         .store_call(move |conn| {
-            let token = tokens::find_as(conn, &name, caller.read_as())?;
+            let token = tokens::find_shown(conn, &name, caller.read_as())?;
             let mut consumers = consumers::of_token(conn, &token.id)?;
             if caller.client.role == ClientRole::Reader {
                 consumers.retain(|consumer| consumer.client == caller.client.name.as_str());

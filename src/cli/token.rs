@@ -223,7 +223,7 @@ async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result
     let store = open_store(&settings).await?;
     let (token, consumers) = store
         .run(move |conn| {
-            let token = tokens::find(conn, &name)?;
+            let token = tokens::find_shown(conn, &name, tokens::ReadAs::Operator)?;
             let consumers = consumers::of_token(conn, &token.id)?;
             Ok((token, consumers))
         })

@@ -193,7 +193,15 @@ pub fn find_as(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) ->
     let mut token = Token::from_row(row, &provider)?;
     if token.kind.is_oauth_grant() {
         token.authorized_as = super::grant_owners::find(conn, &token.id)?;
-    } else {
+    }
+    Ok(token)
+}
+
+/// As [`find_as`], with the token's manager (`token create --manager`) filled in: what `token
+/// show` and `GET /v1/tokens/{name}` show (one statement more than the reads need).
+pub fn find_shown(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) -> Result<Token, StoreError> {
+    let mut token = find_as(conn, name, reader)?;
+    if token.kind.is_gitlab_access_token() {
         token.manager = super::creation::manager_of(conn, &token.id)?;
     }
     Ok(token)
