@@ -48,12 +48,13 @@ async fn heals(count: usize) -> BenchResult {
             name: name.clone(),
             provider: "gitlab".parse()?,
             kind: "gitlab-project-access-token".parse()?,
-            resource: "42".into(),
+            namespace: tokenwarden::providers::gitlab_admin::Namespace::Project("42".into()),
             manager: "manager".parse()?,
             gitlab_name: None,
             scopes: vec!["api".into()],
             access_level: 30,
             policy: PolicyOverrides::default(),
+            overlap: None,
         };
         create_token(&harness.context, request, "bench").await.map_err(|err| err.to_string())?;
         harness.sim.push_fault(FaultTarget::Renewal, Fault::DropAfterCommit);

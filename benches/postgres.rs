@@ -785,6 +785,8 @@ fn fake_success(
         next_rotation_at: Some(plan_rotation(name, now, expires_at, policy)),
         refresh_token_rotates: None,
         scope: None,
+        username: None,
+        retire: None,
     })
 }
 

@@ -389,6 +389,8 @@ async fn die_in_callback(flow: &Flow, token: &str, journal: Option<bool>) {
             next_rotation_at: Some(now + TimeDelta::minutes(80)),
             refresh_token_rotates: Some(true),
             scope: Some("api".into()),
+            username: None,
+            retire: None,
         };
         let authorized = Some(rotation::Authorized { user: None, awaiting_user });
         let answer = rotation::Answer {

@@ -851,6 +851,8 @@ fn journaled_answer(cipher: &Cipher, claim: &rotation::Claim, now: chrono::DateT
         next_rotation_at: Some(now + TimeDelta::days(30)),
         refresh_token_rotates: None,
         scope: None,
+        username: None,
+        retire: None,
     };
     rotation::Answer { lease, success, actor: "scheduler".into(), now, authorized: None, origin: Default::default() }
 }
@@ -1007,6 +1009,8 @@ fn answer_for(f: &Fixture, lease: &rotation::Lease) -> rotation::Answer {
         next_rotation_at: Some(now + TimeDelta::days(20)),
         refresh_token_rotates: None,
         scope: None,
+        username: None,
+        retire: None,
     };
     rotation::Answer {
         lease: lease.clone(),

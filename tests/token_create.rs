@@ -31,12 +31,13 @@ fn request(name: &str, project: &str) -> CreateRequest {
         name: name.parse().unwrap(),
         provider: "gitlab".parse().unwrap(),
         kind: "gitlab-project-access-token".parse().unwrap(),
-        resource: project.into(),
+        namespace: tokenwarden::providers::gitlab_admin::Namespace::Project(project.into()),
         manager: "manager".parse().unwrap(),
         gitlab_name: None,
         scopes: vec!["api".into()],
         access_level: 30,
         policy: PolicyOverrides::default(),
+        overlap: None,
     }
 }
 
@@ -155,12 +156,14 @@ async fn a_create_that_dies_holding_its_lease_is_flagged_and_its_manager_cannot_
         name: "dying".parse().unwrap(),
         kind: "gitlab-project-access-token".parse().unwrap(),
         provider_id,
+        resource_kind: "project".into(),
         resource: "42".into(),
         gitlab_name: "tokenwarden: dying".into(),
         manager_id,
         access_level: 30,
         scopes: "api".into(),
         policy: PolicyOverrides::default(),
+        overlap: None,
     };
     let owner = context.owner.clone();
     context.store.run(move |conn| creation::claim_new(conn, &managed, &owner, lease, now)).await.unwrap();

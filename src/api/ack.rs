@@ -78,5 +78,7 @@ pub async fn acknowledge(
     let consumer = state
         .store_call(move |conn| consumers::acknowledge(conn, &client_id, &client_name, &name, request.version, now))
         .await?;
+    // An old deploy token may be revocable now that this reader moved on.
+    state.engine.revocations.notify_one();
     Ok(Json(consumer))
 }

@@ -119,6 +119,9 @@ pub struct TokenSecret {
     name: TokenName,
     /// The version of this secret (starts at 1, +1 on every rotation).
     version: i64,
+    /// The username to present with the secret (deploy tokens only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
     /// The current secret: the GitLab token, or for OAuth grants the current access token.
     #[serde(serialize_with = "expose")]
     #[schema(value_type = String)]
@@ -168,7 +171,13 @@ pub async fn secret(
         let message = format!("token '{}' has no secret yet (its first refresh has not succeeded)", token.name);
         return Err(ApiError::new(StatusCode::CONFLICT, "no_secret", message));
     };
-    Ok(Json(TokenSecret { name: token.name, version: token.version, secret, expires_at: token.expires_at }))
+    Ok(Json(TokenSecret {
+        name: token.name,
+        version: token.version,
+        username: token.username,
+        secret,
+        expires_at: token.expires_at,
+    }))
 }
 
 /// The optional body of a forced rotation.

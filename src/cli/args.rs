@@ -205,13 +205,13 @@ pub struct TokenCreateArgs {
     /// The GitLab provider
     #[arg(long)]
     pub provider: ProviderName,
-    /// gitlab-project-access-token or gitlab-group-access-token
+    /// gitlab-project-access-token, gitlab-group-access-token or gitlab-deploy-token
     #[arg(long)]
     pub kind: TokenKind,
-    /// Project id or path (project access tokens)
+    /// Project id or path (project access tokens, project deploy tokens)
     #[arg(long, conflicts_with = "group")]
     pub project: Option<String>,
-    /// Group id or path (group access tokens)
+    /// Group id or path (group access tokens, group deploy tokens)
     #[arg(long)]
     pub group: Option<String>,
     /// The tracked token that creates it: a Maintainer's (project) or Owner's (group), with the api scope
@@ -232,6 +232,9 @@ pub struct TokenCreateArgs {
     /// Minimum margin before expiry (e.g. 7d)
     #[arg(long, visible_alias = "margin")]
     pub rotate_before: Option<HumanDuration>,
+    /// Deploy tokens: how long an old one stays valid after its successor when not every reader acknowledged it (default 1h)
+    #[arg(long)]
+    pub overlap: Option<HumanDuration>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

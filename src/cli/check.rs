@@ -113,6 +113,9 @@ pub struct Surroundings {
     /// Tokens whose manager needs attention or expired (token, manager, its state): WARNING,
     /// they cannot be healed or made again until it is fixed.
     pub broken_managers: Vec<(String, String, String)>,
+    /// Old secrets whose revocation keeps failing (token, version, last error): WARNING, they
+    /// stay valid at GitLab.
+    pub failing_revocations: Vec<(String, i64, String)>,
 }
 
 /// The summary line and the lines for tokens that are not OK, worst first, then a CRITICAL line
@@ -126,12 +129,12 @@ pub fn report(
 ) -> (Status, Vec<String>) {
     let mut findings: Vec<Finding> = tokens.iter().map(|token| judge(token, now, warn, critical)).collect();
     findings.sort_by(|a, b| b.status.cmp(&a.status).then_with(|| a.token.cmp(&b.token)));
-    let Surroundings { failing_sinks, broken_managers } = surroundings;
+    let Surroundings { failing_sinks, broken_managers, failing_revocations } = surroundings;
     let mut worst = findings.first().map_or(Status::Ok, |finding| finding.status);
     if !failing_sinks.is_empty() {
         worst = worst.max(Status::Critical);
     }
-    if !broken_managers.is_empty() {
+    if !broken_managers.is_empty() || !failing_revocations.is_empty() {
         worst = worst.max(Status::Warning);
     }
     let count = |status| findings.iter().filter(|finding| finding.status == status).count();
@@ -158,6 +161,12 @@ pub fn report(
             "WARNING: {token}: its manager '{manager}' is {state}: it cannot be healed or made again until the manager is fixed"
         ));
     }
+    for (token, version, error) in failing_revocations {
+        lines.push(format!(
+            "WARNING: {token}: version {version} is still valid at GitLab: its revocation keeps failing: {}",
+            super::one_line(error)
+        ));
+    }
     (worst, lines)
 }
 
@@ -176,6 +185,9 @@ pub async fn run(settings: Settings, args: CheckArgs) -> Result<ExitCode, CliErr
     let surroundings = Surroundings {
         failing_sinks: store.run(crate::store::sinks::needing_attention).await?,
         broken_managers: store.run(crate::store::creation::with_broken_manager).await?,
+        failing_revocations: store
+            .run(|conn| crate::store::pending_revocations::failing(conn, crate::engine::retire::WARN_AFTER_ATTEMPTS))
+            .await?,
     };
     let (status, lines) = report(&all, &surroundings, Utc::now(), warn, critical);
     for line in lines {
@@ -224,6 +236,8 @@ mod tests {
             gitlab_name: None,
             authorized_as: None,
             manager: None,
+            username: None,
+            pending_revocations: Vec::new(),
             created_at: now,
             updated_at: now,
         }

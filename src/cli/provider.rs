@@ -75,12 +75,8 @@ pub fn scopes_flag(scopes: &[String]) -> Result<Option<String>, CliError> {
     if scopes.is_empty() {
         return Ok(None);
     }
-    let joined = scopes.join(" ");
-    if scopes.iter().any(|scope| scope.is_empty() || scope.contains(' ')) {
-        return Err(CliError::Usage("give one scope per --scope, without spaces".into()));
-    }
-    crate::oauth::link::check_scopes(&joined).map_err(|err| CliError::Usage(err.to_string()))?;
-    Ok(Some(joined))
+    crate::oauth::link::check_scope_list(scopes).map_err(|err| CliError::Usage(err.to_string()))?;
+    Ok(Some(scopes.join(" ")))
 }
 
 /// Validates the flags, discovers the endpoints when `--issuer` is given, reads the client

@@ -80,6 +80,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let dispatcher_task = tokio::spawn(dispatcher.run(stopped.clone()));
     let sink_dispatcher = SinkDispatcher::new(store.clone(), context.cipher.clone(), context.http.clone());
     let sink_task = tokio::spawn(sink_dispatcher.run(stopped.clone()));
+    let revocation_task = tokio::spawn(crate::engine::retire::run(context.clone(), stopped.clone()));
     let maintenance_context = MaintenanceContext {
         engine: context.clone(),
         scheduler: scheduler_handle.clone(),
@@ -140,6 +141,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
     let _ = scheduler_task.await;
     let _ = dispatcher_task.await;
     let _ = sink_task.await;
+    let _ = revocation_task.await;
     info!("stopped");
     Ok(())
 }

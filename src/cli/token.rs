@@ -1,5 +1,6 @@
 //! `tokenwarden token add|list|show|history|pause|resume|remove`.
 
+use crate::providers::gitlab_admin::Namespace;
 use chrono::Utc;
 use serde::Serialize;
 
@@ -92,24 +93,50 @@ impl<'a> TokenOutput<'a> {
     }
 }
 
+/// The project or group `--project` / `--group` name for a token of `kind`: project access
+/// tokens need `--project`, group access tokens `--group`, deploy tokens either; other kinds
+/// take neither.
+pub(super) fn namespace_flag(
+    kind: TokenKind,
+    project: Option<&String>,
+    group: Option<&String>,
+) -> Result<Option<Namespace>, CliError> {
+    let given = |value: Option<&String>| value.filter(|value| !value.trim().is_empty()).cloned();
+    let usage = |message: String| Err(CliError::Usage(message));
+    match (kind, given(project), given(group)) {
+        (TokenKind::GitlabProjectAccessToken | TokenKind::GitlabDeployToken, Some(project), None) => {
+            Ok(Some(Namespace::Project(project)))
+        }
+        (TokenKind::GitlabGroupAccessToken | TokenKind::GitlabDeployToken, None, Some(group)) => {
+            Ok(Some(Namespace::Group(group)))
+        }
+        (TokenKind::GitlabProjectAccessToken, _, _) => {
+            usage(format!("a {kind} needs --project (numeric id or URL-encoded path)"))
+        }
+        (TokenKind::GitlabGroupAccessToken, _, _) => {
+            usage(format!("a {kind} needs --group (numeric id or URL-encoded path)"))
+        }
+        (TokenKind::GitlabDeployToken, _, _) => {
+            usage(format!("a {kind} needs either --project or --group (numeric id or URL-encoded path)"))
+        }
+        _ if project.is_some() || group.is_some() => usage(format!(
+            "--project and --group apply to project and group access tokens and deploy tokens, not to {kind}"
+        )),
+        _ => Ok(None),
+    }
+}
+
 /// Checks the flags against the token kind and builds the policy overrides.
 fn validate_add(args: &TokenAddArgs, settings: &Settings) -> Result<(Option<String>, PolicyOverrides), CliError> {
     let usage = |message: String| Err(CliError::Usage(message));
     let kind = args.kind;
-    let resource = match kind {
-        TokenKind::GitlabProjectAccessToken => match &args.project {
-            Some(project) if !project.trim().is_empty() => Some(project.clone()),
-            _ => return usage(format!("a {kind} needs --project (numeric id or URL-encoded path)")),
-        },
-        TokenKind::GitlabGroupAccessToken => match &args.group {
-            Some(group) if !group.trim().is_empty() => Some(group.clone()),
-            _ => return usage(format!("a {kind} needs --group (numeric id or URL-encoded path)")),
-        },
-        _ if args.project.is_some() || args.group.is_some() => {
-            return usage(format!("--project and --group apply to project and group access tokens, not to {kind}"));
-        }
-        _ => None,
-    };
+    if kind.is_deploy_token() {
+        return usage(format!(
+            "a {kind} is made by `tokenwarden token create --kind {kind} --manager M` (each successor is made through its manager)"
+        ));
+    }
+    let resource =
+        namespace_flag(kind, args.project.as_ref(), args.group.as_ref())?.map(|namespace| namespace.id().to_owned());
     if kind.is_oauth_grant() && !args.refresh_token_stdin {
         return usage(format!("a {kind} grant needs --refresh-token-stdin (the refresh token on standard input)"));
     }
@@ -249,6 +276,9 @@ async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result
     if let Some(manager) = &token.manager {
         fields.push(("manager", manager.clone()));
     }
+    if let Some(username) = &token.username {
+        fields.push(("username", username.clone()));
+    }
     if let Some(owner) = &token.authorized_as {
         fields.push((
             "authorized as",
@@ -288,6 +318,24 @@ async fn show(settings: Settings, name: TokenName, output: OutputArgs) -> Result
             _ => format!("{} (has not acknowledged a version)", consumer.client),
         };
         fields.push(("consumer", acknowledged));
+    }
+    for pending in &token.pending_revocations {
+        let mut line = format!(
+            "version {} (GitLab id {}): when every reader has version {}, at the latest {}",
+            pending.version,
+            pending.external_id,
+            pending.replaced_by_version,
+            time(Some(crate::store::models::utc(pending.not_after)))
+        );
+        if let Some(error) = &pending.last_error {
+            line.push_str(&format!(
+                "; {} attempt(s) failed, next {}: {}",
+                pending.attempts,
+                time(Some(crate::store::models::utc(pending.next_attempt_at))),
+                super::one_line(error)
+            ));
+        }
+        fields.push(("pending revocation", line));
     }
     print_fields(&fields);
     Ok(())

@@ -1,5 +1,5 @@
-//! `tokenwarden token create NAME`: a project or group access token made at GitLab through a
-//! managing token and tracked from version 1 (the secret is never printed); and `token heal
+//! `tokenwarden token create NAME`: a project or group access token or a deploy token made at
+//! GitLab through a managing token and tracked from version 1 (the secret is never printed); and `token heal
 //! NAME`, which makes it again through that manager.
 
 use super::args::TokenCreateArgs;
@@ -10,6 +10,10 @@ use super::{CLI_ACTOR, CliError};
 use crate::config::Settings;
 use crate::domain::{Policy, PolicyNames, PolicyOverrides, TokenKind};
 use crate::engine::create::{CreateError, CreateRequest, create_token};
+
+/// The scopes GitLab accepts for a deploy token.
+const DEPLOY_TOKEN_SCOPES: &[&str] =
+    &["read_repository", "read_registry", "write_registry", "read_package_registry", "write_package_registry"];
 
 /// GitLab's roles by name, as `--access-level` takes them.
 const ROLES: &[(&str, u8)] =
@@ -59,26 +63,35 @@ fn cli_error(err: CreateError) -> CliError {
 /// The request the flags describe, or a usage error.
 fn validate(args: &TokenCreateArgs, settings: &Settings) -> Result<CreateRequest, CliError> {
     let usage = |message: String| Err(CliError::Usage(message));
-    let resource = match (args.kind, &args.project, &args.group) {
-        (TokenKind::GitlabProjectAccessToken, Some(project), None) if !project.trim().is_empty() => project.clone(),
-        (TokenKind::GitlabGroupAccessToken, None, Some(group)) if !group.trim().is_empty() => group.clone(),
-        (TokenKind::GitlabProjectAccessToken, _, _) => return usage("a project access token needs --project".into()),
-        (TokenKind::GitlabGroupAccessToken, _, _) => return usage("a group access token needs --group".into()),
-        (kind, _, _) => {
-            return usage(format!(
-                "token create makes gitlab-project-access-token and gitlab-group-access-token, not {kind}"
-            ));
-        }
+    let kind = args.kind;
+    if !matches!(
+        kind,
+        TokenKind::GitlabProjectAccessToken | TokenKind::GitlabGroupAccessToken | TokenKind::GitlabDeployToken
+    ) {
+        return usage(format!(
+            "token create makes gitlab-project-access-token, gitlab-group-access-token and gitlab-deploy-token, not {kind}"
+        ));
+    }
+    let Some(namespace) = super::token::namespace_flag(kind, args.project.as_ref(), args.group.as_ref())? else {
+        return usage(format!("a {kind} needs --project or --group"));
     };
+    if args.overlap.is_some() && !kind.is_deploy_token() {
+        return usage(format!(
+            "--overlap applies to deploy tokens (an access token is rotated in place), not to {kind}"
+        ));
+    }
+    if kind.is_deploy_token()
+        && let Some(bad) = args.scopes.iter().find(|scope| !DEPLOY_TOKEN_SCOPES.contains(&scope.as_str()))
+    {
+        return usage(format!("--scope {bad:?} is not a deploy token scope: {}", DEPLOY_TOKEN_SCOPES.join(", ")));
+    }
     let Some(&(_, access_level)) = ROLES.iter().find(|(name, _)| *name == args.access_level.as_str()) else {
         return usage(format!(
             "--access-level '{}' is not a role: guest, planner, reporter, developer, maintainer or owner",
             args.access_level
         ));
     };
-    if let Some(bad) = args.scopes.iter().find(|scope| scope.is_empty() || scope.contains(char::is_whitespace)) {
-        return usage(format!("--scope {bad:?} is not one scope"));
-    }
+    crate::oauth::link::check_scope_list(&args.scopes).map_err(|err| CliError::Usage(err.to_string()))?;
     if let Some(name) = &args.gitlab_name
         && let Err(message) = crate::store::tokens::check_gitlab_name(name)
     {
@@ -95,12 +108,15 @@ fn validate(args: &TokenCreateArgs, settings: &Settings) -> Result<CreateRequest
     Ok(CreateRequest {
         name: args.name.clone(),
         provider: args.provider.clone(),
-        kind: args.kind,
-        resource,
+        kind,
+        namespace,
         manager: args.manager.clone(),
         gitlab_name: args.gitlab_name.clone(),
         scopes: args.scopes.clone(),
         access_level,
         policy,
+        overlap: args
+            .overlap
+            .map(|overlap| chrono::TimeDelta::from_std(overlap.get()).unwrap_or(chrono::TimeDelta::MAX)),
     })
 }

@@ -19,6 +19,8 @@ string_enum!(
         GitlabProjectAccessToken => "gitlab-project-access-token",
         /// A GitLab group access token (needs a group).
         GitlabGroupAccessToken => "gitlab-group-access-token",
+        /// A GitLab deploy token (project or group), made and replaced through a manager.
+        GitlabDeployToken => "gitlab-deploy-token",
         /// A GitLab personal access token.
         GitlabPersonalAccessToken => "gitlab-personal-access-token",
         /// A GitLab OAuth grant: access token plus single-use refresh token.
@@ -42,9 +44,16 @@ impl TokenKind {
         matches!(self, TokenKind::GitlabOauth | TokenKind::Oauth2)
     }
 
-    /// True for GitLab access tokens renewed by the rotate endpoints.
+    /// True for GitLab tokens with a lifetime tokenwarden chooses: access tokens renewed by the
+    /// rotate endpoints, and deploy tokens replaced through their manager.
     pub fn is_gitlab_access_token(self) -> bool {
         !self.is_oauth_grant()
+    }
+
+    /// True for deploy tokens: renewed by creating a successor through a manager, the old one
+    /// revoked after an overlap.
+    pub fn is_deploy_token(self) -> bool {
+        self == TokenKind::GitlabDeployToken
     }
 }
 
@@ -106,7 +115,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_lists_the_accepted_spellings() {
-        let err = "gitlab-deploy-token".parse::<TokenKind>().unwrap_err();
+        let err = "gitlab-trigger-token".parse::<TokenKind>().unwrap_err();
         let message = err.to_string();
         assert!(message.contains("gitlab-deploy-token"), "{message}");
         assert!(message.contains("gitlab-project-access-token"), "{message}");

@@ -52,6 +52,9 @@ pub struct EngineContext {
     pub owner: String,
     /// Tokens already warned about a missing `expires_in` (warned once per process).
     pub assumed_lifetime_warned: Arc<Mutex<HashSet<String>>>,
+    /// Wakes the revocation worker (an acknowledgement or a committed successor may have made
+    /// an old deploy token's revocation due).
+    pub revocations: Arc<tokio::sync::Notify>,
 }
 
 impl EngineContext {
@@ -73,6 +76,7 @@ impl EngineContext {
             settings,
             owner: owner_id(owner_label),
             assumed_lifetime_warned: Arc::default(),
+            revocations: Arc::default(),
         })
     }
 
@@ -130,6 +134,7 @@ pub fn build_provider(
             AccessTokenScope::Group(resource()?),
         ))),
         TokenKind::GitlabOauth | TokenKind::Oauth2 => Ok(Box::new(build_oauth_client(context, provider)?)),
+        TokenKind::GitlabDeployToken => Err("a deploy token is replaced through its manager, not renewed".to_owned()),
     }
 }
 

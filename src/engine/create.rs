@@ -1,5 +1,5 @@
-//! `token create`: a project or group access token made at GitLab through a managing
-//! credential, under the new token's own lease (claim → call → commit, see
+//! `token create`: a project or group access token or a deploy token made at GitLab through a
+//! managing credential, under the new token's own lease (claim → call → commit, see
 //! [`crate::store::creation`]). An unknown outcome is never answered with a blind second create:
 //! the tokens of that GitLab name made since the claim are listed through the manager and
 //! revoked, and only then is the token created once more.
@@ -12,11 +12,12 @@ use super::EngineContext;
 use super::policy::requested_gitlab_expiry;
 use super::protocol::{commit_answer, seal_answer};
 use crate::domain::{Policy, PolicyOverrides, ProviderName, TokenKind, TokenName};
-use crate::providers::gitlab_admin::{CreatedToken, Namespace, NewAccessToken, TokenAdmin};
+use crate::providers::gitlab_admin::{CreatedToken, Family, Namespace, NewAccessToken, Place, TokenAdmin};
 use crate::providers::{ProviderError, Renewed};
-use crate::store::creation::{self, NewManagedToken};
+use crate::store::creation::{self, ManagedSpec, NewManagedToken};
 use crate::store::models::ProviderRow;
 use crate::store::models::Token;
+use crate::store::pending_revocations::Retirement;
 use crate::store::rotation::{self, AnswerOrigin, Claim, Failure};
 use crate::store::tokens::{self, SecretField};
 use crate::store::{StoreError, providers};
@@ -28,10 +29,10 @@ pub struct CreateRequest {
     pub name: TokenName,
     /// The GitLab provider.
     pub provider: ProviderName,
-    /// `gitlab-project-access-token` or `gitlab-group-access-token`.
+    /// `gitlab-project-access-token`, `gitlab-group-access-token` or `gitlab-deploy-token`.
     pub kind: TokenKind,
     /// The project or group.
-    pub resource: String,
+    pub namespace: Namespace,
     /// The managing token (a Maintainer's or Owner's, with the `api` scope).
     pub manager: TokenName,
     /// Its name at GitLab (default `tokenwarden: NAME`).
@@ -42,6 +43,8 @@ pub struct CreateRequest {
     pub access_level: u8,
     /// Policy overrides.
     pub policy: PolicyOverrides,
+    /// Deploy tokens: how long an old one outlives its successor at most (default 1 h).
+    pub overlap: Option<TimeDelta>,
 }
 
 /// Why a token was not created.
@@ -60,9 +63,9 @@ pub enum CreateError {
 
 /// Creates the token and stores it as version 1.
 pub async fn create_token(context: &EngineContext, request: CreateRequest, actor: &str) -> Result<Token, CreateError> {
-    let (admin, provider_id, namespace) = prepare(context, &request).await?;
+    let (admin, provider_id, place) = prepare(context, &request).await?;
     let gitlab_name = request.gitlab_name.clone().unwrap_or_else(|| format!("tokenwarden: {}", request.name));
-    let existing = admin.active_named(&namespace, &gitlab_name).await.map_err(refused)?;
+    let existing = admin.active_named(&place, &gitlab_name).await.map_err(refused)?;
     if let Some(token) = existing.first() {
         return Err(CreateError::Invalid(format!(
             "GitLab already has an active token named {gitlab_name:?} there (id {}); give another --gitlab-name or revoke that one",
@@ -80,16 +83,18 @@ pub async fn create_token(context: &EngineContext, request: CreateRequest, actor
         name: request.name.clone(),
         kind: request.kind,
         provider_id,
-        resource: request.resource.clone(),
+        resource_kind: request.namespace.kind_name().to_owned(),
+        resource: request.namespace.id().to_owned(),
         gitlab_name,
         manager_id: String::new(),
         access_level: i32::from(request.access_level),
         scopes: request.scopes.join(" "),
         policy: request.policy,
+        overlap: request.overlap,
     };
     let claim = claim(context, managed, &request.manager).await?;
-    match make(&admin, &namespace, &new, context.clock.now()).await {
-        Made::Created(created) => commit(context, &claim, &policy, created, actor, AnswerOrigin::Created).await,
+    match make(&admin, &place, &new, context.clock.now(), &[]).await {
+        Made::Created(created) => commit(context, &claim, &policy, created, actor, AnswerOrigin::Created, None).await,
         Made::Nothing(err) => Err(give_up(context, &claim, refused(err)).await),
         // What GitLab made could not be revoked: the token stays, flagged, so that the live
         // token at GitLab is one tokenwarden knows about.
@@ -109,21 +114,23 @@ pub(crate) enum Made {
 
 /// Creates `new`, resolving a lost answer by revoking the tokens of its name made since `since`
 /// (through the manager) and creating once more; a second lost answer is resolved the same way.
+/// `known` are GitLab ids of live tokens of that name tokenwarden holds (never revoked here).
 pub(crate) async fn make(
     admin: &TokenAdmin,
-    namespace: &Namespace,
+    place: &Place,
     new: &NewAccessToken,
     since: chrono::DateTime<chrono::Utc>,
+    known: &[u64],
 ) -> Made {
-    let mut created = admin.create(namespace, new).await;
+    let mut created = admin.create(place, new).await;
     for round in 0..2 {
         let Err(err @ ProviderError::Unknown { .. }) = &created else { break };
         warn!(name = %new.name, error = %err, "the create's outcome is unknown; revoking what it may have made");
-        if let Err(err) = revoke_made_since(admin, namespace, &new.name, since).await {
+        if let Err(err) = revoke_made_since(admin, place, &new.name, since, known).await {
             return Made::Unresolved(err);
         }
         if round == 0 {
-            created = admin.create(namespace, new).await;
+            created = admin.create(place, new).await;
         }
     }
     match created {
@@ -133,27 +140,48 @@ pub(crate) async fn make(
 }
 
 /// Checks the provider, the kind and the manager; opens the manager's current secret.
-async fn prepare(
-    context: &EngineContext,
-    request: &CreateRequest,
-) -> Result<(TokenAdmin, String, Namespace), CreateError> {
-    let Some(namespace) = namespace_of(request.kind, &request.resource) else {
+async fn prepare(context: &EngineContext, request: &CreateRequest) -> Result<(TokenAdmin, String, Place), CreateError> {
+    let Some(place) = place_of(request.kind, request.namespace.clone()) else {
         return Err(CreateError::Invalid(format!(
-            "token create makes project and group access tokens, not a {}",
+            "token create makes project and group access tokens and deploy tokens, not a {}",
             request.kind
         )));
     };
     let (admin, provider) = open_admin(context, &request.provider, request.kind, &request.manager).await?;
-    Ok((admin, provider.id, namespace))
+    Ok((admin, provider.id, place))
 }
 
-/// The namespace a managed token of `kind` lives in.
-pub(crate) fn namespace_of(kind: TokenKind, resource: &str) -> Option<Namespace> {
-    match kind {
-        TokenKind::GitlabProjectAccessToken => Some(Namespace::Project(resource.to_owned())),
-        TokenKind::GitlabGroupAccessToken => Some(Namespace::Group(resource.to_owned())),
-        _ => None,
-    }
+/// Where a managed token of `kind` in `namespace` lives (`None`: a kind no manager makes, or a
+/// project access token asked of a group and the other way round).
+pub(crate) fn place_of(kind: TokenKind, namespace: Namespace) -> Option<Place> {
+    let family = match (kind, &namespace) {
+        (TokenKind::GitlabProjectAccessToken, Namespace::Project(_))
+        | (TokenKind::GitlabGroupAccessToken, Namespace::Group(_)) => Family::AccessTokens,
+        (TokenKind::GitlabDeployToken, _) => Family::DeployTokens,
+        _ => return None,
+    };
+    Some(Place { namespace, family })
+}
+
+/// Where the managed token `spec` describes lives.
+pub(crate) fn place_of_spec(kind: TokenKind, spec: &ManagedSpec) -> Option<Place> {
+    place_of(kind, Namespace::from_parts(&spec.resource_kind, &spec.resource)?)
+}
+
+/// What committing a deploy token's successor retires: the old one, revoked through the manager
+/// once every reader acknowledged the successor or `spec.overlap` after now.
+pub(crate) fn retirement(
+    kind: TokenKind,
+    spec: &ManagedSpec,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Retirement> {
+    kind.is_deploy_token().then(|| Retirement {
+        manager_id: spec.manager_id.clone(),
+        token_kind: kind.to_string(),
+        resource_kind: spec.resource_kind.clone(),
+        resource: spec.resource.clone(),
+        not_after: now + spec.overlap,
+    })
 }
 
 /// Checks that `manager` is a GitLab credential of `provider` (which may hold tokens of `kind`)
@@ -213,17 +241,19 @@ async fn claim(
 }
 
 /// Revokes every active token named `name` created since `since` (give or take a minute of clock
-/// difference): before the claim GitLab had none, so each is one this create made.
+/// difference) that is not `known`: before the claim GitLab had no other, so each is one this
+/// create made. (Deploy tokens carry no creation time: every unknown one of the name goes.)
 pub(crate) async fn revoke_made_since(
     admin: &TokenAdmin,
-    namespace: &Namespace,
+    place: &Place,
     name: &str,
     since: chrono::DateTime<chrono::Utc>,
+    known: &[u64],
 ) -> Result<usize, ProviderError> {
     let mut revoked = 0;
-    for token in admin.active_named(namespace, name).await? {
-        if token.created_at.is_none_or(|at| at >= since - TimeDelta::minutes(1)) {
-            admin.revoke(namespace, token.id).await?;
+    for token in admin.active_named(place, name).await? {
+        if !known.contains(&token.id) && token.created_at.is_none_or(|at| at >= since - TimeDelta::minutes(1)) {
+            admin.revoke(place, token.id).await?;
             revoked += 1;
         }
     }
@@ -263,7 +293,8 @@ async fn flag_unresolved(
     CreateError::Refused(error)
 }
 
-/// Stores the created token (version + 1) through the answer path.
+/// Stores the created token (version + 1) through the answer path; `retire`: the previous
+/// secret stays valid until then (deploy tokens).
 pub(crate) async fn commit(
     context: &EngineContext,
     claim: &Claim,
@@ -271,7 +302,32 @@ pub(crate) async fn commit(
     created: CreatedToken,
     actor: &str,
     origin: AnswerOrigin,
+    retire: Option<Retirement>,
 ) -> Result<Token, CreateError> {
+    let answer = seal_created(context, claim, policy, created, actor, origin, retire).map_err(StoreError::from)?;
+    match commit_answer(context, claim, answer, false).await.0 {
+        super::RotationOutcome::Rotated { .. } => {
+            context.revocations.notify_one();
+            let name = claim.token.name.clone();
+            Ok(context.store.run(move |conn| tokens::find(conn, &name)).await?)
+        }
+        other => Err(CreateError::Refused(format!(
+            "GitLab created the token but it could not be stored ({other:?}); the token will need attention when its lease runs out — revoke it at GitLab"
+        ))),
+    }
+}
+
+/// The answer that stores `created` as the claimed token's next version.
+pub(crate) fn seal_created(
+    context: &EngineContext,
+    claim: &Claim,
+    policy: &Policy,
+    created: CreatedToken,
+    actor: &str,
+    origin: AnswerOrigin,
+    retire: Option<Retirement>,
+) -> Result<crate::store::rotation::Answer, crate::crypto::CryptoError> {
+    let username = created.username;
     let renewed = Renewed {
         secret: created.secret,
         refresh_token: None,
@@ -282,17 +338,11 @@ pub(crate) async fn commit(
         assumed_lifetime: false,
         scope: (!created.scopes.is_empty()).then(|| created.scopes.join(" ")),
     };
-    let (mut answer, _) = seal_answer(context, claim, policy, renewed, actor, None).map_err(StoreError::from)?;
+    let (mut answer, _) = seal_answer(context, claim, policy, renewed, actor, None)?;
     answer.origin = origin;
-    match commit_answer(context, claim, answer, false).await.0 {
-        super::RotationOutcome::Rotated { .. } => {
-            let name = claim.token.name.clone();
-            Ok(context.store.run(move |conn| tokens::find(conn, &name)).await?)
-        }
-        other => Err(CreateError::Refused(format!(
-            "GitLab created the token but it could not be stored ({other:?}); the token will need attention when its lease runs out — revoke it at GitLab"
-        ))),
-    }
+    answer.success.username = username;
+    answer.success.retire = retire;
+    Ok(answer)
 }
 
 pub(crate) fn refused(err: ProviderError) -> CreateError {

@@ -3,17 +3,20 @@
 //! what an interrupted create or heal made) are revoked, a token is made again with the same
 //! name, scopes, access level and policy ([`super::create::make`], which never creates blindly
 //! after a lost answer), and committed as the next version (history `healed`, notifications as
-//! for a rotation); the stored token, if it still works, is revoked last.
+//! for a rotation); the stored token, if it still works, is revoked last — a deploy token's
+//! through the overlap of [`crate::store::pending_revocations`], like after a rotation.
 
 use tracing::{info, warn};
 
 use super::EngineContext;
-use super::create::{CreateError, Made, commit, make, namespace_of, open_admin, refused};
+use super::create::{CreateError, Made, commit, make, open_admin, place_of_spec, refused, retirement};
 use super::policy::requested_gitlab_expiry;
 use crate::domain::{Policy, TokenName};
-use crate::providers::gitlab_admin::NewAccessToken;
+use crate::providers::ProviderError;
+use crate::providers::gitlab_admin::{NewAccessToken, Place, TokenAdmin};
 use crate::store::healing::{self, HealClaim};
 use crate::store::models::Token;
+use crate::store::pending_revocations;
 use crate::store::rotation::AnswerOrigin;
 
 /// Heals `name` (`forced`: `token heal NAME`, whatever its state; else only when due).
@@ -34,23 +37,20 @@ pub async fn heal(context: &EngineContext, name: &TokenName, actor: &str, forced
         }
     };
     let token = &claim.token;
-    let Some(namespace) = namespace_of(token.kind, &spec.resource) else {
+    let Some(place) = place_of_spec(token.kind, &spec) else {
         return Err(fail(CreateError::Invalid(format!("a {} is not healed", token.kind))).await);
     };
     let admin = match open_admin(context, &token.provider, token.kind, &spec.manager).await {
         Ok((admin, _)) => admin,
         Err(err) => return Err(fail(err).await),
     };
-    let ours = token.external_id.clone();
-    let live = match admin.active_named(&namespace, &spec.gitlab_name).await {
-        Ok(live) => live,
-        Err(err) => return Err(fail(refused(err)).await),
+    let ours = token.external_id.as_deref().and_then(|id| id.parse::<u64>().ok());
+    let known = match known_ids(context, &token.id, ours).await {
+        Ok(known) => known,
+        Err(err) => return Err(fail(err.into()).await),
     };
-    for stray in live.iter().filter(|listed| Some(listed.id.to_string()) != ours) {
-        info!(token = %token.name, id = stray.id, "revoking a live token of this name tokenwarden does not hold");
-        if let Err(err) = admin.revoke(&namespace, stray.id).await {
-            return Err(fail(refused(err)).await);
-        }
+    if let Err(err) = revoke_strays(&admin, &place, &spec.gitlab_name, &known, token.name.as_str()).await {
+        return Err(fail(refused(err)).await);
     }
     let policy = Policy::resolve(token.kind, &token.policy_overrides, &context.policy);
     let new = NewAccessToken {
@@ -59,18 +59,48 @@ pub async fn heal(context: &EngineContext, name: &TokenName, actor: &str, forced
         access_level: spec.access_level,
         expires_at: requested_gitlab_expiry(context.clock.now(), &policy),
     };
-    let created = match make(&admin, &namespace, &new, context.clock.now()).await {
+    let created = match make(&admin, &place, &new, context.clock.now(), &known).await {
         Made::Created(created) => created,
         Made::Nothing(err) | Made::Unresolved(err) => return Err(fail(refused(err)).await),
     };
-    let healed = commit(context, &claim, &policy, created, actor, AnswerOrigin::Healed).await?;
-    if let Some(old) = ours.and_then(|id| id.parse::<u64>().ok())
-        && let Err(err) = admin.revoke(&namespace, old).await
+    let retire = retirement(token.kind, &spec, context.clock.now());
+    let deferred = retire.is_some();
+    let healed = commit(context, &claim, &policy, created, actor, AnswerOrigin::Healed, retire).await?;
+    if let Some(old) = ours.filter(|_| !deferred)
+        && let Err(err) = admin.revoke(&place, old).await
     {
         warn!(token = %healed.name, error = %err, "the replaced token could not be revoked; revoke it at GitLab");
     }
     info!(token = %healed.name, version = healed.version, "healed through its manager");
     Ok(healed)
+}
+
+/// The GitLab ids of the live tokens of token row `token_id` tokenwarden knows: the stored one
+/// and old ones still waiting for their revocation.
+pub(crate) async fn known_ids(
+    context: &EngineContext,
+    token_id: &str,
+    ours: Option<u64>,
+) -> Result<Vec<u64>, crate::store::StoreError> {
+    let token_id = token_id.to_owned();
+    let pending = context.store.run(move |conn| pending_revocations::pending_for(conn, &token_id)).await?;
+    Ok(ours.into_iter().chain(pending.iter().filter_map(|row| row.external_id.parse().ok())).collect())
+}
+
+/// Revokes the live tokens named `gitlab_name` that are not `known` (what a lost answer or a
+/// process killed mid-create left at GitLab).
+pub(crate) async fn revoke_strays(
+    admin: &TokenAdmin,
+    place: &Place,
+    gitlab_name: &str,
+    known: &[u64],
+    token: &str,
+) -> Result<(), ProviderError> {
+    for stray in admin.active_named(place, gitlab_name).await?.iter().filter(|listed| !known.contains(&listed.id)) {
+        info!(token, id = stray.id, "revoking a live token of this name tokenwarden does not hold");
+        admin.revoke(place, stray.id).await?;
+    }
+    Ok(())
 }
 
 /// Heals every managed token that is due ([`healing::due`]); returns how many were healed.

@@ -225,6 +225,12 @@ pub async fn execute(context: &EngineContext, claim: Claim, actor: &str) -> Rota
             report.durable_at = durable_at;
             outcome
         }
+        Attempt::Replaced(successor) => {
+            let (outcome, durable_at) = commit_successor(context, &claim, &policy, *successor, actor).await;
+            report.commit_gap = durable_at.map(|at| at.saturating_duration_since(answered));
+            report.durable_at = durable_at;
+            outcome
+        }
         Attempt::Failed(failure, retry_after) => {
             report.retry_after = retry_after;
             commit_failure(context, &claim, failure, actor).await
@@ -255,11 +261,20 @@ async fn heal_at_once(context: &EngineContext, name: &TokenName) {
 /// What the provider call produced.
 enum Attempt {
     Renewed(Renewed),
+    /// A deploy token's successor, made through its manager.
+    Replaced(Box<super::deploy::Successor>),
     Failed(Failure, Option<Duration>),
 }
 
 /// Opens the credential and calls the provider by the rules in the module doc.
 async fn attempt(context: &EngineContext, claim: &Claim, policy: &Policy) -> Attempt {
+    if claim.token.kind.is_deploy_token() {
+        return match super::deploy::make_successor(context, claim, policy).await {
+            Ok(successor) => Attempt::Replaced(Box::new(successor)),
+            Err(ProviderError::Permanent { reason, message }) => needs_attention(&reason, message),
+            Err(err) => retry(context, claim, &err, None),
+        };
+    }
     let credential = match open_credential(context, claim, policy) {
         Ok(credential) => credential,
         Err(err) => return needs_attention("secret_unreadable", err),
@@ -517,6 +532,26 @@ async fn commit_renewed(
     }
 }
 
+/// Commits a deploy token's successor as the next version (queuing the old one's revocation in
+/// the same transaction) and wakes the revocation worker.
+async fn commit_successor(
+    context: &EngineContext,
+    claim: &Claim,
+    policy: &Policy,
+    successor: super::deploy::Successor,
+    actor: &str,
+) -> (RotationOutcome, Option<Instant>) {
+    let origin = crate::store::rotation::AnswerOrigin::Rotated;
+    match super::create::seal_created(context, claim, policy, successor.created, actor, origin, successor.retire) {
+        Ok(answer) => {
+            let committed = commit_answer(context, claim, answer, false).await;
+            context.revocations.notify_one();
+            committed
+        }
+        Err(err) => (RotationOutcome::StoreFailed { error: err.to_string() }, None),
+    }
+}
+
 /// The answer to store for `renewed`: its secrets sealed for the claimed token's row and its
 /// next rotation planned under `policy`; with whether its lifetime was assumed.
 pub(crate) fn seal_answer(
@@ -542,6 +577,8 @@ pub(crate) fn seal_answer(
         next_rotation_at,
         refresh_token_rotates: renewed.refresh_token_rotates,
         scope: renewed.scope,
+        username: None,
+        retire: None,
     };
     let answer = Answer {
         lease: claim.lease(),

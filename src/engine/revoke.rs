@@ -100,9 +100,36 @@ pub async fn revoke_and_remove(
 async fn call_provider(context: &EngineContext, claimed: &RevokeClaim) -> Result<Revocation, String> {
     let claim = &claimed.claim;
     let token = &claim.token;
+    if token.kind.is_deploy_token() {
+        return revoke_through_manager(context, token).await;
+    }
     let policy = Policy::resolve(token.kind, &token.policy_overrides, &context.policy);
     let credential = open_credential(context, claim, &policy)?;
     let provider =
         build_provider(context, &claim.provider, token.kind, token.project.as_deref().or(token.group.as_deref()))?;
     provider.revoke(&credential).await.map_err(|err: ProviderError| err.to_string())
+}
+
+/// A deploy token cannot revoke itself: `DELETE …/deploy_tokens/:id` through its manager. (Its
+/// old secrets still waiting are revoked by the revocation worker once the token is gone.)
+async fn revoke_through_manager(
+    context: &EngineContext,
+    token: &crate::store::models::Token,
+) -> Result<Revocation, String> {
+    let token_id = token.id.clone();
+    let spec = context
+        .store
+        .run(move |conn| crate::store::creation::spec_by_id(conn, &token_id))
+        .await
+        .map_err(|err| err.to_string())?
+        .ok_or("it has no manager to revoke it through")?;
+    let place = super::create::place_of_spec(token.kind, &spec).ok_or("its project or group is unknown")?;
+    let Some(id) = token.external_id.as_deref().and_then(|id| id.parse::<u64>().ok()) else {
+        return Ok(Revocation::AlreadyInvalid);
+    };
+    let (admin, _) = super::create::open_admin(context, &token.provider, token.kind, &spec.manager)
+        .await
+        .map_err(|err| err.to_string())?;
+    admin.revoke(&place, id).await.map_err(|err| err.to_string())?;
+    Ok(Revocation::Revoked)
 }

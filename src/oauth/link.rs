@@ -159,12 +159,7 @@ fn plan(conn: &mut DbConnection, request: &LinkRequest) -> Result<Plan, StoreErr
 /// The scopes to request, space-separated: the request's, else the provider's, else GitLab's
 /// default. Each is checked to be a scope token (RFC 6749 §3.3).
 fn scopes_of(request: &LinkRequest, provider: &ProviderRow, kind: ProviderKind) -> Result<String, StoreError> {
-    if let Some(bad) = request.scopes.iter().find(|scope| scope.is_empty() || scope.contains(char::is_whitespace)) {
-        return Err(StoreError::InvalidInput(format!(
-            "scope '{}' is not one OAuth scope: give each scope on its own, without spaces",
-            bad.escape_debug()
-        )));
-    }
+    check_scope_list(&request.scopes)?;
     let scopes = if !request.scopes.is_empty() {
         request.scopes.join(" ")
     } else if let Some(scopes) = &provider.scopes {
@@ -176,6 +171,18 @@ fn scopes_of(request: &LinkRequest, provider: &ProviderRow, kind: ProviderKind) 
     };
     check_scopes(&scopes)?;
     Ok(scopes)
+}
+
+/// Checks scopes given one by one (`--scope S`…, a JSON list): each one scope, without spaces,
+/// and usable as [`check_scopes`] says.
+pub fn check_scope_list(scopes: &[String]) -> Result<(), StoreError> {
+    if let Some(bad) = scopes.iter().find(|scope| scope.is_empty() || scope.contains(char::is_whitespace)) {
+        return Err(StoreError::InvalidInput(format!(
+            "scope '{}' is not one scope: give each scope on its own, without spaces",
+            bad.escape_debug()
+        )));
+    }
+    check_scopes(&scopes.join(" "))
 }
 
 /// Checks space-separated scopes: each 1–100 printable ASCII characters without `"` or `\`.

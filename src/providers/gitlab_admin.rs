@@ -1,7 +1,7 @@
 //! Token administration at GitLab through a managing credential (a Maintainer's or Owner's
-//! token or grant with the `api` scope): project and group access tokens created, listed by
-//! name and revoked. The create call is a provider call like a rotation (its outcome classified
-//! the same way); listing and revoking are what resolves an unknown outcome.
+//! token or grant with the `api` scope): project and group access tokens and deploy tokens
+//! created, listed by name and revoked. The create call is a provider call like a rotation (its
+//! outcome classified the same way); listing and revoking are what resolves an unknown outcome.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use reqwest::StatusCode;
@@ -22,6 +22,30 @@ pub enum Namespace {
 }
 
 impl Namespace {
+    /// The namespace `resource` names, by its kind (`project` or `group`).
+    pub fn from_parts(resource_kind: &str, resource: &str) -> Option<Self> {
+        match resource_kind {
+            "project" => Some(Namespace::Project(resource.to_owned())),
+            "group" => Some(Namespace::Group(resource.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// `project` or `group`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Namespace::Project(_) => "project",
+            Namespace::Group(_) => "group",
+        }
+    }
+
+    /// The project's or group's id or path.
+    pub fn id(&self) -> &str {
+        match self {
+            Namespace::Project(id) | Namespace::Group(id) => id,
+        }
+    }
+
     fn path(&self) -> String {
         match self {
             Namespace::Project(id) => format!("projects/{}", encode_path_id(id)),
@@ -38,6 +62,34 @@ impl Namespace {
     }
 }
 
+/// Which of a namespace's token collections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `…/access_tokens`: project or group access tokens.
+    AccessTokens,
+    /// `…/deploy_tokens`: deploy tokens (no rotate endpoint; no role, a username).
+    DeployTokens,
+}
+
+/// Where managed tokens are made: a namespace's access tokens or its deploy tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The project or group.
+    pub namespace: Namespace,
+    /// Its access tokens or its deploy tokens.
+    pub family: Family,
+}
+
+impl Place {
+    fn collection(&self) -> String {
+        let family = match self.family {
+            Family::AccessTokens => "access_tokens",
+            Family::DeployTokens => "deploy_tokens",
+        };
+        format!("{}/{family}", self.namespace.path())
+    }
+}
+
 /// A token to create.
 #[derive(Debug, Clone)]
 pub struct NewAccessToken {
@@ -45,7 +97,7 @@ pub struct NewAccessToken {
     pub name: String,
     /// Its scopes.
     pub scopes: Vec<String>,
-    /// Its role (10 Guest … 50 Owner).
+    /// Its role (10 Guest … 50 Owner; deploy tokens have none).
     pub access_level: u8,
     /// Its expiry date.
     pub expires_at: NaiveDate,
@@ -62,6 +114,8 @@ pub struct CreatedToken {
     pub expires_at: DateTime<Utc>,
     /// Its scopes.
     pub scopes: Vec<String>,
+    /// The username it authenticates with (deploy tokens).
+    pub username: Option<String>,
 }
 
 /// A listed token (never its secret).
@@ -77,6 +131,9 @@ pub struct ListedToken {
     /// Whether it was revoked.
     #[serde(default)]
     pub revoked: bool,
+    /// Whether it expired (deploy tokens say this instead of `active`).
+    #[serde(default)]
+    pub expired: bool,
     /// When it was created.
     #[serde(default)]
     pub created_at: Option<DateTime<Utc>>,
@@ -86,9 +143,19 @@ pub struct ListedToken {
 struct CreateAnswer {
     id: u64,
     token: String,
-    expires_at: Option<NaiveDate>,
+    expires_at: Option<Expiry>,
     #[serde(default)]
     scopes: Vec<String>,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+/// An expiry as GitLab writes it: a date for access tokens, a time for deploy tokens.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Expiry {
+    Date(NaiveDate),
+    Time(DateTime<Utc>),
 }
 
 /// The client of one GitLab instance acting with one managing credential.
@@ -112,8 +179,8 @@ impl TokenAdmin {
         }
     }
 
-    fn url(&self, namespace: &Namespace, rest: &str) -> String {
-        format!("{}/api/v4/{}/access_tokens{rest}", self.base_url, namespace.path())
+    fn url(&self, place: &Place, rest: &str) -> String {
+        format!("{}/api/v4/{}{rest}", self.base_url, place.collection())
     }
 
     /// Explains a refusal: GitLab's 401/403/404 in terms of what the manager lacks.
@@ -157,19 +224,22 @@ impl TokenAdmin {
         }
     }
 
-    /// `POST …/access_tokens`.
-    pub async fn create(&self, namespace: &Namespace, new: &NewAccessToken) -> Result<CreatedToken, ProviderError> {
-        let mut form: Vec<(&str, String)> = vec![
-            ("name", new.name.clone()),
-            ("access_level", new.access_level.to_string()),
-            ("expires_at", new.expires_at.format("%Y-%m-%d").to_string()),
-        ];
+    /// `POST …/access_tokens` or `POST …/deploy_tokens` (the expiry as a time, no role).
+    pub async fn create(&self, place: &Place, new: &NewAccessToken) -> Result<CreatedToken, ProviderError> {
+        let mut form: Vec<(&str, String)> = vec![("name", new.name.clone())];
+        match place.family {
+            Family::AccessTokens => {
+                form.push(("access_level", new.access_level.to_string()));
+                form.push(("expires_at", new.expires_at.format("%Y-%m-%d").to_string()));
+            }
+            Family::DeployTokens => form.push(("expires_at", expiry_instant(new.expires_at).to_rfc3339())),
+        }
         form.extend(new.scopes.iter().map(|scope| ("scopes[]", scope.clone())));
         let request =
-            self.client.post(self.url(namespace, "")).header("PRIVATE-TOKEN", self.manager.expose_secret()).form(&form);
+            self.client.post(self.url(place, "")).header("PRIVATE-TOKEN", self.manager.expose_secret()).form(&form);
         let Answer { status, headers, body } = send(request).await?;
         if !status.is_success() {
-            return Err(self.refusal(namespace, status, &headers, &body));
+            return Err(self.refusal(&place.namespace, status, &headers, &body));
         }
         let answer: CreateAnswer = serde_json::from_slice(&body).map_err(|err| {
             ProviderError::unknown(format!(
@@ -178,40 +248,55 @@ impl TokenAdmin {
             ))
         })?;
         validate_token_text("token", &answer.token)?;
-        let expires_at = answer.expires_at.unwrap_or(new.expires_at);
+        let expires_at = match answer.expires_at {
+            Some(Expiry::Time(at)) => at,
+            Some(Expiry::Date(date)) => expiry_instant(date),
+            None => expiry_instant(new.expires_at),
+        };
         Ok(CreatedToken {
             id: answer.id.to_string(),
             secret: SecretString::from(answer.token),
-            expires_at: expiry_instant(expires_at),
+            expires_at,
             scopes: answer.scopes,
+            username: answer.username,
         })
     }
 
-    /// `GET …/access_tokens?state=active&search=NAME`, keeping exactly that name.
-    pub async fn active_named(&self, namespace: &Namespace, name: &str) -> Result<Vec<ListedToken>, ProviderError> {
-        let url = reqwest::Url::parse_with_params(&self.url(namespace, ""), [("state", "active"), ("search", name)])
+    /// The live tokens named exactly `name`: `GET …/access_tokens?state=active&search=NAME`, or
+    /// `GET …/deploy_tokens?active=true` (deploy tokens cannot be searched by name).
+    pub async fn active_named(&self, place: &Place, name: &str) -> Result<Vec<ListedToken>, ProviderError> {
+        let query: &[(&str, &str)] = match place.family {
+            Family::AccessTokens => &[("state", "active"), ("search", name)],
+            Family::DeployTokens => &[("active", "true"), ("per_page", "100")],
+        };
+        let url = reqwest::Url::parse_with_params(&self.url(place, ""), query)
             .map_err(|err| ProviderError::permanent("bad_url", format!("the provider's URL is unusable: {err}")))?;
         let request = self.client.get(url).header("PRIVATE-TOKEN", self.manager.expose_secret());
         let Answer { status, headers, body } = look_up(request).await?;
         if !status.is_success() {
-            return Err(self.refusal(namespace, status, &headers, &body));
+            return Err(self.refusal(&place.namespace, status, &headers, &body));
         }
         let listed: Vec<ListedToken> = serde_json::from_slice(&body).map_err(|err| {
             ProviderError::transient(format!("GitLab's token list is unreadable: {}", describe_json_error(&err)))
         })?;
-        Ok(listed.into_iter().filter(|token| token.name == name && token.active && !token.revoked).collect())
+        let live = |token: &ListedToken| match place.family {
+            Family::AccessTokens => token.active && !token.revoked,
+            Family::DeployTokens => !token.revoked && !token.expired,
+        };
+        Ok(listed.into_iter().filter(|token| token.name == name && live(token)).collect())
     }
 
-    /// `DELETE …/access_tokens/:id` (a token already gone counts as revoked).
-    pub async fn revoke(&self, namespace: &Namespace, id: u64) -> Result<(), ProviderError> {
+    /// `DELETE …/access_tokens/:id` or `…/deploy_tokens/:id` (a token already gone counts as
+    /// revoked).
+    pub async fn revoke(&self, place: &Place, id: u64) -> Result<(), ProviderError> {
         let request = self
             .client
-            .delete(self.url(namespace, &format!("/{id}")))
+            .delete(self.url(place, &format!("/{id}")))
             .header("PRIVATE-TOKEN", self.manager.expose_secret());
         let Answer { status, headers, body } = send(request).await?;
         if status.is_success() || status == StatusCode::NOT_FOUND {
             return Ok(());
         }
-        Err(self.refusal(namespace, status, &headers, &body))
+        Err(self.refusal(&place.namespace, status, &headers, &body))
     }
 }

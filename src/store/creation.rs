@@ -26,15 +26,21 @@ pub fn is_create_lease(owner: &str) -> bool {
     owner.ends_with(CREATE_LEASE_MARK)
 }
 
+/// How long an old deploy token stays valid after its successor is committed, when readers do
+/// not all acknowledge the new version sooner.
+pub const DEFAULT_OVERLAP: TimeDelta = TimeDelta::hours(1);
+
 /// A token to create at GitLab.
 #[derive(Debug, Clone)]
 pub struct NewManagedToken {
     /// Its name in tokenwarden.
     pub name: TokenName,
-    /// Project or group access token.
+    /// Project or group access token, or deploy token.
     pub kind: TokenKind,
     /// The provider's row id.
     pub provider_id: String,
+    /// `project` or `group`.
+    pub resource_kind: String,
     /// The project or group.
     pub resource: String,
     /// Its name at GitLab.
@@ -47,6 +53,67 @@ pub struct NewManagedToken {
     pub scopes: String,
     /// Its policy overrides.
     pub policy: PolicyOverrides,
+    /// Deploy tokens: how long the old one outlives its successor at most.
+    pub overlap: Option<TimeDelta>,
+}
+
+/// How a managed token was made, to make it again.
+#[derive(Debug, Clone)]
+pub struct ManagedSpec {
+    /// The managing token's row id.
+    pub manager_id: String,
+    /// The managing token's name.
+    pub manager: TokenName,
+    /// The role it was created with.
+    pub access_level: u8,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// Its name at GitLab.
+    pub gitlab_name: String,
+    /// `project` or `group`.
+    pub resource_kind: String,
+    /// Its project or group.
+    pub resource: String,
+    /// Deploy tokens: how long an old one outlives its successor at most.
+    pub overlap: TimeDelta,
+}
+
+/// How the token with row id `token_id` was made, if `token create` made it.
+pub fn spec_by_id(conn: &mut DbConnection, token_id: &str) -> Result<Option<ManagedSpec>, StoreError> {
+    let row: TokenRow = tokens::table.filter(tokens::id.eq(token_id)).select(TokenRow::as_select()).get_result(conn)?;
+    spec_of(conn, &row)
+}
+
+/// How the token of `row` was made, if `token create` made it.
+pub fn spec_of(conn: &mut DbConnection, row: &TokenRow) -> Result<Option<ManagedSpec>, StoreError> {
+    let managed: Option<(String, i32, String, Option<i64>, String)> = token_managers::table
+        .inner_join(tokens::table.on(tokens::id.eq(token_managers::manager_id)))
+        .filter(token_managers::token_id.eq(&row.id))
+        .select((
+            token_managers::manager_id,
+            token_managers::access_level,
+            token_managers::scopes,
+            token_managers::overlap_seconds,
+            tokens::name,
+        ))
+        .get_result(conn)
+        .optional()?;
+    let Some((manager_id, access_level, scopes, overlap, manager)) = managed else { return Ok(None) };
+    let resource_kind = match (row.resource_kind.as_deref(), row.kind.as_str()) {
+        (Some(kind), _) => kind.to_owned(),
+        (None, "gitlab-group-access-token") => "group".to_owned(),
+        (None, _) => "project".to_owned(),
+    };
+    Ok(Some(ManagedSpec {
+        manager_id,
+        manager: super::rotation::parse("token name", &manager)?,
+        access_level: u8::try_from(access_level).unwrap_or(30),
+        scopes: scopes.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        gitlab_name: row.gitlab_name.clone().unwrap_or_else(|| format!("tokenwarden: {}", row.name)),
+        resource_kind,
+        resource: row.resource.clone().unwrap_or_default(),
+        overlap: overlap.map_or(DEFAULT_OVERLAP, TimeDelta::seconds),
+    }))
 }
 
 /// Writes the new token's row and its manager, and takes its lease, in one transaction
@@ -73,7 +140,11 @@ pub fn claim_new(
             .execute(conn)
             .map_err(StoreError::on_unique("token", new.name.as_str()))?;
         diesel::update(tokens::table.filter(tokens::id.eq(&id)))
-            .set((tokens::gitlab_name.eq(&new.gitlab_name), tokens::scopes.eq(&new.scopes)))
+            .set((
+                tokens::gitlab_name.eq(&new.gitlab_name),
+                tokens::scopes.eq(&new.scopes),
+                tokens::resource_kind.eq(&new.resource_kind),
+            ))
             .execute(conn)?;
         diesel::insert_into(token_managers::table)
             .values((
@@ -81,6 +152,7 @@ pub fn claim_new(
                 token_managers::manager_id.eq(&new.manager_id),
                 token_managers::access_level.eq(new.access_level),
                 token_managers::scopes.eq(&new.scopes),
+                token_managers::overlap_seconds.eq(new.overlap.map(|overlap| overlap.num_seconds())),
             ))
             .execute(conn)?;
         let found: ClaimRow = tokens::table

@@ -6,8 +6,11 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use diesel::dsl::max;
+use diesel::dsl::sql;
 use diesel::prelude::*;
+use diesel::sql_types::{Bool, Timestamp};
 
+use super::creation::ManagedSpec;
 use super::lease_restore::{Before, put_back};
 use super::models::{naive, utc};
 use super::rotation::{Claim, Lease, find_claim_row, take_lease};
@@ -29,21 +32,6 @@ pub fn is_heal_lease(owner: &str) -> bool {
     owner.ends_with(HEAL_LEASE_MARK)
 }
 
-/// How a managed token was made, to make it again.
-#[derive(Debug, Clone)]
-pub struct ManagedSpec {
-    /// The managing token's name.
-    pub manager: TokenName,
-    /// The role it was created with.
-    pub access_level: u8,
-    /// Its scopes.
-    pub scopes: Vec<String>,
-    /// Its name at GitLab.
-    pub gitlab_name: String,
-    /// Its project or group.
-    pub resource: String,
-}
-
 /// A heal's lease on one token.
 #[derive(Debug)]
 pub struct HealClaim {
@@ -58,19 +46,20 @@ pub struct HealClaim {
 /// The managed tokens a heal may repair now: `needs_attention` for a healable reason, and not
 /// healed within [`HEAL_INTERVAL`].
 pub fn due(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec<TokenName>, StoreError> {
-    let candidates: Vec<(String, String)> = tokens::table
+    let healed_lately = sql::<Bool>(
+        "NOT EXISTS (SELECT 1 FROM token_history WHERE token_history.token_id = tokens.id \
+         AND token_history.event = 'healed' AND token_history.occurred_at > ",
+    )
+    .bind::<Timestamp, _>(naive(now - HEAL_INTERVAL))
+    .sql(")");
+    let names: Vec<String> = tokens::table
         .inner_join(token_managers::table)
         .filter(tokens::state.eq(TokenState::NeedsAttention.as_str()))
         .filter(tokens::attention_reason.eq_any(HEALABLE_REASONS))
-        .select((tokens::id, tokens::name))
+        .filter(healed_lately)
+        .select(tokens::name)
         .load(conn)?;
-    let mut due = Vec::new();
-    for (id, name) in candidates {
-        if last_healed(conn, &id)?.is_none_or(|at| at + HEAL_INTERVAL <= now) {
-            due.push(super::rotation::parse("token name", &name)?);
-        }
-    }
-    Ok(due)
+    names.iter().map(|name| super::rotation::parse("token name", name)).collect()
 }
 
 fn last_healed(conn: &mut DbConnection, token_id: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -96,12 +85,7 @@ pub fn claim(
         let found = find_claim_row(conn, name.as_str())?
             .ok_or_else(|| StoreError::NotFound { what: "token", name: name.to_string() })?;
         let row = &found.0;
-        let managed: Option<(String, i32, String)> = token_managers::table
-            .filter(token_managers::token_id.eq(&row.id))
-            .select((token_managers::manager_id, token_managers::access_level, token_managers::scopes))
-            .get_result(conn)
-            .optional()?;
-        let Some((manager_id, access_level, scopes)) = managed else {
+        let Some(spec) = super::creation::spec_of(conn, row)? else {
             return Err(StoreError::InvalidInput(format!(
                 "token '{name}' was not made by `token create`, so there is no manager to make it again; issue a new token and add it"
             )));
@@ -115,14 +99,6 @@ pub fn claim(
         if !forced && !healable {
             return Err(StoreError::Conflict(format!("token '{name}' is not due for a heal")));
         }
-        let manager: String = tokens::table.filter(tokens::id.eq(&manager_id)).select(tokens::name).get_result(conn)?;
-        let spec = ManagedSpec {
-            manager: super::rotation::parse("token name", &manager)?,
-            access_level: u8::try_from(access_level).unwrap_or(30),
-            scopes: scopes.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-            gitlab_name: row.gitlab_name.clone().unwrap_or_else(|| format!("tokenwarden: {name}")),
-            resource: row.resource.clone().unwrap_or_default(),
-        };
         let before = Before::of(row);
         let claim = take_lease(conn, found, None, &format!("{owner}{HEAL_LEASE_MARK}"), lease, now)?;
         Ok(HealClaim { claim, before, spec })

@@ -28,6 +28,7 @@ pub mod migrations;
 pub mod models;
 pub mod outbox;
 pub mod overview;
+pub mod pending_revocations;
 mod pool;
 pub mod providers;
 pub mod rekey;

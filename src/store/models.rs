@@ -170,6 +170,10 @@ pub struct TokenRow {
     pub refresh_token_rotates: Option<i32>,
     /// The token's name at GitLab (set by `token update --gitlab-name`).
     pub gitlab_name: Option<String>,
+    /// The username the current secret authenticates with (deploy tokens).
+    pub username: Option<String>,
+    /// `project` or `group`: where a deploy token lives (other kinds imply it).
+    pub resource_kind: Option<String>,
 }
 
 /// A new row of `tokens`, secrets already sealed.
@@ -304,6 +308,13 @@ pub struct Token {
     /// The token that made this one at GitLab (`token create --manager`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manager: Option<String>,
+    /// The username the current secret authenticates with (deploy tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Old secrets of this token still valid, waiting to be revoked through its manager (deploy
+    /// tokens: until every reader acknowledged the new version, or the overlap ended).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_revocations: Vec<super::pending_revocations::PendingRevocation>,
     /// When it was added.
     pub created_at: DateTime<Utc>,
     /// When its row last changed.
@@ -315,9 +326,13 @@ impl Token {
     pub fn from_row(row: TokenRow, provider_name: &str) -> Result<Self, StoreError> {
         let kind: TokenKind = parse_stored("token kind", &row.kind)?;
         let state: TokenState = parse_stored("token state", &row.state)?;
-        let (project, group) = match kind {
-            TokenKind::GitlabProjectAccessToken => (row.resource, None),
-            TokenKind::GitlabGroupAccessToken => (None, row.resource),
+        let (project, group) = match (kind, row.resource_kind.as_deref()) {
+            (TokenKind::GitlabProjectAccessToken, _) | (TokenKind::GitlabDeployToken, Some("project")) => {
+                (row.resource, None)
+            }
+            (TokenKind::GitlabGroupAccessToken, _) | (TokenKind::GitlabDeployToken, Some("group")) => {
+                (None, row.resource)
+            }
             _ => (None, None),
         };
         Ok(Self {
@@ -353,6 +368,8 @@ impl Token {
             gitlab_name: row.gitlab_name,
             authorized_as: None,
             manager: None,
+            username: row.username,
+            pending_revocations: Vec::new(),
             created_at: utc(row.created_at),
             updated_at: utc(row.updated_at),
         })

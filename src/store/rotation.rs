@@ -148,6 +148,12 @@ pub struct Success {
     pub refresh_token_rotates: Option<bool>,
     /// The scope the answer granted, if it named one.
     pub scope: Option<String>,
+    /// The username the new secret authenticates with (deploy tokens).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The previous secret stays valid and is revoked later (deploy tokens).
+    #[serde(default)]
+    pub retire: Option<super::pending_revocations::Retirement>,
 }
 
 /// A failed attempt.
@@ -760,9 +766,13 @@ pub(super) fn store_answer(conn: &mut DbConnection, answer: &Answer) -> Result<i
             success.refresh_token.as_ref().map(|refresh_token| tokens::refresh_token.eq(refresh_token)),
             success.refresh_token_rotates.map(|rotates| tokens::refresh_token_rotates.eq(i32::from(rotates))),
             changed_scope.map(|scope| tokens::scopes.eq(scope)),
+            success.username.as_ref().map(|username| tokens::username.eq(username)),
         ))
         .execute(conn)?;
     ensure_fenced(changed, lease)?;
+    if let Some(retirement) = &success.retire {
+        super::pending_revocations::record(conn, lease, success.external_id.as_ref(), retirement, version, now)?;
+    }
     super::answer_journal::forget(conn, &lease.token_id)?;
     let history = HistoryRow {
         id: new_id(),
@@ -1006,6 +1016,7 @@ pub fn expire_overdue(conn: &mut DbConnection, now: DateTime<Utc>) -> Result<Vec
         TokenKind::GitlabProjectAccessToken.as_str(),
         TokenKind::GitlabGroupAccessToken.as_str(),
         TokenKind::GitlabPersonalAccessToken.as_str(),
+        TokenKind::GitlabDeployToken.as_str(),
     ];
     let candidates: Vec<(String, String, i64, Option<chrono::NaiveDateTime>)> = tokens::table
         .filter(tokens::kind.eq_any(access_token_kinds))

@@ -66,6 +66,8 @@ diesel::table! {
         updated_at -> Timestamp,
         refresh_token_rotates -> Nullable<Integer>,
         gitlab_name -> Nullable<Text>,
+        username -> Nullable<Text>,
+        resource_kind -> Nullable<Text>,
     }
 }
 
@@ -254,6 +256,31 @@ diesel::table! {
         manager_id -> Text,
         access_level -> Integer,
         scopes -> Text,
+        overlap_seconds -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// Old credentials to revoke at GitLab through a manager (see `store::pending_revocations`).
+    pending_revocations (id) {
+        id -> Text,
+        token_id -> Text,
+        token_name -> Text,
+        provider_id -> Text,
+        manager_id -> Text,
+        token_kind -> Text,
+        resource_kind -> Text,
+        resource -> Text,
+        external_id -> Text,
+        version -> BigInt,
+        replaced_by_version -> BigInt,
+        not_after -> Timestamp,
+        created_at -> Timestamp,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        lease_until -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        revoked_at -> Nullable<Timestamp>,
     }
 }
 

@@ -204,6 +204,9 @@ pub fn find_shown(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>)
     if token.kind.is_gitlab_access_token() {
         token.manager = super::creation::manager_of(conn, &token.id)?;
     }
+    if token.kind.is_deploy_token() {
+        token.pending_revocations = super::pending_revocations::pending_for(conn, &token.id)?;
+    }
     Ok(token)
 }
 
@@ -433,6 +436,13 @@ pub(super) fn delete_with_grants(conn: &mut DbConnection, token_id: &str) -> Res
         return Err(StoreError::Conflict(format!(
             "it manages {}: remove those first (or they could never be rotated, healed or revoked)",
             managed.join(", ")
+        )));
+    }
+    let waiting = super::pending_revocations::waiting_on_manager(conn, token_id)?;
+    if !waiting.is_empty() {
+        return Err(StoreError::Conflict(format!(
+            "old secrets of {} still wait to be revoked through it: remove it once `token show` lists none",
+            waiting.join(", ")
         )));
     }
     diesel::delete(client_grants::table.filter(client_grants::token_id.eq(token_id))).execute(conn)?;

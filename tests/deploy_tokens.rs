@@ -1,0 +1,264 @@
+//! Deploy tokens (issue 13, point 2) against the simulator's GitLab rules: made through a
+//! manager; a rotation creates a successor, commits it as the next version and queues the old
+//! one's revocation, done when every granted reader acknowledged the new version or when the
+//! overlap ends; revocations are durable rows retried with backoff; the secret read carries the
+//! username; no live deploy token of the name is ever one tokenwarden does not know.
+
+mod common;
+
+use chrono::{Days, TimeDelta};
+use common::engine_setup::{Setup, engine_settings, setup_with, start_time};
+use std::time::Duration;
+use tokenwarden::domain::{ClientRole, PolicyOverrides, TokenName, TokenState};
+use tokenwarden::engine::create::{CreateError, CreateRequest, create_token};
+use tokenwarden::engine::retire::revoke_due;
+use tokenwarden::engine::rotate_now;
+use tokenwarden::providers::gitlab_admin::Namespace;
+use tokenwarden::simulator::variables::Namespace as SimNamespace;
+use tokenwarden::simulator::{Fault, FaultTarget, TokenOwner};
+use tokenwarden::store::models::Token;
+use tokenwarden::store::{clients, consumers, pending_revocations, tokens};
+
+const GITLAB_NAME: &str = "tokenwarden: registry";
+
+/// An engine whose GitLab has a manager (a personal token with `api`) of a Maintainer of
+/// project 42 and of group 7.
+async fn with_manager() -> Setup {
+    let setup = setup_with(engine_settings(Duration::from_secs(2))).await;
+    let expires = start_time().date_naive() + Days::new(300);
+    setup.harness.track_access_token("manager", TokenOwner::Personal, expires).await.unwrap();
+    setup.harness.sim.with_state(|state| {
+        state.memberships.insert(SimNamespace::Project("42".into()), 40);
+        state.memberships.insert(SimNamespace::Group("7".into()), 40);
+    });
+    setup
+}
+
+fn request(namespace: Namespace, overlap: Option<TimeDelta>) -> CreateRequest {
+    CreateRequest {
+        name: "registry".parse().unwrap(),
+        provider: "gitlab".parse().unwrap(),
+        kind: "gitlab-deploy-token".parse().unwrap(),
+        namespace,
+        manager: "manager".parse().unwrap(),
+        gitlab_name: None,
+        scopes: vec!["read_registry".into(), "read_repository".into()],
+        access_level: 0,
+        policy: PolicyOverrides::default(),
+        overlap,
+    }
+}
+
+/// The secrets of the live deploy tokens named `name` in project 42 at the simulated GitLab.
+fn live(setup: &Setup, name: &str) -> Vec<String> {
+    let now = setup.harness.now();
+    setup.harness.sim.with_state(|state| {
+        state
+            .deploy_tokens_of(&SimNamespace::Project("42".into()))
+            .into_iter()
+            .filter(|token| token.name == name && state.deploy_token_works(&token.secret, now))
+            .map(|token| token.secret)
+            .collect()
+    })
+}
+
+async fn shown(setup: &Setup) -> Token {
+    let name: TokenName = "registry".parse().unwrap();
+    setup
+        .harness
+        .context
+        .store
+        .run(move |conn| tokens::find_shown(conn, &name, tokens::ReadAs::Operator))
+        .await
+        .unwrap()
+}
+
+/// The reader with `api_key` says it uses `version` of the token.
+async fn ack(setup: &Setup, api_key: &str, version: i64) {
+    let (key, now) = (api_key.to_owned(), setup.harness.now());
+    setup
+        .harness
+        .context
+        .store
+        .run(move |conn| {
+            let client = clients::authenticate(conn, &key)?.expect("a known reader");
+            consumers::acknowledge(conn, &client.id, client.name.as_str(), &"registry".parse().unwrap(), version, now)
+        })
+        .await
+        .unwrap();
+}
+
+async fn rotate(setup: &Setup) {
+    rotate_now(&setup.harness.context, &"registry".parse().unwrap(), "test").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deploy_token_is_made_through_its_manager_and_read_with_its_username() {
+    let setup = with_manager().await;
+    let token =
+        create_token(&setup.harness.context, request(Namespace::Project("42".into()), None), "ops").await.unwrap();
+    assert_eq!((token.version, token.state, token.project.as_deref()), (1, TokenState::Active, Some("42")));
+    let username = token.username.clone().expect("GitLab's username for it");
+    assert!(username.starts_with("gitlab+deploy-token-"), "{username}");
+    let secret = setup.harness.secret("registry").await.unwrap().unwrap();
+    assert_eq!(live(&setup, GITLAB_NAME), vec![secret]);
+    let expected = start_time().date_naive() + Days::new(30);
+    assert_eq!(token.expires_at.map(|at| at.date_naive()), Some(expected), "the policy's lifetime");
+
+    // Group deploy tokens need the Owner role: GitLab's 403 is explained, nothing is kept.
+    let mut group = request(Namespace::Group("7".into()), None);
+    group.name = "group-registry".parse().unwrap();
+    let err = create_token(&setup.harness.context, group, "ops").await.unwrap_err();
+    assert!(matches!(err, CreateError::Refused(ref m) if m.contains("Owner")), "{err}");
+    assert!(setup.harness.token("group-registry").await.is_err());
+}
+
+#[tokio::test]
+async fn the_old_token_is_revoked_once_every_reader_acknowledged_its_successor() {
+    let setup = with_manager().await;
+    create_token(&setup.harness.context, request(Namespace::Project("42".into()), None), "ops").await.unwrap();
+    let first = setup.harness.secret("registry").await.unwrap().unwrap();
+    let build = setup.harness.add_client("build", ClientRole::Reader, &["registry"], None).await.unwrap();
+    let deploy = setup.harness.add_client("deploy", ClientRole::Reader, &["registry"], None).await.unwrap();
+
+    rotate(&setup).await;
+    let token = shown(&setup).await;
+    let second = setup.harness.secret("registry").await.unwrap().unwrap();
+    assert_eq!(token.version, 2);
+    assert_ne!(first, second);
+    assert_eq!(live(&setup, GITLAB_NAME).len(), 2, "both work during the overlap");
+    let pending = &token.pending_revocations;
+    assert_eq!(pending.iter().map(|p| (p.version, p.replaced_by_version)).collect::<Vec<_>>(), vec![(1, 2)]);
+    let history: Vec<_> = {
+        let name: TokenName = "registry".parse().unwrap();
+        let entries = setup.harness.context.store.run(move |conn| tokens::history(conn, &name)).await.unwrap();
+        entries.into_iter().map(|entry| entry.event).collect()
+    };
+    assert_eq!(history, vec!["created", "rotated"]);
+
+    assert_eq!(revoke_due(&setup.harness.context).await, 0, "no reader acknowledged yet");
+    ack(&setup, &build, 2).await;
+    assert_eq!(revoke_due(&setup.harness.context).await, 0, "one reader still uses version 1");
+    ack(&setup, &deploy, 2).await;
+    assert_eq!(revoke_due(&setup.harness.context).await, 1);
+    assert_eq!(live(&setup, GITLAB_NAME), vec![second], "only the successor is left");
+    assert!(shown(&setup).await.pending_revocations.is_empty());
+    assert_eq!(revoke_due(&setup.harness.context).await, 0, "revoked once");
+}
+
+#[tokio::test]
+async fn without_acknowledgements_the_old_token_is_revoked_when_the_overlap_ends() {
+    let setup = with_manager().await;
+    let overlap = Some(TimeDelta::minutes(10));
+    create_token(&setup.harness.context, request(Namespace::Project("42".into()), overlap), "ops").await.unwrap();
+    setup.harness.add_client("silent", ClientRole::Reader, &["registry"], None).await.unwrap();
+    rotate(&setup).await;
+    setup.clock.advance(TimeDelta::minutes(9));
+    assert_eq!(revoke_due(&setup.harness.context).await, 0, "inside the overlap");
+    assert_eq!(live(&setup, GITLAB_NAME).len(), 2);
+    setup.clock.advance(TimeDelta::minutes(2));
+    assert_eq!(revoke_due(&setup.harness.context).await, 1, "the overlap ended");
+    assert_eq!(live(&setup, GITLAB_NAME), vec![setup.harness.secret("registry").await.unwrap().unwrap()]);
+}
+
+#[tokio::test]
+async fn a_failing_revocation_is_retried_with_backoff_shown_and_kept_in_the_store() {
+    let setup = with_manager().await;
+    create_token(&setup.harness.context, request(Namespace::Project("42".into()), None), "ops").await.unwrap();
+    // A token without readers or sinks: its old secret is due at once.
+    rotate(&setup).await;
+    for _ in 0..3 {
+        setup.harness.sim.push_fault(FaultTarget::Admin, Fault::Status { status: 503 });
+    }
+    for attempt in 1..=3 {
+        assert_eq!(revoke_due(&setup.harness.context).await, 0);
+        let pending = shown(&setup).await.pending_revocations;
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].attempts, attempt);
+        assert!(pending[0].last_error.as_deref().is_some_and(|e| e.contains("503")), "{:?}", pending[0].last_error);
+        let retry_at = tokenwarden::store::models::utc(pending[0].next_attempt_at);
+        assert!(retry_at > setup.harness.now(), "backs off");
+        assert_eq!(revoke_due(&setup.harness.context).await, 0, "not before its retry time");
+        setup.clock.set(retry_at);
+    }
+    let failing = setup
+        .harness
+        .context
+        .store
+        .run(|conn| pending_revocations::failing(conn, tokenwarden::engine::retire::WARN_AFTER_ATTEMPTS))
+        .await
+        .unwrap();
+    assert_eq!(
+        failing.iter().map(|(token, version, _)| (token.as_str(), *version)).collect::<Vec<_>>(),
+        vec![("registry", 1)]
+    );
+    assert_eq!(live(&setup, GITLAB_NAME).len(), 2, "still valid while it fails");
+
+    // Another process on the same store (a restart) finds the row and finishes it.
+    let restarted = tokenwarden::engine::EngineContext::new(
+        setup.harness.context.store.clone(),
+        setup.harness.context.cipher.clone(),
+        setup.harness.context.clock.clone(),
+        setup.harness.context.policy.clone(),
+        setup.harness.context.settings,
+        "restarted",
+    )
+    .unwrap();
+    assert_eq!(revoke_due(&restarted).await, 1);
+    assert_eq!(live(&setup, GITLAB_NAME).len(), 1);
+}
+
+#[tokio::test]
+async fn no_live_token_of_the_name_is_one_tokenwarden_does_not_know() {
+    let setup = with_manager().await;
+    create_token(&setup.harness.context, request(Namespace::Project("42".into()), None), "ops").await.unwrap();
+    setup.harness.add_client("build", ClientRole::Reader, &["registry"], None).await.unwrap();
+
+    // The rotation's create answer is lost: what it made is revoked and it creates once more.
+    setup.harness.sim.push_fault(FaultTarget::Admin, Fault::DropAfterCommit);
+    rotate(&setup).await;
+    let token = shown(&setup).await;
+    assert_eq!(token.version, 2);
+    let mut known: Vec<String> = vec![setup.harness.secret("registry").await.unwrap().unwrap()];
+    assert_eq!(live(&setup, GITLAB_NAME).len(), 2, "the successor and the old one in its overlap, nothing else");
+
+    // A process killed after GitLab made a successor left one behind: the next rotation revokes it
+    // before making its own, and leaves the old one in its overlap alone.
+    let stray = setup.harness.sim.with_state(|state| {
+        let fields = [("name".to_owned(), GITLAB_NAME.to_owned()), ("scopes[]".to_owned(), "read_registry".to_owned())];
+        state.create_deploy_token(&SimNamespace::Project("42".into()), &fields).unwrap().secret
+    });
+    rotate(&setup).await;
+    assert_eq!(shown(&setup).await.version, 3);
+    known.push(setup.harness.secret("registry").await.unwrap().unwrap());
+    let now_live = live(&setup, GITLAB_NAME);
+    assert!(!now_live.contains(&stray), "the stray was revoked");
+    assert_eq!(now_live.len(), 3, "versions 1 and 2 in their overlap, and 3");
+    assert_eq!(shown(&setup).await.pending_revocations.len(), 2);
+}
+
+#[tokio::test]
+async fn a_healed_deploy_token_keeps_the_old_one_through_its_overlap_and_remove_revokes_through_the_manager() {
+    let setup = with_manager().await;
+    create_token(&setup.harness.context, request(Namespace::Project("42".into()), None), "ops").await.unwrap();
+    setup.harness.add_client("build", ClientRole::Reader, &["registry"], None).await.unwrap();
+    let healed = tokenwarden::engine::heal::heal(&setup.harness.context, &"registry".parse().unwrap(), "ops", true)
+        .await
+        .unwrap();
+    assert_eq!(healed.version, 2);
+    assert_eq!(live(&setup, GITLAB_NAME).len(), 2, "the old one waits for the reader or the overlap");
+    assert_eq!(shown(&setup).await.pending_revocations.len(), 1);
+
+    let removal = tokenwarden::engine::revoke::revoke_and_remove(
+        &setup.harness.context,
+        &"registry".parse().unwrap(),
+        false,
+        "ops",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(removal.revoked, tokenwarden::engine::revoke::Revoked::AtProvider), "{:?}", removal.revoked);
+    assert_eq!(live(&setup, GITLAB_NAME).len(), 1, "the current one was revoked through the manager");
+    assert_eq!(revoke_due(&setup.harness.context).await, 1, "its grants went with it: the old one is due at once");
+    assert!(live(&setup, GITLAB_NAME).is_empty());
+}
