@@ -199,7 +199,7 @@ async fn a_failing_revocation_is_retried_with_backoff_shown_and_kept_in_the_stor
         setup.harness.context.store.clone(),
         setup.harness.context.cipher.clone(),
         setup.harness.context.clock.clone(),
-        setup.harness.context.policy.clone(),
+        setup.harness.context.policy,
         setup.harness.context.settings,
         "restarted",
     )
@@ -261,4 +261,129 @@ async fn a_healed_deploy_token_keeps_the_old_one_through_its_overlap_and_remove_
     assert_eq!(live(&setup, GITLAB_NAME).len(), 1, "the current one was revoked through the manager");
     assert_eq!(revoke_due(&setup.harness.context).await, 1, "its grants went with it: the old one is due at once");
     assert!(live(&setup, GITLAB_NAME).is_empty());
+}
+
+/// The GitLab ids of the live tokens named `name`: deploy tokens of project 42, or project access
+/// tokens.
+fn live_ids(setup: &Setup, name: &str) -> Vec<String> {
+    let now = setup.harness.now();
+    setup.harness.sim.with_state(|state| {
+        let deploy: Vec<String> = state
+            .deploy_tokens_of(&SimNamespace::Project("42".into()))
+            .into_iter()
+            .filter(|token| token.name == name && state.deploy_token_works(&token.secret, now))
+            .map(|token| token.id.to_string())
+            .collect();
+        let access: Vec<String> = state
+            .issued_secrets()
+            .into_iter()
+            .filter_map(|secret| state.look_up(&secret, now))
+            .filter(|token| token.name == name)
+            .map(|token| token.id.to_string())
+            .collect();
+        deploy.into_iter().chain(access).collect()
+    })
+}
+
+/// The GitLab ids tokenwarden knows for token `name`: the stored one and those waiting for their
+/// revocation.
+async fn known_ids(setup: &Setup, name: &str) -> Vec<String> {
+    let name: TokenName = name.parse().unwrap();
+    let token = setup
+        .harness
+        .context
+        .store
+        .run(move |conn| tokens::find_shown(conn, &name, tokens::ReadAs::Operator))
+        .await
+        .unwrap();
+    token.external_id.into_iter().chain(token.pending_revocations.into_iter().map(|p| p.external_id)).collect()
+}
+
+#[tokio::test]
+async fn under_admin_faults_deploy_rotations_creates_and_heals_never_leave_a_token_tokenwarden_does_not_know() {
+    use rand::{Rng, SeedableRng};
+    let setup = {
+        let setup = setup_with(engine_settings(Duration::from_millis(300))).await;
+        let expires = start_time().date_naive() + Days::new(300);
+        setup.harness.track_access_token("manager", TokenOwner::Personal, expires).await.unwrap();
+        setup.harness.sim.with_state(|state| state.memberships.insert(SimNamespace::Project("42".into()), 40));
+        setup
+    };
+    let context = &setup.harness.context;
+    create_token(context, request(Namespace::Project("42".into()), Some(TimeDelta::minutes(5))), "ops").await.unwrap();
+    let mut access = request(Namespace::Project("42".into()), None);
+    access.name = "ci".parse().unwrap();
+    access.kind = "gitlab-project-access-token".parse().unwrap();
+    access.scopes = vec!["api".into()];
+    access.access_level = 30;
+    create_token(context, access, "ops").await.unwrap();
+    setup.harness.add_client("build", ClientRole::Reader, &["registry"], None).await.unwrap();
+
+    let seed: u64 = std::env::var("TOKENWARDEN_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(13);
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let faults = [
+        Fault::Status { status: 503 },
+        Fault::Status { status: 500 },
+        Fault::DropAfterCommit,
+        Fault::StallBeforeActing { delay_ms: 400 },
+        Fault::SlowAfterCommit { delay_ms: 400 },
+    ];
+    let (mut deploy_rotations, mut heals) = (0, 0);
+    for step in 0..40 {
+        if rng.random_bool(0.6) {
+            let fault = faults[rng.random_range(0..faults.len())];
+            let target = if rng.random_bool(0.7) { FaultTarget::Admin } else { FaultTarget::Renewal };
+            setup.harness.sim.push_fault(target, fault);
+        }
+        match rng.random_range(0..4) {
+            0 | 1 => {
+                if let Ok(tokenwarden::engine::ForcedRotation::Attempted(report)) =
+                    rotate_now(context, &"registry".parse().unwrap(), "test").await
+                {
+                    deploy_rotations +=
+                        usize::from(matches!(report.outcome, tokenwarden::engine::RotationOutcome::Rotated { .. }));
+                }
+            }
+            2 => {
+                let _ = rotate_now(context, &"ci".parse().unwrap(), "test").await;
+            }
+            _ => {
+                heals += usize::from(
+                    tokenwarden::engine::heal::heal(context, &"ci".parse().unwrap(), "ops", true).await.is_ok(),
+                )
+            }
+        }
+        setup.clock.advance(TimeDelta::seconds(rng.random_range(1..120)));
+        revoke_due(context).await;
+        // At rest every live deploy token of the name is the stored one or one being revoked; after
+        // a failed attempt at most the one its create may have made is not, and the next attempt
+        // revokes it before making another.
+        let (live, known) = (live_ids(&setup, GITLAB_NAME), known_ids(&setup, "registry").await);
+        let unknown = live.iter().filter(|id| !known.contains(id)).count();
+        let state = setup.harness.token("registry").await.unwrap().state;
+        let allowed = usize::from(state == TokenState::Retrying);
+        assert!(unknown <= allowed, "step {step} ({state}): live deploy tokens {live:?}, known {known:?}");
+    }
+
+    // The faults stop: whatever failed is finished, and each name has exactly its stored token.
+    setup.harness.sim.clear_faults();
+    setup.clock.advance(TimeDelta::hours(2));
+    for name in ["registry", "ci"] {
+        let token = setup.harness.token(name).await.unwrap();
+        if token.state != TokenState::Active {
+            tokenwarden::engine::heal::heal(context, &name.parse().unwrap(), "ops", true).await.unwrap();
+        }
+    }
+    setup.clock.advance(TimeDelta::minutes(10));
+    while revoke_due(context).await > 0 {}
+    for (name, gitlab_name) in [("registry", GITLAB_NAME), ("ci", "tokenwarden: ci")] {
+        let stored = setup.harness.token(name).await.unwrap().external_id.unwrap();
+        assert_eq!(live_ids(&setup, gitlab_name), vec![stored], "{name}: one live token, the stored one");
+    }
+    eprintln!(
+        "seed {seed}: {deploy_rotations} deploy rotations and {heals} forced heals under faults; {:?}",
+        setup.harness.sim.stats()
+    );
+    assert!(deploy_rotations >= 5 && heals >= 3, "the run exercised rotations and heals");
 }

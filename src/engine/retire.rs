@@ -79,6 +79,7 @@ async fn revoke_one(context: &EngineContext, row: &PendingRevocation) -> Result<
         Ok(()) => {
             let why = if now >= crate::store::models::utc(row.not_after) { "overlap" } else { "acknowledged" };
             info!(token = %row.token_name, version = row.version, id = %row.external_id, after = why, "revoked the old secret");
+            metrics::counter!(crate::telemetry::metrics::REVOCATIONS, "outcome" => "revoked").increment(1);
             let done = row.clone();
             context.store.run(move |conn| pending_revocations::record_revoked(conn, &done, why, now)).await?;
             Ok(true)
@@ -86,6 +87,7 @@ async fn revoke_one(context: &EngineContext, row: &PendingRevocation) -> Result<
         Err(error) => {
             let retry_at = BACKOFF.next_attempt(row.attempts + 1, now, None, None);
             warn!(token = %row.token_name, version = row.version, error = %error, retry_at = %retry_at, "the old secret could not be revoked; retrying");
+            metrics::counter!(crate::telemetry::metrics::REVOCATIONS, "outcome" => "failed").increment(1);
             let failed = row.clone();
             context.store.run(move |conn| pending_revocations::record_failure(conn, &failed, &error, retry_at)).await?;
             Ok(false)

@@ -88,6 +88,11 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
+    /// Drops every scripted fault not used yet.
+    pub fn clear_scripted(&mut self) {
+        self.scripted.clear();
+    }
+
     /// Queues `fault` for the next request of `target`.
     pub fn push(&mut self, target: FaultTarget, fault: Fault) {
         self.scripted.push_back((target, fault));

@@ -187,6 +187,11 @@ impl Simulator {
         self.shared.with_faults(|plan| plan.push(target, fault));
     }
 
+    /// Drops every scripted fault not used yet.
+    pub fn clear_faults(&self) {
+        self.shared.with_faults(faults::FaultPlan::clear_scripted);
+    }
+
     /// Sets random fault rates and latency.
     pub fn set_rates(&self, rates: FaultRates) {
         self.shared.with_faults(|plan| plan.rates = rates);

@@ -71,6 +71,7 @@ pub struct PendingRevocation {
     pub replaced_by_version: i64,
     /// Revoked then at the latest (the end of the overlap).
     #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "as_utc")]
     pub not_after: NaiveDateTime,
     /// When it was queued.
     #[serde(skip)]
@@ -79,15 +80,21 @@ pub struct PendingRevocation {
     pub attempts: i32,
     /// Not tried again before then.
     #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "as_utc")]
     pub next_attempt_at: NaiveDateTime,
     /// A worker's claim.
     #[serde(skip)]
     pub lease_until: Option<NaiveDateTime>,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
-    /// When it was revoked.
-    #[schema(value_type = Option<String>, format = DateTime)]
+    /// When it was revoked (only done revocations have it; `token show` lists those waiting).
+    #[serde(skip)]
     pub revoked_at: Option<NaiveDateTime>,
+}
+
+/// Writes a stored (UTC) time as RFC 3339 with its offset, like every other time in the API.
+fn as_utc<S: serde::Serializer>(at: &NaiveDateTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&super::models::utc(*at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// Every reader granted the token has acknowledged the successor and every sink of the token

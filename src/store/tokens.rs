@@ -95,6 +95,12 @@ pub fn insert(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Token, StoreError> {
+    if new.kind.is_deploy_token() {
+        return Err(StoreError::InvalidInput(format!(
+            "a {} is made through a manager (`token create --kind {} --manager M`), not added",
+            new.kind, new.kind
+        )));
+    }
     let id = new_id();
     let seal = |field, value: &Option<SecretString>| {
         value.as_ref().map(|s| cipher.try_seal(secret_context(&id, field), s)).transpose()

@@ -30,6 +30,9 @@ pub const ROTATION_LAG: &str = "tokenwarden_rotation_lag_seconds";
 /// From a provider's answer until it is durable in the answer journal (histogram): where a crash
 /// loses a grant.
 pub const COMMIT_GAP: &str = "tokenwarden_rotation_commit_gap_seconds";
+/// Revocations of old deploy tokens through their managers (counter, label `outcome`:
+/// `revoked`, `failed`).
+pub const REVOCATIONS: &str = "tokenwarden_old_token_revocations_total";
 /// Webhook delivery attempts (counter, label `outcome`: `delivered`, `failed`, `abandoned`).
 pub const WEBHOOK_DELIVERIES: &str = "tokenwarden_webhook_deliveries_total";
 /// When the scheduler loop last completed a pass (gauge, Unix seconds).
@@ -83,6 +86,10 @@ fn describe() {
     describe_histogram!(ROTATION_LAG, "Seconds from a scheduled rotation's planned time to its start.");
     describe_histogram!(COMMIT_GAP, "Seconds from a provider's answer until it is durable (journaled).");
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts by outcome.");
+    describe_counter!(
+        REVOCATIONS,
+        "Revocations of replaced deploy tokens through their managers, by outcome (revoked, failed)."
+    );
     describe_gauge!(
         SCHEDULER_LAST_TICK,
         "When the scheduler loop last completed a pass, as a Unix timestamp in seconds."
@@ -95,6 +102,9 @@ fn describe() {
     }
     for reason in AUTH_FAILURE_REASONS {
         counter!(API_AUTH_FAILURES, "reason" => *reason).increment(0);
+    }
+    for outcome in ["revoked", "failed"] {
+        counter!(REVOCATIONS, "outcome" => outcome).increment(0);
     }
 }
 
@@ -210,6 +220,7 @@ mod tests {
             SCHEDULER_LAST_TICK,
             TRANSACTION_RETRIES,
             API_AUTH_FAILURES,
+            REVOCATIONS,
         ] {
             assert!(found.contains(name), "{name} is not exported:\n{text}");
         }
