@@ -105,10 +105,8 @@ async fn overlaps(readers: usize, rotations: usize) -> BenchResult {
     let at =
         |p: f64| after_last_ack_ms[((after_last_ack_ms.len() as f64 * p) as usize).min(after_last_ack_ms.len() - 1)];
     println!("deploy token rotation, {readers} readers acknowledging over the API, {rotations} rotations:");
-    println!(
-        "  all acknowledgements answered in  p50 {:.1} ms",
-        ack_spread_ms.iter().sum::<f64>() / ack_spread_ms.len() as f64
-    );
+    ack_spread_ms.sort_by(f64::total_cmp);
+    println!("  all acknowledgements answered in  p50 {:.1} ms", ack_spread_ms[ack_spread_ms.len() / 2]);
     println!(
         "  last acknowledgement -> old token revoked at GitLab  p50 {:.1} ms, max {:.1} ms (target <= 1000 ms)",
         at(0.5),
