@@ -259,8 +259,16 @@ async fn a_healed_deploy_token_keeps_the_old_one_through_its_overlap_and_remove_
     .unwrap();
     assert!(matches!(removal.revoked, tokenwarden::engine::revoke::Revoked::AtProvider), "{:?}", removal.revoked);
     assert_eq!(live(&setup, GITLAB_NAME).len(), 1, "the current one was revoked through the manager");
+    let store = setup.harness.context.store.clone();
+    let remove_manager = move |now| {
+        let store = store.clone();
+        async move { store.run(move |conn| tokens::remove(conn, &"manager".parse().unwrap(), true, "ops", now)).await }
+    };
+    let refused = remove_manager(setup.harness.now()).await.unwrap_err();
+    assert!(refused.to_string().contains("still wait to be revoked"), "{refused}");
     assert_eq!(revoke_due(&setup.harness.context).await, 1, "its grants went with it: the old one is due at once");
     assert!(live(&setup, GITLAB_NAME).is_empty());
+    remove_manager(setup.harness.now()).await.unwrap();
 }
 
 /// The GitLab ids of the live tokens named `name`: deploy tokens of project 42, or project access

@@ -168,20 +168,18 @@ pub(crate) fn place_of_spec(kind: TokenKind, spec: &ManagedSpec) -> Option<Place
     place_of(kind, Namespace::from_parts(&spec.resource_kind, &spec.resource)?)
 }
 
-/// What committing a deploy token's successor retires: the old one, revoked through the manager
-/// once every reader acknowledged the successor or `spec.overlap` after now.
-pub(crate) fn retirement(
-    kind: TokenKind,
-    spec: &ManagedSpec,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Option<Retirement> {
-    kind.is_deploy_token().then(|| Retirement {
+/// What committing a managed token's successor retires: the old one, revoked through the manager
+/// at once for an access token, and for a deploy token once every reader acknowledged the
+/// successor or `spec.overlap` after now.
+pub(crate) fn retirement(kind: TokenKind, spec: &ManagedSpec, now: chrono::DateTime<chrono::Utc>) -> Retirement {
+    let overlap = if kind.is_deploy_token() { spec.overlap } else { TimeDelta::zero() };
+    Retirement {
         manager_id: spec.manager_id.clone(),
         token_kind: kind.to_string(),
         resource_kind: spec.resource_kind.clone(),
         resource: spec.resource.clone(),
-        not_after: now + spec.overlap,
-    })
+        not_after: now + overlap,
+    }
 }
 
 /// Checks that `manager` is a GitLab credential of `provider` (which may hold tokens of `kind`)

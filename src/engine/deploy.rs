@@ -23,7 +23,7 @@ pub struct Successor {
     /// The new token (its secret is in this answer only).
     pub created: CreatedToken,
     /// The old token's revocation, due after the overlap at the latest.
-    pub retire: Option<Retirement>,
+    pub retire: Retirement,
 }
 
 /// Makes the claimed deploy token's successor through its manager.

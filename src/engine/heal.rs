@@ -3,8 +3,9 @@
 //! what an interrupted create or heal made) are revoked, a token is made again with the same
 //! name, scopes, access level and policy ([`super::create::make`], which never creates blindly
 //! after a lost answer), and committed as the next version (history `healed`, notifications as
-//! for a rotation); the stored token, if it still works, is revoked last — a deploy token's
-//! through the overlap of [`crate::store::pending_revocations`], like after a rotation.
+//! for a rotation); the stored token is revoked last, through a revocation row written with the
+//! commit ([`crate::store::pending_revocations`]): at once for an access token, after its
+//! readers or its overlap for a deploy token, as after a rotation.
 
 use tracing::{info, warn};
 
@@ -63,14 +64,12 @@ pub async fn heal(context: &EngineContext, name: &TokenName, actor: &str, forced
         Made::Created(created) => created,
         Made::Nothing(err) | Made::Unresolved(err) => return Err(fail(refused(err)).await),
     };
+    // The replaced token is revoked through a durable row written with the commit: at once for
+    // an access token (here, or by the daemon's worker if this process dies first), after the
+    // readers or the overlap for a deploy token.
     let retire = retirement(token.kind, &spec, context.clock.now());
-    let deferred = retire.is_some();
-    let healed = commit(context, &claim, &policy, created, actor, AnswerOrigin::Healed, retire).await?;
-    if let Some(old) = ours.filter(|_| !deferred)
-        && let Err(err) = admin.revoke(&place, old).await
-    {
-        warn!(token = %healed.name, error = %err, "the replaced token could not be revoked; revoke it at GitLab");
-    }
+    let healed = commit(context, &claim, &policy, created, actor, AnswerOrigin::Healed, Some(retire)).await?;
+    super::retire::revoke_due(context).await;
     info!(token = %healed.name, version = healed.version, "healed through its manager");
     Ok(healed)
 }

@@ -542,7 +542,8 @@ async fn commit_successor(
     actor: &str,
 ) -> (RotationOutcome, Option<Instant>) {
     let origin = crate::store::rotation::AnswerOrigin::Rotated;
-    match super::create::seal_created(context, claim, policy, successor.created, actor, origin, successor.retire) {
+    match super::create::seal_created(context, claim, policy, successor.created, actor, origin, Some(successor.retire))
+    {
         Ok(answer) => {
             let committed = commit_answer(context, claim, answer, false).await;
             context.revocations.notify_one();

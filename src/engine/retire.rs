@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeDelta;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -27,8 +26,6 @@ use crate::store::schema::{providers, tokens};
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Revocations claimed per pass.
 const BATCH: i64 = 32;
-/// How long a claim keeps other workers away: one revoke request at its longest, and a margin.
-const CLAIM: TimeDelta = TimeDelta::minutes(2);
 /// Waits between failed attempts.
 const BACKOFF: Backoff = Backoff { base: Duration::from_secs(10), max: Duration::from_secs(3600) };
 /// Failed attempts after which `check` warns about a revocation.
@@ -51,8 +48,10 @@ pub async fn run(context: Arc<EngineContext>, mut shutdown: watch::Receiver<bool
 
 /// One pass: claims the due revocations and carries them out; returns how many were revoked.
 pub async fn revoke_due(context: &EngineContext) -> usize {
-    let now = context.clock.now();
-    let claimed = match context.store.run(move |conn| pending_revocations::claim_due(conn, BATCH, CLAIM, now)).await {
+    // A claim keeps other workers away as long as a rotation's lease: a revoke request at its
+    // longest and the recording, so a process killed mid-revocation holds its rows that long.
+    let (now, lease) = (context.clock.now(), context.lease());
+    let claimed = match context.store.run(move |conn| pending_revocations::claim_due(conn, BATCH, lease, now)).await {
         Ok(claimed) => claimed,
         Err(err) => {
             warn!(error = %err, "cannot claim the due revocations; trying again");

@@ -311,8 +311,9 @@ pub struct Token {
     /// The username the current secret authenticates with (deploy tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Old secrets of this token still valid, waiting to be revoked through its manager (deploy
-    /// tokens: until every reader acknowledged the new version, or the overlap ended).
+    /// Old secrets of this token still valid, waiting to be revoked through its manager (an
+    /// access token's at once after a heal; a deploy token's once every reader acknowledged the
+    /// new version, or the overlap ended).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pending_revocations: Vec<super::pending_revocations::PendingRevocation>,
     /// When it was added.

@@ -210,7 +210,7 @@ pub fn find_shown(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>)
     if token.kind.is_gitlab_access_token() {
         token.manager = super::creation::manager_of(conn, &token.id)?;
     }
-    if token.kind.is_deploy_token() {
+    if token.manager.is_some() {
         token.pending_revocations = super::pending_revocations::pending_for(conn, &token.id)?;
     }
     Ok(token)

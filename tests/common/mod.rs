@@ -12,6 +12,7 @@ use tokenwarden::engine::SystemClock;
 use tokenwarden::simulator::{Simulator, TokenOwner};
 
 pub mod engine_setup;
+pub mod killed;
 pub mod markdown;
 pub mod postgres;
 pub mod proxy;
