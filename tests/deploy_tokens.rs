@@ -395,3 +395,70 @@ async fn under_admin_faults_deploy_rotations_creates_and_heals_never_leave_a_tok
     );
     assert!(deploy_rotations >= 5 && heals >= 3, "the run exercised rotations and heals");
 }
+
+#[test]
+fn the_command_line_makes_rotates_and_shows_deploy_tokens_and_refuses_bad_flags() {
+    let sandbox = common::Sandbox::new();
+    sandbox.add_gitlab_provider();
+    let manager = sandbox.gitlab.token(TokenOwner::Personal);
+    let add =
+        ["token", "add", "mgr", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"];
+    sandbox.ok(&add, &format!("{manager}\n"));
+    sandbox.gitlab.sim.with_state(|state| state.memberships.insert(SimNamespace::Project("42".into()), 40));
+    let create = ["token", "create", "registry", "--provider", "gitlab", "--kind", "gitlab-deploy-token"];
+    let create = [&create[..], &["--project", "42", "--manager", "mgr", "--scope", "read_registry"]].concat();
+
+    let bad_scope = [&create[..], &["--scope", "api"]].concat();
+    assert!(sandbox.fails(&bad_scope, "", 2).contains("not a deploy token scope"));
+    let both = [&create[..], &["--group", "7"]].concat();
+    sandbox.fails(&both, "", 2);
+    let access = ["token", "create", "ci", "--provider", "gitlab", "--kind", "gitlab-project-access-token"];
+    let overlap_on_access =
+        [&access[..], &["--project", "42", "--manager", "mgr", "--scope", "api", "--overlap", "1h"]].concat();
+    assert!(sandbox.fails(&overlap_on_access, "", 2).contains("--overlap applies to deploy tokens"));
+    let added = ["token", "add", "x", "--provider", "gitlab", "--kind", "gitlab-deploy-token", "--project", "42"];
+    assert!(sandbox.fails(&[&added[..], &["--secret-stdin"]].concat(), "gldt-x\n", 2).contains("token create"));
+
+    let with_overlap = [&create[..], &["--overlap", "2h"]].concat();
+    let out = sandbox.run(&with_overlap, "");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("gldt-") && !stderr.contains("gldt-"), "the secret is never printed");
+    sandbox.ok(&["client", "add", "puller", "--role", "reader", "--grant", "registry"], "");
+    sandbox.ok(&["token", "rotate", "registry"], "");
+    let shown = sandbox.ok(&["token", "show", "registry"], "");
+    assert!(shown.contains("username") && shown.contains("gitlab+deploy-token-"), "{shown}");
+    assert!(shown.contains("pending revocation") && shown.contains("version 1"), "{shown}");
+    let token = sandbox.token_show("registry");
+    assert_eq!(token["version"], 2, "{token}");
+    assert_eq!(token["pending_revocations"][0]["replaced_by_version"], 2, "{token}");
+    assert!(token["pending_revocations"][0]["not_after"].as_str().is_some_and(|at| at.ends_with('Z')), "{token}");
+}
+
+#[tokio::test]
+async fn a_reader_reads_the_username_with_the_secret_and_its_acknowledgement_over_the_api_retires_the_old_token() {
+    let setup = with_manager().await;
+    create_token(&setup.harness.context, request(Namespace::Project("42".into()), None), "ops").await.unwrap();
+    let key = setup.harness.add_client("puller", ClientRole::Reader, &["registry"], None).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1/tokens/registry", listener.local_addr().unwrap());
+    let state = tokenwarden::api::AppState::new(setup.harness.context.store.clone(), setup.harness.context.clone());
+    tokio::spawn(async move { axum::serve(listener, tokenwarden::api::router(state)).await });
+    let http = reqwest::Client::new();
+
+    rotate(&setup).await;
+    let read: serde_json::Value =
+        http.get(format!("{base}/secret")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let token = shown(&setup).await;
+    assert_eq!(read["version"], 2, "{read}");
+    assert_eq!(read["username"].as_str(), token.username.as_deref(), "{read}");
+    assert!(read["username"].as_str().is_some_and(|name| name.starts_with("gitlab+deploy-token-")), "{read}");
+    assert_eq!(read["secret"].as_str(), setup.harness.secret("registry").await.unwrap().as_deref());
+
+    assert_eq!(revoke_due(&setup.harness.context).await, 0, "the reader has not moved on");
+    let acked =
+        http.post(format!("{base}/ack")).bearer_auth(&key).json(&serde_json::json!({"version": 2})).send().await;
+    assert_eq!(acked.unwrap().status(), reqwest::StatusCode::OK);
+    assert_eq!(revoke_due(&setup.harness.context).await, 1, "acknowledged: the old one goes");
+    assert_eq!(live(&setup, GITLAB_NAME), vec![read["secret"].as_str().unwrap().to_owned()]);
+}
