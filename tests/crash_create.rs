@@ -22,7 +22,7 @@ const RUNS: usize = 24;
 #[test]
 fn creates_killed_anywhere_leave_one_live_token_per_name_and_only_tokens_tokenwarden_holds() {
     let sandbox = Sandbox::new();
-    let config = sandbox_with_manager(&sandbox);
+    let (config, _) = sandbox_with_manager(&sandbox);
     slow_down(&sandbox);
     for run in 0..RUNS {
         let mut create = tokenwarden(&sandbox, &config);

@@ -8,11 +8,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::Sandbox;
-use common::killed::{kill_during, sandbox_with_manager, slow_down, tokenwarden, wait_until_settled};
-use common::serve_process::ServeProcess;
+use common::killed::{create, daemon_until_settled, kill_during, sandbox_with_manager, slow_down, tokenwarden};
 
 /// Managed tokens, each healed once by a process that is killed: even ones project access
 /// tokens, odd ones deploy tokens.
@@ -21,20 +18,14 @@ const RUNS: usize = 12;
 #[test]
 fn heals_killed_anywhere_leave_one_live_token_per_name_the_stored_one() {
     let sandbox = Sandbox::new();
-    let config = sandbox_with_manager(&sandbox);
+    let (config, _) = sandbox_with_manager(&sandbox);
     let names: Vec<String> = (0..RUNS).map(|run| format!("h{run:02}")).collect();
     for (run, name) in names.iter().enumerate() {
-        let (kind, scope) = if run % 2 == 0 {
-            ("gitlab-project-access-token", "api")
+        if run % 2 == 0 {
+            create(&sandbox, &config, name, "gitlab-project-access-token", "api");
         } else {
-            ("gitlab-deploy-token", "read_registry")
-        };
-        let status = tokenwarden(&sandbox, &config)
-            .args(["token", "create", name, "--provider", "gitlab", "--kind", kind])
-            .args(["--project", "42", "--manager", "mgr", "--scope", scope])
-            .status()
-            .expect("run token create");
-        assert!(status.success(), "token create {name}");
+            create(&sandbox, &config, name, "gitlab-deploy-token", "read_registry");
+        }
     }
     slow_down(&sandbox);
     for (run, name) in names.iter().enumerate() {
@@ -42,14 +33,8 @@ fn heals_killed_anywhere_leave_one_live_token_per_name_the_stored_one() {
         heal.args(["token", "heal", name]);
         kill_during(heal, run, RUNS);
     }
-
-    std::thread::sleep(Duration::from_secs(8));
-    let log = sandbox.path().join("serve.log");
-    let env = [("TOKENWARDEN_DATABASE_URL", sandbox.database_url())];
-    let mut daemon = ServeProcess::start(sandbox.path(), &config, &log, &env);
-    daemon.wait_for_api(&log, Duration::from_secs(20));
-    let settled = wait_until_settled(&sandbox, &names, &log);
-    daemon.terminate(Duration::from_secs(10));
+    // The sweep heals again what an interrupted heal left; the worker revokes replaced tokens.
+    let settled = daemon_until_settled(&sandbox, &config, &names);
     let healed = settled.iter().filter(|token| token.version > 1).count();
     eprintln!("{RUNS} heals killed: {healed} ended healed, each name one live token, the stored one");
     assert!(healed >= 1, "some kills must land after the claim");

@@ -399,12 +399,7 @@ async fn under_admin_faults_deploy_rotations_creates_and_heals_never_leave_a_tok
 #[test]
 fn the_command_line_makes_rotates_and_shows_deploy_tokens_and_refuses_bad_flags() {
     let sandbox = common::Sandbox::new();
-    sandbox.add_gitlab_provider();
-    let manager = sandbox.gitlab.token(TokenOwner::Personal);
-    let add =
-        ["token", "add", "mgr", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"];
-    sandbox.ok(&add, &format!("{manager}\n"));
-    sandbox.gitlab.sim.with_state(|state| state.memberships.insert(SimNamespace::Project("42".into()), 40));
+    common::killed::sandbox_with_manager(&sandbox);
     let create = ["token", "create", "registry", "--provider", "gitlab", "--kind", "gitlab-deploy-token"];
     let create = [&create[..], &["--project", "42", "--manager", "mgr", "--scope", "read_registry"]].concat();
 

@@ -195,11 +195,7 @@ async fn a_create_that_dies_holding_its_lease_is_flagged_and_its_manager_cannot_
 #[test]
 fn the_command_line_creates_without_printing_the_secret_and_explains_refusals() {
     let sandbox = common::Sandbox::new();
-    sandbox.add_gitlab_provider();
-    let manager = sandbox.gitlab.token(TokenOwner::Personal);
-    let add =
-        ["token", "add", "mgr", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"];
-    sandbox.ok(&add, &format!("{manager}\n"));
+    let (_, manager) = common::killed::sandbox_with_manager(&sandbox);
     let create = ["token", "create", "ci", "--provider", "gitlab", "--kind", "gitlab-project-access-token"];
     let create = [&create[..], &["--project", "42", "--manager", "mgr", "--scope", "api"]].concat();
 

@@ -27,8 +27,8 @@ sweep = "* * * * * *"
 pub const LATENCY_MS: u64 = 60;
 
 /// A sandbox with a GitLab provider, a manager `mgr` (a personal token of a Maintainer of
-/// project 42) and the config file [`CONFIG`]; returns the config's path.
-pub fn sandbox_with_manager(sandbox: &Sandbox) -> PathBuf {
+/// project 42) and the config file [`CONFIG`]; returns the config's path and the manager's secret.
+pub fn sandbox_with_manager(sandbox: &Sandbox) -> (PathBuf, String) {
     sandbox.add_gitlab_provider();
     let manager = sandbox.gitlab.token(TokenOwner::Personal);
     let add =
@@ -37,7 +37,34 @@ pub fn sandbox_with_manager(sandbox: &Sandbox) -> PathBuf {
     sandbox.gitlab.sim.with_state(|state| state.memberships.insert(Namespace::Project("42".into()), 40));
     let config = sandbox.path().join("crash.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    config
+    (config, manager)
+}
+
+/// Makes `name` with `token create` (kind `kind`, scope `scope`, in project 42, through `mgr`).
+pub fn create(sandbox: &Sandbox, config: &Path, name: &str, kind: &str, scope: &str) {
+    let status = tokenwarden(sandbox, config)
+        .args(["token", "create", name, "--provider", "gitlab", "--kind", kind])
+        .args(["--project", "42", "--manager", "mgr", "--scope", scope])
+        .status()
+        .expect("run token create");
+    assert!(status.success(), "token create {name}");
+}
+
+/// Lets the leases of killed processes run out, then runs the daemon until the tokens `names`
+/// are settled ([`wait_until_settled`]); returns them.
+pub fn daemon_until_settled(
+    sandbox: &Sandbox,
+    config: &Path,
+    names: &[String],
+) -> Vec<tokenwarden::store::models::Token> {
+    std::thread::sleep(Duration::from_secs(8));
+    let log = sandbox.path().join("serve.log");
+    let env = [("TOKENWARDEN_DATABASE_URL", sandbox.database_url())];
+    let mut daemon = super::serve_process::ServeProcess::start(sandbox.path(), config, &log, &env);
+    daemon.wait_for_api(&log, Duration::from_secs(20));
+    let settled = wait_until_settled(sandbox, names, &log);
+    daemon.terminate(Duration::from_secs(10));
+    settled
 }
 
 /// Every request to the simulator from now on waits [`LATENCY_MS`] first.
