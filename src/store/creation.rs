@@ -193,25 +193,15 @@ pub fn managed_by(conn: &mut DbConnection, manager_id: &str) -> Result<Vec<Strin
 /// Tokens whose manager needs attention or has expired, as (token, manager, the manager's
 /// state): they rotate on their own, but cannot be healed or made again until it is fixed.
 pub fn with_broken_manager(conn: &mut DbConnection) -> Result<Vec<(String, String, String)>, StoreError> {
-    let links: Vec<(String, String)> = token_managers::table
-        .inner_join(tokens::table)
-        .select((tokens::name, token_managers::manager_id))
-        .load(conn)?;
-    let mut broken = Vec::new();
-    for (name, manager_id) in links {
-        let manager: Option<(String, String)> = tokens::table
-            .filter(tokens::id.eq(&manager_id))
-            .select((tokens::name, tokens::state))
-            .get_result(conn)
-            .optional()?;
-        if let Some((manager, state)) = manager
-            && (state == crate::domain::TokenState::NeedsAttention.as_str()
-                || state == crate::domain::TokenState::Expired.as_str())
-        {
-            broken.push((name, manager, state));
-        }
-    }
-    Ok(broken)
+    let managers = diesel::alias!(tokens as managers);
+    let broken = [crate::domain::TokenState::NeedsAttention.as_str(), crate::domain::TokenState::Expired.as_str()];
+    Ok(token_managers::table
+        .inner_join(tokens::table.on(tokens::id.eq(token_managers::token_id)))
+        .inner_join(managers.on(managers.field(tokens::id).eq(token_managers::manager_id)))
+        .filter(managers.field(tokens::state).eq_any(broken))
+        .select((tokens::name, managers.field(tokens::name), managers.field(tokens::state)))
+        .order(tokens::name.asc())
+        .load(conn)?)
 }
 
 /// The name of the token managing the token with row id `token_id`, if `token create` made it.
