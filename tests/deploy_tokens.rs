@@ -485,3 +485,76 @@ async fn a_reader_reads_the_username_with_the_secret_and_its_acknowledgement_ove
     assert_eq!(revoke_due(&setup.harness.context).await, 1, "acknowledged: the old one goes");
     assert_eq!(live(&setup, GITLAB_NAME), vec![read["secret"].as_str().unwrap().to_owned()]);
 }
+
+/// The same flows on PostgreSQL: the revocation claim's correlated subqueries, the heal's due
+/// query and `check`'s broken-manager join are plain SQL both backends must run alike.
+#[tokio::test]
+async fn on_postgresql_rotations_acknowledgements_revocations_and_heals_work_alike() {
+    let Some(schema) = common::postgres::TestSchema::create() else { return };
+    let clock = tokenwarden::engine::ManualClock::new(start_time());
+    let harness = tokenwarden::simulator::harness::EngineHarness::start_on(
+        schema.url.clone(),
+        std::sync::Arc::new(clock.clone()),
+        engine_settings(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    let expires = start_time().date_naive() + Days::new(300);
+    harness.track_access_token("manager", TokenOwner::Personal, expires).await.unwrap();
+    harness.sim.with_state(|state| state.memberships.insert(SimNamespace::Project("42".into()), 40));
+    let context = &harness.context;
+    create_token(context, request(Namespace::Project("42".into()), None), "ops").await.unwrap();
+    let key = harness.add_client("build", ClientRole::Reader, &["registry"], None).await.unwrap();
+    rotate_now(context, &"registry".parse().unwrap(), "test").await.unwrap();
+    assert_eq!(revoke_due(context).await, 0, "the reader has not acknowledged");
+    let (now, presented) = (harness.now(), key.clone());
+    context
+        .store
+        .run(move |conn| {
+            let client = clients::authenticate(conn, &presented)?.expect("a known reader");
+            consumers::acknowledge(conn, &client.id, client.name.as_str(), &"registry".parse().unwrap(), 2, now)
+        })
+        .await
+        .unwrap();
+    assert_eq!(revoke_due(context).await, 1);
+
+    let mut access = request(Namespace::Project("42".into()), None);
+    access.name = "ci".parse().unwrap();
+    access.kind = "gitlab-project-access-token".parse().unwrap();
+    access.scopes = vec!["api".into()];
+    access.access_level = 30;
+    create_token(context, access, "ops").await.unwrap();
+    let healed = tokenwarden::engine::heal::heal(context, &"ci".parse().unwrap(), "ops", true).await.unwrap();
+    assert_eq!(healed.version, 2);
+    let now = harness.now();
+    let due = context.store.run(move |conn| tokenwarden::store::healing::due(conn, now)).await.unwrap();
+    assert!(due.is_empty(), "{due:?}");
+    let broken = context.store.run(tokenwarden::store::creation::with_broken_manager).await.unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    context
+        .store
+        .run(|conn| {
+            use diesel::prelude::*;
+            use tokenwarden::store::schema::tokens as columns;
+            diesel::update(columns::table.filter(columns::name.eq("manager")))
+                .set(columns::state.eq("needs_attention"))
+                .execute(conn)
+                .map_err(tokenwarden::store::StoreError::from)
+        })
+        .await
+        .unwrap();
+    let broken = context.store.run(tokenwarden::store::creation::with_broken_manager).await.unwrap();
+    let manager = ("manager".to_owned(), "needs_attention".to_owned());
+    assert_eq!(
+        broken,
+        vec![("ci".to_owned(), manager.0.clone(), manager.1.clone()), ("registry".to_owned(), manager.0, manager.1)]
+    );
+    let ci_live = harness.sim.with_state(|state| {
+        state
+            .issued_secrets()
+            .into_iter()
+            .filter(|s| state.look_up(s, now).is_some_and(|t| t.name == "tokenwarden: ci"))
+            .count()
+    });
+    assert_eq!(ci_live, 1, "the replaced access token was revoked through its revocation row");
+}
