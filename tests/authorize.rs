@@ -2,16 +2,20 @@
 //! platform and a browser use it: `POST /v1/authorizations`, the simulated GitLab's consent
 //! page, `GET /oauth/callback` — and every way that can go wrong leaving the token as it was.
 
+mod common;
+
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
+use common::engine_setup::start_time;
+use common::served::Served;
 use proptest::prelude::*;
 use reqwest::redirect::Policy;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokenwarden::api::{AppState, ConsentSettings, router};
+use tokenwarden::api::ConsentSettings;
 use tokenwarden::domain::{ClientRole, TokenName, TokenState};
-use tokenwarden::engine::{EngineSettings, ManualClock, rotate_now};
+use tokenwarden::engine::{ManualClock, rotate_now};
 use tokenwarden::oauth::pkce::state_hash;
 use tokenwarden::simulator::authorization::SimUser;
 use tokenwarden::simulator::harness::EngineHarness;
@@ -19,10 +23,6 @@ use tokenwarden::store::authorization_claim::{self, AuthorizationClaim};
 use tokenwarden::store::authorizations::{self, Consumed};
 use tokenwarden::store::rotation::{self, ClaimMode, ClaimResult};
 use tokenwarden::store::{answer_journal, outbox, tokens};
-
-fn start_time() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
-}
 
 /// tokenwarden's API and pages on loopback, a simulated GitLab whose OAuth application has
 /// tokenwarden's callback registered, an operator key and a reader granted `shared`.
@@ -37,21 +37,13 @@ struct Flow {
 
 impl Flow {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(start_time()));
-        let harness = EngineHarness::start(dir.path(), clock.clone(), EngineSettings::default()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let redirect_uri = format!("{url}/oauth/callback");
-        assert!(harness.sim.with_state(|state| state.register_redirect_uri(&harness.client_id, &redirect_uri)));
+        let Served { harness, clock, url, dir } = Served::start(start_time(), |url| ConsentSettings {
+            redirect_uri: format!("{url}/oauth/callback"),
+            ..ConsentSettings::default()
+        })
+        .await;
         let operator =
             harness.add_client("ops", ClientRole::Operator, &[], Some("http://127.0.0.1:9/hook")).await.unwrap();
-        let state = AppState {
-            consent: ConsentSettings { redirect_uri, ..ConsentSettings::default() },
-            ..AppState::new(harness.context.store.clone(), harness.context.clone())
-        };
-        tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
         Self { harness, clock, url, http, operator, _dir: dir }
     }

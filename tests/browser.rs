@@ -6,17 +6,19 @@
 //! the tests say they were skipped — unless `CI` or `TOKENWARDEN_REQUIRE_BROWSER` is set, where
 //! a missing browser fails them.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use common::served::Served;
 use fantoccini::{Client, ClientBuilder, Locator};
-use tokenwarden::api::{AppState, ConsentSettings, router};
+use tokenwarden::api::ConsentSettings;
 use tokenwarden::domain::{ClientRole, TokenName, TokenState};
-use tokenwarden::engine::{EngineSettings, ManualClock, rotate_now};
+use tokenwarden::engine::rotate_now;
 use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::store::tokens;
 
@@ -103,20 +105,14 @@ struct Console {
 
 impl Console {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(start_time()));
-        let harness = EngineHarness::start(dir.path(), clock, EngineSettings::default()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let redirect_uri = format!("{url}/oauth/callback");
-        assert!(harness.sim.with_state(|state| state.register_redirect_uri(&harness.client_id, &redirect_uri)));
+        let Served { harness, url, dir, .. } = Served::start(start_time(), |url| ConsentSettings {
+            public_url: url.to_owned(),
+            redirect_uri: format!("{url}/oauth/callback"),
+            ..ConsentSettings::default()
+        })
+        .await;
         let operator_key = harness.add_client("alice", ClientRole::Operator, &[], None).await.unwrap();
         let reader_key = harness.add_client("dbt", ClientRole::Reader, &[], None).await.unwrap();
-        let state = AppState {
-            consent: ConsentSettings { public_url: url.clone(), redirect_uri, ..ConsentSettings::default() },
-            ..AppState::new(harness.context.store.clone(), harness.context.clone())
-        };
-        tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
         Self { harness, url, operator_key, reader_key, _dir: dir }
     }
 

@@ -2,20 +2,20 @@
 //! forms refused without their CSRF token, pagination, and pages that never show a secret. The
 //! same pages in a real browser are in `tests/browser.rs`.
 
+mod common;
+
 use std::sync::Arc;
 
-use chrono::{DateTime, Days, TimeDelta, Utc};
+use chrono::{Days, TimeDelta};
+use common::engine_setup::start_time;
+use common::served::Served;
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
-use tokenwarden::api::{AppState, ConsentSettings, router};
+use tokenwarden::api::ConsentSettings;
 use tokenwarden::domain::{ClientRole, TokenState};
-use tokenwarden::engine::{EngineSettings, ManualClock};
+use tokenwarden::engine::ManualClock;
 use tokenwarden::simulator::TokenOwner;
 use tokenwarden::simulator::harness::{EngineHarness, SeedToken};
-
-fn start_time() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc)
-}
 
 struct Console {
     harness: EngineHarness,
@@ -28,21 +28,17 @@ struct Console {
 
 impl Console {
     async fn start(public_url: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(start_time()));
-        let harness = EngineHarness::start(dir.path(), clock.clone(), EngineSettings::default()).await.unwrap();
+        let Served { harness, clock, url, dir } = Served::start(start_time(), |url| {
+            let public_url = public_url.map_or_else(|| url.to_owned(), str::to_owned);
+            ConsentSettings {
+                secure_cookies: public_url.starts_with("https://"),
+                redirect_uri: format!("{public_url}/oauth/callback"),
+                public_url,
+                ..ConsentSettings::default()
+            }
+        })
+        .await;
         let operator = harness.add_client("ops", ClientRole::Operator, &[], None).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let public_url = public_url.map_or_else(|| url.clone(), str::to_owned);
-        let consent = ConsentSettings {
-            secure_cookies: public_url.starts_with("https://"),
-            redirect_uri: format!("{public_url}/oauth/callback"),
-            public_url,
-            ..ConsentSettings::default()
-        };
-        let state = AppState { consent, ..AppState::new(harness.context.store.clone(), harness.context.clone()) };
-        tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
         let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
         Self { harness, clock, url, http, operator, _dir: dir }
     }

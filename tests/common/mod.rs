@@ -17,6 +17,7 @@ pub mod markdown;
 pub mod postgres;
 pub mod proxy;
 pub mod serve_process;
+pub mod served;
 
 /// A GitLab simulator on loopback, running on its own small runtime so synchronous tests
 /// (which run `tokenwarden` as a process) can use it.
