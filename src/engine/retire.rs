@@ -19,7 +19,7 @@ use crate::domain::{ProviderName, TokenKind, TokenName};
 use crate::providers::gitlab_admin::Namespace;
 use crate::store::StoreError;
 use crate::store::pending_revocations::{self, PendingRevocation};
-use crate::store::schema::{providers, tokens};
+use crate::telemetry::repeated_warning::{REPEAT_INTERVAL, RepeatedWarning};
 
 /// Longest sleep between passes when nothing wakes the worker (bounds how late an
 /// acknowledgement recorded by another replica, or the end of an overlap, is acted on).
@@ -33,11 +33,12 @@ pub const WARN_AFTER_ATTEMPTS: i32 = 3;
 
 /// Runs passes until `shutdown` turns true.
 pub async fn run(context: Arc<EngineContext>, mut shutdown: watch::Receiver<bool>) {
+    let mut failing = RepeatedWarning::new("cannot claim the due revocations; trying again", REPEAT_INTERVAL);
     loop {
         if *shutdown.borrow() {
             return;
         }
-        revoke_due(&context).await;
+        failing.note(pass(&context).await);
         tokio::select! {
             () = tokio::time::sleep(POLL_INTERVAL) => {}
             () = context.revocations.notified() => {}
@@ -46,18 +47,21 @@ pub async fn run(context: Arc<EngineContext>, mut shutdown: watch::Receiver<bool
     }
 }
 
-/// One pass: claims the due revocations and carries them out; returns how many were revoked.
+/// One pass (what the worker does every second, for a caller that cannot wait for it: a heal,
+/// a test): claims the due revocations and carries them out; returns how many were revoked.
 pub async fn revoke_due(context: &EngineContext) -> usize {
+    pass(context).await.unwrap_or_else(|err| {
+        warn!(error = %err, "cannot claim the due revocations; the worker tries again");
+        0
+    })
+}
+
+/// Claims the due revocations and carries them out; how many were revoked.
+async fn pass(context: &EngineContext) -> Result<usize, StoreError> {
     // A claim keeps other workers away as long as a rotation's lease: a revoke request at its
     // longest and the recording, so a process killed mid-revocation holds its rows that long.
     let (now, lease) = (context.clock.now(), context.lease());
-    let claimed = match context.store.run(move |conn| pending_revocations::claim_due(conn, BATCH, lease, now)).await {
-        Ok(claimed) => claimed,
-        Err(err) => {
-            warn!(error = %err, "cannot claim the due revocations; trying again");
-            return 0;
-        }
-    };
+    let claimed = context.store.run(move |conn| pending_revocations::claim_due(conn, BATCH, lease, now)).await?;
     let mut revoked = 0;
     for row in claimed {
         match revoke_one(context, &row).await {
@@ -68,7 +72,7 @@ pub async fn revoke_due(context: &EngineContext) -> usize {
             }
         }
     }
-    revoked
+    Ok(revoked)
 }
 
 /// Revokes one claimed row through its manager and records the outcome: whether it was revoked.
@@ -96,20 +100,10 @@ async fn revoke_one(context: &EngineContext, row: &PendingRevocation) -> Result<
 
 /// `DELETE` at GitLab through the row's manager; any failure as one message.
 async fn call(context: &EngineContext, row: &PendingRevocation) -> Result<(), String> {
-    let (provider_id, manager_id) = (row.provider_id.clone(), row.manager_id.clone());
-    let names: Option<(String, String)> = context
+    let found = row.clone();
+    let names = context
         .store
-        .run(move |conn| {
-            use diesel::prelude::*;
-            let provider: Option<String> = providers::table
-                .filter(providers::id.eq(&provider_id))
-                .select(providers::name)
-                .first(conn)
-                .optional()?;
-            let manager: Option<String> =
-                tokens::table.filter(tokens::id.eq(&manager_id)).select(tokens::name).first(conn).optional()?;
-            Ok::<_, StoreError>(provider.zip(manager))
-        })
+        .run(move |conn| pending_revocations::provider_and_manager(conn, &found))
         .await
         .map_err(|err| err.to_string())?;
     let (provider, manager) = names.ok_or("its manager or provider was removed; revoke it at GitLab")?;

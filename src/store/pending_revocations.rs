@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::audit::{self, AuditTarget};
 use super::models::{naive, new_id};
 use super::rotation::Lease;
-use super::schema::pending_revocations;
+use super::schema::{pending_revocations, providers, tokens};
 use super::{DbConnection, StoreError};
 
 /// What a committed successor retires: the previous secret, revoked through `manager_id` by
@@ -220,6 +220,18 @@ pub fn record_failure(
         ))
         .execute(conn)?;
     Ok(attempts)
+}
+
+/// The names of `row`'s provider and manager, if both still exist.
+pub fn provider_and_manager(
+    conn: &mut DbConnection,
+    row: &PendingRevocation,
+) -> Result<Option<(String, String)>, StoreError> {
+    let provider: Option<String> =
+        providers::table.filter(providers::id.eq(&row.provider_id)).select(providers::name).first(conn).optional()?;
+    let manager: Option<String> =
+        tokens::table.filter(tokens::id.eq(&row.manager_id)).select(tokens::name).first(conn).optional()?;
+    Ok(provider.zip(manager))
 }
 
 /// The revocations of token row `token_id` not done yet, oldest first (`token show`).
