@@ -442,10 +442,15 @@ fn the_command_line_makes_rotates_and_shows_deploy_tokens_and_refuses_bad_flags(
     let added = ["token", "add", "x", "--provider", "gitlab", "--kind", "gitlab-deploy-token", "--project", "42"];
     assert!(sandbox.fails(&[&added[..], &["--secret-stdin"]].concat(), "gldt-x\n", 2).contains("token create"));
 
-    let with_overlap = [&create[..], &["--overlap", "2h"]].concat();
+    let with_overlap = [&create[..], &["--overlap", "2h", "--lifetime", "400d"]].concat();
     let out = sandbox.run(&with_overlap, "");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("--lifetime 400d is beyond GitLab's maximum token lifetime: capped at 365d"), "{stderr}");
+    let expires =
+        sandbox.token_show("registry")["expires_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>();
+    let days = (expires.unwrap() - chrono::Utc::now()).num_days();
+    assert!((363..=365).contains(&days), "expires in {days} days");
     assert!(!stdout.contains("gldt-") && !stderr.contains("gldt-"), "the secret is never printed");
     sandbox.ok(&["client", "add", "puller", "--role", "reader", "--grant", "registry"], "");
     sandbox.ok(&["token", "rotate", "registry"], "");

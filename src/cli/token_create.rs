@@ -7,7 +7,7 @@ use super::context::{KeyCreation, open_cipher, open_store};
 use super::engine::engine_context;
 use super::output::{print_json, time};
 use super::{CLI_ACTOR, CliError};
-use crate::config::Settings;
+use crate::config::{MAX_GITLAB_LIFETIME, Settings};
 use crate::domain::{Policy, PolicyNames, PolicyOverrides, TokenKind};
 use crate::engine::create::{CreateError, CreateRequest, create_token};
 
@@ -21,7 +21,10 @@ const ROLES: &[(&str, u8)] =
 
 /// Runs `token create`.
 pub async fn run(settings: Settings, args: TokenCreateArgs) -> Result<(), CliError> {
-    let request = validate(&args, &settings)?;
+    let (request, capped) = validate(&args, &settings)?;
+    if let Some(notice) = &capped {
+        eprintln!("{notice}");
+    }
     let store = open_store(&settings).await?;
     let cipher = open_cipher(&settings, &store, KeyCreation::Forbidden).await?;
     let context = engine_context(&settings, store, cipher, "cli")?;
@@ -60,8 +63,9 @@ fn cli_error(err: CreateError) -> CliError {
     }
 }
 
-/// The request the flags describe, or a usage error.
-fn validate(args: &TokenCreateArgs, settings: &Settings) -> Result<CreateRequest, CliError> {
+/// The request the flags describe, or a usage error; with a notice when `--lifetime` was beyond
+/// GitLab's maximum and the maximum is used instead.
+fn validate(args: &TokenCreateArgs, settings: &Settings) -> Result<(CreateRequest, Option<String>), CliError> {
     let usage = |message: String| Err(CliError::Usage(message));
     let kind = args.kind;
     if !matches!(
@@ -97,15 +101,23 @@ fn validate(args: &TokenCreateArgs, settings: &Settings) -> Result<CreateRequest
     {
         return usage(message);
     }
-    let policy =
-        PolicyOverrides { lifetime: args.lifetime, rotate_before: args.rotate_before, rotate_at_fraction: None };
+    let (lifetime, capped) = match args.lifetime {
+        Some(asked) if asked > MAX_GITLAB_LIFETIME => (
+            Some(MAX_GITLAB_LIFETIME),
+            Some(format!(
+                "--lifetime {asked} is beyond GitLab's maximum token lifetime: capped at {MAX_GITLAB_LIFETIME} (and so is every rotation)"
+            )),
+        ),
+        asked => (asked, None),
+    };
+    let policy = PolicyOverrides { lifetime, rotate_before: args.rotate_before, rotate_at_fraction: None };
     let names = PolicyNames {
         lifetime: "--lifetime",
         rotate_before: "--rotate-before",
         rotate_at_fraction: "--rotate-at-fraction",
     };
     Policy::checked(args.kind, &policy, &settings.policy, names).map_err(CliError::Usage)?;
-    Ok(CreateRequest {
+    let request = CreateRequest {
         name: args.name.clone(),
         provider: args.provider.clone(),
         kind,
@@ -118,5 +130,6 @@ fn validate(args: &TokenCreateArgs, settings: &Settings) -> Result<CreateRequest
         overlap: args
             .overlap
             .map(|overlap| chrono::TimeDelta::from_std(overlap.get()).unwrap_or(chrono::TimeDelta::MAX)),
-    })
+    };
+    Ok((request, capped))
 }
