@@ -44,10 +44,16 @@ impl TokenKind {
         matches!(self, TokenKind::GitlabOauth | TokenKind::Oauth2)
     }
 
-    /// True for GitLab tokens with a lifetime tokenwarden chooses: access tokens renewed by the
-    /// rotate endpoints, and deploy tokens replaced through their manager.
-    pub fn is_gitlab_access_token(self) -> bool {
+    /// True for GitLab tokens with a lifetime tokenwarden chooses (an expiry date asked for at
+    /// every renewal): access tokens and deploy tokens.
+    pub fn has_gitlab_lifetime(self) -> bool {
         !self.is_oauth_grant()
+    }
+
+    /// True for GitLab access tokens (personal, project, group): renewed by the rotate
+    /// endpoints, looked up with `GET /personal_access_tokens/self`.
+    pub fn is_gitlab_access_token(self) -> bool {
+        self.has_gitlab_lifetime() && !self.is_deploy_token()
     }
 
     /// True for deploy tokens: renewed by creating a successor through a manager, the old one
@@ -127,5 +133,12 @@ mod tests {
         assert_eq!(TokenKind::GitlabOauth.provider_kind(), ProviderKind::Gitlab);
         assert!(TokenKind::GitlabOauth.is_oauth_grant());
         assert!(TokenKind::GitlabGroupAccessToken.is_gitlab_access_token());
+    }
+
+    #[test]
+    fn a_deploy_token_has_a_gitlab_lifetime_but_is_no_access_token() {
+        assert!(TokenKind::GitlabDeployToken.has_gitlab_lifetime());
+        assert!(!TokenKind::GitlabDeployToken.is_gitlab_access_token());
+        assert!(!TokenKind::GitlabOauth.has_gitlab_lifetime());
     }
 }

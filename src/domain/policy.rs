@@ -65,7 +65,7 @@ impl Policy {
             crate::config::validate_fraction(fraction).map_err(|m| format!("{} {m}", names.rotate_at_fraction))?;
         }
         let policy = Self::resolve(kind, overrides, defaults);
-        if kind.is_gitlab_access_token() && policy.rotate_before >= policy.lifetime {
+        if kind.has_gitlab_lifetime() && policy.rotate_before >= policy.lifetime {
             return Err(format!(
                 "{} {} is not shorter than the lifetime {}",
                 names.rotate_before, policy.rotate_before, policy.lifetime

@@ -152,7 +152,8 @@ pub fn plan_under(defaults: &PolicyDefaults, token: &ScheduledToken) -> DateTime
     plan_rotation(&token.name, token.issued_at, token.expires_at, &policy)
 }
 
-/// Asks GitLab about every settled access token; a dead one needs attention at once.
+/// Asks GitLab about every settled access token (a deploy token cannot look itself up); a dead
+/// one needs attention at once.
 pub async fn validate(context: &MaintenanceContext) {
     let url = context.engine.store.url().clone();
     let lock = match tokio::task::spawn_blocking(move || store_job_lock::try_lock(&url, "validate")).await {

@@ -207,7 +207,7 @@ pub fn find_as(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) ->
 /// show` and `GET /v1/tokens/{name}` show (one statement more than the reads need).
 pub fn find_shown(conn: &mut DbConnection, name: &TokenName, reader: ReadAs<'_>) -> Result<Token, StoreError> {
     let mut token = find_as(conn, name, reader)?;
-    if token.kind.is_gitlab_access_token() {
+    if token.kind.has_gitlab_lifetime() {
         token.manager = super::creation::manager_of(conn, &token.id)?;
     }
     if token.manager.is_some() {

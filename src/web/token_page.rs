@@ -141,7 +141,7 @@ fn page(
         }
         h2 { "Policy" }
         dl.fields {
-            @if token.kind.is_gitlab_access_token() { dt { "Lifetime" } dd { (policy.lifetime) } }
+            @if token.kind.has_gitlab_lifetime() { dt { "Lifetime" } dd { (policy.lifetime) } }
             dt { "Rotate before expiry" } dd { (policy.rotate_before) }
             dt { "Rotate at fraction" } dd { (policy.rotate_at_fraction) }
         }
