@@ -69,7 +69,6 @@ use tokenwarden::crypto::{Cipher, MasterKey};
 use tokenwarden::domain::{PolicyOverrides, ProviderName, TokenKind, TokenName, TokenState};
 use tokenwarden::notify::signature::DEFAULT_TOLERANCE;
 use tokenwarden::notify::verify;
-use tokenwarden::simulator::variables::Namespace;
 use tokenwarden::simulator::{FaultRates, Renewal, Simulator, Stats, TokenOwner};
 use tokenwarden::store::models::Token;
 use tokenwarden::store::outbox;
@@ -452,11 +451,7 @@ impl ChaosRun {
         let added: serde_json::Value = serde_json::from_str(&added).expect("client add JSON");
         let secret = added["webhook_secret"].as_str().expect("a webhook secret").to_owned();
         *receiver.secret.lock().unwrap() = Some(SecretString::from(secret));
-        let manager = sandbox.gitlab.token(TokenOwner::Personal);
-        let add =
-            ["token", "add", "mgr", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"];
-        sandbox.ok(&add, &format!("{manager}\n"));
-        sandbox.gitlab.sim.with_state(|state| state.memberships.insert(Namespace::Project("42".into()), 40));
+        common::killed::add_manager(&sandbox);
         let config = sandbox.path().join("chaos.toml");
         let policy =
             format!("\n[policy]\noauth_rotate_before = \"{}\"\nrotate_at_fraction = 0.9\n", regime.rotate_before);
@@ -810,15 +805,7 @@ impl ChaosRun {
         assert_eq!(token.state, TokenState::Active, "{name}: {token:?}\n{diagnostics}");
         let stored = self.secret(&token.name, SecretField::Secret).expect("a deploy token has a secret");
         let gitlab_name = format!("tokenwarden: {name}");
-        let live: Vec<String> = self.sim().with_state(|state| {
-            let now = Utc::now();
-            state
-                .deploy_tokens_of(&Namespace::Project("42".into()))
-                .into_iter()
-                .filter(|t| t.name == gitlab_name && state.deploy_token_works(&t.secret, now))
-                .map(|t| t.secret)
-                .collect()
-        });
+        let live = common::killed::live(&self.sandbox, &gitlab_name);
         assert_eq!(live, vec![stored], "{name}: one live deploy token at GitLab, the stored one\n{diagnostics}");
         report.deploy_rotations += u64::try_from(token.version - 1).expect("versions start at 1");
     }

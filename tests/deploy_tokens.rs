@@ -14,6 +14,7 @@ use tokenwarden::engine::create::{CreateError, CreateRequest, create_token};
 use tokenwarden::engine::retire::revoke_due;
 use tokenwarden::engine::rotate_now;
 use tokenwarden::providers::gitlab_admin::Namespace;
+use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::simulator::variables::Namespace as SimNamespace;
 use tokenwarden::simulator::{Fault, FaultTarget, TokenOwner};
 use tokenwarden::store::models::Token;
@@ -49,17 +50,19 @@ fn request(namespace: Namespace, overlap: Option<TimeDelta>) -> CreateRequest {
     }
 }
 
-/// The secrets of the live deploy tokens named `name` in project 42 at the simulated GitLab.
+/// A project access token `name` made through the same manager.
+fn access_request(name: &str) -> CreateRequest {
+    let mut access = request(Namespace::Project("42".into()), None);
+    access.name = name.parse().unwrap();
+    access.kind = "gitlab-project-access-token".parse().unwrap();
+    access.scopes = vec!["api".into()];
+    access.access_level = 30;
+    access
+}
+
+/// The secrets of the live tokens named `name` in project 42 at the simulated GitLab.
 fn live(setup: &Setup, name: &str) -> Vec<String> {
-    let now = setup.harness.now();
-    setup.harness.sim.with_state(|state| {
-        state
-            .deploy_tokens_of(&SimNamespace::Project("42".into()))
-            .into_iter()
-            .filter(|token| token.name == name && state.deploy_token_works(&token.secret, now))
-            .map(|token| token.secret)
-            .collect()
-    })
+    common::killed::live_in(&setup.harness.sim, name, setup.harness.now())
 }
 
 async fn shown(setup: &Setup) -> Token {
@@ -74,10 +77,9 @@ async fn shown(setup: &Setup) -> Token {
 }
 
 /// The reader with `api_key` says it uses `version` of the token.
-async fn ack(setup: &Setup, api_key: &str, version: i64) {
-    let (key, now) = (api_key.to_owned(), setup.harness.now());
-    setup
-        .harness
+async fn ack(harness: &EngineHarness, api_key: &str, version: i64) {
+    let (key, now) = (api_key.to_owned(), harness.now());
+    harness
         .context
         .store
         .run(move |conn| {
@@ -137,9 +139,9 @@ async fn the_old_token_is_revoked_once_every_reader_acknowledged_its_successor()
     assert_eq!(history, vec!["created", "rotated"]);
 
     assert_eq!(revoke_due(&setup.harness.context).await, 0, "no reader acknowledged yet");
-    ack(&setup, &build, 2).await;
+    ack(&setup.harness, &build, 2).await;
     assert_eq!(revoke_due(&setup.harness.context).await, 0, "one reader still uses version 1");
-    ack(&setup, &deploy, 2).await;
+    ack(&setup.harness, &deploy, 2).await;
     assert_eq!(revoke_due(&setup.harness.context).await, 1);
     assert_eq!(live(&setup, GITLAB_NAME), vec![second], "only the successor is left");
     assert!(shown(&setup).await.pending_revocations.is_empty());
@@ -319,12 +321,7 @@ async fn under_admin_faults_deploy_rotations_creates_and_heals_never_leave_a_tok
     };
     let context = &setup.harness.context;
     create_token(context, request(Namespace::Project("42".into()), Some(TimeDelta::minutes(5))), "ops").await.unwrap();
-    let mut access = request(Namespace::Project("42".into()), None);
-    access.name = "ci".parse().unwrap();
-    access.kind = "gitlab-project-access-token".parse().unwrap();
-    access.scopes = vec!["api".into()];
-    access.access_level = 30;
-    create_token(context, access, "ops").await.unwrap();
+    create_token(context, access_request("ci"), "ops").await.unwrap();
     setup.harness.add_client("build", ClientRole::Reader, &["registry"], None).await.unwrap();
 
     let seed: u64 = std::env::var("TOKENWARDEN_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(13);
@@ -365,13 +362,11 @@ async fn under_admin_faults_deploy_rotations_creates_and_heals_never_leave_a_tok
                 // A new token made under the fault: stored with its one live token, or not stored
                 // and nothing live, or flagged `create_interrupted` naming the one it could not revoke.
                 let name = format!("new-{step:02}");
-                let mut new = request(Namespace::Project("42".into()), None);
-                new.name = name.parse().unwrap();
-                if rng.random_bool(0.5) {
-                    new.kind = "gitlab-project-access-token".parse().unwrap();
-                    new.scopes = vec!["api".into()];
-                    new.access_level = 30;
-                }
+                let new = if rng.random_bool(0.5) {
+                    access_request(&name)
+                } else {
+                    CreateRequest { name: name.parse().unwrap(), ..request(Namespace::Project("42".into()), None) }
+                };
                 let made = create_token(context, new, "ops").await;
                 let live = live_ids(&setup, &format!("tokenwarden: {name}"));
                 match (made, setup.harness.token(&name).await) {
@@ -497,7 +492,7 @@ async fn a_reader_reads_the_username_with_the_secret_and_its_acknowledgement_ove
 async fn on_postgresql_rotations_acknowledgements_revocations_and_heals_work_alike() {
     let Some(schema) = common::postgres::TestSchema::create() else { return };
     let clock = tokenwarden::engine::ManualClock::new(start_time());
-    let harness = tokenwarden::simulator::harness::EngineHarness::start_on(
+    let harness = EngineHarness::start_on(
         schema.url.clone(),
         std::sync::Arc::new(clock.clone()),
         engine_settings(Duration::from_secs(2)),
@@ -512,23 +507,10 @@ async fn on_postgresql_rotations_acknowledgements_revocations_and_heals_work_ali
     let key = harness.add_client("build", ClientRole::Reader, &["registry"], None).await.unwrap();
     rotate_now(context, &"registry".parse().unwrap(), "test").await.unwrap();
     assert_eq!(revoke_due(context).await, 0, "the reader has not acknowledged");
-    let (now, presented) = (harness.now(), key.clone());
-    context
-        .store
-        .run(move |conn| {
-            let client = clients::authenticate(conn, &presented)?.expect("a known reader");
-            consumers::acknowledge(conn, &client.id, client.name.as_str(), &"registry".parse().unwrap(), 2, now)
-        })
-        .await
-        .unwrap();
+    ack(&harness, &key, 2).await;
     assert_eq!(revoke_due(context).await, 1);
 
-    let mut access = request(Namespace::Project("42".into()), None);
-    access.name = "ci".parse().unwrap();
-    access.kind = "gitlab-project-access-token".parse().unwrap();
-    access.scopes = vec!["api".into()];
-    access.access_level = 30;
-    create_token(context, access, "ops").await.unwrap();
+    create_token(context, access_request("ci"), "ops").await.unwrap();
     let healed = tokenwarden::engine::heal::heal(context, &"ci".parse().unwrap(), "ops", true).await.unwrap();
     assert_eq!(healed.version, 2);
     let now = harness.now();
@@ -554,12 +536,6 @@ async fn on_postgresql_rotations_acknowledgements_revocations_and_heals_work_ali
         broken,
         vec![("ci".to_owned(), manager.0.clone(), manager.1.clone()), ("registry".to_owned(), manager.0, manager.1)]
     );
-    let ci_live = harness.sim.with_state(|state| {
-        state
-            .issued_secrets()
-            .into_iter()
-            .filter(|s| state.look_up(s, now).is_some_and(|t| t.name == "tokenwarden: ci"))
-            .count()
-    });
+    let ci_live = common::killed::live_in(&harness.sim, "tokenwarden: ci", now).len();
     assert_eq!(ci_live, 1, "the replaced access token was revoked through its revocation row");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokenwarden::config::DatabaseUrl;
 use tokenwarden::crypto::{Cipher, MasterKey};
 use tokenwarden::simulator::variables::Namespace;
-use tokenwarden::simulator::{FaultRates, TokenOwner};
+use tokenwarden::simulator::{FaultRates, Simulator, TokenOwner};
 use tokenwarden::store::{DbConnection, connect};
 
 use super::Sandbox;
@@ -26,18 +26,25 @@ sweep = "* * * * * *"
 /// Added by the simulator before it answers any request: the windows a kill can land in.
 pub const LATENCY_MS: u64 = 60;
 
-/// A sandbox with a GitLab provider, a manager `mgr` (a personal token of a Maintainer of
-/// project 42) and the config file [`CONFIG`]; returns the config's path and the manager's secret.
+/// A sandbox with a GitLab provider, a manager `mgr` ([`add_manager`]) and the config file
+/// [`CONFIG`]; returns the config's path and the manager's secret.
 pub fn sandbox_with_manager(sandbox: &Sandbox) -> (PathBuf, String) {
     sandbox.add_gitlab_provider();
+    let manager = add_manager(sandbox);
+    let config = sandbox.path().join("crash.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    (config, manager)
+}
+
+/// Tracks `mgr`, a personal token of a Maintainer of project 42, at the sandbox's provider
+/// `gitlab`; returns its secret.
+pub fn add_manager(sandbox: &Sandbox) -> String {
     let manager = sandbox.gitlab.token(TokenOwner::Personal);
     let add =
         ["token", "add", "mgr", "--provider", "gitlab", "--kind", "gitlab-personal-access-token", "--secret-stdin"];
     sandbox.ok(&add, &format!("{manager}\n"));
     sandbox.gitlab.sim.with_state(|state| state.memberships.insert(Namespace::Project("42".into()), 40));
-    let config = sandbox.path().join("crash.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    (config, manager)
+    manager
 }
 
 /// Makes `name` with `token create` (kind `kind`, scope `scope`, in project 42, through `mgr`).
@@ -103,11 +110,15 @@ pub fn db(sandbox: &Sandbox) -> (DbConnection, Cipher) {
     (conn, Cipher::new(&key))
 }
 
-/// The secrets of the live tokens GitLab holds under `gitlab_name`: project 42's deploy tokens and
-/// access tokens.
+/// The secrets of the live tokens the sandbox's GitLab holds under `gitlab_name` now ([`live_in`]).
 pub fn live(sandbox: &Sandbox, gitlab_name: &str) -> Vec<String> {
-    let now = chrono::Utc::now();
-    sandbox.gitlab.sim.with_state(|state| {
+    live_in(&sandbox.gitlab.sim, gitlab_name, chrono::Utc::now())
+}
+
+/// The secrets of the live tokens `sim` holds under `gitlab_name` at `now`: project 42's deploy
+/// tokens and access tokens.
+pub fn live_in(sim: &Simulator, gitlab_name: &str, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    sim.with_state(|state| {
         let mut live: Vec<String> = state
             .deploy_tokens_of(&Namespace::Project("42".into()))
             .into_iter()
