@@ -69,7 +69,7 @@ pub async fn heal(context: &EngineContext, name: &TokenName, actor: &str, forced
     // readers or the overlap for a deploy token.
     let retire = retirement(token.kind, &spec, context.clock.now());
     let healed = commit(context, &claim, &policy, created, actor, AnswerOrigin::Healed, Some(retire)).await?;
-    super::retire::revoke_due(context).await;
+    super::retire::revoke_due_of(context, &healed.id).await;
     info!(token = %healed.name, version = healed.version, "healed through its manager");
     Ok(healed)
 }

@@ -38,7 +38,7 @@ pub async fn run(context: Arc<EngineContext>, mut shutdown: watch::Receiver<bool
         if *shutdown.borrow() {
             return;
         }
-        failing.note(pass(&context).await);
+        failing.note(pass(&context, None).await);
         tokio::select! {
             () = tokio::time::sleep(POLL_INTERVAL) => {}
             () = context.revocations.notified() => {}
@@ -47,21 +47,34 @@ pub async fn run(context: Arc<EngineContext>, mut shutdown: watch::Receiver<bool
     }
 }
 
-/// One pass (what the worker does every second, for a caller that cannot wait for it: a heal,
-/// a test): claims the due revocations and carries them out; returns how many were revoked.
+/// One pass of the worker, for a caller that cannot wait for it (a test, a process without the
+/// worker): claims the due revocations and carries them out; returns how many were revoked.
 pub async fn revoke_due(context: &EngineContext) -> usize {
-    pass(context).await.unwrap_or_else(|err| {
+    pass(context, None).await.unwrap_or_else(|err| {
         warn!(error = %err, "cannot claim the due revocations; the worker tries again");
         0
     })
 }
 
-/// Claims the due revocations and carries them out; how many were revoked.
-async fn pass(context: &EngineContext) -> Result<usize, StoreError> {
+/// As [`revoke_due`], for the revocations of token row `token_id` only (a heal revokes what it
+/// replaced before it returns, and nothing else).
+pub async fn revoke_due_of(context: &EngineContext, token_id: &str) -> usize {
+    pass(context, Some(token_id.to_owned())).await.unwrap_or_else(|err| {
+        warn!(error = %err, "cannot claim the token's due revocations; the worker tries again");
+        0
+    })
+}
+
+/// Claims the due revocations (of `token_id` only, if given) and carries them out; how many were
+/// revoked.
+async fn pass(context: &EngineContext, token_id: Option<String>) -> Result<usize, StoreError> {
     // A claim keeps other workers away as long as a rotation's lease: a revoke request at its
     // longest and the recording, so a process killed mid-revocation holds its rows that long.
     let (now, lease) = (context.clock.now(), context.lease());
-    let claimed = context.store.run(move |conn| pending_revocations::claim_due(conn, BATCH, lease, now)).await?;
+    let claimed = context
+        .store
+        .run(move |conn| pending_revocations::claim_due(conn, token_id.as_deref(), BATCH, lease, now))
+        .await?;
     let mut revoked = 0;
     for row in claimed {
         match revoke_one(context, &row).await {

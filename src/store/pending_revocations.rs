@@ -143,15 +143,21 @@ pub(super) fn record(
 }
 
 /// Claims up to `limit` revocations that are due now — their consumers caught up or their overlap
-/// over, not waiting for a retry, not claimed by a live worker — for `lease`.
+/// over, not waiting for a retry, not claimed by a live worker — for `lease`; only those of token
+/// row `token_id` when one is given.
 pub fn claim_due(
     conn: &mut DbConnection,
+    token_id: Option<&str>,
     limit: i64,
     lease: TimeDelta,
     now: DateTime<Utc>,
 ) -> Result<Vec<PendingRevocation>, StoreError> {
     let at = naive(now);
-    let candidates: Vec<PendingRevocation> = pending_revocations::table
+    let mut due = pending_revocations::table.into_boxed();
+    if let Some(token_id) = token_id {
+        due = due.filter(pending_revocations::token_id.eq(token_id));
+    }
+    let candidates: Vec<PendingRevocation> = due
         .filter(pending_revocations::revoked_at.is_null())
         .filter(pending_revocations::next_attempt_at.le(at))
         .filter(pending_revocations::lease_until.is_null().or(pending_revocations::lease_until.le(at)))
