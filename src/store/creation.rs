@@ -99,11 +99,8 @@ pub fn spec_of(conn: &mut DbConnection, row: &TokenRow) -> Result<Option<Managed
         .get_result(conn)
         .optional()?;
     let Some((manager_id, access_level, scopes, overlap, manager)) = managed else { return Ok(None) };
-    let resource_kind = match (row.resource_kind.as_deref(), row.kind.as_str()) {
-        (Some(kind), _) => kind.to_owned(),
-        (None, "gitlab-group-access-token") => "group".to_owned(),
-        (None, _) => "project".to_owned(),
-    };
+    let kind: TokenKind = super::rotation::parse("token kind", &row.kind)?;
+    let resource_kind = row.namespace_kind(kind).unwrap_or(super::models::PROJECT).to_owned();
     Ok(Some(ManagedSpec {
         manager_id,
         manager: super::rotation::parse("token name", &manager)?,

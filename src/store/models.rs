@@ -176,6 +176,24 @@ pub struct TokenRow {
     pub resource_kind: Option<String>,
 }
 
+/// [`TokenRow::namespace_kind`] of a token in a project.
+pub const PROJECT: &str = "project";
+/// [`TokenRow::namespace_kind`] of a token in a group.
+pub const GROUP: &str = "group";
+
+impl TokenRow {
+    /// Where the token's `resource` lives, [`PROJECT`] or [`GROUP`]: implied by a project or
+    /// group access token's kind, recorded for a deploy token; `None` for other kinds.
+    pub fn namespace_kind(&self, kind: TokenKind) -> Option<&str> {
+        match kind {
+            TokenKind::GitlabProjectAccessToken => Some(PROJECT),
+            TokenKind::GitlabGroupAccessToken => Some(GROUP),
+            TokenKind::GitlabDeployToken => self.resource_kind.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// A new row of `tokens`, secrets already sealed.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = tokens)]
@@ -327,13 +345,9 @@ impl Token {
     pub fn from_row(row: TokenRow, provider_name: &str) -> Result<Self, StoreError> {
         let kind: TokenKind = parse_stored("token kind", &row.kind)?;
         let state: TokenState = parse_stored("token state", &row.state)?;
-        let (project, group) = match (kind, row.resource_kind.as_deref()) {
-            (TokenKind::GitlabProjectAccessToken, _) | (TokenKind::GitlabDeployToken, Some("project")) => {
-                (row.resource, None)
-            }
-            (TokenKind::GitlabGroupAccessToken, _) | (TokenKind::GitlabDeployToken, Some("group")) => {
-                (None, row.resource)
-            }
+        let (project, group) = match row.namespace_kind(kind) {
+            Some(PROJECT) => (row.resource, None),
+            Some(GROUP) => (None, row.resource),
             _ => (None, None),
         };
         Ok(Self {
