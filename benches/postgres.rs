@@ -436,10 +436,10 @@ fn placeholders(sql: &str) -> usize {
 
 /// The planned-claim statement of `claim_due` (one provider), as Diesel sends it.
 fn planned_claim_sql(store_conn: &mut DbConnection) -> BenchResult<String> {
-    let rooms = vec![ProviderRoom { provider_id: "p1".into(), room: PER_PROVIDER }];
+    let rooms = vec![ProviderRoom { provider_id: "p1".into(), room: PER_PROVIDER, ahead: 0 }];
     let long_ago = Utc::now() - TimeDelta::days(3650);
     let statements = statements_of(store_conn, |c| {
-        rotation::claim_due(c, &rooms, "explain", LEASE, long_ago)?;
+        rotation::claim_due(c, &rooms, "explain", LEASE, LEASE, long_ago)?;
         Ok(())
     })?;
     Ok(pick(&statements, &["next_rotation_at\" <= ", "FOR NO KEY UPDATE"])?.sql.clone())
@@ -482,9 +482,9 @@ fn explain_phase(conn: &mut PgConnection, store_conn: &mut DbConnection) -> Benc
          force_custom_plan and once with force_generic_plan"
     );
     let long_ago = Utc::now() - TimeDelta::days(3650);
-    let rooms = vec![ProviderRoom { provider_id: "p1".into(), room: PER_PROVIDER }];
+    let rooms = vec![ProviderRoom { provider_id: "p1".into(), room: PER_PROVIDER, ahead: 0 }];
     let claim_sql = statements_of(store_conn, |c| {
-        rotation::claim_due(c, &rooms, "explain", LEASE, long_ago)?;
+        rotation::claim_due(c, &rooms, "explain", LEASE, LEASE, long_ago)?;
         Ok(())
     })?;
     let excluded = vec!["p0".to_owned()];
@@ -679,11 +679,13 @@ struct Replica {
 impl Replica {
     async fn run(self) -> ReplicaOutcome {
         let mut outcome = ReplicaOutcome::default();
-        let rooms: Vec<ProviderRoom> =
-            (0..PROVIDERS).map(|p| ProviderRoom { provider_id: format!("p{p}"), room: PER_PROVIDER }).collect();
+        let rooms: Vec<ProviderRoom> = (0..PROVIDERS)
+            .map(|p| ProviderRoom { provider_id: format!("p{p}"), room: PER_PROVIDER, ahead: 0 })
+            .collect();
         while !self.stop.load(Ordering::Relaxed) {
             let (rooms, owner, now, started) = (rooms.clone(), self.owner.clone(), Utc::now(), Instant::now());
-            let claimed = self.store.run(move |conn| rotation::claim_due(conn, &rooms, &owner, LEASE, now)).await;
+            let claimed =
+                self.store.run(move |conn| rotation::claim_due(conn, &rooms, &owner, LEASE, LEASE, now)).await;
             let claims = match claimed {
                 Ok(claims) => claims.claimed,
                 Err(err) => {

@@ -836,3 +836,102 @@ async fn replanning_reads_the_scheduled_tokens_page_by_page_each_once() {
     names.sort();
     assert_eq!(names, ["t0", "t1", "t2", "t3", "t4"], "every token once");
 }
+
+/// How many of `names` hold a rotation lease right now.
+async fn leased(harness: &EngineHarness, names: &[String]) -> usize {
+    let mut leased = 0;
+    for name in names {
+        if harness.token(name).await.unwrap().state == TokenState::Rotating {
+            leased += 1;
+        }
+    }
+    leased
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_provider_gets_claims_ahead_that_a_stopping_scheduler_puts_back_untouched() {
+    let Setup { harness, clock, .. } = setup().await;
+    let names: Vec<String> = (0..12).map(|i| format!("busy-{i}")).collect();
+    for name in &names {
+        harness.track_access_token(name, TokenOwner::Personal, in_days(20)).await.unwrap();
+    }
+    harness.sim.set_rates(FaultRates { latency_ms: 150, ..FaultRates::default() });
+    clock.advance(TimeDelta::days(15));
+    let limits = Limits { max_concurrency: 2, per_provider: 2 };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(Scheduler::new(harness.context.clone(), limits).run(stopped));
+
+    // Two workers rotate; one more token is claimed ahead for the first of them to finish.
+    let mut most_leased = 0;
+    for _ in 0..200 {
+        most_leased = most_leased.max(leased(&harness, &names).await);
+        if most_leased > limits.per_provider {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(most_leased, limits.per_provider + 1, "two rotations in flight and one claimed ahead");
+
+    stop.send(true).unwrap();
+    scheduler.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(leased(&harness, &names).await, 0, "nothing is left leased: the claim ahead was put back");
+    let mut rotated = 0;
+    for name in &names {
+        let token = harness.token(name).await.unwrap();
+        assert_eq!(token.state, TokenState::Active, "{name}");
+        assert_eq!(token.recovery, None, "{name}: put back without a recovery marker, so no probe is needed");
+        rotated += usize::from(token.version == 2);
+    }
+    assert!(rotated < names.len(), "the scheduler stopped before all were rotated");
+    assert_eq!(harness.sim.stats().rotations, rotated as u64, "each rotation at GitLab is stored");
+
+    let _stop = run_scheduler(harness.context.clone());
+    for name in &names {
+        wait_for(&harness, name, |t| t.version == 2).await;
+    }
+    let stats = harness.sim.stats();
+    assert_eq!((stats.rotations, stats.lookups, stats.family_revocations), (12, 0, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_ahead_are_put_back_when_their_provider_asks_for_a_pause_and_wait_for_its_end() {
+    let Setup { harness, clock, .. } = setup().await;
+    let names: Vec<String> = (0..4).map(|i| format!("paused-{i}")).collect();
+    for name in &names {
+        harness.track_access_token(name, TokenOwner::Personal, in_days(20)).await.unwrap();
+    }
+    harness.sim.set_rates(FaultRates { latency_ms: 100, ..FaultRates::default() });
+    harness.sim.push_fault(FaultTarget::Renewal, Fault::RateLimited { retry_after_seconds: 120 });
+    clock.advance(TimeDelta::days(15));
+    let limits = Limits { max_concurrency: 1, per_provider: 1 };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(Scheduler::new(harness.context.clone(), limits).run(stopped));
+
+    // The one worker's request is refused with Retry-After; the token claimed ahead for it
+    // goes back untouched instead of being sent during the pause.
+    let mut retrying = None;
+    for _ in 0..200 {
+        for name in &names {
+            if harness.token(name).await.unwrap().state == TokenState::Retrying {
+                retrying = Some(name.clone());
+            }
+        }
+        if retrying.is_some() && leased(&harness, &names).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(retrying.is_some(), "the rate-limited token waits for its retry");
+    settle_briefly().await;
+    assert_eq!(leased(&harness, &names).await, 0, "the claim ahead was put back");
+    assert_eq!(harness.sim.stats().rotations, 0, "nothing is sent during the pause");
+
+    clock.advance(TimeDelta::seconds(121));
+    for name in &names {
+        wait_for(&harness, name, |t| t.version == 2).await;
+    }
+    let stats = harness.sim.stats();
+    // Only the refused token's next attempt looks it up first (an attempt after a failure does).
+    assert_eq!((stats.rotations, stats.lookups, stats.retry_after_violations), (4, 1, 0), "{stats:?}");
+}

@@ -118,9 +118,10 @@ fn claim_and_next_due_statements_use_the_partial_indexes_in_generic_plans() {
 
     // Claim for p1 as of long ago, so nothing is taken and no row changes; the SQL is the same.
     let long_ago = Utc::now() - TimeDelta::days(3650);
-    let rooms = vec![ProviderRoom { provider_id: "p1".into(), room: 8 }];
+    let rooms = vec![ProviderRoom { provider_id: "p1".into(), room: 8, ahead: 0 }];
     let claim = statements_of(&mut conn, |c| {
-        let claimed = rotation::claim_due(c, &rooms, "test", TimeDelta::seconds(60), long_ago).unwrap();
+        let claimed =
+            rotation::claim_due(c, &rooms, "test", TimeDelta::seconds(60), TimeDelta::seconds(60), long_ago).unwrap();
         assert!(claimed.claimed.is_empty(), "nothing is due ten years ago");
     });
     let excluded = vec!["p0".to_owned()];

@@ -23,11 +23,12 @@ use crate::store::rotation::AnswerOrigin;
 /// Heals `name` (`forced`: `token heal NAME`, whatever its state; else only when due).
 pub async fn heal(context: &EngineContext, name: &TokenName, actor: &str, forced: bool) -> Result<Token, CreateError> {
     let (owner, lease, now, token_name) = (context.owner.clone(), context.lease(), context.clock.now(), name.clone());
-    let HealClaim { claim, before, spec } =
+    let HealClaim { claim, spec } =
         context.store.run(move |conn| healing::claim(conn, &token_name, forced, &owner, lease, now)).await?;
     let held = claim.lease();
     let fail = |error: CreateError| {
-        let (lease, before, message, now) = (held.clone(), before.clone(), error.to_string(), context.clock.now());
+        let (lease, before, message, now) =
+            (held.clone(), claim.before.clone(), error.to_string(), context.clock.now());
         async move {
             let name = lease.token_name.clone();
             let stored = context.store.run(move |conn| healing::release(conn, &lease, &before, &message, now)).await;

@@ -81,7 +81,7 @@ pub async fn revoke_and_remove(
         },
         Err(error) if force => Revoked::Forced { error },
         Err(error) => {
-            let before = claimed.before.clone();
+            let before = claimed.claim.before.clone();
             let why = error.clone();
             context.store.run(move |conn| revocation::release(conn, &lease, &before, &actor, &why, now)).await?;
             return Err(RevokeError::NotRevoked { token: name.to_string(), error });

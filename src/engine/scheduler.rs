@@ -12,10 +12,12 @@
 //! and their due tokens wait in the window.
 //!
 //! The window only says *when* to claim and how many workers each provider has free for it;
-//! the claim itself is one batch in the store ([`rotation::claim_due`]), which takes the most
-//! urgent due tokens that no other replica is claiming (`SKIP LOCKED` on PostgreSQL). So
-//! replicas sharing a database, whose windows all show the same tokens, divide them between
-//! them instead of racing for the same rows.
+//! the claim itself is one batch in the store ([`rotation::claim_due`], run by the
+//! [`Dispatcher`]), which takes the most urgent due tokens that no other replica is claiming
+//! (`SKIP LOCKED` on PostgreSQL). So replicas sharing a database, whose windows all show the
+//! same tokens, divide them between them instead of racing for the same rows. A provider whose
+//! workers are all busy while more of its tokens are due gets a few claims ahead, which its
+//! workers start as they finish.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -23,14 +25,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tracing::{debug, error};
+use tokio::sync::{Notify, Semaphore, watch};
+use tracing::debug;
 
 use super::context::EngineContext;
-use super::protocol::{RotationReport, execute};
+use super::dispatch::{Dispatcher, Reservations, Worker};
+use super::protocol::RotationReport;
 use super::window::{Placement, WINDOW_SIZE, Window};
 use crate::store::changes::ChangeWatch;
-use crate::store::rotation::{self, DueToken, ProviderRoom};
+use crate::store::rotation::{self, DueToken};
 use crate::telemetry::repeated_warning::{REPEAT_INTERVAL, RepeatedWarning};
 
 /// How often the scheduler looks for commits made by other connections or processes (so a
@@ -41,6 +44,13 @@ pub const CHANGE_POLL: Duration = Duration::from_secs(1);
 pub const WINDOW_HORIZON: TimeDelta = TimeDelta::days(3650);
 /// The actor recorded for scheduled rotations.
 pub const SCHEDULER_ACTOR: &str = "scheduler";
+/// Ready claims kept per provider whose workers are all busy, as a share of its workers.
+const READY_SHARE: usize = 4;
+
+/// How many claims ahead to keep for a busy provider: one per [`READY_SHARE`] of its workers.
+fn ready_per_provider(limits: Limits) -> usize {
+    limits.per_provider.max(1).div_ceil(READY_SHARE)
+}
 
 /// Concurrency limits.
 #[derive(Debug, Clone, Copy)]
@@ -86,31 +96,35 @@ pub struct Scheduler {
     handle: SchedulerHandle,
     overall: Arc<Semaphore>,
     per_provider: Mutex<HashMap<String, Arc<Semaphore>>>,
-    blocked_until: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     worker_done: Arc<Notify>,
-    reports: Option<tokio::sync::mpsc::UnboundedSender<RotationReport>>,
-    claims: Arc<Mutex<ClaimQueue>>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl Scheduler {
     /// A scheduler over `context` with `limits`.
     pub fn new(context: Arc<EngineContext>, limits: Limits) -> Self {
+        let worker_done = Arc::new(Notify::new());
         Self {
+            dispatcher: Arc::new(Dispatcher::new(
+                context.clone(),
+                worker_done.clone(),
+                None,
+                ready_per_provider(limits),
+            )),
             context,
             limits,
             handle: SchedulerHandle { wake: Arc::new(Notify::new()), last_tick: Arc::new(AtomicI64::new(0)) },
             overall: Arc::new(Semaphore::new(limits.max_concurrency.max(1))),
             per_provider: Mutex::new(HashMap::new()),
-            blocked_until: Arc::new(Mutex::new(HashMap::new())),
-            worker_done: Arc::new(Notify::new()),
-            reports: None,
-            claims: Arc::new(Mutex::new(ClaimQueue::default())),
+            worker_done,
         }
     }
 
     /// Sends every attempt's report to `sender` (for tests, metrics and the benchmark).
     pub fn with_reports(mut self, sender: tokio::sync::mpsc::UnboundedSender<RotationReport>) -> Self {
-        self.reports = Some(sender);
+        let ready = ready_per_provider(self.limits);
+        self.dispatcher =
+            Arc::new(Dispatcher::new(self.context.clone(), self.worker_done.clone(), Some(sender), ready));
         self
     }
 
@@ -129,6 +143,7 @@ impl Scheduler {
         let mut next_change_check = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
+                self.dispatcher.close().await;
                 return;
             }
             if tokio::time::Instant::now() >= next_change_check {
@@ -176,6 +191,10 @@ impl Scheduler {
         if self.overall.available_permits() == 0 {
             return Ok(DateTime::<Utc>::MAX_UTC);
         }
+        self.dispatcher.start_ready(|provider_id| self.reserve(provider_id)).await;
+        if self.overall.available_permits() == 0 {
+            return Ok(DateTime::<Utc>::MAX_UTC);
+        }
         let (busy, held, held_until) = self.unavailable_providers(now);
         window.note_held(&held);
         if window.needs_read(now) {
@@ -209,8 +228,9 @@ impl Scheduler {
         self.context.store.run(move |conn| rotation::due_by(conn, horizon, limit, &excluded)).await
     }
 
-    /// Reserves workers for the window's due tokens and starts one batch claim for them; true
-    /// when a due token waits because its provider's workers are all busy.
+    /// Reserves workers for the window's due tokens and starts one batch claim for them, with
+    /// claims ahead for providers whose workers are all busy while more of their tokens are
+    /// due; true when a due token waits because its provider's workers are all busy.
     fn place_due(
         &self,
         window: &mut Window,
@@ -220,70 +240,44 @@ impl Scheduler {
     ) -> bool {
         let mut waiting_for_busy = false;
         let mut batch = Reservations::default();
+        let mut ahead = HashSet::new();
         window.place_due(now, |token| {
             if held.contains(&token.provider_id) {
                 return Placement::Kept;
             }
             if busy.contains(&token.provider_id) {
                 waiting_for_busy = true;
+                ahead.insert(token.provider_id.clone());
                 return Placement::Kept;
             }
+            let provider_semaphore = self.provider_semaphore(&token.provider_id);
             let Ok(overall) = self.overall.clone().try_acquire_owned() else {
+                if provider_semaphore.available_permits() < self.limits.per_provider.max(1) {
+                    ahead.insert(token.provider_id.clone());
+                }
                 return Placement::Full;
             };
-            let Ok(provider) = self.provider_semaphore(&token.provider_id).try_acquire_owned() else {
+            let Ok(provider) = provider_semaphore.try_acquire_owned() else {
                 busy.insert(token.provider_id.clone());
                 waiting_for_busy = true;
+                ahead.insert(token.provider_id.clone());
                 return Placement::Kept;
             };
-            batch.add(&token.provider_id, Worker { _overall: overall, _provider: provider });
+            batch.add(&token.provider_id, Worker::new(overall, provider));
             Placement::Taken
         });
-        if !batch.is_empty() {
-            self.claim_batch(batch);
+        if !batch.is_empty() || !ahead.is_empty() {
+            self.dispatcher.claim(batch, ahead);
         }
         waiting_for_busy
     }
 
-    /// Claims up to the reserved number of due tokens per provider on a task of its own, then
-    /// runs each claimed rotation on its own task with one of the reserved workers. Workers
-    /// left over (another replica took those tokens, or they are no longer due) are released,
-    /// which also makes the loop read its window again.
-    ///
-    /// One claim runs at a time: workers reserved while it runs wait in the [`ClaimQueue`] and
-    /// are claimed together in the next batch. Under load (a worker finishing every
-    /// millisecond) the batches grow instead of each finished worker queueing a write
-    /// transaction of its own behind the commits of providers' answers.
-    fn claim_batch(&self, batch: Reservations) {
-        {
-            let mut queue = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.pending.merge(batch);
-            if queue.running {
-                return;
-            }
-            queue.running = true;
-        }
-        let claimer = Claimer {
-            context: self.context.clone(),
-            worker_done: self.worker_done.clone(),
-            blocked_until: self.blocked_until.clone(),
-            reports: self.reports.clone(),
-        };
-        let claims = self.claims.clone();
-        tokio::spawn(async move {
-            let _running = ClaimerRunning(claims.clone());
-            loop {
-                let batch = {
-                    let mut queue = claims.lock().unwrap_or_else(PoisonError::into_inner);
-                    if queue.pending.is_empty() {
-                        queue.running = false;
-                        return;
-                    }
-                    std::mem::take(&mut queue.pending)
-                };
-                claimer.claim_and_start(batch).await;
-            }
-        });
+    /// A free worker for a token of `provider_id`, if one of all workers and one of its
+    /// provider's are free.
+    fn reserve(&self, provider_id: &str) -> Option<Worker> {
+        let overall = self.overall.clone().try_acquire_owned().ok()?;
+        let provider = self.provider_semaphore(provider_id).try_acquire_owned().ok()?;
+        Some(Worker::new(overall, provider))
     }
 
     /// Providers whose workers are all busy, providers that asked for a pause that has not
@@ -297,9 +291,8 @@ impl Scheduler {
             .filter(|(_, semaphore)| semaphore.available_permits() == 0)
             .map(|(provider_id, _)| provider_id.clone())
             .collect();
-        let mut blocked = self.blocked_until.lock().unwrap_or_else(PoisonError::into_inner);
-        blocked.retain(|_, until| *until > now);
-        (busy, blocked.keys().cloned().collect(), blocked.values().min().copied())
+        let (held, held_until) = self.dispatcher.held_providers(now);
+        (busy, held, held_until)
     }
 
     fn provider_semaphore(&self, provider_id: &str) -> Arc<Semaphore> {
@@ -309,162 +302,5 @@ impl Scheduler {
             .entry(provider_id.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_provider.max(1))))
             .clone()
-    }
-}
-
-/// Records that providers asked for a pause until the given times (the later time wins).
-fn hold_providers(blocked_until: &Mutex<HashMap<String, DateTime<Utc>>>, held: Vec<(String, DateTime<Utc>)>) {
-    let mut blocked = blocked_until.lock().unwrap_or_else(PoisonError::into_inner);
-    for (provider_id, until) in held {
-        let entry = blocked.entry(provider_id).or_insert(until);
-        *entry = (*entry).max(until);
-    }
-}
-
-/// What a claim task needs of the scheduler.
-struct Claimer {
-    context: Arc<EngineContext>,
-    worker_done: Arc<Notify>,
-    blocked_until: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
-    reports: Option<tokio::sync::mpsc::UnboundedSender<RotationReport>>,
-}
-
-impl Claimer {
-    /// Claims due tokens for `batch`'s reserved workers in one transaction and starts each
-    /// claimed rotation on a task of its own; releases the workers nothing was claimed for.
-    async fn claim_and_start(&self, mut batch: Reservations) {
-        let context = &self.context;
-        let rooms = batch.rooms();
-        let (owner, lease, now) = (context.owner.clone(), context.lease(), context.clock.now());
-        let claimed = context.store.run(move |conn| rotation::claim_due(conn, &rooms, &owner, lease, now)).await;
-        let claims = match claimed {
-            Ok(claims) => claims,
-            Err(err) => {
-                error!(error = %err, "cannot claim due tokens");
-                drop(batch);
-                self.worker_done.notify_one();
-                return;
-            }
-        };
-        hold_providers(&self.blocked_until, claims.held);
-        for claim in claims.claimed {
-            let Some(worker) = batch.take(&claim.provider.id) else {
-                error!(token = %claim.token.name, "a claim beyond the reserved workers; its lease will run out");
-                continue;
-            };
-            let (context, worker_done, blocked_until, reports) =
-                (context.clone(), self.worker_done.clone(), self.blocked_until.clone(), self.reports.clone());
-            tokio::spawn(async move {
-                let provider_id = claim.provider.id.clone();
-                let report = execute(&context, claim, SCHEDULER_ACTOR).await;
-                let now = context.clock.now();
-                if let Some(wait) = report.retry_after.and_then(|wait| TimeDelta::from_std(wait).ok()) {
-                    hold_providers(&blocked_until, vec![(provider_id, now + wait)]);
-                }
-                if let Some(reports) = reports {
-                    let _ = reports.send(report);
-                }
-                drop(worker);
-                worker_done.notify_one();
-            });
-        }
-        if !batch.is_empty() {
-            drop(batch);
-            self.worker_done.notify_one();
-        }
-    }
-}
-
-/// Workers reserved for the next batch claim, and whether a claim task is running.
-#[derive(Default)]
-struct ClaimQueue {
-    pending: Reservations,
-    running: bool,
-}
-
-/// Held by the claim task: if it panics, the next reservation starts a new one.
-struct ClaimerRunning(Arc<Mutex<ClaimQueue>>);
-
-impl Drop for ClaimerRunning {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).running = false;
-        }
-    }
-}
-
-/// The permits one rotation holds while it runs: one of all workers and one of its provider's.
-struct Worker {
-    _overall: OwnedSemaphorePermit,
-    _provider: OwnedSemaphorePermit,
-}
-
-/// Workers reserved for a batch claim, per provider; dropping them releases them.
-#[derive(Default)]
-struct Reservations {
-    by_provider: HashMap<String, Vec<Worker>>,
-}
-
-impl Reservations {
-    fn add(&mut self, provider_id: &str, worker: Worker) {
-        self.by_provider.entry(provider_id.to_owned()).or_default().push(worker);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.by_provider.values().all(Vec::is_empty)
-    }
-
-    /// Adds `other`'s workers to these.
-    fn merge(&mut self, other: Reservations) {
-        for (provider_id, workers) in other.by_provider {
-            self.by_provider.entry(provider_id).or_default().extend(workers);
-        }
-    }
-
-    /// How many tokens of each provider the claim may take.
-    fn rooms(&self) -> Vec<ProviderRoom> {
-        self.by_provider
-            .iter()
-            .map(|(provider_id, workers)| ProviderRoom { provider_id: provider_id.clone(), room: workers.len() })
-            .collect()
-    }
-
-    /// One reserved worker for a claimed token of `provider_id`.
-    fn take(&mut self, provider_id: &str) -> Option<Worker> {
-        self.by_provider.get_mut(provider_id).and_then(Vec::pop)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn worker(overall: &Arc<Semaphore>, provider: &Arc<Semaphore>) -> Worker {
-        Worker {
-            _overall: overall.clone().try_acquire_owned().unwrap(),
-            _provider: provider.clone().try_acquire_owned().unwrap(),
-        }
-    }
-
-    #[test]
-    fn reservations_made_while_a_claim_runs_are_claimed_together_and_free_their_permits_when_dropped() {
-        let overall = Arc::new(Semaphore::new(4));
-        let (a, b) = (Arc::new(Semaphore::new(4)), Arc::new(Semaphore::new(4)));
-        let mut queue = ClaimQueue::default();
-        for (provider, semaphore) in [("a", &a), ("b", &b), ("a", &a)] {
-            let mut batch = Reservations::default();
-            batch.add(provider, worker(&overall, semaphore));
-            queue.pending.merge(batch);
-        }
-        let mut rooms: Vec<(String, usize)> =
-            queue.pending.rooms().into_iter().map(|room| (room.provider_id, room.room)).collect();
-        rooms.sort();
-        assert_eq!(rooms, [("a".to_owned(), 2), ("b".to_owned(), 1)]);
-        assert_eq!(overall.available_permits(), 1);
-        let mut batch = std::mem::take(&mut queue.pending);
-        assert!(queue.pending.is_empty());
-        assert!(batch.take("a").is_some());
-        drop(batch);
-        assert_eq!((overall.available_permits(), a.available_permits(), b.available_permits()), (4, 4, 4));
     }
 }

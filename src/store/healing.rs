@@ -35,10 +35,8 @@ pub fn is_heal_lease(owner: &str) -> bool {
 /// A heal's lease on one token.
 #[derive(Debug)]
 pub struct HealClaim {
-    /// The lease (the token as it was before).
+    /// The lease (the token as it was before, and what to put back).
     pub claim: Claim,
-    /// What the claim found, to put back.
-    pub before: Before,
     /// How to make the token again.
     pub spec: ManagedSpec,
 }
@@ -99,9 +97,8 @@ pub fn claim(
         if !forced && !healable {
             return Err(StoreError::Conflict(format!("token '{name}' is not due for a heal")));
         }
-        let before = Before::of(row);
         let claim = take_lease(conn, found, None, &format!("{owner}{HEAL_LEASE_MARK}"), lease, now)?;
-        Ok(HealClaim { claim, before, spec })
+        Ok(HealClaim { claim, spec })
     })
 }
 

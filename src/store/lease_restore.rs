@@ -1,7 +1,8 @@
 //! Putting a token back as a claim found it, for the lease holders that are not rotations
-//! (`token remove --revoke`, an authorisation callback): when their provider call changed
-//! nothing, the token's state, recovery marker and any dead worker's lease return exactly, so
-//! the ordinary recovery rules still apply to them.
+//! (`token remove --revoke`, a heal, an authorisation callback) when their provider call changed
+//! nothing, and for rotations claimed ahead of a free worker that never started: the token's
+//! state, recovery marker and any dead worker's lease return exactly, so the ordinary recovery
+//! rules still apply to them.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
@@ -53,4 +54,24 @@ pub fn put_back(conn: &mut DbConnection, lease: &Lease, before: &Before, now: Da
         return Err(StoreError::LeaseLost { token: lease.token_name.clone(), attempt: lease.attempt_id.clone() });
     }
     Ok(())
+}
+
+/// Puts back rotations that were claimed but never started (each `(lease, before)`), in one
+/// transaction; one whose lease is no longer held is left alone. How many were put back.
+pub fn put_back_unstarted(
+    conn: &mut DbConnection,
+    claims: &[(Lease, Before)],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    conn.write_transaction(|conn| {
+        let mut restored = 0;
+        for (lease, before) in claims {
+            match put_back(conn, lease, before, now) {
+                Ok(()) => restored += 1,
+                Err(StoreError::LeaseLost { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(restored)
+    })
 }

@@ -28,10 +28,8 @@ pub fn is_revoke_lease(owner: &str) -> bool {
 /// A held lease for revoking one token.
 #[derive(Debug)]
 pub struct RevokeClaim {
-    /// The lease and the sealed credential.
+    /// The lease, the sealed credential and the token's state before the claim.
     pub claim: Claim,
-    /// The token's state before the claim.
-    pub before: super::lease_restore::Before,
     /// The `needs_attention` reason it had, if any (a rotation answer lost before: a successor
     /// token may live at the provider).
     pub attention_reason: Option<String>,
@@ -69,14 +67,13 @@ pub fn claim(
                 until.format("%H:%M:%S UTC")
             )));
         }
-        let before = super::lease_restore::Before::of(row);
         let attention_reason = row.attention_reason.clone();
         // The marker of an earlier unknown outcome stays (a claim after a failed revocation
         // must still probe first); only the owner's name tells the lease is a revocation's.
         let recovery: Option<Recovery> = row.recovery.as_deref().map(|r| parse("recovery", r)).transpose()?;
         let owner = format!("{owner}{REVOKE_LEASE_MARK}");
         let claim = take_lease(conn, found, recovery, &owner, lease, now)?;
-        Ok(RevokeClaim { claim, before, attention_reason })
+        Ok(RevokeClaim { claim, attention_reason })
     })
 }
 

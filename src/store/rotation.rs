@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::Bool;
 
 use super::audit::{self, AuditTarget};
+use super::lease_restore::Before;
 use super::models::{HistoryRow, ProviderRow, Token, TokenRow, naive, new_id, utc};
 use super::outbox::{self, Event};
 use super::schema::{providers, token_history, tokens};
@@ -57,6 +58,8 @@ pub struct Claim {
     pub sealed_secret: Option<Vec<u8>>,
     /// The sealed current refresh token.
     pub sealed_refresh_token: Option<Vec<u8>>,
+    /// What the claim found, to put back when the attempt is not made after all.
+    pub before: Before,
 }
 
 /// The part of a claim a fenced write needs (cheap to clone into a blocking task).
@@ -298,6 +301,7 @@ pub(super) fn take_lease(
 ) -> Result<Claim, StoreError> {
     let attempt_id = new_id();
     let lease_expires_at = now + lease;
+    let before = Before::of(&row);
     diesel::update(tokens::table.filter(tokens::id.eq(&row.id)))
         .set((
             tokens::state.eq(TokenState::Rotating.as_str()),
@@ -320,6 +324,7 @@ pub(super) fn take_lease(
         recovery,
         sealed_secret,
         sealed_refresh_token,
+        before,
     })
 }
 
@@ -373,13 +378,19 @@ pub struct ProviderRoom {
     pub provider_id: String,
     /// Free workers for it.
     pub room: usize,
+    /// Further tokens to claim ahead of a free worker (they wait for one under a longer lease).
+    pub ahead: usize,
 }
 
 /// What one batch claim took and found.
 #[derive(Debug, Default)]
 pub struct DueClaims {
-    /// The leases taken, most urgent first; each must be executed (or its lease runs out).
+    /// The leases taken for free workers, most urgent first; each must be executed (or its lease
+    /// runs out).
     pub claimed: Vec<Claim>,
+    /// The leases taken ahead of free workers (less urgent than every claim for a free worker
+    /// of their provider), under the longer lease; each must be executed or put back.
+    pub ahead: Vec<Claim>,
     /// Providers that asked for a pause, and until when.
     pub held: Vec<(String, DateTime<Utc>)>,
 }
@@ -406,7 +417,8 @@ macro_rules! load_skip_locked {
 }
 
 /// Claims the most urgent due tokens of each provider in `rooms`, up to its room, in one short
-/// transaction, and commits before any provider call (the caller executes each claim).
+/// transaction, and commits before any provider call (the caller executes each claim). Then up
+/// to its `ahead` more under `ahead_lease`, for workers that will soon be free.
 ///
 /// Due means: a planned rotation whose time has come, an active token without a plan, or a lease
 /// that ran out (its worker died; [`decide`] applies the crash-recovery rules). On PostgreSQL
@@ -418,12 +430,14 @@ pub fn claim_due(
     rooms: &[ProviderRoom],
     owner: &str,
     lease: TimeDelta,
+    ahead_lease: TimeDelta,
     now: DateTime<Utc>,
 ) -> Result<DueClaims, StoreError> {
     conn.claim_transaction(|conn| {
         let mut result = DueClaims::default();
-        for ProviderRoom { provider_id, room } in rooms {
-            let Ok(limit) = i64::try_from(*room) else { continue };
+        for ProviderRoom { provider_id, room, ahead } in rooms {
+            let wanted = room + ahead;
+            let Ok(limit) = i64::try_from(wanted) else { continue };
             if limit == 0 {
                 continue;
             }
@@ -472,7 +486,7 @@ pub fn claim_due(
             rows.sort_by_key(|(row, _, _)| row.next_rotation_at.or(row.lease_expires_at));
             let mut taken = 0;
             for (row, secret, refresh_token) in rows {
-                if taken == *room {
+                if taken == wanted {
                     break;
                 }
                 if lease_ran_out(&row, now) && super::answer_journal::recover(conn, &row)? {
@@ -481,7 +495,11 @@ pub fn claim_due(
                 match decide(&row, &provider, ClaimMode::Scheduled, now)? {
                     Decision::Take(recovery) => {
                         let found = (row, provider.clone(), secret, refresh_token);
-                        result.claimed.push(take_lease(conn, found, recovery, owner, lease, now)?);
+                        if taken < *room {
+                            result.claimed.push(take_lease(conn, found, recovery, owner, lease, now)?);
+                        } else {
+                            result.ahead.push(take_lease(conn, found, recovery, owner, ahead_lease, now)?);
+                        }
                         taken += 1;
                     }
                     Decision::GrantLost => mark_grant_lost(conn, &row, now)?,
