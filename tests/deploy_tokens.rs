@@ -16,7 +16,7 @@ use tokenwarden::engine::rotate_now;
 use tokenwarden::providers::gitlab_admin::Namespace;
 use tokenwarden::simulator::harness::EngineHarness;
 use tokenwarden::simulator::variables::Namespace as SimNamespace;
-use tokenwarden::simulator::{Fault, FaultTarget, TokenOwner};
+use tokenwarden::simulator::{Fault, FaultTarget, GitlabState, TokenOwner};
 use tokenwarden::store::models::Token;
 use tokenwarden::store::{clients, consumers, pending_revocations, tokens};
 
@@ -237,6 +237,31 @@ async fn no_live_token_of_the_name_is_one_tokenwarden_does_not_know() {
     assert!(!now_live.contains(&stray), "the stray was revoked");
     assert_eq!(now_live.len(), 3, "versions 1 and 2 in their overlap, and 3");
     assert_eq!(shown(&setup).await.pending_revocations.len(), 2);
+}
+
+#[tokio::test]
+async fn a_stray_beyond_the_first_pages_of_a_busy_project_is_still_found_and_revoked() {
+    let setup = with_manager().await;
+    create_token(&setup.harness.context, request(Namespace::Project("42".into()), None), "ops").await.unwrap();
+    // 250 other deploy tokens in the project, then a stray of ours: it is on GitLab's third page
+    // of 100 (the lists answer 20 a page unless asked, 100 at most).
+    let stray = setup.harness.sim.with_state(|state| {
+        let project = SimNamespace::Project("42".into());
+        let make = |state: &mut GitlabState, name: &str| {
+            let fields = [("name".to_owned(), name.to_owned()), ("scopes[]".to_owned(), "read_registry".to_owned())];
+            state.create_deploy_token(&project, &fields).unwrap().secret
+        };
+        for i in 0..250 {
+            make(state, &format!("ci-{i}"));
+        }
+        make(state, GITLAB_NAME)
+    });
+    rotate(&setup).await;
+    assert_eq!(shown(&setup).await.version, 2);
+    let now_live = live(&setup, GITLAB_NAME);
+    assert!(!now_live.contains(&stray), "the stray on the third page was revoked");
+    assert_eq!(now_live.len(), 2, "version 1 in its overlap, and 2");
+    assert_eq!(live(&setup, "ci-0").len(), 1, "other names are left alone");
 }
 
 #[tokio::test]

@@ -62,6 +62,9 @@ impl Namespace {
     }
 }
 
+/// The most pages of 100 tokens read from one list (50,000 tokens of one name or namespace).
+pub const MAX_LIST_PAGES: usize = 500;
+
 /// Which of a namespace's token collections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -263,27 +266,42 @@ impl TokenAdmin {
     }
 
     /// The live tokens named exactly `name`: `GET …/access_tokens?state=active&search=NAME`, or
-    /// `GET …/deploy_tokens?active=true` (deploy tokens cannot be searched by name).
+    /// `GET …/deploy_tokens?active=true` (deploy tokens cannot be searched by name), 100 a page,
+    /// following GitLab's `X-Next-Page` through every page (at most [`MAX_LIST_PAGES`]).
     pub async fn active_named(&self, place: &Place, name: &str) -> Result<Vec<ListedToken>, ProviderError> {
-        let query: &[(&str, &str)] = match place.family {
+        let filter: &[(&str, &str)] = match place.family {
             Family::AccessTokens => &[("state", "active"), ("search", name)],
-            Family::DeployTokens => &[("active", "true"), ("per_page", "100")],
+            Family::DeployTokens => &[("active", "true")],
         };
-        let url = reqwest::Url::parse_with_params(&self.url(place, ""), query)
-            .map_err(|err| ProviderError::permanent("bad_url", format!("the provider's URL is unusable: {err}")))?;
-        let request = self.client.get(url).header("PRIVATE-TOKEN", self.manager.expose_secret());
-        let Answer { status, headers, body } = look_up(request).await?;
-        if !status.is_success() {
-            return Err(self.refusal(&place.namespace, status, &headers, &body));
-        }
-        let listed: Vec<ListedToken> = serde_json::from_slice(&body).map_err(|err| {
-            ProviderError::transient(format!("GitLab's token list is unreadable: {}", describe_json_error(&err)))
-        })?;
         let live = |token: &ListedToken| match place.family {
             Family::AccessTokens => token.active && !token.revoked,
             Family::DeployTokens => !token.revoked && !token.expired,
         };
-        Ok(listed.into_iter().filter(|token| token.name == name && live(token)).collect())
+        let mut found = Vec::new();
+        let mut page = String::from("1");
+        for _ in 0..MAX_LIST_PAGES {
+            let query = filter.iter().copied().chain([("per_page", "100"), ("page", page.as_str())]);
+            let url = reqwest::Url::parse_with_params(&self.url(place, ""), query)
+                .map_err(|err| ProviderError::permanent("bad_url", format!("the provider's URL is unusable: {err}")))?;
+            let request = self.client.get(url).header("PRIVATE-TOKEN", self.manager.expose_secret());
+            let Answer { status, headers, body } = look_up(request).await?;
+            if !status.is_success() {
+                return Err(self.refusal(&place.namespace, status, &headers, &body));
+            }
+            let listed: Vec<ListedToken> = serde_json::from_slice(&body).map_err(|err| {
+                ProviderError::transient(format!("GitLab's token list is unreadable: {}", describe_json_error(&err)))
+            })?;
+            found.extend(listed.into_iter().filter(|token| token.name == name && live(token)));
+            match headers.get("x-next-page").and_then(|next| next.to_str().ok()).map(str::trim) {
+                Some(next) if !next.is_empty() => page = next.to_owned(),
+                _ => return Ok(found),
+            }
+        }
+        Err(ProviderError::transient(format!(
+            "GitLab's token list of {} '{}' runs past {MAX_LIST_PAGES} pages of 100; not all of it was read",
+            place.namespace.kind_name(),
+            place.namespace.id()
+        )))
     }
 
     /// `DELETE …/access_tokens/:id` or `…/deploy_tokens/:id` (a token already gone counts as

@@ -16,6 +16,7 @@ mod fields;
 mod gitlab_api;
 pub mod harness;
 pub mod malformed;
+mod pagination;
 pub mod state;
 pub mod token_admin;
 mod token_admin_api;

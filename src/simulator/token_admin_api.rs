@@ -1,6 +1,6 @@
 //! The simulated token administration endpoints of projects and groups (what a managing
 //! credential calls, issue 13): `…/access_tokens` (list, create, revoke) and `…/deploy_tokens`
-//! (list, create, revoke), each checking the credential, its `api` scope, the namespace's
+//! (list, create, revoke; lists paginated as GitLab's are), each checking the credential, its `api` scope, the namespace's
 //! visibility and the role before acting ([`GitlabState::manager_level`]).
 
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::gitlab_api::{json_response, token_json};
+use super::pagination::page_of;
 use super::state::GitlabState;
 use super::variables_api::{Managed, refused, serve_managed};
 
@@ -38,7 +39,7 @@ fn act(state: &mut GitlabState, request: Managed<'_>, action: Action) -> Respons
                 .iter()
                 .map(|token| token_json(token, now))
                 .collect();
-            return json_response(StatusCode::OK, Value::Array(tokens));
+            return page_of(tokens, fields);
         }
         Action::CreateAccess => {
             state.create_resource_access_token(level, namespace, fields, now).map(|(token, secret)| {
@@ -49,7 +50,7 @@ fn act(state: &mut GitlabState, request: Managed<'_>, action: Action) -> Respons
         }
         Action::ListDeploy => {
             let tokens: Vec<Value> = state.deploy_tokens_of(namespace).iter().map(|token| token.to_json(now)).collect();
-            return json_response(StatusCode::OK, Value::Array(tokens));
+            return page_of(tokens, fields);
         }
         Action::CreateDeploy => state.create_deploy_token(namespace, fields).map(|token| {
             let mut body = token.to_json(now);
