@@ -715,7 +715,7 @@ both_backends! {
         due_tokens(&mut f, 5);
         let rooms = room(&mut f.conn, 3);
         let lease = TimeDelta::seconds(30);
-        let claims = rotation::claim_due(&mut f.conn, &rooms, "replica-a", lease, lease, Utc::now()).unwrap();
+        let claims = claim_due(&mut f.conn, &rooms, "replica-a", lease, Utc::now()).unwrap();
         let names: Vec<&str> = claims.claimed.iter().map(|c| c.token.name.as_str()).collect();
         assert_eq!(names, ["t0", "t1", "t2"], "the three most overdue, most urgent first");
         for claim in &claims.claimed {
@@ -723,7 +723,7 @@ both_backends! {
             assert_eq!(token.state, TokenState::Rotating);
             assert_eq!(token.lease_owner.as_deref(), Some("replica-a"));
         }
-        let again = rotation::claim_due(&mut f.conn, &rooms, "replica-b", lease, lease, Utc::now()).unwrap();
+        let again = claim_due(&mut f.conn, &rooms, "replica-b", lease, Utc::now()).unwrap();
         let names: Vec<&str> = again.claimed.iter().map(|c| c.token.name.as_str()).collect();
         assert_eq!(names, ["t3", "t4"], "leased tokens are not claimed again");
     }
@@ -749,7 +749,7 @@ both_backends! {
         }
         assert_eq!(lease_restore::put_back_unstarted(&mut f.conn, &unstarted, now).unwrap(), 0, "only while held");
         let rooms = room(&mut f.conn, 5);
-        let again = rotation::claim_due(&mut f.conn, &rooms, "replica-b", lease, lease, now).unwrap();
+        let again = claim_due(&mut f.conn, &rooms, "replica-b", lease, now).unwrap();
         assert_eq!(names(&again.claimed), ["t2", "t3", "t4"], "put back, they are claimed again");
     }
 
@@ -757,18 +757,18 @@ both_backends! {
         due_tokens(&mut f, 2);
         let rooms = room(&mut f.conn, 2);
         let start = Utc::now();
-        let claims = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), TimeDelta::seconds(5), start).unwrap();
+        let claims = claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
         let answers: Vec<rotation::Answer> =
             claims.claimed.iter().map(|claim| journaled_answer(&f.cipher, claim, start)).collect();
         answer_journal::write(&mut f.conn, &answers, start).unwrap();
         assert_eq!(journal_rows(&mut f.conn), 2);
         // The process dies here, before the full commit. While the lease lasts nothing changes.
-        let early = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), TimeDelta::seconds(5), start).unwrap();
+        let early = claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), start).unwrap();
         assert!(early.claimed.is_empty());
         assert_eq!(tokens::find(&mut f.conn, &TokenName::new("t0").unwrap()).unwrap().state, TokenState::Rotating);
 
         let later = start + TimeDelta::seconds(6);
-        let recovered = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), TimeDelta::seconds(5), later).unwrap();
+        let recovered = claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), later).unwrap();
         assert!(recovered.claimed.is_empty(), "committed from the journal, not claimed for a probe or a retry");
         for name in ["t0", "t1"] {
             let name = TokenName::new(name).unwrap();
@@ -784,14 +784,14 @@ both_backends! {
         due_tokens(&mut f, 1);
         let rooms = room(&mut f.conn, 1);
         let start = Utc::now();
-        let claims = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), TimeDelta::seconds(5), start).unwrap();
+        let claims = claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
         let answer = journaled_answer(&f.cipher, &claims.claimed[0], start);
         answer_journal::write(&mut f.conn, &[answer], start).unwrap();
         let new = MasterKey::generate();
         let keyring = Cipher::new(&new).with_retired(std::slice::from_ref(&f.master));
         let (_, status) = tokenwarden::store::rekey::reseal_all(&mut f.conn, &keyring).unwrap();
         assert_eq!(status.left_under_other_keys(keyring.key_id()), 0, "{status:?}");
-        let recovered = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), TimeDelta::seconds(5), start + TimeDelta::seconds(6));
+        let recovered = claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), start + TimeDelta::seconds(6));
         assert!(recovered.unwrap().claimed.is_empty());
         let new_key_alone = Cipher::new(&new);
         let name = TokenName::new("t0").unwrap();
@@ -803,7 +803,7 @@ both_backends! {
         due_tokens(&mut f, 1);
         let rooms = room(&mut f.conn, 1);
         let start = Utc::now();
-        let claimed = rotation::claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), TimeDelta::seconds(5), start).unwrap();
+        let claimed = claim_due(&mut f.conn, &rooms, "dead", TimeDelta::seconds(5), start).unwrap();
         let answer = journaled_answer(&f.cipher, &claimed.claimed[0], start);
         answer_journal::write(&mut f.conn, &[answer], start).unwrap();
         diesel::update(schema::answer_journal::table)
@@ -811,7 +811,7 @@ both_backends! {
             .execute(&mut f.conn)
             .unwrap();
         let later = start + TimeDelta::seconds(6);
-        let next = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), TimeDelta::seconds(5), later).unwrap();
+        let next = claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), later).unwrap();
         assert_eq!(next.claimed.len(), 1, "claimed again, not stuck behind the row");
         assert!(next.claimed[0].recovery.is_some(), "recovered as after an unknown outcome");
         assert_eq!(journal_rows(&mut f.conn), 0);
@@ -821,11 +821,11 @@ both_backends! {
         due_tokens(&mut f, 1);
         let rooms = room(&mut f.conn, 1);
         let start = Utc::now();
-        let first = rotation::claim_due(&mut f.conn, &rooms, "slow", TimeDelta::seconds(5), TimeDelta::seconds(5), start).unwrap();
+        let first = claim_due(&mut f.conn, &rooms, "slow", TimeDelta::seconds(5), start).unwrap();
         let stale = journaled_answer(&f.cipher, &first.claimed[0], start);
         // The lease ran out and another worker took the token (its own attempt, no journal yet).
         let later = start + TimeDelta::seconds(6);
-        let second = rotation::claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), TimeDelta::seconds(5), later).unwrap();
+        let second = claim_due(&mut f.conn, &rooms, "next", TimeDelta::seconds(5), later).unwrap();
         assert_eq!(second.claimed.len(), 1);
         // The slow worker's answer arrives now: journaled, then refused by the fence.
         answer_journal::write(&mut f.conn, std::slice::from_ref(&stale), later).unwrap();
@@ -888,6 +888,17 @@ fn journal_rows(conn: &mut DbConnection) -> i64 {
     schema::answer_journal::table.count().get_result(conn).unwrap()
 }
 
+/// A batch claim that takes nothing ahead of free workers.
+fn claim_due(
+    conn: &mut DbConnection,
+    rooms: &[rotation::ProviderRoom],
+    owner: &str,
+    lease: TimeDelta,
+    now: chrono::DateTime<Utc>,
+) -> Result<rotation::DueClaims, StoreError> {
+    rotation::claim_due(conn, rooms, owner, lease, lease, now)
+}
+
 fn room(conn: &mut DbConnection, room: usize) -> Vec<rotation::ProviderRoom> {
     let provider = providers::find_row(conn, &ProviderName::new("gitlab").unwrap()).unwrap();
     vec![rotation::ProviderRoom { provider_id: provider.id, room, ahead: 0 }]
@@ -902,29 +913,13 @@ fn postgres_a_batch_claim_skips_rows_another_replica_is_claiming_instead_of_wait
     let mut other = connect(&f.url).unwrap();
     other.batch_execute("BEGIN; SELECT id FROM tokens WHERE name IN ('t0', 't1') FOR NO KEY UPDATE").unwrap();
     let started = std::time::Instant::now();
-    let claims = rotation::claim_due(
-        &mut f.conn,
-        &rooms,
-        "replica-a",
-        TimeDelta::seconds(30),
-        TimeDelta::seconds(30),
-        Utc::now(),
-    )
-    .unwrap();
+    let claims = claim_due(&mut f.conn, &rooms, "replica-a", TimeDelta::seconds(30), Utc::now()).unwrap();
     let waited = started.elapsed();
     let names: Vec<&str> = claims.claimed.iter().map(|c| c.token.name.as_str()).collect();
     assert_eq!(names, ["t2", "t3"], "the locked rows are skipped");
     assert!(waited < std::time::Duration::from_secs(2), "the claim waited {waited:?} for the other replica's locks");
     other.batch_execute("ROLLBACK").unwrap();
-    let rest = rotation::claim_due(
-        &mut f.conn,
-        &rooms,
-        "replica-a",
-        TimeDelta::seconds(30),
-        TimeDelta::seconds(30),
-        Utc::now(),
-    )
-    .unwrap();
+    let rest = claim_due(&mut f.conn, &rooms, "replica-a", TimeDelta::seconds(30), Utc::now()).unwrap();
     let names: Vec<&str> = rest.claimed.iter().map(|c| c.token.name.as_str()).collect();
     assert_eq!(names, ["t0", "t1"], "released rows are claimable again");
 }
@@ -945,14 +940,7 @@ fn postgres_a_pause_racing_a_claim_is_run_again_and_refused_instead_of_overwriti
         let token = tokens::find(conn, &name)?;
         if runs == 1 {
             assert_eq!(token.state, TokenState::Active);
-            let claims = rotation::claim_due(
-                &mut claimer,
-                &rooms,
-                "replica-b",
-                TimeDelta::seconds(30),
-                TimeDelta::seconds(30),
-                Utc::now(),
-            )?;
+            let claims = claim_due(&mut claimer, &rooms, "replica-b", TimeDelta::seconds(30), Utc::now())?;
             assert_eq!(claims.claimed.len(), 1);
         }
         if token.state == TokenState::Rotating {
@@ -1013,7 +1001,7 @@ fn sqlite_claims_and_the_next_due_read_walk_their_partial_indexes_instead_of_the
     let rooms = room(&mut f.conn, 2);
     let long_ago = Utc::now() - TimeDelta::days(3650);
     let mut statements = statements_of(&mut f.conn, |conn| {
-        rotation::claim_due(conn, &rooms, "test", TimeDelta::seconds(60), TimeDelta::seconds(60), long_ago).unwrap();
+        claim_due(conn, &rooms, "test", TimeDelta::seconds(60), long_ago).unwrap();
     });
     statements.extend(statements_of(&mut f.conn, |conn| {
         rotation::due_by(conn, long_ago, 512, &[]).unwrap();
