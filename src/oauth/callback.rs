@@ -261,8 +261,8 @@ async fn learn_user(
 
 /// Puts the token back as it was and answers `outcome`.
 async fn put_back(context: &EngineContext, claim: &Claim, prior: &Prior, outcome: CallbackOutcome) -> CallbackOutcome {
-    let (lease, prior, now) = (claim.lease(), prior.clone(), context.clock.now());
-    match context.store.run(move |conn| authorization_claim::release(conn, &lease, &prior, now)).await {
+    let (lease, before, created, now) = (claim.lease(), claim.before.clone(), prior.created, context.clock.now());
+    match context.store.run(move |conn| authorization_claim::release(conn, &lease, &before, created, now)).await {
         Ok(()) => outcome,
         Err(err) => {
             warn!(token = %claim.token.name, error = %err, "could not put the token back after a failed authorisation");

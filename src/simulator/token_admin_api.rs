@@ -1,7 +1,8 @@
 //! The simulated token administration endpoints of projects and groups (what a managing
 //! credential calls, issue 13): `…/access_tokens` (list, create, revoke) and `…/deploy_tokens`
-//! (list, create, revoke; lists paginated as GitLab's are), each checking the credential, its `api` scope, the namespace's
-//! visibility and the role before acting ([`GitlabState::manager_level`]).
+//! (list, create, revoke; lists paginated as GitLab's are), each checking the credential, its
+//! `api` scope, the namespace's visibility and the role before acting
+//! ([`GitlabState::manager_level`]).
 
 use std::sync::Arc;
 

@@ -30,8 +30,6 @@ pub fn is_authorize_lease(owner: &str) -> bool {
 pub struct Prior {
     /// The claim created the token's row (a first authorisation).
     pub created: bool,
-    /// What the claim found.
-    before: Before,
     /// Who authorised its grant so far.
     pub owner: Option<AuthorizedAs>,
 }
@@ -98,7 +96,7 @@ pub fn claim(
                 row = load(conn)?.ok_or_else(|| StoreError::Corrupt(format!("token '{name}' vanished")))?;
             }
         }
-        let prior = Prior { created, before: Before::of(&row.0), owner: grant_owners::find(conn, &row.0.id)? };
+        let prior = Prior { created, owner: grant_owners::find(conn, &row.0.id)? };
         let owner = format!("{owner}{AUTHORIZE_LEASE_MARK}");
         let claim = take_lease(conn, row, None, &owner, lease, now)?;
         Ok(AuthorizationClaim::Claimed { claim: Box::new(claim), prior })
@@ -118,16 +116,22 @@ fn insert_placeholder(conn: &mut DbConnection, pending: &Pending, now: DateTime<
     Ok(())
 }
 
-/// Puts the token back as it was before the callback's claim — nothing is committed, and a
-/// journaled answer of the callback's attempt is dropped — if the callback still holds the
-/// lease: a first authorisation's placeholder row is removed.
-pub fn release(conn: &mut DbConnection, lease: &Lease, prior: &Prior, now: DateTime<Utc>) -> Result<(), StoreError> {
+/// Puts the token back as the callback's claim found it (`before`) — nothing is committed, and
+/// a journaled answer of the callback's attempt is dropped — if the callback still holds the
+/// lease: the placeholder row of a first authorisation (`created`) is removed.
+pub fn release(
+    conn: &mut DbConnection,
+    lease: &Lease,
+    before: &Before,
+    created: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     conn.write_transaction(|conn| {
         super::answer_journal::forget_attempt(conn, lease)?;
         let fenced =
             tokens::table.filter(tokens::id.eq(&lease.token_id)).filter(tokens::attempt_id.eq(&lease.attempt_id));
-        if !prior.created {
-            return put_back(conn, lease, &prior.before, now);
+        if !created {
+            return put_back(conn, lease, before, now);
         }
         if diesel::delete(fenced).execute(conn)? == 1 {
             return Ok(());
